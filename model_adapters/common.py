@@ -1,0 +1,43 @@
+"""Pieces the families share: the pre-norm decoder block table and square patch grids."""
+
+from __future__ import annotations
+
+import torch
+
+from vlm_lens.errors import ImageTokenMismatchError, InputError
+from vlm_lens.inputs import ImageSpan, spans_from_runs
+
+# Llama, Gemma and Qwen2 decoder layers: pre-norm attention and gated MLP, the residual
+# adds attention's and the MLP's outputs as they leave the modules.
+PRE_NORM_BLOCK = {
+    "attn": "self_attn",
+    "attn_o": "self_attn.o_proj",
+    "attn_out": "self_attn",
+    "ln1": "input_layernorm",
+    "ln2": "post_attention_layernorm",
+    "mlp_gate": "mlp.gate_proj",
+    "mlp_down": "mlp.down_proj",
+    "mlp_out": "mlp",
+}
+
+
+def square_grid_spans(config, input_ids: torch.Tensor, tensors: dict) -> list[list[ImageSpan]]:
+    """Fixed-resolution towers (CLIP, SigLIP): each image is (size/patch)^2 tokens in a square grid."""
+    vision = config.vision_config
+    side = vision.image_size // vision.patch_size
+    pixels = tensors["pixel_values"]
+    if pixels.ndim != 4:
+        raise InputError(f"pixel_values must be [image, channel, height, width], got shape {tuple(pixels.shape)}")
+    if tuple(pixels.shape[-2:]) != (vision.image_size, vision.image_size):
+        raise InputError(
+            f"pixel_values are {pixels.shape[-2]}x{pixels.shape[-1]} but the vision tower takes "
+            f"{vision.image_size}x{vision.image_size}; use model.prepare() or the model's processor"
+        )
+    n_images = pixels.shape[0]
+    n_tokens = int((input_ids == config.image_token_id).sum())
+    if n_tokens != n_images * side * side:
+        raise ImageTokenMismatchError(
+            f"{n_images} image(s) need {n_images} x {side * side} = {n_images * side * side} image tokens "
+            f"(a {side}x{side} patch grid each) but input_ids hold {n_tokens}"
+        )
+    return spans_from_runs(input_ids, config.image_token_id, [(side * side, (side, side))] * n_images)

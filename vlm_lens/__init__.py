@@ -1,0 +1,36 @@
+"""vlm-lens: TransformerLens-style interpretability for vision-language models.
+
+Dimension names used in shapes throughout (jaxtyping):
+
+    batch     items in a batch              pos       token positions (padded)
+    d_model   language-model width          d_mlp     MLP neurons (input to down_proj)
+    head      attention heads               d_head    width of one head
+    query     query positions               key       key positions
+    row       selected query positions      layer     language-model layers
+    image     images in a batch             patch     vision tokens of one image
+    d_vision  vision-tower width            vocab     vocabulary size
+
+Neither transformer-lens nor nnsight is imported by the core; hook functions written for
+TransformerLens (``fn(activation, hook)``) work unchanged.
+"""
+
+from vlm_lens.adapter import Adapter, register
+from vlm_lens.cache import ActivationCache
+from vlm_lens.errors import (
+    DeviceMismatchError,
+    HookNameError,
+    ImageTokenMismatchError,
+    InputError,
+    LayerIndexError,
+    UnsupportedModelError,
+    VLMLensError,
+)
+from vlm_lens.hooked_vlm import HookedVLM, VLMConfig
+from vlm_lens.hooks import Hook
+from vlm_lens.inputs import ImageSpan, VLMInputs
+
+__all__ = [
+    "ActivationCache", "Adapter", "DeviceMismatchError", "Hook", "HookNameError", "HookedVLM", "ImageSpan",
+    "ImageTokenMismatchError", "InputError", "LayerIndexError", "UnsupportedModelError", "VLMConfig", "VLMInputs",
+    "VLMLensError", "register",
+]

@@ -1,0 +1,122 @@
+"""What a model family must declare, and the registry that finds it.
+
+An adapter is data: a table from the canonical sites to HF module paths, plus the few functions
+that genuinely differ between families (where image tokens sit, how a prompt is laid out, how
+the processor is loaded). Adapters live in ``model_adapters`` and register themselves; the
+registry finds them through the ``vlm_lens.adapters`` entry-point group, so the core never
+imports them and a third-party package can add a family.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from typing import Any
+
+import torch
+from torch import nn
+
+from vlm_lens.errors import UnsupportedModelError
+
+# The keys every adapter maps. Model-level paths are relative to the HF model; block paths
+# are relative to one language-model layer.
+MODEL_KEYS = ("layers", "final_norm", "unembed", "embed", "vision_layers", "projector")
+BLOCK_KEYS = ("attn", "attn_o", "attn_out", "ln1", "ln2", "mlp_gate", "mlp_down", "mlp_out")
+
+
+@dataclass(frozen=True)
+class Adapter:
+    """One model family's mapping onto the canonical vocabulary."""
+
+    family: str
+    hf_classes: tuple[str, ...]
+    modules: Mapping[str, str]
+    block: Mapping[str, str]
+    # (config, input_ids [batch pos], tensors) -> per item, per image: ImageSpan
+    image_spans: Callable[..., list]
+    # (prompt, n_images, processor) -> the text handed to the processor, placeholders included
+    template: Callable[[str, int, Any], str]
+    # path or hub id -> processor (tokenizer + image processor)
+    load_processor: Callable[[str], Any]
+    # the HF forward keyword tensors this family takes
+    forward_keys: tuple[str, ...] = ("input_ids", "attention_mask", "pixel_values")
+    # processor outputs that are not forward inputs (e.g. PaliGemma's labels)
+    drop_keys: tuple[str, ...] = ()
+    notes: str = ""
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        missing = [k for k in MODEL_KEYS if k not in self.modules] + [k for k in BLOCK_KEYS if k not in self.block]
+        if missing:
+            raise ValueError(f"adapter {self.family!r} does not map {missing}")
+
+
+def get_module(root: nn.Module, path: str) -> nn.Module:
+    """The submodule at a dotted path; a clear error names the first missing part."""
+    module = root
+    for part in path.split("."):
+        if not hasattr(module, part):
+            raise AttributeError(
+                f"{type(root).__name__} has no module at {path!r}: {type(module).__name__} has no {part!r}. "
+                "The adapter's table no longer matches this transformers version."
+            )
+        module = getattr(module, part)
+    return module
+
+
+def layer_list(root: nn.Module, path: str) -> Sequence[nn.Module]:
+    layers = get_module(root, path)
+    if not isinstance(layers, (nn.ModuleList, list, tuple)):
+        raise TypeError(f"{path!r} is a {type(layers).__name__}, not a list of layers")
+    return layers
+
+
+class AdapterRegistry:
+    """Adapters keyed by HF class name; refuses duplicates."""
+
+    def __init__(self, group: str = "vlm_lens.adapters"):
+        self._group = group
+        self._by_class: dict[str, Adapter] = {}
+        self._loaded = False
+
+    def register(self, adapter: Adapter) -> Adapter:
+        for name in adapter.hf_classes:
+            if name in self._by_class and self._by_class[name] is not adapter:
+                raise ValueError(f"{name} is already registered by the {self._by_class[name].family!r} adapter")
+        for name in adapter.hf_classes:
+            self._by_class[name] = adapter
+        return adapter
+
+    def _load(self) -> None:
+        if not self._loaded:
+            self._loaded = True
+            for ep in entry_points(group=self._group):
+                ep.load()
+
+    def supported(self) -> list[str]:
+        self._load()
+        return sorted(self._by_class)
+
+    def lookup(self, model_or_class: nn.Module | type | str) -> Adapter:
+        self._load()
+        if isinstance(model_or_class, str):
+            name = model_or_class
+        elif isinstance(model_or_class, type):
+            name = model_or_class.__name__
+        else:
+            name = type(model_or_class).__name__
+        if name not in self._by_class:
+            raise UnsupportedModelError(
+                f"no vlm-lens adapter for {name}. Supported architectures: {', '.join(self.supported()) or '(none: is vlm-lens installed with pip install -e .?)'}"
+            )
+        return self._by_class[name]
+
+
+REGISTRY = AdapterRegistry()
+register = REGISTRY.register
+
+
+def model_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
+    param = next(model.parameters())
+    return param.device, param.dtype

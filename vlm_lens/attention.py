@@ -1,0 +1,144 @@
+"""Attention patterns without paying for eager attention everywhere.
+
+transformers 5 looks up each layer's attention function by ``config._attn_implementation``
+in its ``AttentionInterface`` registry. We register one wrapper per base implementation
+(``"vlm_lens:sdpa"``, ``"vlm_lens:eager"``, ...), with the base's own mask function, and
+point the language model's attention modules at it only while a hook session asks for
+attention. The wrapper is stateless: what to compute arrives per call as a keyword argument
+that the session's pre-hook on the attention module injects.
+
+- No request: the base implementation runs unchanged.
+- ``rows`` request: the base implementation computes the output (fast path kept); the
+  eager softmax is computed only for the selected query rows: memory linear in sequence length.
+- ``pattern`` request: the layer runs eager attention so the full pattern can be read and edited.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+
+import torch
+from jaxtyping import Bool, Float, Int
+from torch import Tensor
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterface
+
+REQUEST_KWARG = "vlm_lens_attention"
+PREFIX = "vlm_lens:"
+
+
+@dataclass
+class AttentionRequest:
+    """What one layer's attention call should expose."""
+
+    pattern: Callable[[Float[Tensor, "batch head query key"]], Tensor] | None = None
+    rows: Callable[[Float[Tensor, "batch head row key"]], None] | None = None
+    query_positions: Int[Tensor, "batch row"] | None = None  # None: the last query position
+
+
+def implementation_name(base: str) -> str:
+    """Register (once) and return the wrapper's name for a base implementation."""
+    if base.startswith(PREFIX):
+        raise ValueError(f"attention is already routed through vlm-lens ({base!r}); nested sessions share it")
+    name = PREFIX + base
+    if name not in AttentionInterface._global_mapping:
+        AttentionInterface.register(name, partial(attention_forward, base=base))
+        AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS[base])
+    return name
+
+
+def _base_function(base: str, module) -> Callable:
+    if base == "eager":  # each family defines its own eager function beside its attention module
+        return sys.modules[type(module).__module__].eager_attention_forward
+    return ALL_ATTENTION_FUNCTIONS[base]
+
+
+def attention_forward(module, query, key, value, attention_mask, *args, base: str, **kwargs):
+    request: AttentionRequest | None = kwargs.pop(REQUEST_KWARG, None)
+    if request is None or (request.pattern is None and request.rows is None):
+        return _base_function(base, module)(module, query, key, value, attention_mask, *args, **kwargs)
+    if request.pattern is not None:
+        return _eager_with_pattern(module, query, key, value, attention_mask, request, base, **kwargs)
+    out = _base_function(base, module)(module, query, key, value, attention_mask, *args, **kwargs)
+    positions = _positions(request.query_positions, query)
+    scaling = kwargs.get("scaling") or module.scaling
+    rows = _softmax_rows(module, query, key, attention_mask, positions, scaling, kwargs.get("softcap"), base)
+    request.rows(rows)
+    return out
+
+
+def _positions(query_positions: Tensor | None, query: Tensor) -> Tensor:
+    batch, q_len = query.shape[0], query.shape[2]
+    if query_positions is None or q_len == 1:  # decode steps answer from their only query
+        return torch.full((batch, 1), q_len - 1, dtype=torch.long, device=query.device)
+    return query_positions.to(query.device)
+
+
+def _repeat_kv(x: Tensor, groups: int) -> Tensor:
+    return x if groups == 1 else x.repeat_interleave(groups, dim=1)
+
+
+def _keep_mask(
+    attention_mask: Tensor | None, q_idx: Tensor, kv_len: int, module, base: str, q_len: int
+) -> tuple[Bool[Tensor, "b h row key"] | Float[Tensor, "b h row key"] | None, int]:
+    """The mask rows for query indices q_idx [batch, row], and how many keys the base attends over.
+
+    Mirrors the base implementation: sdpa with no mask is causal (top-left aligned, keys cut to
+    the query length when longer); eager with no mask attends everywhere.
+    """
+    if attention_mask is None:
+        causal = base != "eager" and q_len > 1 and getattr(module, "is_causal", True)
+        if not causal:
+            return None, kv_len
+        kv_len = min(kv_len, q_len)
+        keys = torch.arange(kv_len, device=q_idx.device)
+        return (keys[None, None, None, :] <= q_idx[:, None, :, None]), kv_len
+    mask = attention_mask[..., :kv_len]
+    batch = q_idx.shape[0]
+    mask = mask.expand(batch, mask.shape[1], mask.shape[2], mask.shape[3])
+    index = q_idx[:, None, :, None].expand(batch, mask.shape[1], q_idx.shape[1], mask.shape[3])
+    return torch.gather(mask, 2, index), kv_len
+
+
+def _apply(scores: Tensor, mask: Tensor | None, softcap: float | None) -> Tensor:
+    if softcap is not None:
+        scores = torch.tanh(scores / softcap) * softcap
+    if mask is None:
+        return scores
+    if mask.dtype == torch.bool:
+        return scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+    return scores + mask
+
+
+def _softmax_rows(module, query, key, attention_mask, positions, scaling, softcap, base) -> Tensor:
+    q_len = query.shape[2]
+    mask, kv_len = _keep_mask(attention_mask, positions, key.shape[2], module, base, q_len)
+    keys = _repeat_kv(key[:, :, :kv_len], getattr(module, "num_key_value_groups", 1))
+    index = positions[:, None, :, None].expand(query.shape[0], query.shape[1], positions.shape[1], query.shape[3])
+    q_rows = torch.gather(query, 2, index)
+    scores = _apply(torch.matmul(q_rows, keys.transpose(2, 3)) * scaling, mask, softcap)
+    return torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+
+
+def _eager_with_pattern(module, query, key, value, attention_mask, request, base, **kwargs):
+    q_len, kv_len = query.shape[2], key.shape[2]
+    groups = getattr(module, "num_key_value_groups", 1)
+    all_rows = torch.arange(q_len, device=query.device).expand(query.shape[0], q_len)
+    mask, kv_len = _keep_mask(attention_mask, all_rows, kv_len, module, base, q_len)
+    keys = _repeat_kv(key[:, :, :kv_len], groups)
+    values = _repeat_kv(value[:, :, :kv_len], groups)
+    scaling = kwargs.get("scaling") or module.scaling
+    scores = _apply(torch.matmul(query, keys.transpose(2, 3)) * scaling, mask, kwargs.get("softcap"))
+    pattern = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    if request.rows is not None:
+        positions = _positions(request.query_positions, query)
+        index = positions[:, None, :, None].expand(pattern.shape[0], pattern.shape[1], positions.shape[1], kv_len)
+        request.rows(torch.gather(pattern, 2, index))
+    pattern = request.pattern(pattern)
+    dropout = kwargs.get("dropout", 0.0)
+    pattern = torch.nn.functional.dropout(pattern, p=dropout, training=module.training)
+    out = torch.matmul(pattern, values).transpose(1, 2).contiguous()
+    return out, pattern

@@ -1,0 +1,52 @@
+"""Activations from one forward pass, keyed by canonical name or (alias, layer).
+
+    cache["blocks.3.hook_resid_post"] is cache["resid_post", 3]
+    cache["resid_post", -1]                 # negative layers count from the end
+    cache.stack("resid_post")               # [layer batch pos d_model]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+
+import torch
+from torch import Tensor
+
+from vlm_lens.errors import HookNameError
+from vlm_lens.inputs import VLMInputs
+from vlm_lens.names import ALIASES, Vocabulary
+
+
+class ActivationCache(Mapping):
+    def __init__(self, store: dict[str, Tensor], vocab: Vocabulary, inputs: VLMInputs | None = None):
+        self._store = store
+        self._vocab = vocab
+        self.inputs = inputs  # image spans and tokens of the run that filled the cache
+
+    def __getitem__(self, key: str | tuple) -> Tensor:
+        name = self._vocab.resolve_key(key)
+        if name not in self._store:
+            raise HookNameError(
+                f"{name!r} is a valid hook name but was not cached in this run "
+                f"(cached: {len(self._store)} names; widen names_filter)"
+            )
+        return self._store[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._store)
+
+    def __len__(self) -> int:
+        return len(self._store)
+
+    def __repr__(self) -> str:
+        return f"ActivationCache({len(self._store)} activations)"
+
+    def stack(self, alias: str) -> Tensor:
+        """One activation across all language (or vision) layers: [layer, ...]."""
+        if alias not in ALIASES or "{l}" not in ALIASES[alias]:
+            raise HookNameError(f"stack() takes a per-layer alias such as 'resid_post'; got {alias!r}")
+        n = self._vocab.n_vision_layers if alias.startswith("vision") else self._vocab.n_layers
+        return torch.stack([self[alias, layer] for layer in range(n)])
+
+    def to(self, device: torch.device | str) -> ActivationCache:
+        return ActivationCache({k: v.to(device) for k, v in self._store.items()}, self._vocab, self.inputs)

@@ -1,0 +1,34 @@
+"""Exceptions raised by vlm-lens. Each says what was wrong and what would be right."""
+
+from __future__ import annotations
+
+
+class VLMLensError(Exception):
+    """Base class of every error vlm-lens raises on purpose."""
+
+
+class UnsupportedModelError(VLMLensError, TypeError):
+    """The HF model's class has no registered adapter."""
+
+
+class HookNameError(VLMLensError, KeyError):
+    """A hook name that this model does not have."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message and hide its line breaks
+        return str(self.args[0]) if self.args else ""
+
+
+class LayerIndexError(HookNameError, IndexError):
+    """A hook name or cache key whose layer is outside the model."""
+
+
+class InputError(VLMLensError, ValueError):
+    """Inputs that cannot mean what the caller intended (images, prompts, tensors)."""
+
+
+class ImageTokenMismatchError(InputError):
+    """The prompt's image placeholders and the images given do not match."""
+
+
+class DeviceMismatchError(InputError):
+    """Input tensors on another device or dtype than the model."""

@@ -1,0 +1,316 @@
+"""HookedVLM: a HuggingFace vision-language model behind the canonical hook vocabulary.
+
+    >>> from vlm_lens import HookedVLM
+    >>> model = HookedVLM.from_pretrained("toy-llava")                     # doctest: +SKIP
+    >>> inputs = model.prepare(images=[img], prompts=["is there a red circle ?"])  # doctest: +SKIP
+    >>> logits, cache = model.run_with_cache(inputs, names_filter="blocks.1.hook_resid_post")  # doctest: +SKIP
+
+The wrapped HF model is never changed: hooks come and go through one session
+(``model.hooks(...)``), and every number equals what the HF model computes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor, nn
+
+from vlm_lens.adapter import REGISTRY, Adapter, get_module, layer_list, model_device_dtype
+from vlm_lens.cache import ActivationCache
+from vlm_lens.errors import DeviceMismatchError, ImageTokenMismatchError, InputError
+from vlm_lens.hooks import HookFn, HookSession
+from vlm_lens.inputs import VLMInputs, last_positions, normalise_images, padding_side_of, select_tensors
+from vlm_lens.names import OPT_IN_SUFFIXES, Vocabulary
+
+NamesFilter = str | Sequence[str] | Callable[[str], bool] | None
+
+
+@dataclass(frozen=True)
+class VLMConfig:
+    """Sizes read off the instantiated modules (so they hold on the meta device too)."""
+
+    family: str
+    n_layers: int
+    n_vision_layers: int
+    d_model: int
+    d_mlp: int
+    n_heads: int
+    n_kv_heads: int
+    d_head: int
+    d_vocab: int
+    image_token_id: int
+
+
+class HookedVLM:
+    """A hooked view of an HF VLM. Build it with ``from_pretrained`` or ``from_hf``."""
+
+    def __init__(self, hf_model: nn.Module, adapter: Adapter, processor=None):
+        self.hf_model = hf_model
+        self.adapter = adapter
+        self.processor = processor
+        layers = layer_list(hf_model, adapter.modules["layers"])
+        vision_layers = layer_list(hf_model, adapter.modules["vision_layers"])
+        self.vocab = Vocabulary(len(layers), len(vision_layers))
+        attn = get_module(layers[0], adapter.block["attn"])
+        q_out = get_module(attn, "q_proj").weight.shape[0]
+        k_out = get_module(attn, "k_proj").weight.shape[0]
+        self.cfg = VLMConfig(
+            family=adapter.family,
+            n_layers=len(layers),
+            n_vision_layers=len(vision_layers),
+            d_model=get_module(hf_model, adapter.modules["embed"]).weight.shape[1],
+            d_mlp=get_module(layers[0], adapter.block["mlp_down"]).weight.shape[1],
+            n_heads=q_out // attn.head_dim,
+            n_kv_heads=k_out // attn.head_dim,
+            d_head=attn.head_dim,
+            d_vocab=get_module(hf_model, adapter.modules["unembed"]).weight.shape[0],
+            image_token_id=hf_model.config.image_token_id,
+        )
+
+    # -- construction ------------------------------------------------------------------
+    @classmethod
+    def from_hf(cls, hf_model: nn.Module, processor=None) -> HookedVLM:
+        """Wrap an already-built transformers model (never modified)."""
+        return cls(hf_model, REGISTRY.lookup(hf_model), processor)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str, **kwargs) -> HookedVLM:
+        """A hub id or local checkpoint directory, with its own processor. See ``vlm_lens.loading``."""
+        from vlm_lens.loading import load_pretrained
+
+        hf_model, processor = load_pretrained(name_or_path, **kwargs)
+        return cls.from_hf(hf_model, processor)
+
+    # -- tokens --------------------------------------------------------------------------
+    @property
+    def tokenizer(self):
+        if self.processor is None:
+            raise InputError("this model was wrapped without a processor; pass processor= to from_hf")
+        return self.processor.tokenizer
+
+    def to_string(self, ids: Tensor | Sequence[int] | int) -> str | list[str]:
+        """Decode token ids; a 2-D batch gives a list of strings."""
+        if isinstance(ids, int):
+            ids = [ids]
+        if isinstance(ids, Tensor) and ids.ndim == 2:
+            return self.tokenizer.batch_decode(ids)
+        return self.tokenizer.decode(ids)
+
+    def to_single_token(self, text: str) -> int:
+        ids = self.tokenizer.encode(text, add_special_tokens=False)
+        if len(ids) != 1:
+            raise InputError(f"{text!r} is {len(ids)} tokens ({ids}), not one")
+        return ids[0]
+
+    def hook_names(self) -> list[str]:
+        return self.vocab.names()
+
+    @property
+    def device(self) -> torch.device:
+        return model_device_dtype(self.hf_model)[0]
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return model_device_dtype(self.hf_model)[1]
+
+    # -- inputs --------------------------------------------------------------------------
+    def prepare(
+        self,
+        images,
+        prompts: str | Sequence[str],
+        *,
+        template: bool = True,
+        padding_side: str = "left",
+    ) -> VLMInputs:
+        """Images and prompts -> batched, padded ``VLMInputs`` with image spans.
+
+        With ``template=True`` each prompt is a plain question and the family's prompt format
+        (the one its checkpoints were trained with) places the image placeholders. With
+        ``template=False`` the prompt goes to the processor verbatim and must hold exactly one
+        placeholder per image. Left padding (the default) puts every item's last prompt token
+        at position -1, where the answer is read and generation continues.
+        """
+        processor = self.processor
+        if processor is None:
+            raise InputError("prepare() needs the model's processor; pass processor= to from_hf")
+        if padding_side not in ("left", "right"):
+            raise InputError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        per_prompt = normalise_images(images, len(prompts))
+        placeholder = processor.image_token
+        texts = []
+        for i, (prompt, imgs) in enumerate(zip(prompts, per_prompt)):
+            found = prompt.count(placeholder)
+            if template:
+                if found:
+                    raise ImageTokenMismatchError(
+                        f"prompt {i} already contains {found} {placeholder!r} placeholder(s); with template=True "
+                        "the family's template places them. Pass a plain question, or template=False."
+                    )
+                texts.append(self.adapter.template(prompt, len(imgs), processor))
+            elif found != len(imgs):
+                what = "has no image placeholder" if found == 0 else f"has {found} image placeholders"
+                raise ImageTokenMismatchError(
+                    f"prompt {i} {what} but {len(imgs)} image(s) were given: with template=False each image "
+                    f"needs one {placeholder!r} in the prompt"
+                )
+            else:
+                texts.append(prompt)
+        flat = [img for imgs in per_prompt for img in imgs]
+        images_arg = per_prompt if self.adapter.family == "paligemma" else flat
+        encoded = processor(images=images_arg, text=texts, return_tensors="pt", padding=True, padding_side=padding_side)
+        tensors = select_tensors(dict(encoded), self.adapter.forward_keys, self.adapter.drop_keys)
+        inputs = self.as_inputs(**tensors)
+        inputs.prompts, inputs.texts = prompts, texts
+        return inputs
+
+    def as_inputs(self, inputs: VLMInputs | None = None, **tensors) -> VLMInputs:
+        """``VLMInputs`` from either a ``VLMInputs`` or the HF forward keyword tensors."""
+        if inputs is not None:
+            if tensors:
+                raise InputError(f"pass either VLMInputs or forward tensors, not both (got {sorted(tensors)})")
+            if not isinstance(inputs, VLMInputs):
+                raise InputError(f"expected VLMInputs, got {type(inputs).__name__}; or pass input_ids=..., pixel_values=...")
+            self._check_device(inputs.tensors)
+            return inputs
+        if "input_ids" not in tensors:
+            raise InputError("forward tensors need input_ids (image spans are read from them)")
+        tensors = select_tensors(tensors, self.adapter.forward_keys, self.adapter.drop_keys)
+        self._check_device(tensors)
+        ids = tensors["input_ids"]
+        if ids.ndim != 2:
+            raise InputError(f"input_ids must be [batch, pos], got shape {tuple(ids.shape)}")
+        n_image_tokens = int((ids == self.cfg.image_token_id).sum())
+        if "pixel_values" not in tensors:
+            raise InputError("no pixel_values: a VLM forward needs the images (prepare() builds them)")
+        if n_image_tokens == 0:
+            raise ImageTokenMismatchError(
+                "pixel_values were given but input_ids hold no image tokens "
+                f"(id {self.cfg.image_token_id}): the prompt is missing its image placeholder"
+            )
+        spans = self.adapter.image_spans(self.hf_model.config, ids, tensors)
+        mask = tensors.get("attention_mask", torch.ones_like(ids))
+        return VLMInputs(tensors, spans, padding_side_of(mask))
+
+    def _check_device(self, tensors: dict[str, Tensor]) -> None:
+        device, dtype = model_device_dtype(self.hf_model)
+        if device.type == "meta":
+            return
+        for key, value in tensors.items():
+            if value.device != device:
+                raise DeviceMismatchError(f"{key} is on {value.device} but the model is on {device}; use inputs.to({str(device)!r})")
+            if value.is_floating_point() and value.dtype != dtype:
+                raise DeviceMismatchError(
+                    f"{key} is {value.dtype} but the model is {dtype}; use inputs.to(model.device, model.dtype)"
+                )
+
+    def _query_positions(self, inputs: VLMInputs, query_positions) -> Int[Tensor, "batch row"]:
+        """Absolute query rows per item. Negative ints count back from each item's last real token."""
+        last = last_positions(inputs.attention_mask)
+        if query_positions is None:
+            return last[:, None]
+        if isinstance(query_positions, Tensor):
+            positions = query_positions.to(torch.long)
+            if positions.ndim == 1:
+                positions = positions[None].expand(inputs.batch_size, -1)
+        else:
+            ints = [query_positions] if isinstance(query_positions, int) else list(query_positions)
+            rows = torch.tensor(ints, dtype=torch.long, device=last.device)
+            positions = torch.where(rows[None] < 0, last[:, None] + 1 + rows[None], rows[None])
+        seq = inputs.input_ids.shape[1]
+        if positions.shape[0] != inputs.batch_size or bool((positions < 0).any() | (positions >= seq).any()):
+            raise InputError(f"query positions {positions.tolist()} fall outside the batch's {seq} positions")
+        return positions.to(inputs.input_ids.device)
+
+    # -- running -------------------------------------------------------------------------
+    def hooks(self, fwd_hooks: Iterable[tuple[str, HookFn]] = (), *, inputs: VLMInputs | None = None, query_positions=None) -> HookSession:
+        """Context manager adding ``fwd_hooks`` for its duration; removes exactly what it added."""
+        positions = None if inputs is None else self._query_positions(inputs, query_positions)
+        return HookSession(self.hf_model, self.adapter, self.vocab, self._expand(fwd_hooks), positions)
+
+    def _expand(self, fwd_hooks) -> list[tuple[str, HookFn]]:
+        """TransformerLens also takes a name filter in place of a name."""
+        out = []
+        for name, fn in fwd_hooks:
+            if callable(name):
+                out.extend((n, fn) for n in self.vocab.names() if name(n))
+            else:
+                out.append((name, fn))
+        return out
+
+    def forward(self, inputs: VLMInputs | None = None, **tensors) -> Float[Tensor, "batch pos vocab"]:
+        inputs = self.as_inputs(inputs, **tensors)
+        return self.hf_model(**inputs.tensors).logits
+
+    __call__ = forward
+
+    def run_with_hooks(
+        self, inputs: VLMInputs | None = None, *, fwd_hooks: Iterable[tuple[str, HookFn]] = (), query_positions=None, **tensors
+    ) -> Float[Tensor, "batch pos vocab"]:
+        inputs = self.as_inputs(inputs, **tensors)
+        with self.hooks(fwd_hooks, inputs=inputs, query_positions=query_positions):
+            return self.hf_model(**inputs.tensors).logits
+
+    def cache_names(self, names_filter: NamesFilter) -> list[str]:
+        """The names a names_filter selects. None: all but the opt-in full attention patterns."""
+        if names_filter is None:
+            return [n for n in self.vocab.names() if not n.endswith(OPT_IN_SUFFIXES)]
+        if isinstance(names_filter, str):
+            names_filter = [names_filter]
+        if callable(names_filter):
+            return [n for n in self.vocab.names() if names_filter(n)]
+        return [self.vocab.info(n).name for n in names_filter]
+
+    def run_with_cache(
+        self,
+        inputs: VLMInputs | None = None,
+        *,
+        names_filter: NamesFilter = None,
+        fwd_hooks: Iterable[tuple[str, HookFn]] = (),
+        query_positions=None,
+        device: torch.device | str | None = None,
+        **tensors,
+    ) -> tuple[Float[Tensor, "batch pos vocab"], ActivationCache]:
+        """Logits and the activations named by ``names_filter`` (detached; moved to ``device``)."""
+        inputs = self.as_inputs(inputs, **tensors)
+        store: dict[str, Tensor] = {}
+
+        def save(activation: Tensor, hook) -> None:
+            activation = activation.detach()
+            store[hook.name] = activation if device is None else activation.to(device)
+
+        hooks = list(self._expand(fwd_hooks)) + [(name, save) for name in self.cache_names(names_filter)]
+        with self.hooks(hooks, inputs=inputs, query_positions=query_positions):
+            logits = self.hf_model(**inputs.tensors).logits
+        return logits, ActivationCache(store, self.vocab, inputs)
+
+    def generate(
+        self,
+        inputs: VLMInputs | None = None,
+        *,
+        max_new_tokens: int = 8,
+        fwd_hooks: Iterable[tuple[str, HookFn]] = (),
+        do_sample: bool = False,
+        **kwargs,
+    ) -> Int[Tensor, "batch total_pos"]:
+        """HF ``generate`` with hooks active at every step (``hook.step``: 0 = prefill).
+
+        Returns the prompt and new tokens, as HF does. Extra keyword arguments go to HF's
+        ``generate`` (temperature, top_p, num_return_sequences, ...); forward tensors go in ``inputs``.
+        """
+        tensor_keys = set(kwargs) & set(self.adapter.forward_keys)
+        tensors = {k: kwargs.pop(k) for k in tensor_keys}
+        inputs = self.as_inputs(inputs, **tensors)
+        mask = inputs.attention_mask
+        if inputs.batch_size > 1 and bool((mask[:, -1] == 0).any()):
+            raise InputError(
+                "generation from a right-padded batch would continue after padding; "
+                "use model.prepare(..., padding_side='left')"
+            )
+        with self.hooks(fwd_hooks, inputs=inputs):
+            return self.hf_model.generate(
+                **inputs.tensors, max_new_tokens=max_new_tokens, do_sample=do_sample, **kwargs
+            )

@@ -1,0 +1,261 @@
+"""The one way hooks go in: a session that adds torch hooks and removes exactly those.
+
+A hook function has TransformerLens's signature ``fn(activation, hook) -> Tensor | None``;
+returning a tensor replaces the activation. ``hook.name`` is the canonical name,
+``hook.layer()`` its layer, ``hook.step`` the forward pass within the session (0 for a
+single forward; during ``generate``, 0 is the prefill and k the k-th new token), and
+``hook.ctx`` a dict shared by the session's hooks.
+
+Hooks at one site (one module's input or output) run in the vocabulary's firing order, then
+in the order given. Sites nothing asked for get no torch hook at all.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from vlm_lens import attention
+from vlm_lens.adapter import Adapter, get_module, layer_list
+from vlm_lens.names import HookInfo, Vocabulary
+
+HookFn = Callable[[Tensor, "Hook"], Tensor | None]
+
+
+@dataclass
+class RunState:
+    """Per-session state: the forward-pass counter and stashes for computed sites."""
+
+    step: int = -1
+    query_positions: Tensor | None = None
+    resid_pre: dict[int, Tensor] = field(default_factory=dict)
+    ctx: dict = field(default_factory=dict)
+
+
+class Hook:
+    """What a hook function receives as its second argument."""
+
+    __slots__ = ("name", "_layer", "_state")
+
+    def __init__(self, info: HookInfo, state: RunState):
+        self.name = info.name
+        self._layer = info.layer
+        self._state = state
+
+    def layer(self) -> int | None:
+        return self._layer
+
+    @property
+    def step(self) -> int:
+        return self._state.step
+
+    @property
+    def ctx(self) -> dict:
+        return self._state.ctx
+
+    def __repr__(self) -> str:
+        return f"Hook({self.name!r}, step={self.step})"
+
+
+def _run_chain(chain: list[tuple[HookInfo, HookFn]], tensor: Tensor, state: RunState) -> Tensor:
+    for info, fn in chain:
+        result = fn(tensor, Hook(info, state))
+        if result is not None:
+            if not isinstance(result, Tensor):
+                raise TypeError(f"hook on {info.name} returned {type(result).__name__}; return a Tensor or None")
+            if result.shape != tensor.shape:
+                raise ValueError(f"hook on {info.name} returned shape {tuple(result.shape)}, expected {tuple(tensor.shape)}")
+            tensor = result
+    return tensor
+
+
+def _per_head(fn: HookFn, head_dim: int) -> HookFn:
+    """attn.hook_z: the o_proj input [batch pos head*d_head] seen as [batch pos head d_head]."""
+
+    def per_head(tensor: Tensor, hook: Hook) -> Tensor | None:
+        heads = tensor.view(*tensor.shape[:-1], tensor.shape[-1] // head_dim, head_dim)
+        result = fn(heads, hook)
+        if result is None:
+            return None
+        if result.shape != heads.shape:
+            raise ValueError(f"hook on {hook.name} returned shape {tuple(result.shape)}, expected {tuple(heads.shape)}")
+        return result.reshape(tensor.shape)
+
+    return per_head
+
+
+class HookSession:
+    """Context manager: adds the torch hooks for ``fwd_hooks`` and removes exactly those.
+
+    It also routes the language model's attention through ``vlm_lens.attention`` while any
+    attention hook is asked for, restoring each config's implementation on exit.
+    """
+
+    def __init__(
+        self,
+        hf_model: nn.Module,
+        adapter: Adapter,
+        vocab: Vocabulary,
+        fwd_hooks: Iterable[tuple[str, HookFn]],
+        query_positions: Tensor | None = None,
+    ):
+        self.hf_model = hf_model
+        self.adapter = adapter
+        self.vocab = vocab
+        self.state = RunState(query_positions=query_positions)
+        self.hooks = [(vocab.info(name), fn) for name, fn in fwd_hooks]
+        for info, fn in self.hooks:
+            if not callable(fn):
+                raise TypeError(f"the hook for {info.name} is not callable: {fn!r}")
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._restore: list[tuple[object, str]] = []
+
+    # -- module resolution -------------------------------------------------------------
+    def _module(self, info: HookInfo) -> nn.Module:
+        key = info.spec.site.key
+        if key == "block":
+            return layer_list(self.hf_model, self.adapter.modules["layers"])[info.layer]
+        if key == "vision_block":
+            return layer_list(self.hf_model, self.adapter.modules["vision_layers"])[info.layer]
+        if key in self.adapter.block:
+            layer = layer_list(self.hf_model, self.adapter.modules["layers"])[info.layer]
+            return get_module(layer, self.adapter.block[key])
+        return get_module(self.hf_model, self.adapter.modules[key])
+
+    def _attn_module(self, layer: int) -> nn.Module:
+        block = layer_list(self.hf_model, self.adapter.modules["layers"])[layer]
+        return get_module(block, self.adapter.block["attn"])
+
+    # -- context manager -----------------------------------------------------------------
+    def __enter__(self) -> HookSession:
+        try:
+            self._install()
+        except BaseException:
+            self._remove()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._remove()
+
+    def _remove(self) -> None:
+        for handle in reversed(self._handles):
+            handle.remove()
+        self._handles.clear()
+        for config, impl in reversed(self._restore):
+            config._attn_implementation = impl
+        self._restore.clear()
+        self.state.resid_pre.clear()
+
+    def _install(self) -> None:
+        if not self.hooks:
+            return
+        ins: dict[int, list] = defaultdict(list)
+        outs: dict[int, list] = defaultdict(list)
+        modules: dict[int, nn.Module] = {}
+        mids: dict[int, list] = defaultdict(list)
+        attn: dict[int, dict[str, list]] = defaultdict(lambda: {"pattern": [], "pattern_rows": []})
+
+        for info, fn in sorted(self.hooks, key=lambda h: h[0].order):
+            site = info.spec.site
+            if site.key == "attn_o":
+                fn = _per_head(fn, self._attn_module(info.layer).head_dim)
+            if site.kind in ("in", "out"):
+                module = self._module(info)
+                modules[id(module)] = module
+                (ins if site.kind == "in" else outs)[id(module)].append((info, fn))
+            elif site.kind == "resid_mid":
+                mids[info.layer].append((info, fn))
+            else:
+                attn[info.layer][site.kind].append((info, fn))
+
+        # resid_mid = resid_pre + attn_out: stash resid_pre (after its own hooks), edit via attn_out.
+        attn_out_modules = {}
+        for layer in mids:
+            block = layer_list(self.hf_model, self.adapter.modules["layers"])[layer]
+            modules[id(block)] = block
+            ins[id(block)].append((None, layer))
+            out_module = get_module(block, self.adapter.block["attn_out"])
+            modules[id(out_module)] = out_module
+            outs.setdefault(id(out_module), [])
+            attn_out_modules[id(out_module)] = layer
+
+        for key, chain in ins.items():
+            self._handles.append(modules[key].register_forward_pre_hook(self._pre_hook(chain), with_kwargs=True))
+        for key, chain in outs.items():
+            mid = attn_out_modules.get(key)
+            self._handles.append(
+                modules[key].register_forward_hook(self._out_hook(chain, mid, mids.get(mid, [])))
+            )
+        if attn:
+            self._route_attention(attn)
+        self._handles.append(self.hf_model.register_forward_pre_hook(self._count_step))
+
+    def _count_step(self, module, args) -> None:
+        self.state.step += 1
+
+    def _pre_hook(self, chain: list):
+        state = self.state
+
+        def hook(module, args, kwargs):
+            if args:
+                tensor = args[0]
+            else:
+                tensor = kwargs["hidden_states"]
+            original = tensor
+            for info, fn in chain:
+                if info is None:  # stash for resid_mid of layer `fn`
+                    state.resid_pre[fn] = tensor
+                else:
+                    tensor = _run_chain([(info, fn)], tensor, state)
+            if tensor is original:
+                return None
+            if args:
+                return (tensor, *args[1:]), kwargs
+            return args, {**kwargs, "hidden_states": tensor}
+
+        return hook
+
+    def _out_hook(self, chain: list, mid_layer: int | None, mid_chain: list):
+        state = self.state
+
+        def hook(module, args, output):
+            tensor = output[0] if isinstance(output, tuple) else output
+            original = tensor
+            tensor = _run_chain(chain, tensor, state)
+            if mid_chain:
+                resid_pre = state.resid_pre[mid_layer]
+                mid = resid_pre + tensor
+                edited = _run_chain(mid_chain, mid, state)
+                if edited is not mid:
+                    tensor = edited - resid_pre
+            if tensor is original:
+                return None
+            return (tensor, *output[1:]) if isinstance(output, tuple) else tensor
+
+        return hook
+
+    def _route_attention(self, requests: dict[int, dict[str, list]]) -> None:
+        state = self.state
+        for layer, chains in requests.items():
+            module = self._attn_module(layer)
+            config = module.config
+            if all(config is not c for c, _ in self._restore):
+                original = config._attn_implementation or "eager"
+                self._restore.append((config, config._attn_implementation))
+                config._attn_implementation = attention.implementation_name(original)
+            pattern, rows = chains["pattern"], chains["pattern_rows"]
+
+            def inject(module, args, kwargs, pattern=pattern, rows=rows):
+                request = attention.AttentionRequest(
+                    pattern=(lambda p: _run_chain(pattern, p, state)) if pattern else None,
+                    rows=(lambda r: _run_chain(rows, r, state)) if rows else None,
+                    query_positions=state.query_positions if state.step == 0 else None,
+                )
+                return args, {**kwargs, attention.REQUEST_KWARG: request}
+
+            self._handles.append(module.register_forward_pre_hook(inject, with_kwargs=True))

@@ -1,0 +1,176 @@
+"""Batched model inputs that know where every image's tokens sit.
+
+``VLMInputs`` carries the HF forward tensors plus, for each batch item and each of its images,
+an ``ImageSpan``: the token positions (in the padded sequence) and the patch grid (rows, cols)
+those tokens tile, in row-major order.
+
+    >>> span = ImageSpan(image=0, start=5, end=17, grid=(3, 4))
+    >>> span.n_tokens, span.positions[:3], span.position_of(1, 0)
+    (12, [5, 6, 7], 9)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from PIL import Image
+
+from vlm_lens.errors import ImageTokenMismatchError, InputError
+
+
+@dataclass(frozen=True)
+class ImageSpan:
+    """One image's tokens in one sequence: positions start..end-1 tile a (rows, cols) grid."""
+
+    image: int  # index of the image in the batch's flat image list
+    start: int
+    end: int
+    grid: tuple[int, int]
+
+    @property
+    def n_tokens(self) -> int:
+        return self.end - self.start
+
+    @property
+    def positions(self) -> list[int]:
+        return list(range(self.start, self.end))
+
+    def position_of(self, row: int, col: int) -> int:
+        rows, cols = self.grid
+        if not (0 <= row < rows and 0 <= col < cols):
+            raise IndexError(f"patch ({row}, {col}) is outside the {rows}x{cols} grid")
+        return self.start + row * cols + col
+
+
+@dataclass
+class VLMInputs:
+    """HF forward tensors for a batch, with the image spans of every item."""
+
+    tensors: dict[str, torch.Tensor]
+    image_spans: list[list[ImageSpan]]
+    padding_side: str = "right"
+    prompts: list[str] | None = None
+    texts: list[str] | None = field(default=None, repr=False)  # what the processor saw
+
+    @property
+    def input_ids(self) -> torch.Tensor:
+        return self.tensors["input_ids"]
+
+    @property
+    def attention_mask(self) -> torch.Tensor:
+        mask = self.tensors.get("attention_mask")
+        return torch.ones_like(self.input_ids) if mask is None else mask
+
+    @property
+    def batch_size(self) -> int:
+        return self.input_ids.shape[0]
+
+    def last_positions(self) -> torch.Tensor:
+        """Index of each item's last real token (what the model answers from)."""
+        return last_positions(self.attention_mask)
+
+    def image_positions(self, item: int) -> list[int]:
+        return [p for span in self.image_spans[item] for p in span.positions]
+
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> VLMInputs:
+        """Tensors moved to ``device``; floating tensors (pixels) cast to ``dtype`` if given."""
+        moved = {}
+        for k, v in self.tensors.items():
+            v = v.to(device)
+            if dtype is not None and v.is_floating_point():
+                v = v.to(dtype)
+            moved[k] = v
+        return VLMInputs(moved, self.image_spans, self.padding_side, self.prompts, self.texts)
+
+
+def last_positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
+    return (positions * attention_mask.to(torch.long)).argmax(dim=1)
+
+
+def padding_side_of(attention_mask: torch.Tensor) -> str:
+    """'left' if any item starts with padding, else 'right' (also when nothing is padded)."""
+    return "left" if bool((attention_mask[:, 0] == 0).any()) else "right"
+
+
+def spans_from_runs(
+    input_ids: torch.Tensor, image_token_id: int, per_image: list[tuple[int, tuple[int, int]]]
+) -> list[list[ImageSpan]]:
+    """Cut each item's image-token positions into consecutive images.
+
+    ``per_image`` gives, for the batch's images in order, (number of tokens, grid). Images are
+    consumed item by item, as every HF family does when it scatters image features.
+    """
+    spans: list[list[ImageSpan]] = []
+    cursor = 0
+    for item, ids in enumerate(input_ids):
+        positions = torch.nonzero(ids == image_token_id).flatten().tolist()
+        item_spans = []
+        taken = 0
+        while taken < len(positions):
+            if cursor >= len(per_image):
+                raise ImageTokenMismatchError(
+                    f"item {item} has {len(positions) - taken} image tokens beyond the {len(per_image)} images given"
+                )
+            n, grid = per_image[cursor]
+            block = positions[taken : taken + n]
+            if len(block) != n or block[-1] - block[0] != n - 1:
+                raise ImageTokenMismatchError(
+                    f"item {item}: image {cursor} needs {n} consecutive image tokens, found {len(block)} "
+                    f"at positions {block[:3]}...; the prompt's placeholders do not match the images"
+                )
+            item_spans.append(ImageSpan(cursor, block[0], block[0] + n, grid))
+            taken += n
+            cursor += 1
+        spans.append(item_spans)
+    if cursor != len(per_image):
+        raise ImageTokenMismatchError(
+            f"{len(per_image)} images were given but the prompts hold image tokens for {cursor}; "
+            "each image needs its placeholder in the prompt"
+        )
+    return spans
+
+
+def check_image(image, where: str) -> Image.Image:
+    """A PIL RGB image, or a clear error. Arrays of shape (H, W, 3) uint8 are accepted."""
+    if isinstance(image, np.ndarray):
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise InputError(f"{where}: arrays must be (height, width, 3) uint8, got {image.shape} {image.dtype}")
+        image = Image.fromarray(image)
+    if not isinstance(image, Image.Image):
+        raise InputError(f"{where}: expected a PIL image or an (H, W, 3) uint8 array, got {type(image).__name__}")
+    if image.width == 0 or image.height == 0:
+        raise InputError(f"{where}: the image has size {image.width}x{image.height}; it needs at least one pixel")
+    if image.mode != "RGB":
+        raise InputError(f"{where}: image mode is {image.mode!r}, expected 'RGB' (use image.convert('RGB'))")
+    return image
+
+
+def normalise_images(images, n_prompts: int) -> list[list[Image.Image]]:
+    """One list of images per prompt. Accepts one image per prompt or a list per prompt."""
+    if images is None:
+        raise InputError("prepare() needs images: one per prompt, or a list of images per prompt")
+    if isinstance(images, (Image.Image, np.ndarray)):
+        images = [images]
+    images = list(images)
+    if len(images) != n_prompts:
+        raise ImageTokenMismatchError(
+            f"{len(images)} image entries for {n_prompts} prompts; give one image (or one list of images) per prompt"
+        )
+    out = []
+    for i, entry in enumerate(images):
+        entry = list(entry) if isinstance(entry, (list, tuple)) else [entry]
+        if not entry:
+            raise ImageTokenMismatchError(f"prompt {i} has no image; every prompt needs at least one")
+        out.append([check_image(img, f"prompt {i}, image {j}") for j, img in enumerate(entry)])
+    return out
+
+
+def select_tensors(tensors: Mapping[str, torch.Tensor], keys: tuple[str, ...], drop: tuple[str, ...]) -> dict:
+    unknown = [k for k in tensors if k not in keys and k not in drop]
+    if unknown:
+        raise InputError(f"unexpected forward inputs {unknown}; this family takes {list(keys)}")
+    return {k: v for k, v in tensors.items() if k in keys and v is not None}

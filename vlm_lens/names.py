@@ -1,0 +1,177 @@
+"""The canonical hook vocabulary: every name a model has, where it sits, and its shape.
+
+Names are flat and stable, as in TransformerLens. Each template below is declared with the
+shape of the tensor a hook function receives there (dimension names: see ``vlm_lens``)::
+
+    >>> from vlm_lens.names import block_names
+    >>> block_names(0)[:3]
+    ['blocks.0.hook_resid_pre', 'blocks.0.ln1.hook_normalized', 'blocks.0.attn.hook_pattern']
+
+A *site* says how the manager reaches the tensor: the input or output of a module named by
+the adapter's table, or one of the two computed sites (``resid_mid``, attention).
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+
+from vlm_lens.errors import HookNameError, LayerIndexError
+
+# Where a hook sits, relative to an adapter's module table.
+#   kind "in" / "out": the input / output of the module at adapter key ``key``
+#   kind "resid_mid": resid_pre + attn_out, edited by adjusting attn_out
+#   kind "pattern" / "pattern_rows": computed inside the attention function
+
+
+@dataclass(frozen=True)
+class Site:
+    kind: str
+    key: str | None = None
+
+
+@dataclass(frozen=True)
+class HookSpec:
+    template: str
+    site: Site
+    shape: str
+
+
+# Language-model block hooks, in the order they fire inside a block.
+BLOCK_HOOKS: tuple[HookSpec, ...] = (
+    HookSpec("blocks.{l}.hook_resid_pre", Site("in", "block"), "batch pos d_model"),
+    HookSpec("blocks.{l}.ln1.hook_normalized", Site("out", "ln1"), "batch pos d_model"),
+    HookSpec("blocks.{l}.attn.hook_pattern", Site("pattern"), "batch head query key"),
+    HookSpec("blocks.{l}.attn.hook_pattern_rows", Site("pattern_rows"), "batch head row key"),
+    HookSpec("blocks.{l}.attn.hook_z", Site("in", "attn_o"), "batch pos head d_head"),
+    HookSpec("blocks.{l}.hook_attn_out", Site("out", "attn_out"), "batch pos d_model"),
+    HookSpec("blocks.{l}.hook_resid_mid", Site("resid_mid"), "batch pos d_model"),
+    HookSpec("blocks.{l}.ln2.hook_normalized", Site("out", "ln2"), "batch pos d_model"),
+    HookSpec("blocks.{l}.mlp.hook_pre", Site("out", "mlp_gate"), "batch pos d_mlp"),
+    HookSpec("blocks.{l}.mlp.hook_post", Site("in", "mlp_down"), "batch pos d_mlp"),
+    HookSpec("blocks.{l}.hook_mlp_out", Site("out", "mlp_out"), "batch pos d_model"),
+    HookSpec("blocks.{l}.hook_resid_post", Site("out", "block"), "batch pos d_model"),
+)
+
+# hook_embed is the tensor entering layer 0 (image features merged, any embedding scale
+# applied), i.e. the same tensor as blocks.0.hook_resid_pre; it fires first.
+EMBED_HOOK = HookSpec("hook_embed", Site("in", "block"), "batch pos d_model")
+FINAL_HOOK = HookSpec("ln_final.hook_normalized", Site("out", "final_norm"), "batch pos d_model")
+VISION_BLOCK_HOOK = HookSpec("vision.blocks.{l}.hook_resid_post", Site("out", "vision_block"), "image patch d_vision")
+PROJECTOR_HOOK = HookSpec("projector.hook_out", Site("out", "projector"), "image patch d_model")
+
+# Names that cost a quadratic eager computation: never cached unless asked for by name.
+OPT_IN_SUFFIXES = ("attn.hook_pattern",)
+
+# Short aliases for cache lookups: cache["resid_post", 3] == cache["blocks.3.hook_resid_post"].
+ALIASES: dict[str, str] = {
+    "embed": "hook_embed",
+    "resid_pre": "blocks.{l}.hook_resid_pre",
+    "ln1": "blocks.{l}.ln1.hook_normalized",
+    "z": "blocks.{l}.attn.hook_z",
+    "pattern": "blocks.{l}.attn.hook_pattern",
+    "pattern_rows": "blocks.{l}.attn.hook_pattern_rows",
+    "attn_out": "blocks.{l}.hook_attn_out",
+    "resid_mid": "blocks.{l}.hook_resid_mid",
+    "ln2": "blocks.{l}.ln2.hook_normalized",
+    "pre": "blocks.{l}.mlp.hook_pre",
+    "post": "blocks.{l}.mlp.hook_post",
+    "mlp_out": "blocks.{l}.hook_mlp_out",
+    "resid_post": "blocks.{l}.hook_resid_post",
+    "ln_final": "ln_final.hook_normalized",
+    "vision_resid_post": "vision.blocks.{l}.hook_resid_post",
+    "projector": "projector.hook_out",
+}
+
+
+@dataclass(frozen=True)
+class HookInfo:
+    """One concrete hook name on one model."""
+
+    name: str
+    spec: HookSpec
+    layer: int | None  # language or vision layer index; None for model-wide hooks
+    order: int  # firing order within one forward; used to run a site's hooks in sequence
+
+
+def block_names(layer: int) -> list[str]:
+    return [spec.template.format(l=layer) for spec in BLOCK_HOOKS]
+
+
+class Vocabulary:
+    """All hook names of one model, with the specs behind them."""
+
+    def __init__(self, n_layers: int, n_vision_layers: int):
+        self.n_layers = n_layers
+        self.n_vision_layers = n_vision_layers
+        infos: list[HookInfo] = []
+        for l in range(n_vision_layers):
+            infos.append(HookInfo(VISION_BLOCK_HOOK.template.format(l=l), VISION_BLOCK_HOOK, l, len(infos)))
+        infos.append(HookInfo(PROJECTOR_HOOK.template, PROJECTOR_HOOK, None, len(infos)))
+        infos.append(HookInfo(EMBED_HOOK.template, EMBED_HOOK, 0, len(infos)))
+        for l in range(n_layers):
+            for spec in BLOCK_HOOKS:
+                infos.append(HookInfo(spec.template.format(l=l), spec, l, len(infos)))
+        infos.append(HookInfo(FINAL_HOOK.template, FINAL_HOOK, None, len(infos)))
+        self._infos = {info.name: info for info in infos}
+        self._listing = (
+            [VISION_BLOCK_HOOK.template.format(l=l) for l in range(n_vision_layers)]
+            + [PROJECTOR_HOOK.template, EMBED_HOOK.template]
+            + [name for l in range(n_layers) for name in block_names(l)]
+            + [FINAL_HOOK.template]
+        )
+
+    def names(self) -> list[str]:
+        return list(self._listing)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._infos
+
+    def info(self, name: str) -> HookInfo:
+        if not isinstance(name, str):
+            raise HookNameError(f"hook names are strings, got {type(name).__name__}: {name!r}")
+        try:
+            return self._infos[name]
+        except KeyError:
+            raise self._unknown(name) from None
+
+    def resolve_key(self, key: str | tuple) -> str:
+        """A cache key: a canonical name, or (alias, layer) such as ("resid_post", 3)."""
+        if isinstance(key, str):
+            return self.info(key).name
+        if not isinstance(key, tuple) or not key or not isinstance(key[0], str):
+            raise HookNameError(f"cache keys are a hook name or (alias, layer); got {key!r}")
+        alias, *rest = key
+        if alias not in ALIASES:
+            close = difflib.get_close_matches(alias, list(ALIASES), n=3)
+            raise HookNameError(f"unknown alias {alias!r}; closest: {close}. Aliases: {sorted(ALIASES)}")
+        template = ALIASES[alias]
+        if "{l}" not in template:
+            if rest:
+                raise HookNameError(f"alias {alias!r} names a model-wide hook and takes no layer, got {rest}")
+            return template
+        if len(rest) != 1 or not isinstance(rest[0], int):
+            raise HookNameError(f"alias {alias!r} needs one integer layer: cache[{alias!r}, 3]")
+        n = self.n_vision_layers if template.startswith("vision.") else self.n_layers
+        layer = rest[0] + n if rest[0] < 0 else rest[0]
+        if not 0 <= layer < n:
+            raise LayerIndexError(f"layer {rest[0]} is out of range for {alias!r}: the model has {n} layers (0..{n - 1})")
+        return template.format(l=layer)
+
+    def _unknown(self, name: str) -> HookNameError:
+        parts = name.split(".")
+        # Only for the message: a well-formed name whose layer is out of range.
+        for prefix, n in (("blocks", self.n_layers), ("vision.blocks", self.n_vision_layers)):
+            depth = prefix.count(".") + 1
+            if name.startswith(prefix + ".") and len(parts) > depth and parts[depth].lstrip("-").isdigit():
+                as_zero = ".".join(parts[:depth] + ["0"] + parts[depth + 1 :])
+                if as_zero in self._infos and not 0 <= int(parts[depth]) < n:
+                    return LayerIndexError(
+                        f"{name!r}: layer {parts[depth]} is out of range; this model has {n} "
+                        f"{'vision' if prefix.startswith('vision') else 'language'} layers (0..{n - 1})"
+                    )
+        close = difflib.get_close_matches(name, self._listing, n=5, cutoff=0.5)
+        return HookNameError(
+            f"unknown hook name {name!r}. Closest valid names: {close or self._listing[:5]}. "
+            "model.hook_names() lists them all."
+        )
