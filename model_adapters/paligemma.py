@@ -2,8 +2,8 @@
 
 Image tokens come first (256 = 16x16 at 224 px, patch 14), then BOS, the prompt and a newline;
 the prefix (images + prompt) attends bidirectionally, marked by ``token_type_ids`` (0 = prefix,
-1 = suffix). Gemma scales its embeddings by sqrt(d_model) before layer 0: ``hook_embed`` is the
-scaled tensor, the one layer 0 receives.
+1 = suffix). Gemma scales its token embeddings by sqrt(d_model) at lookup; image features are
+inserted unscaled. ``hook_embed`` is the merged tensor layer 0 receives.
 """
 
 from __future__ import annotations

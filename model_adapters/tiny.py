@@ -52,6 +52,7 @@ def word_tokenizer(words: Sequence[str], specials: Sequence[str] = ()) -> PreTra
         vocab.setdefault(token, len(vocab))
     backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
+    backend.add_special_tokens(["<pad>", "<unk>", "<s>", "</s>", *specials])  # matched before pre-tokenizing
     extra = {"image_token": specials[0]} if specials else {}
     return PreTrainedTokenizerFast(
         tokenizer_object=backend,

@@ -41,6 +41,7 @@ class VLMConfig:
     n_kv_heads: int
     d_head: int
     d_vocab: int
+    d_vision: int
     image_token_id: int
 
 
@@ -67,6 +68,8 @@ class HookedVLM:
             n_kv_heads=k_out // attn.head_dim,
             d_head=attn.head_dim,
             d_vocab=get_module(hf_model, adapter.modules["unembed"]).weight.shape[0],
+            # Qwen2-VL's vision hidden_size is the merger's output; its tower width is embed_dim
+            d_vision=getattr(hf_model.config.vision_config, "embed_dim", None) or hf_model.config.vision_config.hidden_size,
             image_token_id=hf_model.config.image_token_id,
         )
 
@@ -107,6 +110,20 @@ class HookedVLM:
 
     def hook_names(self) -> list[str]:
         return self.vocab.names()
+
+    def hook_shape(self, name: str) -> tuple[int | str, ...]:
+        """The shape a hook receives: this model's sizes filled in, per-run dimensions by name.
+
+        ``model.hook_shape("blocks.0.mlp.hook_post") == ("batch", "pos", 11008)`` for LLaVA-1.5-7B.
+        Qwen2-VL packs all images' vision tokens in one dimension: its vision hooks are [patch, d].
+        """
+        cfg = self.cfg
+        sizes = {"d_model": cfg.d_model, "d_mlp": cfg.d_mlp, "head": cfg.n_heads, "d_head": cfg.d_head,
+                 "d_vision": cfg.d_vision, "vocab": cfg.d_vocab}
+        dims = self.vocab.info(name).spec.shape.split()
+        if self.adapter.family == "qwen2_vl" and dims[0] == "image":
+            dims = dims[1:]
+        return tuple(sizes.get(d, d) for d in dims)
 
     @property
     def device(self) -> torch.device:

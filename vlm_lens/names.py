@@ -138,6 +138,8 @@ class Vocabulary:
     def resolve_key(self, key: str | tuple) -> str:
         """A cache key: a canonical name, or (alias, layer) such as ("resid_post", 3)."""
         if isinstance(key, str):
+            if key in ALIASES and "{l}" not in ALIASES[key]:  # cache["projector"], cache["ln_final"]
+                return ALIASES[key]
             return self.info(key).name
         if not isinstance(key, tuple) or not key or not isinstance(key[0], str):
             raise HookNameError(f"cache keys are a hook name or (alias, layer); got {key!r}")

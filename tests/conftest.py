@@ -1,0 +1,63 @@
+"""Fixtures: tiny random-init models of each family, built once per test run."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from model_adapters.tiny import TINY
+from vlm_lens import HookedVLM
+
+FAMILIES = tuple(TINY)
+PROMPTS = ["is there a red square in the image ?", "how many"]  # different lengths: padding in play
+
+torch.set_num_threads(1)
+
+
+def make_images(seed: int = 0, sizes=((40, 50), (32, 64))) -> list[Image.Image]:
+    rng = np.random.RandomState(seed)
+    return [Image.fromarray(rng.randint(0, 255, (h, w, 3), dtype=np.uint8)) for h, w in sizes]
+
+
+def tiny(family: str, **overrides) -> HookedVLM:
+    """A fresh tiny model of ``family`` (fixture factory: overrides go to the builder)."""
+    hf, processor = TINY[family](**overrides)
+    return HookedVLM.from_hf(hf, processor)
+
+
+_BUILT: dict[str, HookedVLM] = {}
+
+
+@pytest.fixture(params=FAMILIES)
+def family(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def model(family) -> HookedVLM:
+    """The shared tiny model of a family; tests must not change it."""
+    if family not in _BUILT:
+        _BUILT[family] = tiny(family)
+    return _BUILT[family]
+
+
+@pytest.fixture
+def images() -> list[Image.Image]:
+    return make_images()
+
+
+@pytest.fixture
+def inputs(model, images):
+    return model.prepare(images=images, prompts=PROMPTS)
+
+
+@pytest.fixture
+def eager_hf(model):
+    """The same weights with eager attention, for output_attentions."""
+    hf = copy.deepcopy(model.hf_model)
+    hf.set_attn_implementation("eager")
+    return hf

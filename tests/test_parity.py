@@ -1,0 +1,137 @@
+"""HookedVLM's numbers equal HuggingFace's own, for every family, with and without hooks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.conftest import make_images
+from vlm_lens import HookedVLM
+
+ATOL = 1e-5
+
+
+def hf_forward(model: HookedVLM, inputs, **kwargs):
+    with torch.no_grad():
+        return model.hf_model(**inputs.tensors, **kwargs)
+
+
+def test_logits_equal_hf(model, inputs):
+    ref = hf_forward(model, inputs)
+    with torch.no_grad():
+        assert torch.equal(model(inputs), ref.logits)
+        assert torch.equal(model(**inputs.tensors), ref.logits)  # HF keyword tensors work too
+
+
+def test_batch_mixes_prompt_lengths_and_images(model, inputs):
+    mask = inputs.attention_mask
+    assert (mask.sum(1)[0] != mask.sum(1)[1]).item(), "the fixture should pad one prompt"
+    assert inputs.padding_side == "left"
+    # Each item on its own gives the same last-token logits as inside the padded batch.
+    with torch.no_grad():
+        batched = model(inputs)[:, -1]
+        for i, image in enumerate(make_images()):
+            single = model.prepare(images=[image], prompts=[inputs.prompts[i]])
+            assert torch.allclose(model(single)[0, -1], batched[i], atol=1e-4)
+
+
+def test_hidden_states_equal_hf(model, inputs):
+    ref = hf_forward(model, inputs, output_hidden_states=True)
+    with torch.no_grad():
+        _, cache = model.run_with_cache(inputs, names_filter=lambda n: "resid" in n)
+    n = model.cfg.n_layers
+    assert len(ref.hidden_states) == n + 1
+    for layer in range(n):
+        assert torch.equal(cache["resid_pre", layer], ref.hidden_states[layer])
+    # HF's last hidden state is after the final norm.
+    norm = model.hf_model.get_submodule(model.adapter.modules["final_norm"])
+    assert torch.allclose(norm(cache["resid_post", n - 1]), ref.hidden_states[n], atol=ATOL)
+
+
+def test_noop_hooks_on_every_name_change_nothing(model, inputs):
+    ref = hf_forward(model, inputs, output_hidden_states=True)
+    seen = []
+
+    def identity(act, hook):
+        seen.append(hook.name)
+        return act.clone()  # a real replacement, not a no-op by omission
+
+    with torch.no_grad():
+        logits = model.run_with_hooks(inputs, fwd_hooks=[(name, identity) for name in model.hook_names()])
+    assert set(seen) == set(model.hook_names())
+    # hook_pattern routes attention through eager: equal to the sdpa forward to float tolerance
+    # at every real position (padding rows are fully masked; sdpa and eager fill them differently)
+    real = inputs.attention_mask.bool()
+    assert (logits - ref.logits)[real].abs().max().item() <= ATOL
+
+
+def test_embed_is_resid_pre_zero(model, inputs):
+    with torch.no_grad():
+        _, cache = model.run_with_cache(inputs, names_filter=["hook_embed", "blocks.0.hook_resid_pre"])
+    assert torch.equal(cache["hook_embed"], cache["resid_pre", 0])
+
+
+def test_residual_decomposition_is_exact(model, inputs):
+    with torch.no_grad():
+        _, cache = model.run_with_cache(inputs)
+    total = cache["resid_pre", 0].clone()
+    for layer in range(model.cfg.n_layers):
+        pre, attn, mlp = cache["resid_pre", layer], cache["attn_out", layer], cache["mlp_out", layer]
+        assert torch.allclose(cache["resid_mid", layer], pre + attn, atol=ATOL)
+        assert torch.allclose(cache["resid_post", layer], pre + attn + mlp, atol=ATOL)
+        total = total + attn + mlp
+    # at every position, image positions included
+    assert torch.allclose(total, cache["resid_post", -1], atol=1e-4)
+    image_pos = inputs.image_positions(0)
+    assert torch.allclose(total[0, image_pos], cache["resid_post", -1][0, image_pos], atol=1e-4)
+
+
+def test_final_norm_and_unembed_reproduce_logits(model, inputs):
+    with torch.no_grad():
+        logits, cache = model.run_with_cache(inputs, names_filter=["blocks.1.hook_resid_post", "ln_final.hook_normalized"])
+        norm = model.hf_model.get_submodule(model.adapter.modules["final_norm"])
+        unembed = model.hf_model.get_submodule(model.adapter.modules["unembed"])
+        assert torch.allclose(unembed(norm(cache["resid_post", -1])), logits, atol=ATOL)
+        assert torch.allclose(unembed(cache["ln_final"]), logits, atol=ATOL)
+
+
+def test_vision_and_projector_hooks_match_hf(model, inputs):
+    with torch.no_grad():
+        _, cache = model.run_with_cache(inputs, names_filter=lambda n: n.startswith(("vision", "projector", "hook_embed")))
+        if model.adapter.family == "qwen2_vl":
+            feats = model.hf_model.model.get_image_features(
+                inputs.tensors["pixel_values"], inputs.tensors["image_grid_thw"]
+            ).pooler_output
+            feats = torch.cat(list(feats))
+        else:
+            feats = model.hf_model.model.get_image_features(pixel_values=inputs.tensors["pixel_values"]).pooler_output
+            feats = torch.cat(list(feats)) if isinstance(feats, (list, tuple)) else feats.flatten(0, 1)
+    projected = cache["projector"].reshape(-1, cache["projector"].shape[-1])
+    assert torch.allclose(projected, feats, atol=ATOL)
+    # the projector's output is exactly what sits at the image positions entering layer 0
+    flat = torch.cat([cache["hook_embed"][i, inputs.image_positions(i)] for i in range(inputs.batch_size)])
+    assert torch.equal(flat, projected)
+
+
+def test_nnsight_oracle_per_layer(model, inputs):
+    nnsight = pytest.importorskip("nnsight")
+    traced = nnsight.NNsight(model.hf_model)
+    root = traced.model
+    lm = root.language_model
+    vision = root.visual.blocks if model.adapter.family == "qwen2_vl" else root.vision_tower.encoder.layers
+    saved = {}
+    with torch.no_grad(), traced.trace(**inputs.tensors):
+        for layer in range(model.cfg.n_vision_layers):
+            out = vision[layer].output
+            saved[f"vision.blocks.{layer}.hook_resid_post"] = (out[0] if isinstance(out, tuple) else out).save()
+        for layer in range(model.cfg.n_layers):
+            block = lm.layers[layer]
+            saved[f"blocks.{layer}.hook_resid_pre"] = block.input.save()
+            saved[f"blocks.{layer}.hook_attn_out"] = block.self_attn.output[0].save()
+            saved[f"blocks.{layer}.mlp.hook_post"] = block.mlp.down_proj.input.save()
+            saved[f"blocks.{layer}.hook_mlp_out"] = block.mlp.output.save()
+            saved[f"blocks.{layer}.hook_resid_post"] = block.output.save()
+    with torch.no_grad():
+        _, cache = model.run_with_cache(inputs, names_filter=list(saved))
+    for name, value in saved.items():
+        assert torch.allclose(cache[name], value, atol=ATOL), name

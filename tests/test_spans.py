@@ -1,0 +1,77 @@
+"""Image spans: where each image's tokens sit and the grid they tile, for every family."""
+
+from __future__ import annotations
+
+import torch
+
+from tests.conftest import PROMPTS, make_images, tiny
+
+
+def check_spans_cover_image_tokens(model, inputs):
+    for item, spans in enumerate(inputs.image_spans):
+        is_image = inputs.input_ids[item] == model.cfg.image_token_id
+        covered = torch.zeros_like(is_image)
+        for span in spans:
+            rows, cols = span.grid
+            assert span.n_tokens == rows * cols
+            covered[span.start : span.end] = True
+        assert torch.equal(covered, is_image)
+
+
+def test_spans_cover_exactly_the_image_tokens(model, inputs):
+    check_spans_cover_image_tokens(model, inputs)
+    assert [[s.image for s in spans] for spans in inputs.image_spans] == [[0], [1]]
+
+
+def test_right_padding_reported_and_positions_shift(model, images):
+    left = model.prepare(images=images, prompts=PROMPTS)
+    right = model.prepare(images=images, prompts=PROMPTS, padding_side="right")
+    assert (left.padding_side, right.padding_side) == ("left", "right")
+    check_spans_cover_image_tokens(model, right)
+    pad = int((left.attention_mask[1] == 0).sum())
+    assert pad > 0
+    assert left.image_spans[1][0].start == right.image_spans[1][0].start + pad
+    assert int(right.last_positions()[1]) == int(right.attention_mask[1].sum()) - 1
+
+
+def test_forward_tensors_give_the_same_spans(model, inputs):
+    assert model.as_inputs(**inputs.tensors).image_spans == inputs.image_spans
+
+
+def test_family_layouts(model, inputs):
+    family = model.adapter.family
+    ids = inputs.input_ids
+    tok = model.tokenizer.convert_tokens_to_ids
+    for item, (span,) in enumerate(inputs.image_spans):
+        first_real = int((inputs.attention_mask[item] == 0).sum())
+        if family == "paligemma":  # image tokens first, then BOS; prefix marked by token_type_ids
+            assert span.start == first_real and span.grid == (4, 4)
+            assert ids[item, span.end] == model.tokenizer.bos_token_id
+        elif family == "llava":  # after the user prefix, a fixed 4x4 grid (32 px, patch 8)
+            assert span.start > first_real and span.grid == (4, 4)
+        else:  # Qwen2-VL: between vision start/end, grid from the image's own size
+            assert ids[item, span.start - 1] == tok("<|vision_start|>") and ids[item, span.end] == tok("<|vision_end|>")
+    if family == "qwen2_vl":
+        thw = inputs.tensors["image_grid_thw"]
+        assert [s[0].grid for s in inputs.image_spans] == [(int(h) // 2, int(w) // 2) for _, h, w in thw]
+        assert inputs.image_spans[0][0].grid != inputs.image_spans[1][0].grid  # mixed sizes in one batch
+
+
+def test_several_images_in_one_prompt(family):
+    model = tiny(family)
+    images = make_images(sizes=((32, 32), (48, 32)))
+    inputs = model.prepare(images=[images], prompts=["is there a square ?"])
+    spans = inputs.image_spans[0]
+    assert [s.image for s in spans] == [0, 1]
+    assert spans[0].end <= spans[1].start
+    check_spans_cover_image_tokens(model, inputs)
+    with torch.no_grad():
+        ref = model.hf_model(**inputs.tensors).logits
+        assert torch.equal(model(inputs), ref)
+
+
+def test_patch_position_lookup(model, inputs):
+    span = inputs.image_spans[0][0]
+    rows, cols = span.grid
+    assert span.position_of(0, 0) == span.start
+    assert span.position_of(rows - 1, cols - 1) == span.end - 1
