@@ -74,3 +74,16 @@ def test_attention_implementation_restored(model, inputs):
     with model.hooks([("blocks.0.attn.hook_pattern_rows", lambda a, h: None)], inputs=inputs):
         assert config._attn_implementation == "vlm_lens:" + before
     assert config._attn_implementation == before
+
+
+def test_nested_sessions_share_the_routing(model, inputs, eager_hf):
+    ref = eager_attentions(eager_hf, inputs)
+    config = model.hf_model.get_submodule(model.adapter.modules["layers"])[0].self_attn.config
+    before = config._attn_implementation
+    with model.hooks([("blocks.0.attn.hook_pattern_rows", lambda a, h: None)], inputs=inputs):
+        with torch.no_grad():
+            _, cache = model.run_with_cache(inputs, names_filter="blocks.1.attn.hook_pattern_rows")
+        assert config._attn_implementation == "vlm_lens:" + before
+    assert config._attn_implementation == before
+    last = inputs.last_positions()
+    assert torch.allclose(cache["pattern_rows", 1][0, :, 0], ref[1][0, :, last[0]], atol=ATOL)

@@ -10,7 +10,7 @@ imports them and a third-party package can add a family.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Any
 
@@ -43,8 +43,6 @@ class Adapter:
     forward_keys: tuple[str, ...] = ("input_ids", "attention_mask", "pixel_values")
     # processor outputs that are not forward inputs (e.g. PaliGemma's labels)
     drop_keys: tuple[str, ...] = ()
-    notes: str = ""
-    extra: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
         missing = [k for k in MODEL_KEYS if k not in self.modules] + [k for k in BLOCK_KEYS if k not in self.block]

@@ -41,8 +41,6 @@ class AttentionRequest:
 
 def implementation_name(base: str) -> str:
     """Register (once) and return the wrapper's name for a base implementation."""
-    if base.startswith(PREFIX):
-        raise ValueError(f"attention is already routed through vlm-lens ({base!r}); nested sessions share it")
     name = PREFIX + base
     if name not in AttentionInterface._global_mapping:
         AttentionInterface.register(name, partial(attention_forward, base=base))

@@ -244,7 +244,8 @@ class HookSession:
         for layer, chains in requests.items():
             module = self._attn_module(layer)
             config = module.config
-            if all(config is not c for c, _ in self._restore):
+            routed = (config._attn_implementation or "").startswith(attention.PREFIX)  # an outer session did
+            if not routed and all(config is not c for c, _ in self._restore):
                 original = config._attn_implementation or "eager"
                 self._restore.append((config, config._attn_implementation))
                 config._attn_implementation = attention.implementation_name(original)
