@@ -7,6 +7,14 @@ import torch
 from vlm_lens.errors import ImageTokenMismatchError, InputError
 from vlm_lens.inputs import ImageSpan, spans_from_runs
 
+# Where the language model sits in all three families' ForConditionalGeneration classes.
+LANGUAGE_MODEL = {
+    "layers": "model.language_model.layers",
+    "final_norm": "model.language_model.norm",
+    "unembed": "lm_head",
+    "embed": "model.language_model.embed_tokens",
+}
+
 # Llama, Gemma and Qwen2 decoder layers: pre-norm attention and gated MLP, the residual
 # adds attention's and the MLP's outputs as they leave the modules.
 PRE_NORM_BLOCK = {

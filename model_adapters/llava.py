@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from transformers import AutoProcessor
 
-from model_adapters.common import PRE_NORM_BLOCK, square_grid_spans
+from model_adapters.common import LANGUAGE_MODEL, PRE_NORM_BLOCK, square_grid_spans
 from vlm_lens.adapter import Adapter, register
 from vlm_lens.errors import InputError
 
@@ -31,14 +31,7 @@ ADAPTER = register(
     Adapter(
         family="llava",
         hf_classes=("LlavaForConditionalGeneration",),
-        modules={
-            "layers": "model.language_model.layers",
-            "final_norm": "model.language_model.norm",
-            "unembed": "lm_head",
-            "embed": "model.language_model.embed_tokens",
-            "vision_layers": "model.vision_tower.encoder.layers",
-            "projector": "model.multi_modal_projector",
-        },
+        modules={**LANGUAGE_MODEL, "vision_layers": "model.vision_tower.encoder.layers", "projector": "model.multi_modal_projector"},
         block=PRE_NORM_BLOCK,
         image_spans=image_spans,
         template=template,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from transformers import Qwen2VLProcessor
 
-from model_adapters.common import PRE_NORM_BLOCK
+from model_adapters.common import LANGUAGE_MODEL, PRE_NORM_BLOCK
 from vlm_lens.adapter import Adapter, register
 from vlm_lens.errors import InputError
 from vlm_lens.inputs import spans_from_runs
@@ -58,14 +58,7 @@ ADAPTER = register(
     Adapter(
         family="qwen2_vl",
         hf_classes=("Qwen2VLForConditionalGeneration",),
-        modules={
-            "layers": "model.language_model.layers",
-            "final_norm": "model.language_model.norm",
-            "unembed": "lm_head",
-            "embed": "model.language_model.embed_tokens",
-            "vision_layers": "model.visual.blocks",
-            "projector": "model.visual.merger",
-        },
+        modules={**LANGUAGE_MODEL, "vision_layers": "model.visual.blocks", "projector": "model.visual.merger"},
         block=PRE_NORM_BLOCK,
         image_spans=image_spans,
         template=template,
