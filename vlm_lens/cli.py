@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import torch
 import typer
@@ -57,6 +59,38 @@ def demo(
     for layer in range(vlm.cfg.n_layers):
         to_image = cache["pattern_rows", layer][0, :, 0, span.start : span.end].sum(-1).mean().item()
         typer.echo(f"{layer:>5}  {to_image:>18.3f}  {vlm.to_string(lens[layer])!r}")
+
+
+@app.command()
+def shapes(
+    out: str = typer.Option(..., help="folder for questions.jsonl and images/"),
+    n: int = typer.Option(1000, help="number of questions (one scene each)"),
+    seed: int = typer.Option(0, help="seed: the same seed writes the same benchmark"),
+    size: int = typer.Option(32, help="image side in pixels"),
+) -> None:
+    """Write the Shapes benchmark in POPE's JSON-lines format (plus a ``type`` field)."""
+    from analyses.shapes import write_benchmark
+
+    path = write_benchmark(out, n, seed, size)
+    typer.echo(f"wrote {n} questions to {path} and their images to {path.parent / 'images'}")
+
+
+@app.command("train-toy")
+def train_toy(
+    family: str = typer.Argument(..., help="llava, paligemma or qwen2_vl"),
+    out: str = typer.Option(None, help="output folder (default runs/toy-<family>)"),
+    steps: int = typer.Option(12_000, help="optimiser steps of 32 fresh questions"),
+    seed: int = typer.Option(0, help="initialisation and data seed"),
+    device: str = typer.Option("cpu", help="cpu or cuda: a GPU is faster; bytes then differ from a CPU run"),
+) -> None:
+    """Train a toy model of FAMILY on Shapes and write weights, processor and model card."""
+    from pathlib import Path
+
+    from analyses.zoo import TrainConfig, train_and_save
+
+    target = Path(out or f"runs/toy-{family.replace('_', '-')}")
+    card = train_and_save(TrainConfig(family=family, steps=steps, seed=seed, device=device), target)
+    typer.echo(json.dumps(card["held_out"], indent=2))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,71 @@
+"""The shipped toy zoo: loads offline by name, scores as its model card says, trains reproducibly."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from analyses import shapes, zoo
+from vlm_lens import HookedVLM
+from vlm_lens.loading import zoo_path
+
+NAMES = sorted(zoo.ZOO)
+FRESH_SEED = 11  # never used in training (training seeds start at zoo.TRAIN_SEED_OFFSET) nor by the cards
+
+
+@pytest.fixture(scope="module", params=NAMES)
+def toy(request):
+    return request.param, HookedVLM.from_pretrained(request.param)
+
+
+def card(name: str) -> dict:
+    return json.loads((zoo_path(name) / "card.json").read_text())
+
+
+def test_toy_loads_offline_with_its_processor(toy):
+    name, model = toy
+    assert model.adapter.family == zoo.ZOO[name]
+    assert model.cfg.n_layers >= 4
+    assert not model.hf_model.training
+    weights = zoo_path(name) / "model.safetensors"
+    assert weights.stat().st_size < 8 * 2**20
+
+
+def test_toy_scores_within_two_points_of_its_card(toy):
+    name, model = toy
+    torch.set_num_threads(1)
+    fresh = zoo.evaluate(model, n=card(name)["held_out"]["n"], seed=FRESH_SEED)
+    claimed = card(name)["held_out"]["accuracy"]
+    assert abs(fresh["all"] - claimed["all"]) <= 2.0, (fresh, claimed)
+    # neither chance nor perfect, and wrong answers in every question family
+    assert 70 <= fresh["all"] <= 95
+    assert all(v < 100 for v in fresh.values())
+
+
+def test_questions_file_answer_is_the_next_token(toy, tmp_path):
+    name, model = toy
+    path = shapes.write_benchmark(tmp_path, 40, seed=FRESH_SEED)
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    from PIL import Image
+
+    images = [Image.open(tmp_path / "images" / r["image"]).convert("RGB") for r in records]
+    inputs = model.prepare(images=images, prompts=[r["text"] for r in records])
+    with torch.no_grad():
+        predicted = [model.to_string(int(i)).strip() for i in model(inputs)[:, -1].argmax(-1)]
+    hits = sum(p == r["label"] for p, r in zip(predicted, records))
+    assert hits >= 0.6 * len(records)
+    assert all(p in shapes.WORDS for p in predicted)
+
+
+@pytest.mark.parametrize("family", ["llava", "paligemma", "qwen2_vl"])
+def test_short_training_run_is_deterministic(family):
+    torch.set_num_threads(1)
+    cfg = zoo.TrainConfig(family=family, steps=6, warmup=2)
+    first, losses_a = zoo.train(cfg, progress=False)
+    second, losses_b = zoo.train(cfg, progress=False)
+    assert losses_a == losses_b
+    a, b = first.hf_model.state_dict(), second.hf_model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert losses_a[-1] < losses_a[0]
