@@ -1,0 +1,133 @@
+"""Attention structure over the image patch grid (the study's Section 3.1).
+
+From the answer token(s) to the image patches, per layer: average over heads and answer
+positions, normalise to a distribution over the grid, then measure how spread out it is.
+
+- Spatial entropy H_s (Eq. 1): -sum p log p, natural log, of the normalised grid.
+- Component count C_k: keep the smallest set of highest-attention patches whose mass reaches
+  ``top_mass``; binarise on the grid; count 4-neighbour connected components (the report shows
+  C_k - 1, as the study does).
+- A DBSCAN variant clusters the kept patches' (row, col) coordinates instead.
+
+    >>> grid = [[0, 0, 0], [0, 1, 0], [0, 0, 1]]
+    >>> round(spatial_entropy(grid), 4), component_count(grid, top_mass=0.9)
+    (0.6931, 2)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from jaxtyping import Float
+from scipy import ndimage
+from sklearn.cluster import DBSCAN
+
+from vlm_lens import HookedVLM, VLMInputs
+
+_FOUR_NEIGHBOURS = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]])
+
+
+def _grid(grid) -> np.ndarray:
+    array = np.asarray(grid, dtype=np.float64)
+    if array.ndim != 2:
+        raise ValueError(f"an attention grid is 2-D (rows, cols), got shape {array.shape}")
+    if not np.isfinite(array).all() or (array < 0).any():
+        raise ValueError("attention over the patch grid must be finite and non-negative")
+    total = array.sum()
+    if total <= 0:
+        raise ValueError("attention over the patch grid sums to zero; nothing to normalise")
+    return array / total
+
+
+def spatial_entropy(grid) -> float:
+    """H_s: Shannon entropy (nats) of the grid normalised to a distribution."""
+    p = _grid(grid).ravel()
+    p = p[p > 0]
+    return float(-(p * np.log(p)).sum())
+
+
+def top_mass_mask(grid, top_mass: float = 0.5) -> np.ndarray:
+    """The smallest set of highest-attention patches whose total mass reaches ``top_mass``."""
+    if not 0 < top_mass <= 1:
+        raise ValueError(f"top_mass is a fraction in (0, 1], got {top_mass}")
+    p = _grid(grid)
+    order = np.argsort(-p, axis=None, kind="stable")
+    cumulative = np.cumsum(p.ravel()[order])
+    keep = int(np.searchsorted(cumulative, top_mass - 1e-12)) + 1
+    mask = np.zeros(p.size, dtype=bool)
+    mask[order[:keep]] = True
+    return mask.reshape(p.shape)
+
+
+def component_count(grid, top_mass: float = 0.5) -> int:
+    """C_k: 4-neighbour connected components of the top-mass patches (the raw count)."""
+    _, n = ndimage.label(top_mass_mask(grid, top_mass), structure=_FOUR_NEIGHBOURS)
+    return int(n)
+
+
+def dbscan_clusters(grid, top_mass: float = 0.5, eps: float = 1.0, min_samples: int = 1) -> int:
+    """Clusters of the top-mass patches' grid coordinates under DBSCAN (noise points not counted)."""
+    points = np.argwhere(top_mass_mask(grid, top_mass))
+    labels = DBSCAN(eps=eps, min_samples=min_samples).fit(points).labels_
+    return int(len(set(labels) - {-1}))
+
+
+@dataclass
+class AttentionMaps:
+    """Per layer, per item: attention from the answer position(s) to one image's patch grid."""
+
+    grids: Float[np.ndarray, "layer batch rows cols"]
+
+    def entropy(self) -> Float[np.ndarray, "layer batch"]:
+        return np.array([[spatial_entropy(g) for g in layer] for layer in self.grids])
+
+    def components(self, top_mass: float = 0.5) -> np.ndarray:
+        return np.array([[component_count(g, top_mass) for g in layer] for layer in self.grids])
+
+    def delta_entropy(self) -> Float[np.ndarray, "layer-1 batch"]:
+        """Layer-wise change of H_s."""
+        return np.diff(self.entropy(), axis=0)
+
+
+@torch.no_grad()
+def image_attention(
+    model: HookedVLM, inputs: VLMInputs, query_positions=None, image: int = 0
+) -> AttentionMaps:
+    """Attention from the query rows (default: each item's last token) to the ``image``-th image of each
+    item, averaged over heads and rows, at every layer. Uses the row capture: the forward keeps its
+    fast attention."""
+    _, cache = model.run_with_cache(
+        inputs, names_filter=lambda n: n.endswith("attn.hook_pattern_rows"), query_positions=query_positions
+    )
+    grids = []
+    for layer in range(model.cfg.n_layers):
+        rows = cache["pattern_rows", layer].float()  # batch head row key
+        per_item = []
+        for item, spans in enumerate(inputs.image_spans):
+            if image >= len(spans):
+                raise ValueError(f"item {item} has {len(spans)} image(s); no image {image}")
+            span = spans[image]
+            weights = rows[item, :, :, span.start : span.end].mean(dim=(0, 1))
+            per_item.append(weights.reshape(span.grid).cpu().numpy())
+        grids.append(per_item)
+    shapes = {g.shape for layer in grids for g in layer}
+    if len(shapes) != 1:
+        raise ValueError(f"images of different grids {sorted(shapes)} cannot be stacked; run them separately")
+    return AttentionMaps(np.array(grids))
+
+
+def early_lock_then_diffusion(entropy: Float[np.ndarray, " layer"], margin: float = 0.1) -> dict:
+    """The study's pattern: entropy falls to a minimum in the early half, then rises by ``margin`` of its range.
+
+    Returns the lock layer, the later peak and whether the pattern holds.
+    """
+    h = np.asarray(entropy, dtype=float)
+    if h.ndim != 1 or len(h) < 3:
+        raise ValueError("needs a 1-D entropy curve over at least 3 layers")
+    lock = int(np.argmin(h[: max(2, (len(h) + 1) // 2)]))
+    later = lock + int(np.argmax(h[lock:]))
+    span = float(h.max() - h.min()) or 1.0
+    holds = lock < later and h[lock] < h[0] and (h[later] - h[lock]) >= margin * span
+    return {"lock_layer": lock, "diffusion_peak_layer": later, "holds": bool(holds)}

@@ -1,0 +1,102 @@
+"""Which layers and which component (attention or MLP) build the truth margin.
+
+Each layer's attention write and MLP write is projected on the margin direction
+``W_U[ref] - W_U[competitor]`` through the final norm linearised at the last layer, as
+TransformerLens does: an RMSNorm is ``x / scale(x_final) * gain`` with the scale frozen at the
+final residual. The embedding's and all layers' contributions then sum exactly to the final
+logit difference between the reference and the competitor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from analyses.logit_lens import final_norm, unembed
+from vlm_lens import ActivationCache, HookedVLM
+
+
+def _norm_gain_and_scale(model: HookedVLM, resid_final: Float[Tensor, "batch d_model"]):
+    norm = final_norm(model)
+    eps = getattr(norm, "variance_epsilon", getattr(norm, "eps", None))
+    if eps is None:
+        raise TypeError(f"{type(norm).__name__} is not an RMSNorm with an eps; cannot linearise it")
+    ones = torch.ones(resid_final.shape[-1], dtype=resid_final.dtype, device=resid_final.device)
+    gain = norm(ones) * torch.sqrt(torch.tensor(1.0 + eps, dtype=resid_final.dtype))  # Gemma's (1 + w) included
+    scale = torch.sqrt(resid_final.pow(2).mean(-1, keepdim=True) + eps)
+    return gain, scale
+
+
+@torch.no_grad()
+def margin_contributions(
+    model: HookedVLM,
+    cache: ActivationCache,
+    reference_ids: Sequence[int],
+    competitor_ids: Sequence[int],
+    positions: Tensor | None = None,
+) -> pd.DataFrame:
+    """Tidy table: item, layer, component ('embed', 'attn', 'mlp'), contribution to logit[ref] - logit[comp]."""
+    if positions is None:
+        positions = cache.inputs.last_positions()
+    batch = torch.arange(len(positions))
+    pick = lambda t: t[batch, positions].float()  # noqa: E731
+    resid_final = pick(cache["resid_post", -1])
+    gain, scale = _norm_gain_and_scale(model, resid_final)
+    weight = unembed(model).weight.float()
+    direction = weight[list(reference_ids)] - weight[list(competitor_ids)]  # batch d_model
+    project = lambda write: ((write / scale) * gain * direction).sum(-1)  # noqa: E731
+    rows = []
+    for item, value in enumerate(project(pick(cache["resid_pre", 0]))):
+        rows.append({"item": item, "layer": -1, "component": "embed", "contribution": float(value)})
+    for layer in range(model.cfg.n_layers):
+        for component, alias in (("attn", "attn_out"), ("mlp", "mlp_out")):
+            for item, value in enumerate(project(pick(cache[alias, layer]))):
+                rows.append({"item": item, "layer": layer, "component": component, "contribution": float(value)})
+    return pd.DataFrame(rows)
+
+
+def mlp_share(contributions: pd.DataFrame, upto_layer: int) -> float:
+    """Share of the margin built by MLPs in layers 0..upto_layer: sum(mlp) / sum(attn + mlp), over items."""
+    part = contributions[(contributions.layer >= 0) & (contributions.layer <= upto_layer)]
+    total = part.contribution.sum()
+    if abs(total) < 1e-12:
+        return float("nan")
+    return float(part[part.component == "mlp"].contribution.sum() / total)
+
+
+@torch.no_grad()
+def update_norms(model: HookedVLM, cache: ActivationCache) -> pd.DataFrame:
+    """L2 norm of each layer's residual update (attn_out + mlp_out), mean over image and over text positions.
+
+    The study's "dormant visual stream": how much the layers still write at image positions.
+    """
+    inputs = cache.inputs
+    rows = []
+    for layer in range(model.cfg.n_layers):
+        update = (cache["attn_out", layer] + cache["mlp_out", layer]).float().norm(dim=-1)  # batch pos
+        for item in range(update.shape[0]):
+            image = torch.zeros(update.shape[1], dtype=torch.bool)
+            image[inputs.image_positions(item)] = True
+            real = inputs.attention_mask[item].bool().cpu()
+            for where, mask in (("image", image & real), ("text", ~image & real)):
+                rows.append({"item": item, "layer": layer, "positions": where, "update_norm": float(update[item, mask].mean())})
+    return pd.DataFrame(rows)
+
+
+def layer_table(contributions: pd.DataFrame) -> pd.DataFrame:
+    """Mean contribution per layer and component, with the cumulative margin (a wide, plot-ready table)."""
+    table = contributions[contributions.layer >= 0].pivot_table(index="layer", columns="component", values="contribution", aggfunc="mean")
+    embed = contributions[contributions.component == "embed"].contribution.mean()
+    table["cumulative"] = embed + (table["attn"] + table["mlp"]).cumsum()
+    return table.reset_index()
+
+
+def as_array(contributions: pd.DataFrame, component: str) -> np.ndarray:
+    """[layer, item] array of one component's contributions."""
+    part = contributions[contributions.component == component]
+    return part.pivot(index="layer", columns="item", values="contribution").to_numpy()

@@ -1,0 +1,178 @@
+"""Each intervention against a raw torch hook doing the same on the HF module; controls change nothing."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from analyses import evaluation as E
+from analyses import interventions as I
+from analyses import patch_masking as PM
+from analyses import patching as P
+from analyses.stats import paired_bootstrap_diff
+from tests.conftest import PROMPTS, make_images
+
+
+def raw(model, inputs, path, fn, pre=False):
+    module = model.hf_model.get_submodule(path)
+    if pre:
+        handle = module.register_forward_pre_hook(lambda m, args: (fn(args[0]), *args[1:]))
+    else:
+        handle = module.register_forward_hook(lambda m, a, out: (fn(out[0]), *out[1:]) if isinstance(out, tuple) else fn(out))
+    try:
+        with torch.no_grad():
+            return model.hf_model(**inputs.tensors).logits
+    finally:
+        handle.remove()
+
+
+def block(model, layer, key=None):
+    base = f"{model.adapter.modules['layers']}.{layer}"
+    return base if key is None else f"{base}.{model.adapter.block[key]}"
+
+
+@pytest.mark.parametrize("mode,value", [("zero", None), ("clamp", 2.5), ("scale", 3.0), ("mean", None)])
+def test_neuron_edits_equal_raw_hooks(model, inputs, mode, value):
+    idx = [1, 9, 30]
+    means = torch.arange(model.cfg.d_mlp, dtype=torch.float32) / 100
+    ours = I.apply(model, inputs, I.neurons(1, idx, mode, value=value, means=means))
+
+    def edit(x):
+        x = x.clone()
+        x[..., idx] = {"zero": 0.0, "clamp": value, "mean": means[idx]}.get(mode, x[..., idx] * value if value else 0)
+        return x
+
+    assert torch.equal(ours, raw(model, inputs, block(model, 1, "mlp_down"), edit, pre=True))
+
+
+def test_controls_that_change_nothing_change_nothing(model, inputs):
+    with torch.no_grad():
+        plain = model(inputs)
+    assert torch.equal(I.apply(model, inputs, I.NOTHING), plain)
+    assert torch.equal(I.apply(model, inputs, I.neurons(0, [3, 4], "scale", value=1.0)), plain)
+    assert torch.equal(I.apply(model, inputs, I.neurons(0, [], "zero")), plain)
+
+
+def test_random_neurons_are_seeded_and_avoid_excluded(model):
+    a = I.random_neurons(model, 1, k=5, seed=3, exclude=[0, 1, 2])
+    b = I.random_neurons(model, 1, k=5, seed=3, exclude=[0, 1, 2])
+    assert a.name == b.name and "seed 3" in a.name
+    chosen = I.random_neurons(model, 1, k=model.cfg.d_mlp - 3, seed=0, exclude=[0, 1, 2])
+    assert "0, " not in chosen.name.split("neurons")[0]
+    with pytest.raises(ValueError):
+        I.random_neurons(model, 1, k=model.cfg.d_mlp, seed=0, exclude=[0])
+
+
+@pytest.mark.parametrize("where", ["all", "image", "text"])
+def test_mlp_bypass_equals_raw(model, inputs, where):
+    mask = I._position_mask(inputs, where)
+    ours = I.apply(model, inputs, I.mlp_bypass(0, where))
+    expected = raw(model, inputs, block(model, 0, "mlp_out"), lambda x: x * (~mask).unsqueeze(-1))
+    assert torch.equal(ours, expected)
+
+
+def test_head_ablation_equals_raw(model, inputs):
+    d = model.cfg.d_head
+
+    def zero(x):
+        x = x.clone()
+        x[..., 0:d] = 0
+        x[..., 2 * d : 3 * d] = 0
+        return x
+
+    ours = I.apply(model, inputs, I.head_ablation(1, [0, 2]))
+    assert torch.equal(ours, raw(model, inputs, block(model, 1, "attn_o"), zero, pre=True))
+
+
+def test_attention_knockout_equals_masking_before_softmax():
+    """Oracle: HF's eager forward with a custom 4-D mask that also blocks last-token -> image (LLaVA: causal)."""
+    from tests.conftest import tiny
+
+    model = tiny("llava")
+    inputs = model.prepare(images=make_images(), prompts=PROMPTS)
+    ours = I.apply(model, inputs, I.attention_knockout(layers=range(model.cfg.n_layers)))
+    seq = inputs.input_ids.shape[1]
+    allowed = torch.tril(torch.ones(seq, seq, dtype=torch.bool))[None].repeat(2, 1, 1)
+    allowed &= inputs.attention_mask.bool()[:, None, :]
+    allowed |= torch.eye(seq, dtype=torch.bool)[None]  # fully padded rows attend to themselves (ignored below)
+    last = inputs.last_positions()
+    for item in range(2):
+        allowed[item, last[item], inputs.image_positions(item)] = False
+    mask = torch.where(allowed, 0.0, torch.finfo(torch.float32).min)[:, None]
+    hf = model.hf_model
+    hf.set_attn_implementation("eager")
+    try:
+        with torch.no_grad():
+            expected = hf(**{**inputs.tensors, "attention_mask": mask}).logits
+    finally:
+        hf.set_attn_implementation("sdpa")
+    assert torch.allclose(ours[:, -1], expected[:, -1], atol=1e-5)
+    with torch.no_grad():
+        assert not torch.allclose(ours[:, -1], model(inputs)[:, -1], atol=1e-4)
+
+
+def test_token_patch_mask_equals_raw_embedding_edit(model, inputs):
+    cells = [[0, 3, 5], [1]]
+    ours = I.apply(model, inputs, PM.token_mask(inputs, cells, fill="mean"))
+
+    def edit(x):
+        x = x.clone()
+        for item, item_cells in enumerate(cells):
+            span = inputs.image_spans[item][0]
+            x[item, [span.start + c for c in item_cells]] = x[item, span.start : span.end].mean(0)
+        return x
+
+    assert torch.equal(ours, raw(model, inputs, block(model, 0), edit, pre=True))
+
+
+def test_pixel_patch_mask_touches_only_the_chosen_patches(model, inputs):
+    masked = PM.pixel_mask(model, inputs, [[0, 5], [2]])
+    changed = (masked.tensors["pixel_values"] != inputs.tensors["pixel_values"])
+    pixels = inputs.tensors["pixel_values"]
+    if pixels.ndim == 4:
+        patch = pixels.shape[-1] // inputs.image_spans[0][0].grid[1]
+        assert changed.sum() <= 3 * 3 * patch * patch and changed[0, :, :patch, :patch].any()
+    else:
+        rows = changed.any(-1).nonzero().flatten().tolist()
+        assert set(rows) <= set(range(0, 4)) | set(range(20, 24)) | {int(inputs.tensors["image_grid_thw"][0].prod()) + r for r in range(8, 12)}
+    with torch.no_grad():
+        assert not torch.equal(model(masked), model(inputs))
+
+
+def test_choose_cells_top_and_random():
+    grids = np.array([[[0.1, 0.5], [0.3, 0.1]]])
+    assert PM.choose_cells(grids, 0.5, "top") == [[1, 2]]
+    assert PM.choose_cells(grids, 0.5, "random", seed=1) == PM.choose_cells(grids, 0.5, "random", seed=1)
+    assert len(PM.choose_cells(grids, 0.3, "random")[0]) == 1
+
+
+def test_paired_bootstrap_against_scipy():
+    rng = np.random.default_rng(0)
+    before = rng.random(300) < 0.7
+    after = before & (rng.random(300) < 0.85)
+    est = paired_bootstrap_diff(before, after, n_resamples=10_000, seed=0)
+    ref = stats.bootstrap((after.astype(float) - before,), np.mean, n_resamples=10_000, method="percentile", random_state=0)
+    assert est.value == pytest.approx(after.mean() - before.mean())
+    assert est.ci == pytest.approx((ref.confidence_interval.low, ref.confidence_interval.high), abs=0.01)
+
+
+def test_evaluate_intervention_table(model):
+    examples = E.shapes_examples(12, seed=3)
+    table = E.evaluate_intervention(model, examples, I.mlp_bypass(0), control=I.neurons(0, [1], "scale", value=1.0), n_resamples=200)
+    assert set(table.condition) == {"bypass MLP @L0 (all)", "scale 1 neurons @L0"}
+    control = table[(table.condition == "scale 1 neurons @L0") & (table.type == "all")].iloc[0]
+    assert control["diff"] == 0 and control.acc_before == control.acc_after
+
+
+def test_causal_trace_restoring_the_last_state_gives_the_clean_answer(model):
+    inputs = model.prepare(images=make_images()[:1], prompts=PROMPTS[:1])
+    result = P.causal_trace(model, inputs, noise=3.0, seed=0)
+    last = len(result.units) - 1
+    assert result.effects[-1, last] == pytest.approx(result.p_clean - result.p_corrupted, abs=1e-6)
+    assert len(result.image_units) == inputs.image_spans[0][0].n_tokens
+    silent = P.causal_trace(model, inputs, noise=0.0)
+    assert np.allclose(silent.effects, 0, atol=1e-6)
+    spans = P.causal_trace(model, inputs, by="span")
+    assert spans.effects.shape == (model.cfg.n_layers, 1)

@@ -1,0 +1,78 @@
+"""Spatial entropy, component counts and DBSCAN against scipy/sklearn and hand-computed grids."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage, stats
+from sklearn.cluster import DBSCAN
+
+from analyses import attention_structure as A
+
+
+def test_entropy_matches_scipy():
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        grid = rng.random((6, 7)) * rng.integers(1, 100)
+        assert A.spatial_entropy(grid) == pytest.approx(stats.entropy(grid.ravel()), abs=1e-12)
+    assert A.spatial_entropy(np.ones((4, 4))) == pytest.approx(np.log(16))
+    assert A.spatial_entropy([[0, 5], [0, 0]]) == 0.0
+
+
+def test_top_mass_by_hand():
+    grid = [[0.4, 0.1], [0.3, 0.2]]
+    assert A.top_mass_mask(grid, 0.5).tolist() == [[True, False], [True, False]]  # 0.4 + 0.3 reaches 0.5
+    assert A.top_mass_mask(grid, 0.4).tolist() == [[True, False], [False, False]]
+    assert A.top_mass_mask(grid, 1.0).all()
+
+
+def test_component_counts_by_hand_and_against_scipy():
+    blobs = np.zeros((8, 8))
+    blobs[0:2, 0:2] = 1  # one blob
+    blobs[5, 5:8] = 1  # a bar
+    blobs[2, 2] = 1  # touches the first blob only diagonally: its own component under 4-connectivity
+    assert A.component_count(blobs, top_mass=1.0) == 3
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        grid = rng.random((9, 9)) ** 4
+        mask = A.top_mass_mask(grid, 0.5)
+        assert A.component_count(grid, 0.5) == ndimage.label(mask)[1]  # default structure = 4-neighbours
+
+
+def test_dbscan_matches_sklearn():
+    rng = np.random.default_rng(2)
+    grid = rng.random((10, 10)) ** 6
+    points = np.argwhere(A.top_mass_mask(grid, 0.6))
+    expected = len(set(DBSCAN(eps=1.5, min_samples=2).fit(points).labels_) - {-1})
+    assert A.dbscan_clusters(grid, top_mass=0.6, eps=1.5, min_samples=2) == expected
+
+
+@pytest.mark.parametrize("bad", [[1, 2, 3], [[0, 0], [0, 0]], [[-1, 2], [1, 1]], [[np.nan, 1], [1, 1]]])
+def test_bad_grids_are_refused(bad):
+    with pytest.raises(ValueError):
+        A.spatial_entropy(bad)
+
+
+def test_early_lock_then_diffusion():
+    assert A.early_lock_then_diffusion([2.0, 1.2, 0.8, 1.5, 2.1, 2.2])["holds"]
+    assert A.early_lock_then_diffusion([2.0, 1.2, 0.8, 1.5, 2.1, 2.2])["lock_layer"] == 2
+    assert not A.early_lock_then_diffusion([0.5, 1.0, 1.5, 2.0])["holds"]  # monotone diffusion, no lock
+    assert not A.early_lock_then_diffusion([2.0, 1.5, 1.0, 0.5])["holds"]  # monotone sharpening
+
+
+def test_image_attention_equals_eager_average(model, images, eager_hf):
+    if model.adapter.family == "qwen2_vl":
+        images = [images[0], images[0]]  # one grid size, so the maps stack
+    inputs = model.prepare(images=images, prompts=["is there a red square in the image ?", "how many"])
+    maps = A.image_attention(model, inputs)
+    with torch.no_grad():
+        ref = eager_hf(**inputs.tensors, output_attentions=True).attentions
+    last = inputs.last_positions()
+    for layer in range(model.cfg.n_layers):
+        for item in range(2):
+            span = inputs.image_spans[item][0]
+            expected = ref[layer][item, :, last[item], span.start : span.end].mean(0).reshape(span.grid)
+            assert np.allclose(maps.grids[layer, item], expected.numpy(), atol=1e-6)
+    assert maps.entropy().shape == (model.cfg.n_layers, 2)
+    assert maps.delta_entropy().shape == (model.cfg.n_layers - 1, 2)

@@ -1,0 +1,91 @@
+"""Logit lens, truth margin and residual decomposition against hand computations and HF's logits."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from scipy import stats
+
+from analyses import decomposition as D
+from analyses import logit_lens as L
+
+
+def test_last_layer_lens_reproduces_logits(model, inputs):
+    with torch.no_grad():
+        logits, cache = model.run_with_cache(inputs)
+    lens = L.logit_lens(model, cache)
+    assert lens.shape == (model.cfg.n_layers, 2, model.cfg.d_vocab)
+    assert torch.allclose(lens[-1], logits[:, -1].float(), atol=1e-5)
+
+
+def test_truth_margin_by_hand():
+    logits = torch.tensor([[2.0, 5.0, 1.0], [0.0, -1.0, 3.0]])
+    assert L.truth_margin(logits, [[1], [0]]).tolist() == [3.0, -3.0]
+    assert L.truth_margin(logits, [[0, 1], [1, 2]]).tolist() == [3.0, 3.0]  # max over references
+    stacked = torch.stack([logits, logits * 2])  # [layer, batch, vocab]
+    assert L.truth_margin(stacked, [[1], [0]]).tolist() == [[3.0, -3.0], [6.0, -6.0]]
+    with pytest.raises(ValueError):
+        L.truth_margin(logits, [[1]])
+
+
+def test_reference_tokens(model):
+    tok = model.tokenizer
+    assert L.reference_token_ids(tok, ["yes"]) == [tok.convert_tokens_to_ids("yes")]
+    assert L.reference_token_ids(tok, ["  3"]) == [tok.convert_tokens_to_ids("3")]
+    assert L.reference_token_ids(tok, ["red square", "blue"]) == [tok.convert_tokens_to_ids("red"), tok.convert_tokens_to_ids("blue")]
+    with pytest.raises(ValueError, match="no reference token"):
+        L.reference_token_ids(tok, ["zebra"])
+
+
+def test_margin_curves_against_scipy():
+    rng = np.random.default_rng(0)
+    margins = rng.normal(size=(3, 40))
+    correct = rng.random(40) > 0.4
+    margins[:, correct] += np.array([[0.1], [1.0], [3.0]])
+    curves = L.margin_curves(margins, correct)
+    row = curves[(curves.layer == 1) & (curves.group == "incorrect")].iloc[0]
+    values = margins[1, ~correct]
+    low, high = stats.t.interval(0.95, len(values) - 1, loc=values.mean(), scale=stats.sem(values))
+    assert (row["mean"], row.ci_low, row.ci_high) == pytest.approx((values.mean(), low, high))
+    summary = L.peak_and_separation(curves, margins)
+    assert summary["peak_layer"] == 2
+    assert summary["separation_layer"] in (1, 2)
+
+
+def test_decomposition_sums_to_the_logit_difference(model, inputs):
+    with torch.no_grad():
+        logits, cache = model.run_with_cache(inputs)
+    last = logits[:, -1]
+    ref = last.argmax(-1).tolist()
+    comp = last.argsort(-1)[:, -2].tolist()
+    table = D.margin_contributions(model, cache, ref, comp)
+    total = table.groupby("item").contribution.sum().to_numpy()
+    expected = (last[[0, 1], ref] - last[[0, 1], comp]).numpy()
+    assert np.allclose(total, expected, atol=1e-4)
+    assert set(table.component) == {"embed", "attn", "mlp"}
+    wide = D.layer_table(table)
+    assert wide.cumulative.iloc[-1] == pytest.approx(expected.mean(), abs=1e-4)
+
+
+def test_mlp_share_by_hand():
+    frame = pd.DataFrame([
+        {"item": 0, "layer": -1, "component": "embed", "contribution": 5.0},
+        {"item": 0, "layer": 0, "component": "attn", "contribution": 1.0},
+        {"item": 0, "layer": 0, "component": "mlp", "contribution": 3.0},
+        {"item": 0, "layer": 1, "component": "attn", "contribution": 2.0},
+        {"item": 0, "layer": 1, "component": "mlp", "contribution": 2.0},
+    ])
+    assert D.mlp_share(frame, upto_layer=0) == pytest.approx(0.75)
+    assert D.mlp_share(frame, upto_layer=1) == pytest.approx(5 / 8)
+
+
+def test_update_norms_by_hand(model, inputs):
+    with torch.no_grad():
+        _, cache = model.run_with_cache(inputs)
+    table = D.update_norms(model, cache)
+    update = (cache["attn_out", 1] + cache["mlp_out", 1])[0].norm(dim=-1)
+    image = inputs.image_positions(0)
+    got = table[(table.item == 0) & (table.layer == 1) & (table.positions == "image")].update_norm.item()
+    assert got == pytest.approx(update[image].mean().item(), rel=1e-5)
