@@ -111,3 +111,24 @@ def peak_and_separation(curves: pd.DataFrame, margins: Float[np.ndarray, "layer 
     apart = correct.ci_low > incorrect.ci_high
     separation = int(apart.idxmax()) if apart.any() else None
     return {"peak_layer": peak, "separation_layer": separation}
+
+
+@torch.no_grad()
+def dataset_margins(model: HookedVLM, examples, batch_size: int = 100) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Over ``evaluation.Example``s: truth margins [layer, n] of each label's token(s), greedy correctness [n],
+    and the competitor token [n] (the strongest other token at the last layer)."""
+    from analyses.evaluation import batches  # evaluation imports interventions; keep this module light
+
+    margins, correct, competitors = [], [], []
+    for chunk, inputs in batches(model, examples, batch_size):
+        logits, cache = model.run_with_cache(inputs, names_filter=lambda n: n.endswith("hook_resid_post"))
+        refs = [reference_token_ids(model.tokenizer, [e.label]) for e in chunk]
+        lens = logit_lens(model, cache)
+        margins.append(truth_margin(lens, refs).cpu().numpy())
+        last = logits[:, -1].float()
+        correct += [int(last[i].argmax()) in refs[i] for i in range(len(chunk))]
+        for i, ref in enumerate(refs):
+            others = last[i].clone()
+            others[ref] = float("-inf")
+            competitors.append(int(others.argmax()))
+    return np.concatenate(margins, axis=1), np.array(correct), np.array(competitors)

@@ -89,3 +89,14 @@ def test_update_norms_by_hand(model, inputs):
     image = inputs.image_positions(0)
     got = table[(table.item == 0) & (table.layer == 1) & (table.positions == "image")].update_norm.item()
     assert got == pytest.approx(update[image].mean().item(), rel=1e-5)
+
+
+def test_dataset_margins_sign_matches_greedy_correctness(model):
+    from analyses.evaluation import correctness, predict, shapes_examples
+
+    examples = shapes_examples(20, seed=4)
+    margins, correct, competitors = L.dataset_margins(model, examples, batch_size=8)
+    assert margins.shape == (model.cfg.n_layers, 20)
+    assert np.array_equal(margins[-1] > 0, correct)
+    assert np.array_equal(correct, correctness(examples, predict(model, examples)))
+    assert len(competitors) == 20

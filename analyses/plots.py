@@ -1,0 +1,105 @@
+"""Plotly figures for the analyses. Imported only by those who plot: nothing else pulls plotly.
+
+Each function takes the tidy results the analyses return and gives a ``plotly`` Figure
+(interactive in Jupyter; ``fig.write_html`` / ``fig.write_image`` to save).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from PIL import Image
+
+from analyses.patching import TraceResult
+
+GROUP_COLOURS = {"correct": "#1f77b4", "incorrect": "#d62728"}
+
+
+def _band(x, low, high, colour, name, legendgroup) -> go.Scatter:
+    return go.Scatter(
+        x=np.concatenate([x, x[::-1]]), y=np.concatenate([high, low[::-1]]), fill="toself", fillcolor=colour,
+        opacity=0.2, line={"width": 0}, hoverinfo="skip", showlegend=False, name=name, legendgroup=legendgroup,
+    )
+
+
+def margin_curves(curves: pd.DataFrame | Mapping[str, pd.DataFrame], title: str = "Truth margin by layer") -> go.Figure:
+    """Mean truth margin per layer, correct vs incorrect, with 95% CI bands; a mapping overlays models."""
+    models = curves if isinstance(curves, Mapping) else {"": curves}
+    fig = go.Figure()
+    dashes = ["solid", "dash", "dot", "dashdot"]
+    for i, (model, table) in enumerate(models.items()):
+        for group, part in table.groupby("group"):
+            part = part.sort_values("layer")
+            x = part.layer.to_numpy()
+            label = f"{model} {group}".strip()
+            colour = GROUP_COLOURS.get(group, "#555")
+            fig.add_trace(_band(x, part.ci_low.to_numpy(), part.ci_high.to_numpy(), colour, label, label))
+            fig.add_trace(go.Scatter(x=x, y=part["mean"], mode="lines+markers", name=label, legendgroup=label,
+                                     line={"color": colour, "dash": dashes[i % len(dashes)]},
+                                     hovertemplate="layer %{x}<br>margin %{y:.3f}<extra>" + label + "</extra>"))
+    fig.add_hline(y=0, line={"color": "grey", "width": 1})
+    fig.update_layout(title=title, xaxis_title="layer", yaxis_title="truth margin (logit)", template="plotly_white")
+    return fig
+
+
+def attention_over_image(image: Image.Image, grid: np.ndarray, title: str = "Attention over the image") -> go.Figure:
+    """The image with the patch-grid attention drawn over it (hover shows each patch's share)."""
+    grid = np.asarray(grid, dtype=float)
+    grid = grid / grid.sum()
+    rgb = np.asarray(image.convert("RGB"))
+    h, w = rgb.shape[:2]
+    rows, cols = grid.shape
+    fig = go.Figure(go.Image(z=rgb))
+    fig.add_trace(go.Heatmap(
+        z=grid, x0=w / cols / 2 - 0.5, dx=w / cols, y0=h / rows / 2 - 0.5, dy=h / rows, opacity=0.55,
+        colorscale="Inferno", colorbar={"title": "share"}, hovertemplate="patch (%{y:.0f}, %{x:.0f})<br>%{z:.3f}<extra></extra>",
+    ))
+    fig.update_layout(title=title, template="plotly_white", yaxis={"scaleanchor": "x"})
+    return fig
+
+
+def entropy_and_components(entropy: np.ndarray, components: np.ndarray, title: str = "Attention structure by layer") -> go.Figure:
+    """Spatial entropy H_s and C_k - 1 (the study's convention) across layers, mean over items."""
+    layers = np.arange(len(entropy))
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=layers, y=entropy, name="H_s (nats)", mode="lines+markers"))
+    fig.add_trace(go.Scatter(x=layers, y=np.asarray(components) - 1, name="C_k - 1", mode="lines+markers", yaxis="y2"))
+    fig.update_layout(title=title, xaxis_title="layer", yaxis={"title": "H_s"},
+                      yaxis2={"title": "C_k - 1", "overlaying": "y", "side": "right"}, template="plotly_white")
+    return fig
+
+
+def margin_contributions(table: pd.DataFrame, title: str = "Who builds the margin") -> go.Figure:
+    """Per layer: mean attention and MLP contribution to the margin (bars) and the cumulative margin (line)."""
+    fig = go.Figure()
+    fig.add_trace(go.Bar(x=table.layer, y=table.attn, name="attention"))
+    fig.add_trace(go.Bar(x=table.layer, y=table.mlp, name="MLP"))
+    fig.add_trace(go.Scatter(x=table.layer, y=table.cumulative, name="cumulative margin", mode="lines+markers"))
+    fig.update_layout(barmode="relative", title=title, xaxis_title="layer", yaxis_title="logit difference",
+                      template="plotly_white")
+    return fig
+
+
+def trace_heatmap(result: TraceResult, title: str = "Causal trace: restoring one state") -> go.Figure:
+    """Indirect effect per (layer, position); image positions marked with a '*' on the axis."""
+    labels = [f"{'*' if i in set(result.image_units) else ''}{i}:{u}" for i, u in enumerate(result.units)]
+    fig = go.Figure(go.Heatmap(z=result.effects, x=labels, y=list(range(result.effects.shape[0])), colorscale="Purples",
+                               colorbar={"title": "p restored - p corrupted"}))
+    fig.update_layout(title=f"{title} (p clean {result.p_clean:.3f}, corrupted {result.p_corrupted:.3f})",
+                      xaxis_title="position (* image)", yaxis_title="layer", template="plotly_white")
+    return fig
+
+
+def intervention_effects(table: pd.DataFrame, title: str = "Accuracy change under interventions") -> go.Figure:
+    """Accuracy change with paired-bootstrap CIs, per condition and question type."""
+    fig = go.Figure()
+    for condition, part in table.groupby("condition", sort=False):
+        fig.add_trace(go.Bar(
+            x=part.type, y=part["diff"], name=condition,
+            error_y={"type": "data", "symmetric": False, "array": part.ci_high - part["diff"], "arrayminus": part["diff"] - part.ci_low},
+        ))
+    fig.update_layout(barmode="group", title=title, yaxis_title="accuracy after - before", template="plotly_white")
+    return fig

@@ -1,0 +1,38 @@
+"""Figures carry the numbers they were given."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from analyses import logit_lens as L
+from analyses import plots
+from analyses.patching import TraceResult
+
+
+def test_margin_curves_figure_overlays_models():
+    rng = np.random.default_rng(0)
+    curves = L.margin_curves(rng.normal(size=(4, 30)), rng.random(30) > 0.5)
+    fig = plots.margin_curves({"a": curves, "b": curves})
+    lines = [t for t in fig.data if t.mode == "lines+markers"]
+    assert len(lines) == 4  # 2 models x correct/incorrect
+    correct = curves[curves.group == "correct"].sort_values("layer")["mean"].to_numpy()
+    assert np.allclose(lines[0].y, correct)
+
+
+def test_attention_over_image_and_structure():
+    grid = np.arange(16, dtype=float).reshape(4, 4)
+    fig = plots.attention_over_image(Image.new("RGB", (32, 32)), grid)
+    assert np.isclose(np.asarray(fig.data[1].z).sum(), 1.0)
+    fig = plots.entropy_and_components(np.array([2.0, 1.0, 1.5]), np.array([1, 2, 3]))
+    assert list(fig.data[1].y) == [0, 1, 2]
+
+
+def test_trace_and_intervention_figures():
+    result = TraceResult(np.ones((2, 3)), ["a", "b", "c"], [1], 5, 0.9, 0.1)
+    fig = plots.trace_heatmap(result)
+    assert list(fig.data[0].x) == ["0:a", "*1:b", "2:c"]
+    table = pd.DataFrame([{"condition": "x", "type": "all", "diff": -0.1, "ci_low": -0.2, "ci_high": 0.0}])
+    fig = plots.intervention_effects(table)
+    assert np.allclose(fig.data[0].error_y.array, [0.1])
