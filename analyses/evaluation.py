@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import pandas as pd
 from PIL import Image
@@ -21,10 +22,13 @@ from vlm_lens import HookedVLM
 
 @dataclass(frozen=True)
 class Example:
-    image: Image.Image
+    image: Image.Image | Path  # a path is opened (RGB) when its batch runs
     text: str
     label: str
     type: str = "all"
+
+    def load_image(self) -> Image.Image:
+        return self.image if isinstance(self.image, Image.Image) else Image.open(self.image).convert("RGB")
 
 
 def shapes_examples(n: int, seed: int, size: int = 32) -> list[Example]:
@@ -37,7 +41,7 @@ def shapes_examples(n: int, seed: int, size: int = 32) -> list[Example]:
 def batches(model: HookedVLM, examples: Sequence[Example], batch_size: int):
     for start in range(0, len(examples), batch_size):
         chunk = examples[start : start + batch_size]
-        yield chunk, model.prepare(images=[e.image for e in chunk], prompts=[e.text for e in chunk])
+        yield chunk, model.prepare(images=[e.load_image() for e in chunk], prompts=[e.text for e in chunk])
 
 
 def predict(

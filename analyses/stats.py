@@ -40,3 +40,114 @@ def paired_bootstrap_diff(
     alpha = (1 - confidence) / 2
     low, high = np.quantile(means, [alpha, 1 - alpha])
     return Estimate(float(diff.mean()), (float(low), float(high)), len(diff), n_resamples)
+
+
+def _bootstrap(statistic, arrays: tuple[np.ndarray, ...], n_resamples: int, seed: int, confidence: float) -> tuple[float, float]:
+    """Percentile CI of statistic(*arrays) over item resamples (arrays resampled together)."""
+    rng = np.random.default_rng(seed)
+    n = len(arrays[0])
+    values = []
+    for _ in range(n_resamples):
+        idx = rng.integers(0, n, size=n)
+        value = statistic(*(a[idx] for a in arrays))
+        if np.isfinite(value):
+            values.append(value)
+    if not values:
+        return float("nan"), float("nan")
+    alpha = (1 - confidence) / 2
+    low, high = np.quantile(values, [alpha, 1 - alpha])
+    return float(low), float(high)
+
+
+def _scores_labels(scores, labels) -> tuple[np.ndarray, np.ndarray]:
+    scores, labels = np.asarray(scores, dtype=float), np.asarray(labels)
+    if scores.shape != labels.shape or scores.ndim != 1:
+        raise ValueError(f"scores and labels must be 1-D and the same length, got {scores.shape} and {labels.shape}")
+    if not np.isfinite(scores).all():
+        raise ValueError("scores must be finite")
+    if set(np.unique(labels)) - {0, 1, True, False}:
+        raise ValueError("labels must be binary (0/1 or bool)")
+    labels = labels.astype(int)
+    if labels.min() == labels.max():
+        raise ValueError("labels hold one class only; AUROC and point-biserial need both")
+    return scores, labels
+
+
+def _auroc(scores: np.ndarray, labels: np.ndarray) -> float:
+    from scipy.stats import rankdata
+
+    if labels.min() == labels.max():
+        return float("nan")
+    ranks = rankdata(scores)
+    n_pos = labels.sum()
+    n_neg = len(labels) - n_pos
+    return float((ranks[labels == 1].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def auroc(scores, labels, n_resamples: int = 10_000, seed: int = 0, confidence: float = 0.95) -> Estimate:
+    """Area under the ROC curve (ties count half), with a bootstrap CI."""
+    scores, labels = _scores_labels(scores, labels)
+    ci = _bootstrap(_auroc, (scores, labels), n_resamples, seed, confidence)
+    return Estimate(_auroc(scores, labels), ci, len(scores), n_resamples)
+
+
+def _pearson(x: np.ndarray, y: np.ndarray) -> float:
+    if x.std() == 0 or y.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(x, y)[0, 1])
+
+
+def point_biserial(scores, labels, n_resamples: int = 10_000, seed: int = 0, confidence: float = 0.95) -> Estimate:
+    """Point-biserial correlation R_pb between a score and a binary label, with a bootstrap CI."""
+    scores, labels = _scores_labels(scores, labels)
+    ci = _bootstrap(_pearson, (scores, labels.astype(float)), n_resamples, seed, confidence)
+    return Estimate(_pearson(scores, labels.astype(float)), ci, len(scores), n_resamples)
+
+
+def permutation_test(x, y, n_resamples: int = 10_000, seed: int = 0) -> float:
+    """Two-sided permutation p-value for a difference in means between samples x and y."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    observed = abs(x.mean() - y.mean())
+    pooled = np.concatenate([x, y])
+    rng = np.random.default_rng(seed)
+    hits = 0
+    for _ in range(n_resamples):
+        perm = rng.permutation(pooled)
+        hits += abs(perm[: len(x)].mean() - perm[len(x) :].mean()) >= observed - 1e-12
+    return float((hits + 1) / (n_resamples + 1))
+
+
+def bonferroni(p_values) -> np.ndarray:
+    p = np.asarray(p_values, dtype=float)
+    return np.minimum(p * len(p), 1.0)
+
+
+def benjamini_hochberg(p_values) -> np.ndarray:
+    """BH-adjusted p-values (step-up, monotone)."""
+    p = np.asarray(p_values, dtype=float)
+    n = len(p)
+    order = np.argsort(p)
+    adjusted = p[order] * n / np.arange(1, n + 1)
+    adjusted = np.minimum.accumulate(adjusted[::-1])[::-1]
+    out = np.empty(n)
+    out[order] = np.minimum(adjusted, 1.0)
+    return out
+
+
+def expected_calibration_error(confidence, correct, n_bins: int = 10) -> tuple[float, list[dict]]:
+    """ECE with equal-width bins over [0, 1], and the reliability-diagram bins (confidence vs accuracy)."""
+    confidence = np.asarray(confidence, dtype=float)
+    correct = np.asarray(correct, dtype=float)
+    if ((confidence < 0) | (confidence > 1)).any():
+        raise ValueError("confidences must lie in [0, 1]")
+    edges = np.linspace(0, 1, n_bins + 1)
+    index = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, n_bins - 1)
+    bins, ece = [], 0.0
+    for b in range(n_bins):
+        mask = index == b
+        if not mask.any():
+            continue
+        conf, acc = confidence[mask].mean(), correct[mask].mean()
+        ece += mask.mean() * abs(acc - conf)
+        bins.append({"bin": b, "low": edges[b], "high": edges[b + 1], "n": int(mask.sum()), "confidence": conf, "accuracy": acc})
+    return float(ece), bins

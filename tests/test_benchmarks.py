@@ -1,0 +1,102 @@
+"""Loaders on the real POPE files and on small hand-written files in the other formats."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from analyses import benchmarks as B
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "pope"
+
+
+@pytest.mark.parametrize("name", ["coco_pope_random.json", "coco_pope_popular.json", "coco_pope_adversarial.json",
+                                  "gqa_pope_seem_adversarial.json"])
+def test_real_pope_files(name):
+    records = B.load_pope(SHARED / name)
+    assert len(records) == 3000
+    labels = [r.label for r in records]
+    assert labels.count("yes") == 1500 and labels.count("no") == 1500
+    assert records[0].text.startswith("Is there")
+    assert records[0].score("Yes, there is a snowboard.") == float(records[0].label == "yes")
+
+
+def test_pope_formats_agree(tmp_path):
+    rows = [{"question_id": 1, "image": "a.jpg", "text": "Is there a cat?", "label": "no"}]
+    (tmp_path / "lines.json").write_text("\n".join(json.dumps(r) for r in rows))
+    (tmp_path / "array.json").write_text(json.dumps(rows, indent=2))
+    assert B.load_pope(tmp_path / "lines.json") == [
+        B.Record(1, "a.jpg", "Is there a cat?", ("no",), "lines")
+    ]
+    assert [r.golds for r in B.load_pope(tmp_path / "array.json")] == [("no",)]
+    (tmp_path / "bad.json").write_text(json.dumps([{"question_id": 1, "text": "x"}]))
+    with pytest.raises(ValueError, match="lacks"):
+        B.load_pope(tmp_path / "bad.json")
+
+
+def test_vqav2_and_official_accuracy(tmp_path):
+    questions = {"data_subtype": "val2014", "questions": [{"image_id": 42, "question": "How many dogs?", "question_id": 7}]}
+    answers = ["2"] * 2 + ["two"] + ["3"] * 7
+    annotations = {"annotations": [{"question_id": 7, "answer_type": "number",
+                                    "answers": [{"answer": a, "answer_id": i + 1} for i, a in enumerate(answers)]}]}
+    (tmp_path / "q.json").write_text(json.dumps(questions))
+    (tmp_path / "a.json").write_text(json.dumps(annotations))
+    (record,) = B.load_vqav2(tmp_path / "q.json", tmp_path / "a.json")
+    assert record.image == "COCO_val2014_000000000042.jpg" and record.metric == "vqa"
+    # "two" normalises to "2": three humans agree -> 0.9 over the leave-one-out subsets, as the official tool gives
+    assert record.score("Two.") == pytest.approx(0.9)
+    assert record.score("3") == pytest.approx(1.0)
+    assert record.score("four") == 0.0
+
+
+def test_vqa_normalisation_by_hand():
+    assert B.vqa_normalise("It's a Dog.") == "it's dog"
+    assert B.vqa_normalise("dont") == "don't"
+    assert B.vqa_normalise("1,000") == "1000"
+    assert B.vqa_normalise("red-white") == "red white"
+
+
+def test_textvqa_llava_bench_counting(tmp_path):
+    (tmp_path / "t.json").write_text(json.dumps({"data": [{"question_id": 1, "question": "What brand?", "image_id": "abc",
+                                                           "answers": ["nike"] * 10}]}))
+    (rec,) = B.load_textvqa(tmp_path / "t.json")
+    assert rec.image == "abc.jpg" and rec.score("Nike") == 1.0
+    (tmp_path / "q.jsonl").write_text(json.dumps({"question_id": 3, "image": "x.jpg", "text": "Describe.", "category": "detail"}))
+    (tmp_path / "ans.jsonl").write_text(json.dumps({"question_id": 3, "text": "A red bus on a street."}))
+    (rec,) = B.load_llava_bench(tmp_path / "q.jsonl", tmp_path / "ans.jsonl")
+    assert rec.type == "detail" and not rec.closed_form and rec.label == "A red bus on a street."
+    (tmp_path / "c.jsonl").write_text("\n".join(json.dumps(r) for r in [
+        {"question_id": 1, "image": "x.jpg", "text": "How many?", "label": 3},
+        {"question_id": 2, "image": "x.jpg", "text": "Is the cup left of the plate?", "label": "left"}]))
+    count, spatial = B.load_counting_spatial(tmp_path / "c.jsonl")
+    assert (count.type, spatial.type) == ("count", "spatial")
+    assert count.score("There are three.") == 1.0
+
+
+def test_canonicalisation():
+    assert B.canonicalise("Yes.") == "yes"
+    assert B.canonicalise("No, there isn't") == "no"
+    assert B.canonicalise("The dog") == "dog"
+    assert B.canonicalise("I count 4 of them") == "4"
+    assert B.canonicalise("zero") == "0"
+
+
+def test_missing_images_reported_before_work(tmp_path):
+    (tmp_path / "a.jpg").write_bytes(b"")
+    records = [B.Record(i, name, "q", ("yes",)) for i, name in enumerate(["a.jpg", "b.jpg", "c.jpg", "b.jpg"])]
+    with pytest.raises(FileNotFoundError, match=r"2 image\(s\) missing .*b.jpg, c.jpg"):
+        B.check_images(records, tmp_path)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        B.check_images(records, tmp_path / "nowhere")
+
+
+def test_shapes_folder_loads_as_pope(tmp_path):
+    from analyses import shapes
+
+    shapes.write_benchmark(tmp_path, 10, seed=1)
+    records = B.load_shapes(tmp_path)
+    assert len(records) == 10 and records[0].type in shapes.TYPES
+    examples = B.to_examples(records, tmp_path / "images")
+    assert examples[0].load_image().size == (32, 32)
