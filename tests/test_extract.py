@@ -1,0 +1,101 @@
+"""Extraction is resumable: killed with SIGKILL mid-run, it resumes to the uninterrupted result."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from analyses import extract as X
+
+SCRIPT = """
+import sys, torch
+torch.set_num_threads(1)
+from analyses.evaluation import shapes_examples
+from analyses.extract import ExtractConfig, extract
+from tests.conftest import tiny
+model = tiny("llava")
+examples = shapes_examples(60, seed=3)
+extract(model, examples, sys.argv[1], ExtractConfig("tiny-llava", "shapes", 60, shard_size=4, k=3), progress=False)
+"""
+
+
+def run(folder: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", SCRIPT, str(folder)], cwd=Path(__file__).parents[1],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def shards_done(folder: Path) -> int:
+    try:
+        return len(json.loads((folder / "manifest.json").read_text())["shards"])
+    except (FileNotFoundError, json.JSONDecodeError):
+        return 0
+
+
+def same(a: X.Extraction, b: X.Extraction) -> None:
+    assert a.rows == b.rows
+    assert np.array_equal(a.hidden, b.hidden) and np.array_equal(a.neurons, b.neurons)
+    assert all(np.array_equal(x, y) for x, y in zip(a.attention, b.attention))
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("full")
+    process = run(folder)
+    assert process.wait(timeout=300) == 0, process.stderr.read().decode()
+    return X.load(folder)
+
+
+def test_kill_minus_nine_then_resume(tmp_path, uninterrupted):
+    process = run(tmp_path)
+    deadline = time.time() + 120
+    while shards_done(tmp_path) < 3 and time.time() < deadline and process.poll() is None:
+        time.sleep(0.005)
+    assert process.poll() is None, "the run finished before it could be killed"
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    partial = shards_done(tmp_path)
+    assert 3 <= partial < 15
+    with pytest.raises(ValueError, match="incomplete"):
+        X.load(tmp_path)
+    resumed = run(tmp_path)
+    assert resumed.wait(timeout=300) == 0, resumed.stderr.read().decode()
+    same(X.load(tmp_path), uninterrupted)
+
+
+def test_resume_ignores_a_half_written_shard(tmp_path, uninterrupted):
+    process = run(tmp_path)
+    assert process.wait(timeout=300) == 0
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    manifest["shards"] = manifest["shards"][:-2]  # as if killed after writing files but before listing them
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    (tmp_path / "shard-00013.json.tmp").write_text("{garbage")
+    (tmp_path / "shard-00014.safetensors").write_bytes(b"truncated")
+    resumed = run(tmp_path)
+    assert resumed.wait(timeout=300) == 0, resumed.stderr.read().decode()
+    same(X.load(tmp_path), uninterrupted)
+
+
+def test_rows_hold_what_the_study_needs(uninterrupted):
+    row = uninterrupted.rows[0]
+    assert {"correct", "confidence", "entropy", "margins", "samples", "consistency", "type", "grid"} <= set(row)
+    assert len(row["samples"]) == 3 and 0 < row["consistency"] <= 1
+    assert uninterrupted.hidden.shape[:2] == (2, 60) and uninterrupted.neurons.shape[:2] == (2, 60)
+    assert uninterrupted.attention[0].shape == (2, 16)
+    assert np.array_equal(uninterrupted.margins[-1] > 0, uninterrupted.correct)
+
+
+def test_other_config_is_refused(tmp_path, uninterrupted):
+    from analyses.evaluation import shapes_examples
+    from tests.conftest import tiny
+
+    (tmp_path / "manifest.json").write_text(json.dumps({"fingerprint": "x", "config": {"n": 1}, "shards": []}))
+    with pytest.raises(ValueError, match="another configuration"):
+        X.extract(tiny("llava"), shapes_examples(4, 3), tmp_path, X.ExtractConfig("m", "b", 4), progress=False)
