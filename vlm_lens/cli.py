@@ -93,5 +93,33 @@ def train_toy(
     typer.echo(json.dumps(card["held_out"], indent=2))
 
 
+@app.command()
+def vrp(
+    model: str = typer.Option("toy-llava", help="a zoo name, a hub id or a local checkpoint"),
+    benchmark: str = typer.Option("shapes", help="'shapes' or a POPE/Shapes-format questions file"),
+    images: str = typer.Option(None, help="folder of the benchmark's images"),
+    n: int = typer.Option(600, help="number of questions"),
+    k: int = typer.Option(10, help="self-consistency samples per question"),
+    seed: int = typer.Option(0, help="seed of splits, sampling and bootstraps"),
+    out: str = typer.Option(None, help="output folder (default runs/vrp-<model>)"),
+    compare: list[str] = typer.Option(None, help="instead of running: lay these run folders side by side"),
+) -> None:
+    """The reliability study: tables (Markdown + JSON) and report.html, resumable if interrupted."""
+    from pathlib import Path
+
+    from analyses import report
+    from analyses.vrp import VRPConfig, run
+
+    if compare:
+        path = report.compare([Path(c) for c in compare], Path(out or "runs/compare"))
+        typer.echo(path.read_text())
+        typer.echo(f"written: {path} and {path.with_suffix('.html')}")
+        return
+    target = Path(out or f"runs/vrp-{Path(model).name}")
+    run(VRPConfig(model=model, benchmark=benchmark, images=images, n=n, k=k, seed=seed), target)
+    typer.echo((target / "tables.md").read_text())
+    typer.echo(f"report: {target / 'report.html'}")
+
+
 if __name__ == "__main__":
     app()
