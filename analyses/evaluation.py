@@ -54,7 +54,7 @@ def predict(
 ) -> list[str]:
     """Greedy next-token answers; ``transform(model, inputs) -> inputs`` edits a batch first (pixel masking)."""
     answers = []
-    for chunk, inputs in tqdm(batches(model, examples, batch_size), total=-(-len(examples) // batch_size), disable=not progress):
+    for _, inputs in tqdm(batches(model, examples, batch_size), total=-(-len(examples) // batch_size), disable=not progress):
         if transform is not None:
             inputs = transform(model, inputs)
         logits = apply(model, inputs, intervention)[:, -1]

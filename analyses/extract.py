@@ -123,8 +123,8 @@ def extract(
         chunk = examples[start : start + cfg.shard_size]
         rows, arrays = _extract_shard(model, chunk, start, cfg)
         name = f"shard-{start // cfg.shard_size:05d}"
-        _write_atomic(folder / f"{name}.safetensors", lambda p: save_file(arrays, str(p)))
-        _write_atomic(folder / f"{name}.json", lambda p: p.write_text(json.dumps(rows)))
+        _write_atomic(folder / f"{name}.safetensors", lambda p, arrays=arrays: save_file(arrays, str(p)))
+        _write_atomic(folder / f"{name}.json", lambda p, rows=rows: p.write_text(json.dumps(rows)))
         manifest["shards"].append({"start": start, "end": start + len(chunk), "name": name})
         manifest["shards"].sort(key=lambda s: s["start"])
         _write_atomic(folder / "manifest.json", lambda p: p.write_text(json.dumps(manifest, indent=1)))

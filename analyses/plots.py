@@ -20,7 +20,7 @@ GROUP_COLOURS = {"correct": "#1f77b4", "incorrect": "#d62728"}
 
 def _band(x, low, high, colour, name, legendgroup) -> go.Scatter:
     return go.Scatter(
-        x=np.concatenate([x, x[::-1]]), y=np.concatenate([high, low[::-1]]), fill="toself", fillcolor=colour,
+        x=np.concatenate([x, x[::-1]]), y=np.concatenate([high, low[::-1]]), mode="lines", fill="toself", fillcolor=colour,
         opacity=0.2, line={"width": 0}, hoverinfo="skip", showlegend=False, name=name, legendgroup=legendgroup,
     )
 
@@ -41,7 +41,8 @@ def margin_curves(curves: pd.DataFrame | Mapping[str, pd.DataFrame], title: str 
                                      line={"color": colour, "dash": dashes[i % len(dashes)]},
                                      hovertemplate="layer %{x}<br>margin %{y:.3f}<extra>" + label + "</extra>"))
     fig.add_hline(y=0, line={"color": "grey", "width": 1})
-    fig.update_layout(title=title, xaxis_title="layer", yaxis_title="truth margin (logit)", template="plotly_white")
+    fig.update_layout(title=title, xaxis_title="layer", yaxis_title="truth margin (logit)", template="plotly_white",
+                      xaxis={"dtick": 1})
     return fig
 
 

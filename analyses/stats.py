@@ -65,7 +65,7 @@ def _scores_labels(scores, labels) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"scores and labels must be 1-D and the same length, got {scores.shape} and {labels.shape}")
     if not np.isfinite(scores).all():
         raise ValueError("scores must be finite")
-    if set(np.unique(labels)) - {0, 1, True, False}:
+    if set(np.unique(labels).tolist()) - {0, 1}:
         raise ValueError("labels must be binary (0/1 or bool)")
     labels = labels.astype(int)
     if labels.min() == labels.max():

@@ -6,7 +6,6 @@ import pytest
 import torch
 from PIL import Image
 
-from model_adapters.tiny import TINY
 from vlm_lens import (
     DeviceMismatchError,
     HookedVLM,
