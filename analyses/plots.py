@@ -104,3 +104,15 @@ def intervention_effects(table: pd.DataFrame, title: str = "Accuracy change unde
         ))
     fig.update_layout(barmode="group", title=title, yaxis_title="accuracy after - before", template="plotly_white")
     return fig
+
+
+def reliability_diagram(bins: list[dict], ece: float, title: str = "Calibration of the output confidence") -> go.Figure:
+    """Accuracy vs mean confidence per bin (from ``stats.expected_calibration_error``), with the diagonal."""
+    fig = go.Figure()
+    fig.add_trace(go.Bar(x=[(b["low"] + b["high"]) / 2 for b in bins], y=[b["accuracy"] for b in bins],
+                         width=[b["high"] - b["low"] for b in bins], name="accuracy", customdata=[b["n"] for b in bins],
+                         hovertemplate="confidence %{x:.2f}<br>accuracy %{y:.2f}<br>n %{customdata}<extra></extra>"))
+    fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line={"dash": "dot", "color": "grey"}, name="perfect calibration"))
+    fig.update_layout(title=f"{title} (ECE {ece:.3f})", xaxis_title="confidence", yaxis_title="accuracy",
+                      template="plotly_white", xaxis={"range": [0, 1]}, yaxis={"range": [0, 1]})
+    return fig

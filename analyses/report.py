@@ -15,7 +15,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from sklearn.metrics import roc_curve
 
-from analyses import plots
+from analyses import plots, stats
 
 TITLES = {
     "table2_accuracy": "Table 2a. Task accuracy",
@@ -76,6 +76,8 @@ def _figures(tables, curves, contributions, extraction, examples, extra) -> list
     ablations = tables["table4_5_ablations"].rename(columns={"condition": "type", "intervention": "condition"})
     figures.append(("Ablation effects", plots.intervention_effects(ablations, "Accuracy change: probe neurons vs random controls")))
     figures.append(("ROC curves", roc_figure(extra["scores"], correct[extra["test"]])))
+    ece, bins = stats.expected_calibration_error([r["confidence"] for r in extraction.rows], correct)
+    figures.append(("Calibration", plots.reliability_diagram(bins, ece)))
     return figures
 
 

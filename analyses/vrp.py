@@ -188,6 +188,8 @@ def run(cfg: VRPConfig, out: str | Path, progress: bool = True) -> dict:
     curves, building = margin_building(model, examples, ex)
     ablations = ablation_table(model, examples, extra, cfg)
     accuracy = accuracy_table(ex)
+    ece, _ = stats.expected_calibration_error([r["confidence"] for r in ex.rows], ex.correct)
+    accuracy["ece (output confidence)"] = [ece] + [float("nan")] * (len(accuracy) - 1)
     accounting.update({"extracted": len(ex.rows), "correct": int(ex.correct.sum()), "incorrect": int((~ex.correct).sum()),
                        **{f"{k} split": v for k, v in extra["split"].items()}})
     tables = {

@@ -36,3 +36,11 @@ def test_trace_and_intervention_figures():
     table = pd.DataFrame([{"condition": "x", "type": "all", "diff": -0.1, "ci_low": -0.2, "ci_high": 0.0}])
     fig = plots.intervention_effects(table)
     assert np.allclose(fig.data[0].error_y.array, [0.1])
+
+
+def test_reliability_diagram():
+    from analyses.stats import expected_calibration_error
+
+    ece, bins = expected_calibration_error([0.9, 0.8, 0.3], [1, 0, 0], n_bins=5)
+    fig = plots.reliability_diagram(bins, ece)
+    assert list(fig.data[0].y) == [b["accuracy"] for b in bins] and "ECE" in fig.layout.title.text

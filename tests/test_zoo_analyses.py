@@ -1,0 +1,67 @@
+"""The analyses on the trained toys: they run end to end for all three families and make sense."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from analyses import attention_structure as A
+from analyses import interventions as I
+from analyses import logit_lens as L
+from analyses import patching as P
+from analyses.evaluation import correctness, evaluate_intervention, predict, shapes_examples
+from analyses.patch_masking import patch_masking
+from vlm_lens import HookedVLM
+
+N = 160
+
+
+@pytest.fixture(scope="module", params=["toy-llava", "toy-paligemma", "toy-qwen2-vl"])
+def toy(request):
+    torch.set_num_threads(1)
+    return HookedVLM.from_pretrained(request.param), shapes_examples(N, seed=51)
+
+
+def test_last_layer_margin_has_the_sign_of_correctness(toy):
+    model, examples = toy
+    margins, correct, _ = L.dataset_margins(model, examples)
+    assert np.isfinite(margins).all()
+    assert np.array_equal(margins[-1] > 0, correct)
+    assert 0.5 < correct.mean() < 0.98
+    curves = L.margin_curves(margins, correct)
+    final = curves[curves.layer == model.cfg.n_layers - 1].set_index("group")["mean"]
+    assert final["correct"] > 0 > final["incorrect"]
+
+
+def test_bypassing_every_mlp_hurts(toy):
+    model, examples = toy
+    everything = I.NOTHING
+    for layer in range(model.cfg.n_layers):
+        everything = everything + I.mlp_bypass(layer)
+    table = evaluate_intervention(model, examples, everything, n_resamples=500)
+    overall = table[table.type == "all"].iloc[0]
+    assert overall.ci_high < 0, overall
+
+
+def test_attention_maps_and_trace_are_finite(toy):
+    model, examples = toy
+    inputs = model.prepare(images=[e.load_image() for e in examples[:8]], prompts=[e.text for e in examples[:8]])
+    maps = A.image_attention(model, inputs)
+    assert np.isfinite(maps.entropy()).all() and (maps.components(0.5) >= 1).all()
+    single = model.prepare(images=[examples[0].load_image()], prompts=[examples[0].text])
+    trace = P.causal_trace(model, single, by="span")
+    assert np.isfinite(trace.effects).all() and trace.p_clean > trace.p_corrupted - 0.5
+
+
+def test_patch_masking_top_vs_random_runs(toy):
+    model, examples = toy
+    base = correctness(examples[:60], predict(model, examples[:60]))
+    for rank in ("top", "random"):
+        transform, intervention = patch_masking(0.3, rank, "token", "mean")
+        after = correctness(examples[:60], predict(model, examples[:60], intervention))
+        assert 0 <= np.mean(after) <= 1
+        transform, _ = patch_masking(0.3, rank, "pixel")
+        after = correctness(examples[:60], predict(model, examples[:60], transform=transform))
+        assert 0 <= np.mean(after) <= 1
+    assert 0.4 < np.mean(base) < 1
