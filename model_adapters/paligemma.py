@@ -30,5 +30,6 @@ ADAPTER = register(
         load_processor=PaliGemmaProcessor.from_pretrained,
         forward_keys=("input_ids", "attention_mask", "pixel_values", "token_type_ids"),
         drop_keys=("labels",),
+        nested_images=True,
     )
 )

@@ -64,5 +64,6 @@ ADAPTER = register(
         template=template,
         load_processor=Qwen2VLImageProcessor.from_pretrained,
         forward_keys=("input_ids", "attention_mask", "pixel_values", "image_grid_thw", "mm_token_type_ids"),
+        packed_vision=True,
     )
 )

@@ -43,6 +43,10 @@ class Adapter:
     forward_keys: tuple[str, ...] = ("input_ids", "attention_mask", "pixel_values")
     # processor outputs that are not forward inputs (e.g. PaliGemma's labels)
     drop_keys: tuple[str, ...] = ()
+    # the processor wants one list of images per prompt (PaliGemma) rather than one flat list
+    nested_images: bool = False
+    # the vision tower packs every image's patches in one sequence (Qwen2-VL): vision hooks are [patch, d]
+    packed_vision: bool = False
 
     def __post_init__(self):
         missing = [k for k in MODEL_KEYS if k not in self.modules] + [k for k in BLOCK_KEYS if k not in self.block]

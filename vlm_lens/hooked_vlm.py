@@ -121,7 +121,7 @@ class HookedVLM:
         sizes = {"d_model": cfg.d_model, "d_mlp": cfg.d_mlp, "head": cfg.n_heads, "d_head": cfg.d_head,
                  "d_vision": cfg.d_vision, "vocab": cfg.d_vocab}
         dims = self.vocab.info(name).spec.shape.split()
-        if self.adapter.family == "qwen2_vl" and dims[0] == "image":
+        if self.adapter.packed_vision and dims[0] == "image":
             dims = dims[1:]
         return tuple(sizes.get(d, d) for d in dims)
 
@@ -177,7 +177,7 @@ class HookedVLM:
             else:
                 texts.append(prompt)
         flat = [img for imgs in per_prompt for img in imgs]
-        images_arg = per_prompt if self.adapter.family == "paligemma" else flat
+        images_arg = per_prompt if self.adapter.nested_images else flat
         encoded = processor(images=images_arg, text=texts, return_tensors="pt", padding=True, padding_side=padding_side)
         tensors = select_tensors(dict(encoded), self.adapter.forward_keys, self.adapter.drop_keys)
         inputs = self.as_inputs(**tensors)
