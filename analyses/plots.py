@@ -55,7 +55,7 @@ def attention_over_image(image: Image.Image, grid: np.ndarray, title: str = "Att
     rows, cols = grid.shape
     fig = go.Figure(go.Image(z=rgb))
     fig.add_trace(go.Heatmap(
-        z=grid, x0=w / cols / 2 - 0.5, dx=w / cols, y0=h / rows / 2 - 0.5, dy=h / rows, opacity=0.55,
+        z=grid, x0=w / cols / 2 - 0.5, dx=w / cols, y0=h / rows / 2 - 0.5, dy=h / rows, opacity=0.45,
         colorscale="Inferno", colorbar={"title": "share"}, hovertemplate="patch (%{y:.0f}, %{x:.0f})<br>%{z:.3f}<extra></extra>",
     ))
     fig.update_layout(title=title, template="plotly_white", yaxis={"scaleanchor": "x"})

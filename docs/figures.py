@@ -19,7 +19,7 @@ from nbclient import NotebookClient
 
 ROOT = Path(__file__).resolve().parents[1]
 # notebook -> index of the plotly figure (in output order) to show
-PICK = {"01_circuit_exploration": 1, "02_ablation_experiments": 0, "03_margin_curves": 0}
+PICK = {"01_circuit_exploration": 3, "02_ablation_experiments": 0, "03_margin_curves": 0}
 CHROMIUM = ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
             "--disable-background-networking", "--disable-component-update", "--disable-sync", "--hide-scrollbars",
             "--window-size=900,520", "--virtual-time-budget=5000"]
