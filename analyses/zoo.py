@@ -149,7 +149,7 @@ def save(model: HookedVLM, out: Path, cfg: TrainConfig, losses: list[float], sec
     (out / "card.json").write_text(json.dumps(card, indent=2) + "\n")
     rows = "\n".join(f"| {k} | {v:.1f} |" for k, v in accuracy.items())
     (out / "README.md").write_text(
-        f"# {out.name}\n\nA toy {cfg.family} ({card['hf_class']}, {card['parameters']:,} parameters, "
+        f"# toy-{cfg.family.replace('_', '-')}\n\nA toy {cfg.family} ({card['hf_class']}, {card['parameters']:,} parameters, "
         f"{model.cfg.n_layers} language layers of width {model.cfg.d_model}) trained on the Shapes benchmark "
         f"for {cfg.steps:,} steps of {cfg.batch_size} fresh questions (seed {cfg.seed}).\n\n"
         f"Held-out accuracy (seed {HELD_OUT_SEED}, {cfg.eval_n:,} questions):\n\n| type | accuracy % |\n|---|---|\n{rows}\n\n"
