@@ -107,7 +107,3 @@ def causal_trace(
             effects[layer, start : start + len(part)] = (prob(logits) - p_corrupted).cpu().numpy()
     return TraceResult(effects, names, image_units, answer_id, p_clean, p_corrupted)
 
-
-def restored_probability(result: TraceResult) -> Float[np.ndarray, "layer unit"]:
-    return result.effects + result.p_corrupted
-

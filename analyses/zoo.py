@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from analyses import shapes
+from analyses import evaluation, shapes
 from model_adapters.tiny import TINY
 from vlm_lens import HookedVLM
 
@@ -102,29 +102,14 @@ def train(cfg: TrainConfig, progress: bool = True) -> tuple[HookedVLM, list[floa
     return model, losses
 
 
-@torch.no_grad()
-def predict(model: HookedVLM, samples: list[shapes.Sample], seed: int, image_size: int = 32, batch_size: int = 200) -> list[str]:
-    """The greedy next token after each prompt, decoded."""
-    predictions = []
-    for start in range(0, len(samples), batch_size):
-        chunk = samples[start : start + batch_size]
-        logits = model(batch_inputs(model, chunk, seed, image_size))[:, -1]
-        predictions += [model.to_string(int(i)).strip() for i in logits.argmax(-1)]
-    return predictions
-
-
-def accuracy_by_type(samples: list[shapes.Sample], predictions: list[str]) -> dict[str, float]:
-    hits = defaultdict(list)
-    for sample, prediction in zip(samples, predictions):
-        hits[sample.type].append(prediction == sample.label)
-        hits["all"].append(prediction == sample.label)
-    return {k: round(100 * float(np.mean(v)), 2) for k, v in sorted(hits.items())}
-
-
 def evaluate(model: HookedVLM, n: int = 4_000, seed: int = HELD_OUT_SEED, image_size: int = 32) -> dict[str, float]:
     """Held-out accuracy (percent) per question family and overall."""
-    samples = shapes.generate(n, seed=seed, size=image_size)
-    return accuracy_by_type(samples, predict(model, samples, seed, image_size))
+    examples = evaluation.shapes_examples(n, seed, image_size)
+    hits = defaultdict(list)
+    for example, right in zip(examples, evaluation.correctness(examples, evaluation.predict(model, examples, batch_size=200))):
+        hits[example.type].append(right)
+        hits["all"].append(right)
+    return {k: round(100 * float(np.mean(v)), 2) for k, v in sorted(hits.items())}
 
 
 def save(model: HookedVLM, out: Path, cfg: TrainConfig, losses: list[float], seconds: float) -> dict:
