@@ -24,7 +24,7 @@ from jaxtyping import Float
 from scipy import ndimage
 from sklearn.cluster import DBSCAN
 
-from vlm_lens import HookedVLM, VLMInputs
+from vlm_lens import ActivationCache, HookedVLM, VLMInputs
 
 _FOUR_NEIGHBOURS = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]])
 
@@ -91,6 +91,23 @@ class AttentionMaps:
         return np.diff(self.entropy(), axis=0)
 
 
+def image_grids(cache: ActivationCache, image: int = 0) -> list[Float[np.ndarray, "layer rows cols"]]:
+    """Per item: attention from its query rows to its ``image``-th image's patch grid at every layer,
+    averaged over heads and rows (float32). Needs ``attn.hook_pattern_rows`` of every layer in ``cache``.
+
+    The one place the study, the CLI and the analyses turn attention rows into image grids."""
+    inputs = cache.inputs
+    rows = [cache["pattern_rows", layer] for layer in range(cache.n_layers)]  # each batch head row key
+    grids = []
+    for item, spans in enumerate(inputs.image_spans):
+        if image >= len(spans):
+            raise ValueError(f"item {item} has {len(spans)} image(s); no image {image}")
+        span = spans[image]
+        per_layer = torch.stack([r[item, :, :, span.start : span.end].float().mean(dim=(0, 1)) for r in rows])
+        grids.append(per_layer.reshape(len(rows), *span.grid).cpu().numpy())
+    return grids
+
+
 @torch.no_grad()
 def image_attention(
     model: HookedVLM, inputs: VLMInputs, query_positions=None, image: int = 0
@@ -101,21 +118,11 @@ def image_attention(
     _, cache = model.run_with_cache(
         inputs, names_filter=lambda n: n.endswith("attn.hook_pattern_rows"), query_positions=query_positions
     )
-    grids = []
-    for layer in range(model.cfg.n_layers):
-        rows = cache["pattern_rows", layer].float()  # batch head row key
-        per_item = []
-        for item, spans in enumerate(inputs.image_spans):
-            if image >= len(spans):
-                raise ValueError(f"item {item} has {len(spans)} image(s); no image {image}")
-            span = spans[image]
-            weights = rows[item, :, :, span.start : span.end].mean(dim=(0, 1))
-            per_item.append(weights.reshape(span.grid).cpu().numpy())
-        grids.append(per_item)
-    shapes = {g.shape for layer in grids for g in layer}
+    grids = image_grids(cache, image)
+    shapes = {g.shape for g in grids}
     if len(shapes) != 1:
-        raise ValueError(f"images of different grids {sorted(shapes)} cannot be stacked; run them separately")
-    return AttentionMaps(np.array(grids))
+        raise ValueError(f"images of different grids {sorted(s[1:] for s in shapes)} cannot be stacked; run them separately")
+    return AttentionMaps(np.stack(grids, axis=1))
 
 
 def early_lock_then_diffusion(entropy: Float[np.ndarray, " layer"], margin: float = 0.1) -> dict:

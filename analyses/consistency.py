@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from analyses.benchmarks import canonicalise
+from analyses.answers import canonicalise
 from vlm_lens import HookedVLM, VLMInputs
 
 

@@ -17,6 +17,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from analyses.answers import answer_positions, at_answer
 from analyses.logit_lens import final_norm, unembed
 from vlm_lens import ActivationCache, HookedVLM
 
@@ -42,9 +43,8 @@ def margin_contributions(
 ) -> pd.DataFrame:
     """Tidy table: item, layer, component ('embed', 'attn', 'mlp'), contribution to logit[ref] - logit[comp]."""
     if positions is None:
-        positions = cache.inputs.last_positions()
-    batch = torch.arange(len(positions))
-    pick = lambda t: t[batch, positions].float()  # noqa: E731
+        positions = answer_positions(cache.inputs)
+    pick = lambda t: at_answer(t, positions).float()  # noqa: E731
     resid_final = pick(cache["resid_post", -1])
     gain, scale = _norm_gain_and_scale(model, resid_final)
     weight = unembed(model).weight.float()

@@ -1,44 +1,27 @@
 """Running a model over a dataset, with and without an intervention, and comparing accuracy.
 
-An ``Example`` is an image, a question, the exact answer word and a question type. Predictions
-are the greedy next token after the templated prompt, as the toy zoo answers.
+Predictions are the greedy next token after the templated prompt (as the toy zoo answers),
+scored by ``analyses.answers`` like every other table.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
 
 import pandas as pd
-from PIL import Image
 from tqdm.auto import tqdm
 
-from analyses import shapes
+from analyses import answers
+from analyses.data.examples import Example
 from analyses.interventions import NOTHING, Intervention, apply
 from analyses.stats import paired_bootstrap_diff
 from vlm_lens import HookedVLM
 
 
-@dataclass(frozen=True)
-class Example:
-    image: Image.Image | Path  # a path is opened (RGB) when its batch runs
-    text: str
-    label: str
-    type: str = "all"
-
-    def load_image(self) -> Image.Image:
-        return self.image if isinstance(self.image, Image.Image) else Image.open(self.image).convert("RGB")
-
-
-def shapes_examples(n: int, seed: int, size: int = 32) -> list[Example]:
-    return [
-        Example(Image.fromarray(shapes.image_of(s, seed, size)), s.text, s.label, s.type)
-        for s in shapes.generate(n, seed, size)
-    ]
-
-
 def batches(model: HookedVLM, examples: Sequence[Example], batch_size: int):
+    """(examples, prepared inputs) in chunks of ``batch_size``; images are opened chunk by chunk."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     for start in range(0, len(examples), batch_size):
         chunk = examples[start : start + batch_size]
         yield chunk, model.prepare(images=[e.load_image() for e in chunk], prompts=[e.text for e in chunk])
@@ -53,17 +36,17 @@ def predict(
     transform=None,
 ) -> list[str]:
     """Greedy next-token answers; ``transform(model, inputs) -> inputs`` edits a batch first (pixel masking)."""
-    answers = []
+    predictions = []
     for _, inputs in tqdm(batches(model, examples, batch_size), total=-(-len(examples) // batch_size), disable=not progress):
         if transform is not None:
             inputs = transform(model, inputs)
-        logits = apply(model, inputs, intervention)[:, -1]
-        answers += [model.to_string(int(i)).strip() for i in logits.argmax(-1)]
-    return answers
+        predictions += answers.greedy_answers(model, apply(model, inputs, intervention), inputs)[1]
+    return predictions
 
 
-def correctness(examples: Sequence[Example], answers: Sequence[str]) -> list[bool]:
-    return [a == e.label for a, e in zip(answers, examples)]
+def correct(model: HookedVLM, examples: Sequence[Example], intervention: Intervention = NOTHING, **kwargs) -> list[bool]:
+    """Whether each greedy answer is right (``answers.correctness``), under ``intervention``."""
+    return answers.correctness(examples, predict(model, examples, intervention, **kwargs))
 
 
 def compare(
@@ -94,10 +77,9 @@ def evaluate_intervention(
     seed: int = 0,
 ) -> pd.DataFrame:
     """Tidy table: one row per (condition, question type) with accuracy before/after and the CI of the change."""
-    base = correctness(examples, predict(model, examples, NOTHING, batch_size))
+    base = correct(model, examples, NOTHING, batch_size=batch_size)
     tables = []
     for item in [intervention] + ([control] if control is not None else []):
-        after = correctness(examples, predict(model, examples, item, batch_size))
+        after = correct(model, examples, item, batch_size=batch_size)
         tables.append(compare(examples, base, after, item.name, n_resamples, seed))
     return pd.concat(tables, ignore_index=True)
-

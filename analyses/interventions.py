@@ -1,19 +1,22 @@
-"""Interventions as data: each is a named recipe that turns a batch into hooks, composable with ``+``.
+"""Interventions as data: small frozen dataclasses that turn a batch into hooks, composable with ``+``.
 
     >>> ablate = neurons(layer=3, indices=[12, 40], mode="zero") + mlp_bypass(5, where="image")
     >>> ablate.name
     'zero 2 neurons @L3 + bypass MLP @L5 (image)'
+    >>> ablate.parts[0]
+    Neurons(layer=3, indices=(12, 40), mode='zero', value=None, site='mlp')
 
-``apply(model, inputs, intervention)`` runs a batch with it; every recipe goes in through
-``model.hooks`` and so is exception-safe. Controls: ``random_neurons`` draws a seeded random
-set of the same size at the same layer; ``patch_mask(..., rank="random")`` the same number of
-random patches.
+What an intervention does is its fields (layer, indices, mode, value, ...), so two equal
+interventions are ``==`` and an intervention prints as what it does. ``apply(model, inputs,
+intervention)`` runs a batch with it; every one goes in through ``model.hooks`` and so is
+exception-safe. Controls: ``random_neurons`` draws a seeded random set of the same size at the
+same layer.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -23,20 +26,46 @@ from vlm_lens import HookedVLM, VLMInputs
 
 Hooks = list[tuple[str, Callable]]
 
+# Units an intervention on "neurons" can address: MLP neurons or residual-stream dimensions.
+NEURON_SITES = {"mlp": "blocks.{l}.mlp.hook_post", "resid": "blocks.{l}.hook_resid_post"}
+NEURON_MODES = ("zero", "mean", "clamp", "scale")
 
-@dataclass(frozen=True)
+
 class Intervention:
+    """Base: ``hooks(model, inputs)`` gives (name, fn) pairs; ``name`` says what it does."""
+
     name: str
-    build: Callable[[HookedVLM, VLMInputs], Hooks]
 
     def hooks(self, model: HookedVLM, inputs: VLMInputs) -> Hooks:
-        return self.build(model, inputs)
+        raise NotImplementedError
 
-    def __add__(self, other: Intervention) -> Intervention:
-        return Intervention(f"{self.name} + {other.name}", lambda m, x: self.build(m, x) + other.build(m, x))
+    def __add__(self, other: Intervention) -> Combined:
+        mine = self.parts if isinstance(self, Combined) else (self,)
+        theirs = other.parts if isinstance(other, Combined) else (other,)
+        return Combined(tuple(p for p in mine + theirs if not isinstance(p, Nothing)))
 
 
-NOTHING = Intervention("none", lambda model, inputs: [])
+@dataclass(frozen=True)
+class Nothing(Intervention):
+    name = "none"
+
+    def hooks(self, model, inputs) -> Hooks:
+        return []
+
+
+NOTHING = Nothing()
+
+
+@dataclass(frozen=True)
+class Combined(Intervention):
+    parts: tuple[Intervention, ...]
+
+    @property
+    def name(self) -> str:
+        return " + ".join(p.name for p in self.parts) or "none"
+
+    def hooks(self, model, inputs) -> Hooks:
+        return [hook for part in self.parts for hook in part.hooks(model, inputs)]
 
 
 def apply(model: HookedVLM, inputs: VLMInputs, intervention: Intervention) -> Tensor:
@@ -57,49 +86,70 @@ def _position_mask(inputs: VLMInputs, where: str) -> Tensor:
     return masks[where]
 
 
-def neurons(
-    layer: int,
-    indices: Sequence[int],
-    mode: str = "zero",
-    value: float | None = None,
-    means: Tensor | None = None,
-) -> Intervention:
-    """Edit MLP neurons (``blocks.{layer}.mlp.hook_post``) at every position.
+@dataclass(frozen=True)
+class Neurons(Intervention):
+    """Edit units of one layer at every position: MLP neurons (``site="mlp"``, ``mlp.hook_post``) or
+    residual-stream dimensions (``site="resid"``, ``hook_resid_post``).
 
     modes: 'zero'; 'mean' (set to ``means[indices]``, e.g. from ``neuron_means``); 'clamp' (set to
     ``value``); 'scale' (multiply by ``value``).
     """
-    index = list(indices)
-    if mode in ("clamp", "scale") and value is None:
-        raise ValueError(f"mode {mode!r} needs a value")
-    if mode == "mean" and means is None:
-        raise ValueError("mode 'mean' needs means (see neuron_means)")
-    if mode not in ("zero", "mean", "clamp", "scale"):
-        raise ValueError(f"mode must be zero, mean, clamp or scale; got {mode!r}")
 
-    def edit(act: Tensor, hook) -> Tensor:
-        act = act.clone()
-        if mode == "zero":
-            act[..., index] = 0
-        elif mode == "mean":
-            act[..., index] = means[index].to(act.dtype)
-        elif mode == "clamp":
-            act[..., index] = value
-        else:
-            act[..., index] *= value
-        return act
+    layer: int
+    indices: tuple[int, ...]
+    mode: str = "zero"
+    value: float | None = None
+    site: str = "mlp"
+    means: Tensor | None = field(default=None, repr=False, compare=False)
+    label: str | None = field(default=None, repr=False, compare=False)
 
-    return Intervention(f"{mode} {len(index)} neurons @L{layer}", lambda m, x: [(f"blocks.{layer}.mlp.hook_post", edit)])
+    def __post_init__(self):
+        object.__setattr__(self, "indices", tuple(int(i) for i in self.indices))
+        if self.mode not in NEURON_MODES:
+            raise ValueError(f"mode must be one of {NEURON_MODES}; got {self.mode!r}")
+        if self.mode in ("clamp", "scale") and self.value is None:
+            raise ValueError(f"mode {self.mode!r} needs a value")
+        if self.mode == "mean" and self.means is None:
+            raise ValueError("mode 'mean' needs means (see neuron_means)")
+        if self.site not in NEURON_SITES:
+            raise ValueError(f"site must be one of {sorted(NEURON_SITES)}; got {self.site!r}")
+
+    @property
+    def name(self) -> str:
+        unit = "neurons" if self.site == "mlp" else "residual units"
+        return self.label or f"{self.mode} {len(self.indices)} {unit} @L{self.layer}"
+
+    def hooks(self, model, inputs) -> Hooks:
+        index = list(self.indices)
+
+        def edit(act: Tensor, hook) -> Tensor:
+            act = act.clone()
+            if self.mode == "zero":
+                act[..., index] = 0
+            elif self.mode == "mean":
+                act[..., index] = self.means[index].to(act.dtype)
+            elif self.mode == "clamp":
+                act[..., index] = self.value
+            else:
+                act[..., index] *= self.value
+            return act
+
+        return [(NEURON_SITES[self.site].format(l=self.layer), edit)]
 
 
-def random_neurons(model: HookedVLM, layer: int, k: int, seed: int, exclude: Sequence[int] = (), **kwargs) -> Intervention:
-    """The matched control: ``k`` random neurons of the same layer (seeded), avoiding ``exclude``."""
-    pool = np.setdiff1d(np.arange(model.cfg.d_mlp), np.asarray(exclude, dtype=int))
+neurons = Neurons
+
+
+def random_neurons(model: HookedVLM, layer: int, k: int, seed: int, exclude: Sequence[int] = (), site: str = "mlp",
+                   **kwargs) -> Neurons:
+    """The matched control: ``k`` units of the same layer drawn with ``np.random.default_rng(seed)``, avoiding ``exclude``."""
+    width = model.cfg.d_mlp if site == "mlp" else model.cfg.d_model
+    pool = np.setdiff1d(np.arange(width), np.asarray(exclude, dtype=int))
     if k > len(pool):
-        raise ValueError(f"cannot draw {k} neurons from {len(pool)} available")
-    chosen = np.random.default_rng(seed).choice(pool, size=k, replace=False)
-    control = neurons(layer, sorted(chosen.tolist()), **kwargs)
-    return Intervention(f"random {control.name} (seed {seed})", control.build)
+        raise ValueError(f"cannot draw {k} units from the {len(pool)} available at layer {layer}")
+    chosen = sorted(np.random.default_rng(seed).choice(pool, size=k, replace=False).tolist())
+    plain = Neurons(layer, chosen, site=site, **kwargs)
+    return Neurons(layer, chosen, site=site, label=f"random {plain.name} (seed {seed})", **kwargs)
 
 
 @torch.no_grad()
@@ -114,44 +164,79 @@ def neuron_means(model: HookedVLM, batches: Sequence[VLMInputs], layer: int) -> 
     return total / count
 
 
-def mlp_bypass(layer: int, where: str = "all") -> Intervention:
-    """Remove layer's MLP write (``hook_mlp_out`` = 0) at all, image or text positions."""
+@dataclass(frozen=True)
+class MLPBypass(Intervention):
+    """Remove a layer's MLP write (``hook_mlp_out`` = 0) at all, image or text positions."""
 
-    def build(model, inputs):
-        mask = _position_mask(inputs, where)
+    layer: int
+    where: str = "all"
+
+    @property
+    def name(self) -> str:
+        return f"bypass MLP @L{self.layer} ({self.where})"
+
+    def hooks(self, model, inputs) -> Hooks:
+        mask = _position_mask(inputs, self.where)
 
         def bypass(act, hook):
-            return act * (~mask).unsqueeze(-1).to(act.dtype)
+            return act * (~mask).unsqueeze(-1).to(act.device, act.dtype)
 
-        return [(f"blocks.{layer}.hook_mlp_out", bypass)]
-
-    return Intervention(f"bypass MLP @L{layer} ({where})", build)
+        return [(f"blocks.{self.layer}.hook_mlp_out", bypass)]
 
 
-def head_ablation(layer: int, heads: Sequence[int]) -> Intervention:
+mlp_bypass = MLPBypass
+
+
+@dataclass(frozen=True)
+class HeadAblation(Intervention):
     """Zero the outputs of attention heads (``attn.hook_z``) before the output projection."""
-    heads = list(heads)
 
-    def zero(act, hook):
-        act = act.clone()
-        act[..., heads, :] = 0
-        return act
+    layer: int
+    heads: tuple[int, ...]
 
-    return Intervention(f"ablate heads {heads} @L{layer}", lambda m, x: [(f"blocks.{layer}.attn.hook_z", zero)])
+    def __post_init__(self):
+        object.__setattr__(self, "heads", tuple(int(h) for h in self.heads))
+
+    @property
+    def name(self) -> str:
+        return f"ablate heads {list(self.heads)} @L{self.layer}"
+
+    def hooks(self, model, inputs) -> Hooks:
+        heads = list(self.heads)
+
+        def zero(act, hook):
+            act = act.clone()
+            act[..., heads, :] = 0
+            return act
+
+        return [(f"blocks.{self.layer}.attn.hook_z", zero)]
 
 
-def attention_knockout(layers: Sequence[int], query_positions: Sequence[int] = (-1,)) -> Intervention:
-    """Block attention from the query positions (negative: from each item's last token) to the image tokens.
+head_ablation = HeadAblation
 
-    Zeroing those pattern entries and renormalising each row is exactly masking them before the softmax.
-    """
-    layers = list(layers)
 
-    def build(model, inputs):
+@dataclass(frozen=True)
+class AttentionKnockout(Intervention):
+    """Block attention from the query positions (negative: counted back from each item's last token) to the
+    image tokens. Zeroing those pattern entries and renormalising each row is exactly masking them before the softmax."""
+
+    layers: tuple[int, ...]
+    query_positions: tuple[int, ...] = (-1,)
+
+    def __post_init__(self):
+        object.__setattr__(self, "layers", tuple(int(x) for x in self.layers))
+        object.__setattr__(self, "query_positions", tuple(int(q) for q in self.query_positions))
+
+    @property
+    def name(self) -> str:
+        return f"knock out attention to image @L{list(self.layers)}"
+
+    def hooks(self, model, inputs) -> Hooks:
         last = inputs.last_positions()
-        blocked = torch.zeros(inputs.batch_size, inputs.input_ids.shape[1], inputs.input_ids.shape[1], dtype=torch.bool)
+        seq = inputs.input_ids.shape[1]
+        blocked = torch.zeros(inputs.batch_size, seq, seq, dtype=torch.bool)
         for item in range(inputs.batch_size):
-            rows = [int(last[item]) + 1 + q if q < 0 else q for q in query_positions]
+            rows = [int(last[item]) + 1 + q if q < 0 else q for q in self.query_positions]
             cols = inputs.image_positions(item)
             blocked[item, torch.tensor(rows)[:, None], torch.tensor(cols)[None, :]] = True
 
@@ -161,29 +246,45 @@ def attention_knockout(layers: Sequence[int], query_positions: Sequence[int] = (
             kept = pattern.masked_fill(blocked[:, None].to(pattern.device), 0)
             return kept / kept.sum(-1, keepdim=True).clamp_min(torch.finfo(kept.dtype).tiny)
 
-        return [(f"blocks.{layer}.attn.hook_pattern", knock) for layer in layers]
-
-    return Intervention(f"knock out attention to image @L{layers}", build)
+        return [(f"blocks.{layer}.attn.hook_pattern", knock) for layer in self.layers]
 
 
-def image_embedding_edit(positions: Sequence[Sequence[int]], fill: str = "mean", name: str = "mask patches") -> Intervention:
-    """Replace image-token embeddings at per-item positions by the mean image-token embedding, or zero."""
-    if fill not in ("mean", "zero"):
-        raise ValueError(f"fill must be 'mean' or 'zero', got {fill!r}")
+def attention_knockout(layers: Sequence[int], query_positions: Sequence[int] = (-1,)) -> AttentionKnockout:
+    return AttentionKnockout(tuple(layers), tuple(query_positions))
 
-    def build(model, inputs):
+
+@dataclass(frozen=True)
+class EmbeddingEdit(Intervention):
+    """Replace image-token embeddings at per-item positions by the item's mean image-token embedding, or zero."""
+
+    positions: tuple[tuple[int, ...], ...]
+    fill: str = "mean"
+    label: str = field(default="mask patches", compare=False)
+
+    def __post_init__(self):
+        if self.fill not in ("mean", "zero"):
+            raise ValueError(f"fill must be 'mean' or 'zero', got {self.fill!r}")
+        object.__setattr__(self, "positions", tuple(tuple(int(p) for p in pos) for pos in self.positions))
+
+    @property
+    def name(self) -> str:
+        return self.label
+
+    def hooks(self, model, inputs) -> Hooks:
         def edit(embed, hook):
             if hook.step > 0:  # generation: later steps carry no image tokens
                 return None
             embed = embed.clone()
-            for item, pos in enumerate(positions):
-                if not len(pos):
+            for item, pos in enumerate(self.positions):
+                if not pos:
                     continue
                 image_pos = inputs.image_positions(item)
-                value = embed[item, image_pos].mean(0) if fill == "mean" else torch.zeros_like(embed[item, 0])
+                value = embed[item, image_pos].mean(0) if self.fill == "mean" else torch.zeros_like(embed[item, 0])
                 embed[item, list(pos)] = value
             return embed
 
         return [("hook_embed", edit)]
 
-    return Intervention(name, build)
+
+def image_embedding_edit(positions: Sequence[Sequence[int]], fill: str = "mean", name: str = "mask patches") -> EmbeddingEdit:
+    return EmbeddingEdit(tuple(tuple(p) for p in positions), fill, name)

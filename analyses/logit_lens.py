@@ -22,6 +22,9 @@ from jaxtyping import Float
 from scipy import stats
 from torch import Tensor
 
+from analyses import answers
+from analyses.answers import answer_positions, at_answer, greedy_answers, reference_token_ids, stack_at_answer
+from analyses.evaluation import batches
 from vlm_lens import ActivationCache, HookedVLM
 
 
@@ -36,11 +39,7 @@ def unembed(model: HookedVLM) -> torch.nn.Module:
 @torch.no_grad()
 def logit_lens(model: HookedVLM, cache: ActivationCache, positions: Tensor | None = None) -> Float[Tensor, "layer batch vocab"]:
     """Per-layer logits at one position per item (default: each item's last real token)."""
-    if positions is None:
-        positions = cache.inputs.last_positions()
-    resid = cache.stack("resid_post")  # layer batch pos d_model
-    batch = torch.arange(resid.shape[1], device=resid.device)
-    picked = resid[:, batch, positions.to(resid.device)]
+    picked = stack_at_answer(cache, "resid_post", positions=positions)  # layer batch d_model
     return unembed(model)(final_norm(model)(picked)).float()
 
 
@@ -61,30 +60,6 @@ def truth_margin(logits: Float[Tensor, "... vocab"], reference_ids: Sequence[Seq
             others[..., ref] = float("-inf")
             out[..., item] = torch.maximum(out[..., item], row[..., ref] - others.max(dim=-1).values)
     return out
-
-
-def reference_token_ids(tokenizer, golds: Sequence[str], closed_form: bool | None = None) -> list[int]:
-    """The reference-token protocol.
-
-    Closed-form answers (yes/no, integers): the answer's token, in lower case and capitalised
-    (checkpoints differ in casing), maximised over later. Open-ended answers: the first content
-    token of each gold (leading whitespace-only tokens and BOS skipped).
-    """
-    ids: list[int] = []
-    for gold in golds:
-        text = gold.strip()
-        if not text:
-            raise ValueError("an empty gold answer has no reference token")
-        is_closed = text.lower() in ("yes", "no") or text.isdigit() if closed_form is None else closed_form
-        variants = {text.lower(), text.capitalize()} if is_closed else {text}
-        for variant in sorted(variants):
-            tokens = tokenizer.encode(variant, add_special_tokens=False)
-            content = [t for t in tokens if t != tokenizer.bos_token_id and tokenizer.decode([t]).strip()]
-            if content and content[0] != tokenizer.unk_token_id and content[0] not in ids:
-                ids.append(content[0])
-    if not ids:
-        raise ValueError(f"no reference token for golds {list(golds)}: all map to unknown or empty tokens")
-    return ids
 
 
 def margin_curves(margins: Float[np.ndarray, "layer n"], correct: Sequence[bool], confidence: float = 0.95) -> pd.DataFrame:
@@ -115,20 +90,21 @@ def peak_and_separation(curves: pd.DataFrame, margins: Float[np.ndarray, "layer 
 
 @torch.no_grad()
 def dataset_margins(model: HookedVLM, examples, batch_size: int = 100) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Over ``evaluation.Example``s: truth margins [layer, n] of each label's token(s), greedy correctness [n],
-    and the competitor token [n] (the strongest other token at the last layer)."""
-    from analyses.evaluation import batches  # evaluation imports interventions; keep this module light
-
+    """Over ``Example``s: truth margins [layer, n] of each label's token(s), greedy correctness [n] (scored by
+    ``analyses.answers``), and the competitor token [n] (the strongest other token at the last layer)."""
     margins, correct, competitors = [], [], []
     for chunk, inputs in batches(model, examples, batch_size):
         logits, cache = model.run_with_cache(inputs, names_filter=lambda n: n.endswith("hook_resid_post"))
         refs = [reference_token_ids(model.tokenizer, [e.label]) for e in chunk]
-        lens = logit_lens(model, cache)
-        margins.append(truth_margin(lens, refs).cpu().numpy())
-        last = logits[:, -1].float()
-        correct += [int(last[i].argmax()) in refs[i] for i in range(len(chunk))]
-        for i, ref in enumerate(refs):
-            others = last[i].clone()
-            others[ref] = float("-inf")
-            competitors.append(int(others.argmax()))
+        margins.append(truth_margin(logit_lens(model, cache), refs).cpu().numpy())
+        correct += answers.correctness(chunk, greedy_answers(model, logits, inputs)[1])
+        competitors += competitor_ids(at_answer(logits, answer_positions(inputs)), refs)
     return np.concatenate(margins, axis=1), np.array(correct), np.array(competitors)
+
+
+def competitor_ids(logits: Float[Tensor, "batch vocab"], reference_ids: Sequence[Sequence[int]]) -> list[int]:
+    """Per item, the strongest token that is not one of its references (the margin's other side)."""
+    others = logits.float().clone()
+    for item, refs in enumerate(reference_ids):
+        others[item, list(refs)] = float("-inf")
+    return others.argmax(-1).tolist()

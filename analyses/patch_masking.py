@@ -8,6 +8,8 @@ patch's pixels become mid-grey in the model's own normalised pixel space).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
@@ -51,41 +53,46 @@ def _grey(processor) -> torch.Tensor:
 
 
 def pixel_mask(model: HookedVLM, inputs: VLMInputs, cells: list[list[int]]) -> VLMInputs:
-    """A copy of ``inputs`` whose first image per item has the chosen patches grey in pixel space."""
-    pixels = inputs.tensors["pixel_values"].clone()
-    grey = _grey(model.processor).to(pixels.dtype)
+    """A copy of ``inputs`` whose first image per item has the chosen patches grey in pixel space.
+
+    Where a family keeps a patch's pixels (a grid over the picture, or packed merge blocks) is
+    its adapter's ``fill_patches``."""
+    fill_patches = model.adapter.fill_patches
+    if fill_patches is None:
+        raise NotImplementedError(f"the {model.adapter.family!r} adapter does not say where its patches' pixels lie")
+    tensors = {**inputs.tensors, "pixel_values": inputs.tensors["pixel_values"].clone()}
+    grey = _grey(model.processor).to(tensors["pixel_values"].dtype)
     for item, item_cells in enumerate(cells):
-        span = inputs.image_spans[item][0]
-        rows, cols = span.grid
-        if pixels.ndim == 4:  # [image, channel, H, W]: square grids (LLaVA, PaliGemma)
-            ph, pw = pixels.shape[2] // rows, pixels.shape[3] // cols
-            for cell in item_cells:
-                r, c = divmod(cell, cols)
-                pixels[span.image, :, r * ph : (r + 1) * ph, c * pw : (c + 1) * pw] = grey[:, None, None]
-        else:  # packed patches in merge-block order (Qwen2-VL): token j <- rows [m^2 j, m^2 (j+1)) of its image
-            merge = model.hf_model.config.vision_config.spatial_merge_size
-            thw = inputs.tensors["image_grid_thw"]
-            offset = int(thw[: span.image].prod(-1).sum())
-            per_channel = pixels.shape[1] // 3
-            for cell in item_cells:
-                block = pixels[offset + merge**2 * cell : offset + merge**2 * (cell + 1)]
-                block.view(merge**2, 3, per_channel)[:] = grey[None, :, None]
-    tensors = {**inputs.tensors, "pixel_values": pixels}
+        fill_patches(model.hf_model.config, tensors, inputs.image_spans[item][0], item_cells, grey)
     return VLMInputs(tensors, inputs.image_spans, inputs.padding_side, inputs.prompts, inputs.texts)
+
+
+@dataclass(frozen=True)
+class PatchMask(Intervention):
+    """Token-level patch masking as an intervention: per batch, rank the patches by attention, then
+    replace the chosen patch tokens' embeddings (mean image embedding, or zero)."""
+
+    fraction: float = 0.3
+    rank: str = "top"
+    fill: str = "mean"
+    seed: int = 0
+
+    @property
+    def name(self) -> str:
+        return f"mask {self.rank} {self.fraction:.0%} patches (token, {self.fill})"
+
+    def hooks(self, model, inputs):
+        cells = choose_cells(attention_grids(model, inputs), self.fraction, self.rank, self.seed)
+        return token_mask(inputs, cells, self.fill, self.rank).hooks(model, inputs)
 
 
 def patch_masking(fraction: float = 0.3, rank: str = "top", level: str = "token", fill: str = "mean", seed: int = 0):
     """A (transform, intervention) pair for ``evaluation.predict``: ranks patches per batch, then masks them."""
     if level not in ("token", "pixel"):
         raise ValueError(f"level must be 'token' or 'pixel', got {level!r}")
-
-    def cells_for(model, inputs):
-        return choose_cells(attention_grids(model, inputs), fraction, rank, seed)
-
     if level == "pixel":
-        return (lambda model, inputs: pixel_mask(model, inputs, cells_for(model, inputs))), None
+        def transform(model, inputs):
+            return pixel_mask(model, inputs, choose_cells(attention_grids(model, inputs), fraction, rank, seed))
 
-    def build(model, inputs):
-        return token_mask(inputs, cells_for(model, inputs), fill, rank).hooks(model, inputs)
-
-    return None, Intervention(f"mask {rank} {fraction:.0%} patches ({level}, {fill})", build)
+        return transform, None
+    return None, PatchMask(fraction, rank, fill, seed)

@@ -32,20 +32,6 @@ class TraceResult:
     p_corrupted: float
 
 
-def _repeat(inputs: VLMInputs, n: int) -> VLMInputs:
-    """The single item of ``inputs`` as a batch of n identical rows."""
-    if inputs.batch_size != 1:
-        raise ValueError(f"causal tracing takes one item at a time, got a batch of {inputs.batch_size}")
-    tensors = {}
-    for key, value in inputs.tensors.items():
-        if key in ("pixel_values", "image_grid_thw"):  # per-image tensors: one image per row
-            tensors[key] = torch.cat([value] * n)
-        else:
-            tensors[key] = value.expand(n, *value.shape[1:]).contiguous()
-    spans = [[type(s)(s.image + i * len(inputs.image_spans[0]), s.start, s.end, s.grid) for s in inputs.image_spans[0]] for i in range(n)]
-    return VLMInputs(tensors, spans, inputs.padding_side)
-
-
 @torch.no_grad()
 def causal_trace(
     model: HookedVLM,
@@ -95,7 +81,7 @@ def causal_trace(
         clean = cache["resid_post", layer]
         for start in range(0, len(units), chunk):
             part = units[start : start + chunk]
-            batch = _repeat(inputs, len(part))
+            batch = model.repeat(inputs, len(part))
             mask = torch.zeros(len(part), seq, 1, dtype=torch.bool)
             for row, positions in enumerate(part):
                 mask[row, positions] = True

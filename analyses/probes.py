@@ -72,7 +72,12 @@ class LinearProbe:
         return cls(layer, t["coef"], float(t["intercept"][0]), t["mean"], t["scale"], meta["penalty"])
 
 
+PENALTIES = ("l1", "l2")
+
+
 def fit_probe(features: np.ndarray, labels, layer, penalty: str = "l2", C: float = 1.0, seed: int = 0) -> LinearProbe:
+    """A logistic probe on [n, d] features; ``penalty`` "l1" (sparse) or "l2" (dense), any case."""
+    penalty = _penalty(penalty)
     features = np.asarray(features, dtype=np.float64)
     mean, scale = features.mean(0), features.std(0)
     scale[scale == 0] = 1.0
@@ -80,6 +85,12 @@ def fit_probe(features: np.ndarray, labels, layer, penalty: str = "l2", C: float
     model = LogisticRegression(l1_ratio=1.0 if penalty == "l1" else 0.0, C=C, solver=solver, max_iter=2000, random_state=seed)
     model.fit((features - mean) / scale, np.asarray(labels).astype(int))
     return LinearProbe(layer, model.coef_[0].copy(), float(model.intercept_[0]), mean, scale, penalty)
+
+
+def _penalty(penalty: str) -> str:
+    if not isinstance(penalty, str) or penalty.lower() not in PENALTIES:
+        raise ValueError(f"penalty must be 'l1' or 'l2', got {penalty!r}")
+    return penalty.lower()
 
 
 @dataclass
@@ -95,12 +106,16 @@ class ProbeResult:
 
 
 def layerwise_probe(
-    features: np.ndarray, correct, penalty: str = "l2", C: float = 1.0, seed: int = 0, n_resamples: int = 2000
+    features: np.ndarray, correct, penalty: str = "l2", C: float = 1.0, seed: int = 0, n_resamples: int = 2000,
+    split: Split | None = None,
 ) -> ProbeResult:
-    """features [layer, n, d]: a probe per layer, the best layer by validation AUROC, test AUROC once."""
+    """features [layer, n, d]: a probe per layer, the best layer by validation AUROC, test AUROC once.
+
+    ``split`` defaults to ``stratified_split(correct, seed)``; pass the study's to share one test set."""
+    penalty = _penalty(penalty)
     features = np.asarray(features)
     labels = np.asarray(correct).astype(int)
-    split = stratified_split(labels, seed)
+    split = split or stratified_split(labels, seed)
     probes, val = [], []
     for layer, x in enumerate(features):
         probe = fit_probe(x[split.train], labels[split.train], layer, penalty, C, seed)
@@ -112,13 +127,13 @@ def layerwise_probe(
 
 
 def stacked_probe(features: np.ndarray, correct, last: int = 5, penalty: str = "l2", C: float = 1.0, seed: int = 0,
-                  n_resamples: int = 2000) -> ProbeResult:
-    """One probe over the last ``last`` layers' features concatenated."""
+                  n_resamples: int = 2000, split: Split | None = None) -> ProbeResult:
+    """One probe over the last ``last`` layers' features concatenated (all layers if there are fewer)."""
     features = np.asarray(features)
     layers = list(range(max(0, len(features) - last), len(features)))
     x = np.concatenate([features[layer] for layer in layers], axis=1)
     labels = np.asarray(correct).astype(int)
-    split = stratified_split(labels, seed)
+    split = split or stratified_split(labels, seed)
     probe = fit_probe(x[split.train], labels[split.train], layers, penalty, C, seed)
     val = auroc(probe.decision(x[split.val]), labels[split.val], n_resamples=0).value
     test = auroc(probe.decision(x[split.test]), labels[split.test], n_resamples, seed)
@@ -142,18 +157,25 @@ CLASSIFIERS = {
 }
 
 
-def classifier_probe(features: np.ndarray, correct, kind: str = "mlp", seed: int = 0, n_resamples: int = 2000) -> Estimate:
-    """Test AUROC of a non-linear classifier on [n, features] (the attention probes and stress test).
+@dataclass
+class ClassifierResult:
+    test: Estimate  # test AUROC with its bootstrap CI
+    scores: np.ndarray  # predicted probability of "correct" on the test split
+
+
+def classifier_probe(features: np.ndarray, correct, kind: str = "mlp", seed: int = 0, n_resamples: int = 2000,
+                     split: Split | None = None) -> ClassifierResult:
+    """A non-linear classifier on [n, features] (the attention probes and stress test).
 
     Fitted on train + validation (no layer to choose), scored once on test."""
     if kind not in CLASSIFIERS:
         raise ValueError(f"kind must be one of {sorted(CLASSIFIERS)}, got {kind!r}")
     x = np.asarray(features, dtype=np.float64)
     labels = np.asarray(correct).astype(int)
-    split = stratified_split(labels, seed)
+    split = split or stratified_split(labels, seed)
     fit_idx = np.concatenate([split.train, split.val])
     mean, scale = x[fit_idx].mean(0), x[fit_idx].std(0)
     scale[scale == 0] = 1.0
     model = CLASSIFIERS[kind](seed).fit((x[fit_idx] - mean) / scale, labels[fit_idx])
     scores = model.predict_proba((x[split.test] - mean) / scale)[:, 1]
-    return auroc(scores, labels[split.test], n_resamples, seed)
+    return ClassifierResult(auroc(scores, labels[split.test], n_resamples, seed), scores)

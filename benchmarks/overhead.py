@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from model_adapters.tiny import tiny_llava
+from model_adapters.llava import tiny as tiny_llava
 from vlm_lens import HookedVLM
 
 TARGETS = {"no hooks": 1.02, "cache resid_post, every layer": 1.05, "full cache": 1.3, "image-attention rows": 1.1}

@@ -19,6 +19,8 @@ LANGUAGE_MODEL = {
 # adds attention's and the MLP's outputs as they leave the modules.
 PRE_NORM_BLOCK = {
     "attn": "self_attn",
+    "attn_q": "self_attn.q_proj",
+    "attn_k": "self_attn.k_proj",
     "attn_o": "self_attn.o_proj",
     "attn_out": "self_attn",
     "ln1": "input_layernorm",
@@ -49,3 +51,25 @@ def square_grid_spans(config, input_ids: torch.Tensor, tensors: dict) -> list[li
             f"(a {side}x{side} patch grid each) but input_ids hold {n_tokens}"
         )
     return spans_from_runs(input_ids, config.image_token_id, [(side * side, (side, side))] * n_images)
+
+
+def fill_grid_patches(config, tensors: dict, span: ImageSpan, cells, fill: torch.Tensor) -> None:
+    """pixel_values [image, channel, H, W] whose patch grid tiles the picture (CLIP, SigLIP)."""
+    pixels = tensors["pixel_values"]
+    rows, cols = span.grid
+    ph, pw = pixels.shape[2] // rows, pixels.shape[3] // cols
+    for cell in cells:
+        r, c = divmod(int(cell), cols)
+        pixels[span.image, :, r * ph : (r + 1) * ph, c * pw : (c + 1) * pw] = fill[:, None, None]
+
+
+def fill_merged_patches(config, tensors: dict, span: ImageSpan, cells, fill: torch.Tensor) -> None:
+    """Packed patches in merge-block order (Qwen-VL towers): token j of an image is its patch rows
+    [m^2 j, m^2 (j + 1)), each row channel-major ([channel, time, patch, patch] flattened)."""
+    pixels = tensors["pixel_values"]
+    merge = config.vision_config.spatial_merge_size
+    offset = int(tensors["image_grid_thw"][: span.image].prod(-1).sum())
+    per_channel = pixels.shape[1] // 3
+    for cell in cells:
+        block = pixels[offset + merge**2 * int(cell) : offset + merge**2 * (int(cell) + 1)]
+        block.view(merge**2, 3, per_channel)[:] = fill[None, :, None]

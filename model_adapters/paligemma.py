@@ -8,9 +8,12 @@ inserted unscaled. ``hook_embed`` is the merged tensor layer 0 receives.
 
 from __future__ import annotations
 
-from transformers import PaliGemmaProcessor
+import math
 
-from model_adapters.common import LANGUAGE_MODEL, PRE_NORM_BLOCK, square_grid_spans
+from transformers import PaliGemmaConfig, PaliGemmaForConditionalGeneration, PaliGemmaProcessor, SiglipImageProcessorPil
+
+from model_adapters.common import LANGUAGE_MODEL, PRE_NORM_BLOCK, fill_grid_patches, square_grid_spans
+from model_adapters.testing import DEFAULT_WORDS, TOY_INIT, FamilySpec, RealSize, build, text_config, toy_text, word_tokenizer
 from vlm_lens.adapter import Adapter, register
 
 
@@ -31,5 +34,41 @@ ADAPTER = register(
         forward_keys=("input_ids", "attention_mask", "pixel_values", "token_type_ids"),
         drop_keys=("labels",),
         nested_images=True,
+        fill_patches=fill_grid_patches,
     )
+)
+
+
+def tiny(words=DEFAULT_WORDS, *, seed=0, image_size=32, patch_size=8, text=None, vision=None, **config):
+    tokenizer = word_tokenizer(words)
+    image_processor = SiglipImageProcessorPil(size={"height": image_size, "width": image_size})
+    image_processor.image_seq_length = (image_size // patch_size) ** 2
+    processor = PaliGemmaProcessor(image_processor=image_processor, tokenizer=tokenizer)  # adds <image> etc.
+    text_cfg = text_config(tokenizer, text, model_type="gemma", num_key_value_heads=1, head_dim=16)
+    vision_config = dict(model_type="siglip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, image_size=image_size, patch_size=patch_size)
+    cfg = PaliGemmaConfig(
+        text_config=text_cfg,
+        vision_config={**vision_config, **(vision or {})},
+        image_token_id=processor.image_token_id,
+        projection_dim=text_cfg["hidden_size"],
+        **config,
+    )
+    return build(PaliGemmaForConditionalGeneration, cfg, seed), processor
+
+
+def toy(image_size: int) -> dict:
+    vision = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2, initializer_range=TOY_INIT)
+    return dict(text=toy_text(num_key_value_heads=1, head_dim=32), vision=vision, image_size=image_size, patch_size=8,
+                initializer_range=TOY_INIT)
+
+
+SPEC = FamilySpec(
+    family="paligemma",
+    tiny=tiny,
+    toy=toy,
+    expected_grid=lambda image, processor: (math.isqrt(processor.image_seq_length),) * 2,  # resized to a square
+    image_first=True,
+    after_image="<s>",  # the processor puts BOS between the image tokens and the prompt
+    real=(RealSize("paligemma-3b-pt-224", 18, 27, 2048, 16384, 8, 256, 257216, 1152),),
 )

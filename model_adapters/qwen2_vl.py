@@ -3,34 +3,45 @@
 An image of h x w pixels is cut into 14-pixel patches; the merger folds each 2x2 block into one
 token, so the grid is (h/14/2, w/14/2) and the image takes rows*cols tokens between
 ``<|vision_start|>`` and ``<|vision_end|>``. Images of different sizes can share a batch.
+The pieces here (spans, template, image-only processor, tiny builder) serve Qwen2.5-VL too.
 """
 
 from __future__ import annotations
 
-from transformers import Qwen2VLProcessor
+from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLImageProcessorPil, Qwen2VLProcessor
+from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
 
-from model_adapters.common import LANGUAGE_MODEL, PRE_NORM_BLOCK
+from model_adapters.common import LANGUAGE_MODEL, PRE_NORM_BLOCK, fill_merged_patches
+from model_adapters.testing import DEFAULT_WORDS, TOY_INIT, FamilySpec, RealSize, build, text_config, toy_text, word_tokenizer
 from vlm_lens.adapter import Adapter, register
 from vlm_lens.errors import InputError
 from vlm_lens.inputs import spans_from_runs
 
+SPECIALS = ("<|image_pad|>", "<|vision_start|>", "<|vision_end|>", "<|video_pad|>", "<|im_start|>", "<|im_end|>")
 
-class Qwen2VLImageProcessor(Qwen2VLProcessor):
-    """Qwen2-VL's processor for images only.
 
-    transformers cannot build Qwen2-VL's video processor without torchvision, and the stock
-    processor refuses to exist without one. Images are processed exactly as the stock one does.
+def image_only(processor_class: type) -> type:
+    """A Qwen-VL processor class for images only.
+
+    transformers cannot build the Qwen-VL video processors without torchvision, and the stock
+    processors refuse to exist without one. Images are processed exactly as the stock one does.
     """
 
     def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
-        super().__init__(image_processor, tokenizer, None, chat_template=chat_template, **kwargs)
+        processor_class.__init__(self, image_processor, tokenizer, None, chat_template=chat_template, **kwargs)
         self.video_processor = None
+
+    name = processor_class.__name__.replace("Processor", "ImageProcessor")
+    return type(name, (processor_class,), {"__init__": __init__, "__doc__": image_only.__doc__, "__module__": __name__})
+
+
+Qwen2VLImageProcessor = image_only(Qwen2VLProcessor)
 
 
 def image_spans(config, input_ids, tensors):
     grid_thw = tensors.get("image_grid_thw")
     if grid_thw is None:
-        raise InputError("Qwen2-VL inputs need image_grid_thw (the processor returns it)")
+        raise InputError("Qwen-VL inputs need image_grid_thw (the processor returns it)")
     merge = config.vision_config.spatial_merge_size
     per_image = []
     for t, h, w in grid_thw.tolist():
@@ -46,7 +57,7 @@ def image_spans(config, input_ids, tensors):
 
 
 def template(prompt: str, n_images: int, processor) -> str:
-    # Qwen2-VL-Instruct's chat template with its default system message.
+    # Qwen-VL-Instruct's chat template with its default system message.
     vision = "<|vision_start|>" + processor.image_token + "<|vision_end|>"
     return (
         "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
@@ -54,16 +65,84 @@ def template(prompt: str, n_images: int, processor) -> str:
     )
 
 
-ADAPTER = register(
-    Adapter(
-        family="qwen2_vl",
-        hf_classes=("Qwen2VLForConditionalGeneration",),
-        modules={**LANGUAGE_MODEL, "vision_layers": "model.visual.blocks", "projector": "model.visual.merger"},
+def qwen_adapter(family: str, hf_class: str, load_processor, projector: str = "model.visual.merger", **fields) -> Adapter:
+    """The Qwen-VL families share their module tree and image layout."""
+    return Adapter(
+        family=family,
+        hf_classes=(hf_class,),
+        modules={**LANGUAGE_MODEL, "vision_layers": "model.visual.blocks", "projector": projector},
         block=PRE_NORM_BLOCK,
         image_spans=image_spans,
         template=template,
-        load_processor=Qwen2VLImageProcessor.from_pretrained,
+        load_processor=load_processor,
         forward_keys=("input_ids", "attention_mask", "pixel_values", "image_grid_thw", "mm_token_type_ids"),
         packed_vision=True,
+        image_keys=("pixel_values", "image_grid_thw"),
+        fill_patches=fill_merged_patches,
+        **fields,
     )
+
+
+ADAPTER = register(
+    qwen_adapter("qwen2_vl", "Qwen2VLForConditionalGeneration", Qwen2VLImageProcessor.from_pretrained,
+                 vision_width="embed_dim")  # Qwen2-VL's vision hidden_size is the merger's output
+)
+
+
+def tiny_qwen(config_class, model_class, processor_class, text_model_type, vision_config, *, words, seed, patch_size,
+              min_pixels, max_pixels, text, vision, **config):
+    """A tiny Qwen-VL model: M-RoPE language model, merged-patch tower, image-only processor."""
+    tokenizer = word_tokenizer(words, SPECIALS)
+    ids = tokenizer.convert_tokens_to_ids
+    text_cfg = text_config(tokenizer, text, model_type=text_model_type,
+                           rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]})
+    cfg = config_class(
+        text_config=text_cfg,
+        vision_config={**vision_config(text_cfg["hidden_size"], patch_size), **(vision or {})},
+        image_token_id=ids("<|image_pad|>"),
+        video_token_id=ids("<|video_pad|>"),
+        vision_start_token_id=ids("<|vision_start|>"),
+        vision_end_token_id=ids("<|vision_end|>"),
+        **config,
+    )
+    image_processor = Qwen2VLImageProcessorPil(
+        patch_size=patch_size, merge_size=2, temporal_patch_size=2,
+        size={"shortest_edge": min_pixels, "longest_edge": max_pixels},
+    )
+    return build(model_class, cfg, seed), processor_class(image_processor=image_processor, tokenizer=tokenizer)
+
+
+def tiny(words=DEFAULT_WORDS, *, seed=0, patch_size=4, min_pixels=16 * 16, max_pixels=32 * 32, text=None, vision=None, **config):
+    def vision_config(hidden, patch):
+        return dict(depth=2, embed_dim=32, hidden_size=hidden, num_heads=2, mlp_ratio=2, patch_size=patch,
+                    spatial_merge_size=2, temporal_patch_size=2, in_chans=3)
+
+    return tiny_qwen(Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLImageProcessor, "qwen2_vl_text", vision_config,
+                     words=words, seed=seed, patch_size=patch_size, min_pixels=min_pixels, max_pixels=max_pixels,
+                     text=text, vision=vision, **config)
+
+
+def toy(image_size: int) -> dict:
+    text = toy_text(rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [4, 6, 6]})
+    vision = dict(embed_dim=64, num_heads=2, depth=2, initializer_range=TOY_INIT)
+    return dict(text=text, vision=vision, patch_size=4, min_pixels=image_size**2, max_pixels=image_size**2,
+                initializer_range=TOY_INIT)
+
+
+def expected_grid(image, processor) -> tuple[int, int]:
+    """The grid transformers' own smart_resize gives this image, in merged tokens."""
+    ip = processor.image_processor
+    factor = ip.patch_size * ip.merge_size
+    h, w = smart_resize(image.height, image.width, factor, ip.size["shortest_edge"], ip.size["longest_edge"])
+    return h // factor, w // factor
+
+
+SPEC = FamilySpec(
+    family="qwen2_vl",
+    tiny=tiny,
+    toy=toy,
+    expected_grid=expected_grid,
+    before_image="<|vision_start|>",
+    after_image="<|vision_end|>",
+    real=(RealSize("qwen2-vl-7b-instruct", 28, 32, 3584, 18944, 28, 128, 152064, 1280),),
 )

@@ -1,4 +1,4 @@
-"""Fixtures: tiny random-init models of each family, built once per test run."""
+"""Fixtures: tiny random-init models of every registered family (``model_adapters.SPECS``), built once per run."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
-from model_adapters.tiny import TINY
+from model_adapters import SPECS
 from vlm_lens import HookedVLM
 
-FAMILIES = tuple(TINY)
+FAMILIES = tuple(sorted(SPECS))
 PROMPTS = ["is there a red square in the image ?", "how many"]  # different lengths: padding in play
 
 torch.set_num_threads(1)
@@ -24,8 +24,8 @@ def make_images(seed: int = 0, sizes=((40, 50), (32, 64))) -> list[Image.Image]:
 
 
 def tiny(family: str, **overrides) -> HookedVLM:
-    """A fresh tiny model of ``family`` (fixture factory: overrides go to the builder)."""
-    hf, processor = TINY[family](**overrides)
+    """A fresh tiny model of ``family`` (fixture factory: overrides go to the spec's builder)."""
+    hf, processor = SPECS[family].tiny(**overrides)
     return HookedVLM.from_hf(hf, processor)
 
 
@@ -35,6 +35,11 @@ _BUILT: dict[str, HookedVLM] = {}
 @pytest.fixture(params=FAMILIES)
 def family(request) -> str:
     return request.param
+
+
+@pytest.fixture
+def spec(family):
+    return SPECS[family]
 
 
 @pytest.fixture

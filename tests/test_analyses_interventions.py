@@ -8,6 +8,7 @@ import torch
 from scipy import stats
 
 from analyses import evaluation as E
+from analyses.data.examples import shapes_examples
 from analyses import interventions as I
 from analyses import patch_masking as PM
 from analyses import patching as P
@@ -56,13 +57,43 @@ def test_controls_that_change_nothing_change_nothing(model, inputs):
 
 
 def test_random_neurons_are_seeded_and_avoid_excluded(model):
-    a = I.random_neurons(model, 1, k=5, seed=3, exclude=[0, 1, 2])
-    b = I.random_neurons(model, 1, k=5, seed=3, exclude=[0, 1, 2])
-    assert a.name == b.name and "seed 3" in a.name
-    chosen = I.random_neurons(model, 1, k=model.cfg.d_mlp - 3, seed=0, exclude=[0, 1, 2])
-    assert "0, " not in chosen.name.split("neurons")[0]
-    with pytest.raises(ValueError):
+    exclude = [0, 1, 2]
+    pool = np.setdiff1d(np.arange(model.cfg.d_mlp), exclude)
+    for seed in (3, 4):
+        drawn = I.random_neurons(model, 1, k=5, seed=seed, exclude=exclude)
+        oracle = sorted(np.random.default_rng(seed).choice(pool, size=5, replace=False).tolist())
+        assert list(drawn.indices) == oracle and drawn.layer == 1 and f"seed {seed}" in drawn.name
+    assert I.random_neurons(model, 1, 5, seed=3).indices != I.random_neurons(model, 1, 5, seed=4).indices
+    everything_else = I.random_neurons(model, 1, k=model.cfg.d_mlp - 3, seed=0, exclude=exclude)
+    assert sorted(everything_else.indices) == pool.tolist()  # all but the excluded
+    residual = I.random_neurons(model, 1, k=5, seed=0, site="resid")
+    assert residual.site == "resid" and max(residual.indices) < model.cfg.d_model
+    with pytest.raises(ValueError, match="cannot draw"):
         I.random_neurons(model, 1, k=model.cfg.d_mlp, seed=0, exclude=[0])
+
+
+def test_interventions_are_data():
+    a = I.neurons(2, [5, 1], "clamp", value=3.0)
+    assert a == I.Neurons(layer=2, indices=(5, 1), mode="clamp", value=3.0) and hash(a) == hash(I.neurons(2, (5, 1), "clamp", 3.0))
+    combined = a + I.mlp_bypass(1, "image") + I.NOTHING
+    assert combined.parts == (a, I.MLPBypass(1, "image"))
+    assert combined.name == "clamp 2 neurons @L2 + bypass MLP @L1 (image)"
+    with pytest.raises(ValueError, match="mode"):
+        I.neurons(0, [1], "erase")
+    with pytest.raises(ValueError, match="needs a value"):
+        I.neurons(0, [1], "clamp")
+
+
+def test_residual_unit_edits_equal_raw_hooks(model, inputs):
+    idx = [0, 7]
+    ours = I.apply(model, inputs, I.neurons(1, idx, "zero", site="resid"))
+
+    def edit(x):
+        x = x.clone()
+        x[..., idx] = 0
+        return x
+
+    assert torch.equal(ours, raw(model, inputs, block(model, 1), edit))
 
 
 @pytest.mark.parametrize("where", ["all", "image", "text"])
@@ -127,18 +158,27 @@ def test_token_patch_mask_equals_raw_embedding_edit(model, inputs):
     assert torch.equal(ours, raw(model, inputs, block(model, 0), edit, pre=True))
 
 
-def test_pixel_patch_mask_touches_only_the_chosen_patches(model, inputs):
-    masked = PM.pixel_mask(model, inputs, [[0, 5], [2]])
-    changed = (masked.tensors["pixel_values"] != inputs.tensors["pixel_values"])
-    pixels = inputs.tensors["pixel_values"]
-    if pixels.ndim == 4:
-        patch = pixels.shape[-1] // inputs.image_spans[0][0].grid[1]
-        assert changed.sum() <= 3 * 3 * patch * patch and changed[0, :, :patch, :patch].any()
-    else:
-        rows = changed.any(-1).nonzero().flatten().tolist()
-        assert set(rows) <= set(range(0, 4)) | set(range(20, 24)) | {int(inputs.tensors["image_grid_thw"][0].prod()) + r for r in range(8, 12)}
+def test_pixel_patch_mask_partitions_each_image_into_its_cells(model, inputs):
+    """Whatever the family's pixel layout: each cell paints its own equal-size block grey, cells never
+    overlap, masking a set paints exactly the union of its cells, and the cells of all images cover every pixel."""
+    before = inputs.tensors["pixel_values"]
+
+    def changed(cells):
+        return PM.pixel_mask(model, inputs, cells).tensors["pixel_values"] != before
+
+    every = [list(range(spans[0].grid[0] * spans[0].grid[1])) for spans in inputs.image_spans]
+    assert not changed([[], []]).any()
+    image0, image1, both = changed([every[0], []]), changed([[], every[1]]), changed(every)
+    assert both.all() and not (image0 & image1).any() and torch.equal(image0 | image1, both)
+    singles = torch.stack([changed([[c], []]) for c in every[0]])
+    assert len({int(m.sum()) for m in singles}) == 1  # equal blocks (noise images: no pixel is grey already)
+    assert int(singles.sum(0).max()) == 1 and torch.equal(singles.any(0), image0)  # disjoint, covering image 0
+    assert torch.equal(changed([[0, 5], []]), singles[0] | singles[5])
+    grey = PM._grey(model.processor).to(before.dtype)
+    painted = PM.pixel_mask(model, inputs, every).tensors["pixel_values"]
+    assert set(painted.unique().tolist()) <= set(grey.tolist())
     with torch.no_grad():
-        assert not torch.equal(model(masked), model(inputs))
+        assert not torch.equal(model(PM.pixel_mask(model, inputs, [[0, 5], [2]])), model(inputs))
 
 
 def test_choose_cells_top_and_random():
@@ -159,7 +199,7 @@ def test_paired_bootstrap_against_scipy():
 
 
 def test_evaluate_intervention_table(model):
-    examples = E.shapes_examples(12, seed=3)
+    examples = shapes_examples(12, seed=3)
     table = E.evaluate_intervention(model, examples, I.mlp_bypass(0), control=I.neurons(0, [1], "scale", value=1.0), n_resamples=200)
     assert set(table.condition) == {"bypass MLP @L0 (all)", "scale 1 neurons @L0"}
     control = table[(table.condition == "scale 1 neurons @L0") & (table.type == "all")].iloc[0]

@@ -9,10 +9,15 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-import model_adapters.tiny
+import analyses.answers
+import analyses.data.examples
+import analyses.interventions
+import model_adapters.testing
 import vlm_lens.inputs
 import vlm_lens.names
-from vlm_lens.cli import app
+import vlm_lens.zoo
+from analyses.cli import app
+from tests.conftest import FAMILIES
 
 README = Path(__file__).parents[1] / "README.md"
 
@@ -28,14 +33,27 @@ def test_readme_test_command_is_what_ci_runs():
     assert "python -m pytest -q" in README.read_text() and "python -m pytest -q" in ci
 
 
-@pytest.mark.parametrize("family", ["llava", "paligemma", "qwen2_vl"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_cli_demo(family):
     result = CliRunner().invoke(app, ["demo", "--family", family])
     assert result.exit_code == 0, result.output
-    assert "attention to image" in result.output and "4x4 grid" in result.output
+    assert "attention to image" in result.output
+    rows = [line.split() for line in result.output.splitlines() if line.split() and line.split()[0].isdigit()]
+    assert len(rows) == 2 and all(0 < float(r[1]) <= 1 + 1e-6 for r in rows)  # one row per layer: a share of attention
 
 
-@pytest.mark.parametrize("module", [vlm_lens.inputs, vlm_lens.names, model_adapters.tiny])
+def test_core_imports_no_outer_layer():
+    """The core is the bottom of the house: importing it pulls no analyses, CLI, tables or plotting package."""
+    import subprocess
+    import sys
+
+    code = ("import vlm_lens, sys; print([m for m in ('analyses', 'typer', 'pandas', 'sklearn', 'plotly', "
+            "'model_adapters') if m in sys.modules])")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("module", [vlm_lens.inputs, vlm_lens.names, vlm_lens.zoo, model_adapters.testing, analyses.answers,
+                                    analyses.data.examples, analyses.interventions])
 def test_doctests(module):
     result = doctest.testmod(module)
     assert result.attempted > 0 and result.failed == 0

@@ -13,17 +13,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from analyses import extract as X
+from analyses.study import extract as X
+from analyses.study.config import VRPConfig
 
 SCRIPT = """
 import sys, torch
 torch.set_num_threads(1)
-from analyses.evaluation import shapes_examples
-from analyses.extract import ExtractConfig, extract
+from analyses.data.examples import shapes_examples
+from analyses.study.config import VRPConfig
+from analyses.study.extract import extract
 from tests.conftest import tiny
 model = tiny("llava")
 examples = shapes_examples(60, seed=3)
-extract(model, examples, sys.argv[1], ExtractConfig("tiny-llava", "shapes", 60, shard_size=4, k=3), progress=False)
+extract(model, examples, sys.argv[1], VRPConfig("tiny-llava", n=60, shard_size=4, batch_size=3, k=3), progress=False)
 """
 
 
@@ -93,9 +95,16 @@ def test_rows_hold_what_the_study_needs(uninterrupted):
 
 
 def test_other_config_is_refused(tmp_path, uninterrupted):
-    from analyses.evaluation import shapes_examples
+    from analyses.data.examples import shapes_examples
     from tests.conftest import tiny
 
     (tmp_path / "manifest.json").write_text(json.dumps({"fingerprint": "x", "config": {"n": 1}, "shards": []}))
     with pytest.raises(ValueError, match="another configuration"):
-        X.extract(tiny("llava"), shapes_examples(4, 3), tmp_path, X.ExtractConfig("m", "b", 4), progress=False)
+        X.extract(tiny("llava"), shapes_examples(4, 3), tmp_path, VRPConfig("m", n=4), progress=False)
+
+
+def test_fingerprint_covers_what_extraction_stores_only():
+    base = VRPConfig(n=10)
+    assert VRPConfig(n=10, batch_size=7, n_resamples=50, ablation_k=3).fingerprint() == base.fingerprint()
+    for changed in (dict(k=4), dict(seed=1), dict(top_p=0.5), dict(benchmark="x.json"), dict(neuron_layers=(1,))):
+        assert VRPConfig(n=10, **changed).fingerprint() != base.fingerprint(), changed

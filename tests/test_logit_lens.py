@@ -8,6 +8,7 @@ import pytest
 import torch
 from scipy import stats
 
+from analyses import answers as A
 from analyses import decomposition as D
 from analyses import logit_lens as L
 
@@ -32,11 +33,11 @@ def test_truth_margin_by_hand():
 
 def test_reference_tokens(model):
     tok = model.tokenizer
-    assert L.reference_token_ids(tok, ["yes"]) == [tok.convert_tokens_to_ids("yes")]
-    assert L.reference_token_ids(tok, ["  3"]) == [tok.convert_tokens_to_ids("3")]
-    assert L.reference_token_ids(tok, ["red square", "blue"]) == [tok.convert_tokens_to_ids("red"), tok.convert_tokens_to_ids("blue")]
+    assert A.reference_token_ids(tok, ["yes"]) == [tok.convert_tokens_to_ids("yes")]
+    assert A.reference_token_ids(tok, ["  3"]) == [tok.convert_tokens_to_ids("3")]
+    assert A.reference_token_ids(tok, ["red square", "blue"]) == [tok.convert_tokens_to_ids("red"), tok.convert_tokens_to_ids("blue")]
     with pytest.raises(ValueError, match="no reference token"):
-        L.reference_token_ids(tok, ["zebra"])
+        A.reference_token_ids(tok, ["zebra"])
 
 
 def test_margin_curves_against_scipy():
@@ -92,11 +93,13 @@ def test_update_norms_by_hand(model, inputs):
 
 
 def test_dataset_margins_sign_matches_greedy_correctness(model):
-    from analyses.evaluation import correctness, predict, shapes_examples
+    from analyses.data.examples import shapes_examples
+    from analyses.evaluation import correct
 
     examples = shapes_examples(20, seed=4)
+    evaluation_correct = correct
     margins, correct, competitors = L.dataset_margins(model, examples, batch_size=8)
     assert margins.shape == (model.cfg.n_layers, 20)
     assert np.array_equal(margins[-1] > 0, correct)
-    assert np.array_equal(correct, correctness(examples, predict(model, examples)))
+    assert np.array_equal(correct, evaluation_correct(model, examples))
     assert len(competitors) == 20

@@ -96,16 +96,11 @@ def test_final_norm_and_unembed_reproduce_logits(model, inputs):
 
 
 def test_vision_and_projector_hooks_match_hf(model, inputs):
+    image_tensors = {key: inputs.tensors[key] for key in model.adapter.image_keys}
     with torch.no_grad():
         _, cache = model.run_with_cache(inputs, names_filter=lambda n: n.startswith(("vision", "projector", "hook_embed")))
-        if model.adapter.family == "qwen2_vl":
-            feats = model.hf_model.model.get_image_features(
-                inputs.tensors["pixel_values"], inputs.tensors["image_grid_thw"]
-            ).pooler_output
-            feats = torch.cat(list(feats))
-        else:
-            feats = model.hf_model.model.get_image_features(pixel_values=inputs.tensors["pixel_values"]).pooler_output
-            feats = torch.cat(list(feats)) if isinstance(feats, (list, tuple)) else feats.flatten(0, 1)
+        feats = model.hf_model.model.get_image_features(**image_tensors).pooler_output  # HF's own image features
+        feats = torch.cat(list(feats)) if isinstance(feats, (list, tuple)) else feats.flatten(0, 1)
     projected = cache["projector"].reshape(-1, cache["projector"].shape[-1])
     assert torch.allclose(projected, feats, atol=ATOL)
     # the projector's output is exactly what sits at the image positions entering layer 0
@@ -113,23 +108,30 @@ def test_vision_and_projector_hooks_match_hf(model, inputs):
     assert torch.equal(flat, projected)
 
 
+def envoy(root, path: str):
+    """nnsight's proxy of the module at a dotted path."""
+    for part in path.split("."):
+        root = getattr(root, part)
+    return root
+
+
 def test_nnsight_oracle_per_layer(model, inputs):
     nnsight = pytest.importorskip("nnsight")
     traced = nnsight.NNsight(model.hf_model)
-    root = traced.model
-    lm = root.language_model
-    vision = root.visual.blocks if model.adapter.family == "qwen2_vl" else root.vision_tower.encoder.layers
+    modules, block_paths = model.adapter.modules, model.adapter.block
     saved = {}
     with torch.no_grad(), traced.trace(**inputs.tensors):
+        vision = envoy(traced, modules["vision_layers"])
         for layer in range(model.cfg.n_vision_layers):
             out = vision[layer].output
             saved[f"vision.blocks.{layer}.hook_resid_post"] = (out[0] if isinstance(out, tuple) else out).save()
+        layers = envoy(traced, modules["layers"])
         for layer in range(model.cfg.n_layers):
-            block = lm.layers[layer]
+            block = layers[layer]
             saved[f"blocks.{layer}.hook_resid_pre"] = block.input.save()
-            saved[f"blocks.{layer}.hook_attn_out"] = block.self_attn.output[0].save()
-            saved[f"blocks.{layer}.mlp.hook_post"] = block.mlp.down_proj.input.save()
-            saved[f"blocks.{layer}.hook_mlp_out"] = block.mlp.output.save()
+            saved[f"blocks.{layer}.hook_attn_out"] = envoy(block, block_paths["attn_out"]).output[0].save()
+            saved[f"blocks.{layer}.mlp.hook_post"] = envoy(block, block_paths["mlp_down"]).input.save()
+            saved[f"blocks.{layer}.hook_mlp_out"] = envoy(block, block_paths["mlp_out"]).output.save()
             saved[f"blocks.{layer}.hook_resid_post"] = block.output.save()
     with torch.no_grad():
         _, cache = model.run_with_cache(inputs, names_filter=list(saved))

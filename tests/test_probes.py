@@ -63,6 +63,21 @@ def test_classifier_probes(kind):
     rng = np.random.default_rng(1)
     x = rng.normal(size=(400, 6))
     y = (x[:, 0] * x[:, 1] > 0)  # non-linear: a linear probe cannot read it
-    assert P.classifier_probe(x, y, kind, n_resamples=100).value > 0.75
+    fitted = P.classifier_probe(x, y, kind, n_resamples=100)
+    assert fitted.test.value > 0.75
+    split = P.stratified_split(y, 0)
+    assert fitted.scores.shape == (len(split.test),)
     noise = P.classifier_probe(rng.normal(size=(400, 6)), y, kind, n_resamples=100)
-    assert noise.value < 0.65
+    assert noise.test.value < 0.65
+
+
+def test_penalty_names_any_case_and_refuse_unknown(planted):
+    """penalty="L1" once fitted L2 silently: the upper-case name must give the same sparse probe as "l1"."""
+    features, correct = planted
+    upper = P.fit_probe(features[2], correct, 2, penalty="L1", C=0.05)
+    lower = P.fit_probe(features[2], correct, 2, penalty="l1", C=0.05)
+    assert upper.penalty == "l1" and np.array_equal(upper.coef, lower.coef)
+    assert (upper.coef == 0).sum() >= 8  # L1 zeroes the noise dimensions; L2 would keep all 12 non-zero
+    assert (P.fit_probe(features[2], correct, 2, penalty="l2", C=0.05).coef == 0).sum() == 0
+    with pytest.raises(ValueError, match="penalty"):
+        P.fit_probe(features[2], correct, 2, penalty="elasticnet")

@@ -12,8 +12,8 @@ from PIL import Image
 from scipy import ndimage
 from typer.testing import CliRunner
 
-from analyses import shapes
-from vlm_lens.cli import app
+from analyses.data import shapes
+from analyses.cli import app
 
 
 def test_deterministic_by_seed(tmp_path):

@@ -38,23 +38,18 @@ def test_forward_tensors_give_the_same_spans(model, inputs):
     assert model.as_inputs(**inputs.tensors).image_spans == inputs.image_spans
 
 
-def test_family_layouts(model, inputs):
-    family = model.adapter.family
+def test_layout_matches_the_family_spec(model, spec, inputs, images):
+    """Where the image tokens sit and which grid they tile, as the family's spec says (left padding)."""
     ids = inputs.input_ids
     tok = model.tokenizer.convert_tokens_to_ids
     for item, (span,) in enumerate(inputs.image_spans):
         first_real = int((inputs.attention_mask[item] == 0).sum())
-        if family == "paligemma":  # image tokens first, then BOS; prefix marked by token_type_ids
-            assert span.start == first_real and span.grid == (4, 4)
-            assert ids[item, span.end] == model.tokenizer.bos_token_id
-        elif family == "llava":  # after the user prefix, a fixed 4x4 grid (32 px, patch 8)
-            assert span.start > first_real and span.grid == (4, 4)
-        else:  # Qwen2-VL: between vision start/end, grid from the image's own size
-            assert ids[item, span.start - 1] == tok("<|vision_start|>") and ids[item, span.end] == tok("<|vision_end|>")
-    if family == "qwen2_vl":
-        thw = inputs.tensors["image_grid_thw"]
-        assert [s[0].grid for s in inputs.image_spans] == [(int(h) // 2, int(w) // 2) for _, h, w in thw]
-        assert inputs.image_spans[0][0].grid != inputs.image_spans[1][0].grid  # mixed sizes in one batch
+        assert (span.start == first_real) == spec.image_first
+        if spec.before_image is not None:
+            assert ids[item, span.start - 1] == tok(spec.before_image)
+        if spec.after_image is not None:
+            assert ids[item, span.end] == tok(spec.after_image)
+        assert span.grid == spec.expected_grid(images[item], model.processor)
 
 
 def test_several_images_in_one_prompt(family):

@@ -8,19 +8,18 @@ import pytest
 import torch
 import transformers
 
-from model_adapters.tiny import TINY
+from model_adapters import SPECS
+from tests.conftest import FAMILIES
 from vlm_lens import HookedVLM
 from vlm_lens.adapter import REGISTRY, get_module
 from vlm_lens.loading import from_config
 
 CONFIGS = Path(__file__).parent / "configs"
+REAL = {size.config: (family, size) for family in FAMILIES for size in SPECS[family].real}
 
-REAL = {
-    # name: (layers, vision layers, d_model, d_mlp, heads, d_head, vocab, vision width)
-    "llava-1.5-7b-hf": (32, 24, 4096, 11008, 32, 128, 32064, 1024),
-    "paligemma-3b-pt-224": (18, 27, 2048, 16384, 8, 256, 257216, 1152),
-    "qwen2-vl-7b-instruct": (28, 32, 3584, 18944, 28, 128, 152064, 1280),
-}
+
+def test_every_family_has_a_real_size_config():
+    assert {family for family, _ in REAL.values()} == set(FAMILIES)
 
 
 @pytest.fixture(scope="module", params=sorted(REAL))
@@ -31,10 +30,13 @@ def real(request):
 
 def test_real_sizes_on_meta(real):
     name, model = real
-    layers, vision, d_model, d_mlp, heads, d_head, vocab, d_vision = REAL[name]
+    family, size = REAL[name]
+    layers, vision, d_mlp, heads, d_head, d_vision = (size.n_layers, size.n_vision_layers, size.d_mlp, size.n_heads,
+                                                      size.d_head, size.d_vision)
     cfg = model.cfg
+    assert cfg.family == family
     assert (cfg.n_layers, cfg.n_vision_layers, cfg.d_model, cfg.d_mlp, cfg.n_heads, cfg.d_head, cfg.d_vocab, cfg.d_vision) == (
-        layers, vision, d_model, d_mlp, heads, d_head, vocab, d_vision)
+        layers, vision, size.d_model, d_mlp, heads, d_head, size.d_vocab, d_vision)
     assert next(model.hf_model.parameters()).device.type == "meta"
     names = model.hook_names()
     assert len(names) == layers * 12 + vision + 3
@@ -52,9 +54,9 @@ def test_real_size_hooks_resolve_to_modules(real):
         assert session._handles
 
 
-@pytest.mark.parametrize("family", sorted(TINY))
+@pytest.mark.parametrize("family", FAMILIES)
 def test_adapter_tables_resolve_against_real_module_trees(family):
-    hf, _ = TINY[family]()
+    hf, _ = SPECS[family].tiny()
     adapter = REGISTRY.lookup(hf)
     for path in adapter.modules.values():
         get_module(hf, path)
@@ -63,20 +65,23 @@ def test_adapter_tables_resolve_against_real_module_trees(family):
         get_module(block, path)
 
 
-def test_registry_refuses_duplicates():
-    adapter = REGISTRY.lookup("LlavaForConditionalGeneration")
+@pytest.mark.parametrize("family", FAMILIES)
+def test_registry_refuses_duplicates(family):
     from dataclasses import replace
 
+    hf, _ = SPECS[family].tiny()
+    adapter = REGISTRY.lookup(hf)
+    assert adapter.family == family
     with pytest.raises(ValueError, match="already registered"):
-        REGISTRY.register(replace(adapter, family="llava-again"))
+        REGISTRY.register(replace(adapter, family=family + "-again"))
 
 
-@pytest.mark.parametrize("family", sorted(TINY))
-def test_from_pretrained_local_directory(family, tmp_path, images=None):
+@pytest.mark.parametrize("family", FAMILIES)
+def test_from_pretrained_local_directory(family, tmp_path):
     """The by-name path: a saved checkpoint and processor load back with identical outputs."""
     from tests.conftest import PROMPTS, make_images
 
-    hf, processor = TINY[family]()
+    hf, processor = SPECS[family].tiny()
     hf.save_pretrained(tmp_path)
     processor.save_pretrained(tmp_path)
     loaded = HookedVLM.from_pretrained(str(tmp_path))

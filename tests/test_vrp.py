@@ -3,59 +3,119 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
+from scipy import stats as scipy_stats
+from sklearn.metrics import roc_auc_score
 from typer.testing import CliRunner
 
-from analyses import report
-from analyses.vrp import VRPConfig, run
-from vlm_lens.cli import app
+from analyses import probes
+from analyses.cli import app
+from analyses.data import shapes
+from analyses.study import report
+from analyses.study.config import VRPConfig
+from analyses.study.extract import load
+from analyses.study.pipeline import SHAPES_EVAL_SEED, run
+
+SMALL = dict(n=150, k=3, n_resamples=200, random_controls=2)
 
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
     out = tmp_path_factory.mktemp("vrp")
-    tables = run(VRPConfig(n=150, k=3, n_resamples=200, random_controls=2), out, progress=False)
-    return out, tables
+    return out, run(VRPConfig(**SMALL), out, progress=False)
 
 
 def test_outputs_written(study):
-    out, tables = study
+    out, results = study
     page = (out / "report.html").read_text()
     assert page.startswith("<!doctype html>") and page.count("Plotly.newPlot") >= 6
     assert "<script src=" not in page and len(page) > 3_000_000  # plotly.js inline: self-contained
     data = json.loads((out / "tables.json").read_text())
-    assert {"table2_accuracy", "table2_attention_rpb", "table3_logit_lens", "table4_5_ablations", "table6_predictors",
-            "table8_accounting", "table9_methods", "margin_curves"} <= set(data)
+    assert set(results.tables()) | {"config"} == set(data)
+    assert data["config"] == results.config.as_dict()
     assert "Table 6" in (out / "tables.md").read_text()
 
 
-def test_tables_are_consistent(study):
-    _, tables = study
-    accounting = tables["table8_accounting"].iloc[0]
-    assert accounting.extracted == 150 == accounting.correct + accounting.incorrect
-    assert accounting["train split"] + accounting["val split"] + accounting["test split"] == 150
-    accuracy = tables["table2_accuracy"]
-    assert accuracy[accuracy.type == "all"].accuracy.item() == pytest.approx(accounting.correct / 150)
-    aurocs = tables["table6_predictors"]
-    assert aurocs.auroc.between(0, 1).all() and (aurocs.ci_low <= aurocs.auroc).all()
-    assert tables["table4_5_ablations"].condition.iloc[0] == "probe neurons"
-    peak = tables["table3_logit_lens"].iloc[0]
-    assert 0 <= peak.peak_layer < 4 and np.isfinite(peak.mlp_share_at_peak)
+def test_tables_agree_with_the_extraction(study):
+    """Each table recomputed from the stored extraction with scipy / sklearn / numpy."""
+    out, results = study
+    ex = load(out / "extraction")
+    correct = ex.correct
+    assert results.accounting.extracted == 150 and results.accounting.correct == int(correct.sum())
+    assert results.accuracy.overall == pytest.approx(correct.mean())
+    test = results.predictors.split.test
+    confidence = np.array([r["confidence"] for r in ex.rows])
+    assert results.predictors["confidence"].estimate.value == pytest.approx(roc_auc_score(correct[test], confidence[test]))
+    consistency = np.array([r["consistency"] for r in ex.rows])
+    assert results.predictors["self_consistency"].estimate.value == pytest.approx(
+        roc_auc_score(correct[test], consistency[test]))
+    peak = int(np.argmax(ex.margins.mean(axis=1)))  # the mean margin's argmax over layers
+    assert results.margins.peak_layer == peak
+    assert results.margins.mean_margin_at_peak == pytest.approx(ex.margins[peak].mean())
+    rpb = results.attention.frame()
+    layer1 = rpb[(rpb.layer == 1) & (rpb.measure == "H_s")].r_pb.item()
+    assert layer1 == pytest.approx(scipy_stats.pointbiserialr(correct, results.features.entropy[:, 1]).statistic)
 
 
-def test_rerun_resumes_and_agrees(study):
-    out, tables = study
-    again = run(VRPConfig(n=150, k=3, n_resamples=200, random_controls=2), out, progress=False)
-    assert again["table6_predictors"].equals(tables["table6_predictors"])
+def test_ablations_zero_the_probe_neurons_and_match_random_controls(study):
+    _, results = study
+    ablations = results.ablations
+    probe, *controls = ablations.rows
+    assert probe.condition == "probe neurons"
+    assert list(probe.intervention.indices) == ablations.neurons  # the strongest first
+    strongest = probes.selected_neurons(results.predictors.sparse.probe)["index"].head(results.config.ablation_k)
+    assert ablations.neurons == strongest.tolist() and ablations.layer == results.predictors.sparse.best_layer
+    assert len(controls) == 2 and all(len(c.intervention.indices) == len(ablations.neurons) for c in controls)
+    assert all(not set(c.intervention.indices) & set(ablations.neurons) for c in controls)
+    assert {r.acc_before for r in ablations.rows} == {probe.acc_before}  # one baseline for every condition
+
+
+def test_rerun_resumes_a_lost_shard_and_agrees(study):
+    out, results = study
+    folder = out / "extraction"
+    manifest = json.loads((folder / "manifest.json").read_text())
+    kept = {s["name"]: os.stat(folder / f"{s['name']}.json").st_mtime_ns for s in manifest["shards"][:-1]}
+    lost = manifest["shards"][-1]["name"]
+    manifest["shards"] = manifest["shards"][:-1]  # as if killed before the last shard was listed
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    again = run(VRPConfig(**SMALL), out, progress=False)
+    resumed = json.loads((folder / "manifest.json").read_text())
+    assert [s["name"] for s in resumed["shards"]][-1] == lost  # the lost shard was extracted again
+    assert {name: os.stat(folder / f"{name}.json").st_mtime_ns for name in kept} == kept  # the others were not
+    assert again.predictors.frame().equals(results.predictors.frame())
+    assert again.ablations.frame().equals(results.ablations.frame())
+
+
+def test_labels_in_any_case_give_the_same_tables(study, tmp_path):
+    """A POPE file whose labels read "Yes"/"No"/"yes " scores exactly as the lower-case Shapes run."""
+    _, results = study
+    path = shapes.write_benchmark(tmp_path / "bench", SMALL["n"], seed=SHAPES_EVAL_SEED)
+    variants = {"yes": ["Yes", "yes ", "YES"], "no": ["No", "no ", "NO"]}
+    lines = []
+    for i, line in enumerate(path.read_text().splitlines()):
+        record = json.loads(line)
+        if record["label"] in variants:
+            record["label"] = variants[record["label"]][i % 3]
+        lines.append(json.dumps(record))
+    path.write_text("\n".join(lines))
+    shouting = run(VRPConfig(benchmark=str(path), images=str(path.parent / "images"), **SMALL), tmp_path / "out",
+                   progress=False)
+    assert shouting.accuracy.frame().equals(results.accuracy.frame())
+    assert shouting.ablations.frame().equals(results.ablations.frame())
+    assert shouting.predictors.frame().equals(results.predictors.frame())
+    assert shouting.margins.frame().equals(results.margins.frame())
 
 
 def test_compare_lays_runs_side_by_side(study, tmp_path):
-    out, _ = study
+    out, results = study
     path = report.compare([out, out], tmp_path)
     text = path.read_text()
     assert "Predictor AUROC" in text and text.count("toy-llava") >= 2
+    dense = f"{results.predictors['dense_probe'].estimate.value:.3f}"
+    assert any(line.startswith("| dense_probe") and line.count(dense) == 2 for line in text.splitlines())
     assert (tmp_path / "compare.html").exists()
 
 

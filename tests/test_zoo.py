@@ -7,12 +7,13 @@ import json
 import pytest
 import torch
 
-from analyses import shapes, zoo
-from vlm_lens import HookedVLM
-from vlm_lens.loading import zoo_path
+from analyses import training
+from analyses.data import shapes
+from tests.conftest import FAMILIES
+from vlm_lens import HookedVLM, UnknownToyError, zoo
 
-NAMES = sorted(zoo.ZOO)
-FRESH_SEED = 11  # never used in training (training seeds start at zoo.TRAIN_SEED_OFFSET) nor by the cards
+NAMES = zoo.names()
+FRESH_SEED = 11  # never used in training (training seeds start at training.TRAIN_SEED_OFFSET) nor by the cards
 
 
 @pytest.fixture(scope="module", params=NAMES)
@@ -21,22 +22,31 @@ def toy(request):
 
 
 def card(name: str) -> dict:
-    return json.loads((zoo_path(name) / "card.json").read_text())
+    return zoo.get(name).card
+
+
+def test_zoo_registry_is_the_package_folders():
+    assert NAMES == ["toy-llava", "toy-paligemma", "toy-qwen2-vl"]
+    assert {zoo.get(n).family for n in NAMES} == {"llava", "paligemma", "qwen2_vl"}
+    assert zoo.resolve("toy-llava") == str(zoo.get("toy-llava").path)
+    assert zoo.resolve("llava-hf/llava-1.5-7b-hf") == "llava-hf/llava-1.5-7b-hf"  # anything else passes through
+    with pytest.raises(UnknownToyError, match="toy-llava"):
+        zoo.get("toy-lava")
 
 
 def test_toy_loads_offline_with_its_processor(toy):
     name, model = toy
-    assert model.adapter.family == zoo.ZOO[name]
-    assert model.cfg.n_layers >= 4
+    assert model.adapter.family == zoo.get(name).family == card(name)["family"]
+    assert model.cfg.n_layers == card(name)["language_layers"] == 4
     assert not model.hf_model.training
-    weights = zoo_path(name) / "model.safetensors"
+    weights = zoo.get(name).path / "model.safetensors"
     assert weights.stat().st_size < 8 * 2**20
 
 
 def test_toy_scores_within_two_points_of_its_card(toy):
     name, model = toy
     torch.set_num_threads(1)
-    fresh = zoo.evaluate(model, n=card(name)["held_out"]["n"], seed=FRESH_SEED)
+    fresh = training.evaluate(model, n=card(name)["held_out"]["n"], seed=FRESH_SEED)
     claimed = card(name)["held_out"]["accuracy"]
     assert abs(fresh["all"] - claimed["all"]) <= 2.0, (fresh, claimed)
     # neither chance nor perfect, and wrong answers in every question family
@@ -59,12 +69,12 @@ def test_questions_file_answer_is_the_next_token(toy, tmp_path):
     assert all(p in shapes.WORDS for p in predicted)
 
 
-@pytest.mark.parametrize("family", ["llava", "paligemma", "qwen2_vl"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_short_training_run_is_deterministic(family):
     torch.set_num_threads(1)
-    cfg = zoo.TrainConfig(family=family, steps=6, warmup=2)
-    first, losses_a = zoo.train(cfg, progress=False)
-    second, losses_b = zoo.train(cfg, progress=False)
+    cfg = training.TrainConfig(family=family, steps=6, warmup=2)
+    first, losses_a = training.train(cfg, progress=False)
+    second, losses_b = training.train(cfg, progress=False)
     assert losses_a == losses_b
     a, b = first.hf_model.state_dict(), second.hf_model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)

@@ -5,13 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage
 
 from analyses import attention_structure as A
 from analyses import interventions as I
 from analyses import logit_lens as L
 from analyses import patching as P
-from analyses.evaluation import correctness, evaluate_intervention, predict, shapes_examples
+from analyses.data.examples import shapes_examples
+from analyses.evaluation import correct, evaluate_intervention
 from analyses.patch_masking import patch_masking
+from analyses.stats import paired_bootstrap_diff
 from vlm_lens import HookedVLM
 
 N = 160
@@ -48,20 +51,21 @@ def test_attention_maps_and_trace_are_finite(toy):
     model, examples = toy
     inputs = model.prepare(images=[e.load_image() for e in examples[:8]], prompts=[e.text for e in examples[:8]])
     maps = A.image_attention(model, inputs)
-    assert np.isfinite(maps.entropy()).all() and (maps.components(0.5) >= 1).all()
+    assert np.isfinite(maps.entropy()).all()
+    expected = [[ndimage.label(A.top_mass_mask(g, 0.5))[1] for g in layer] for layer in maps.grids]
+    assert maps.components(0.5).tolist() == expected  # scipy's 4-neighbour labelling of the same masks
     single = model.prepare(images=[examples[0].load_image()], prompts=[examples[0].text])
     trace = P.causal_trace(model, single, by="span")
     assert np.isfinite(trace.effects).all() and trace.p_clean > trace.p_corrupted - 0.5
 
 
-def test_patch_masking_top_vs_random_runs(toy):
+@pytest.mark.parametrize("level", ["token", "pixel"])
+def test_masking_the_most_attended_patches_hurts_more_than_random(toy, level):
+    """On every toy (measured: 0.10-0.26 more accuracy lost), the paired difference's CI excludes zero."""
     model, examples = toy
-    base = correctness(examples[:60], predict(model, examples[:60]))
+    after = {}
     for rank in ("top", "random"):
-        transform, intervention = patch_masking(0.3, rank, "token", "mean")
-        after = correctness(examples[:60], predict(model, examples[:60], intervention))
-        assert 0 <= np.mean(after) <= 1
-        transform, _ = patch_masking(0.3, rank, "pixel")
-        after = correctness(examples[:60], predict(model, examples[:60], transform=transform))
-        assert 0 <= np.mean(after) <= 1
-    assert 0.4 < np.mean(base) < 1
+        transform, intervention = patch_masking(0.3, rank, level, "mean")
+        after[rank] = correct(model, examples, intervention or I.NOTHING, transform=transform)
+    gap = paired_bootstrap_diff(np.array(after["random"], float), np.array(after["top"], float), 2000, seed=0)
+    assert gap.ci[1] < 0, gap  # top-masked accuracy minus random-masked accuracy

@@ -22,6 +22,7 @@ from vlm_lens.errors import (
     ImageTokenMismatchError,
     InputError,
     LayerIndexError,
+    UnknownToyError,
     UnsupportedModelError,
     VLMLensError,
 )
@@ -31,6 +32,6 @@ from vlm_lens.inputs import ImageSpan, VLMInputs
 
 __all__ = [
     "ActivationCache", "Adapter", "DeviceMismatchError", "Hook", "HookNameError", "HookedVLM", "ImageSpan",
-    "ImageTokenMismatchError", "InputError", "LayerIndexError", "UnsupportedModelError", "VLMConfig", "VLMInputs",
+    "ImageTokenMismatchError", "InputError", "LayerIndexError", "UnknownToyError", "UnsupportedModelError", "VLMConfig", "VLMInputs",
     "VLMLensError", "register",
 ]

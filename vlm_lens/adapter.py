@@ -10,7 +10,7 @@ imports them and a third-party package can add a family.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any
 
@@ -22,7 +22,7 @@ from vlm_lens.errors import UnsupportedModelError
 # The keys every adapter maps. Model-level paths are relative to the HF model; block paths
 # are relative to one language-model layer.
 MODEL_KEYS = ("layers", "final_norm", "unembed", "embed", "vision_layers", "projector")
-BLOCK_KEYS = ("attn", "attn_o", "attn_out", "ln1", "ln2", "mlp_gate", "mlp_down", "mlp_out")
+BLOCK_KEYS = ("attn", "attn_q", "attn_k", "attn_o", "attn_out", "ln1", "ln2", "mlp_gate", "mlp_down", "mlp_out")
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,16 @@ class Adapter:
     nested_images: bool = False
     # the vision tower packs every image's patches in one sequence (Qwen2-VL): vision hooks are [patch, d]
     packed_vision: bool = False
+    # forward tensors indexed by image (or by packed patch) rather than by batch item
+    image_keys: tuple[str, ...] = ("pixel_values",)
+    # the vision config's attribute holding the tower's width (Qwen2-VL: embed_dim; hidden_size is the merger's output)
+    vision_width: str = "hidden_size"
+    # (config, tensors, span, cells, fill [channel]) -> None: paint the span's grid cells with ``fill`` in
+    # tensors["pixel_values"] (in place), wherever this family keeps those cells' pixels
+    fill_patches: Callable[..., None] | None = None
+    # model keys whose module returns a ModelOutput: the field that holds the hooked tensor
+    # (Qwen2.5-VL: the vision model's ``pooler_output``, its merger output put back in image order)
+    output_fields: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self):
         missing = [k for k in MODEL_KEYS if k not in self.modules] + [k for k in BLOCK_KEYS if k not in self.block]

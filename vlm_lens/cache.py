@@ -41,6 +41,11 @@ class ActivationCache(Mapping):
     def __repr__(self) -> str:
         return f"ActivationCache({len(self._store)} activations)"
 
+    @property
+    def n_layers(self) -> int:
+        """Language-model layers of the model that filled the cache."""
+        return self._vocab.n_layers
+
     def stack(self, alias: str) -> Tensor:
         """One activation across all language (or vision) layers: [layer, ...]."""
         if alias not in ALIASES or "{l}" not in ALIASES[alias]:

@@ -22,6 +22,13 @@ class LayerIndexError(HookNameError, IndexError):
     """A hook name or cache key whose layer is outside the model."""
 
 
+class UnknownToyError(VLMLensError, KeyError):
+    """A toy name the zoo does not have."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
 class InputError(VLMLensError, ValueError):
     """Inputs that cannot mean what the caller intended (images, prompts, tensors)."""
 

@@ -12,7 +12,7 @@ The wrapped HF model is never changed: hooks come and go through one session
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from jaxtyping import Float, Int
@@ -56,8 +56,8 @@ class HookedVLM:
         vision_layers = layer_list(hf_model, adapter.modules["vision_layers"])
         self.vocab = Vocabulary(len(layers), len(vision_layers))
         attn = get_module(layers[0], adapter.block["attn"])
-        q_out = get_module(attn, "q_proj").weight.shape[0]
-        k_out = get_module(attn, "k_proj").weight.shape[0]
+        q_out = get_module(layers[0], adapter.block["attn_q"]).weight.shape[0]
+        k_out = get_module(layers[0], adapter.block["attn_k"]).weight.shape[0]
         self.cfg = VLMConfig(
             family=adapter.family,
             n_layers=len(layers),
@@ -68,8 +68,7 @@ class HookedVLM:
             n_kv_heads=k_out // attn.head_dim,
             d_head=attn.head_dim,
             d_vocab=get_module(hf_model, adapter.modules["unembed"]).weight.shape[0],
-            # Qwen2-VL's vision hidden_size is the merger's output; its tower width is embed_dim
-            d_vision=getattr(hf_model.config.vision_config, "embed_dim", None) or hf_model.config.vision_config.hidden_size,
+            d_vision=getattr(hf_model.config.vision_config, adapter.vision_width),
             image_token_id=hf_model.config.image_token_id,
         )
 
@@ -211,6 +210,20 @@ class HookedVLM:
         spans = self.adapter.image_spans(self.hf_model.config, ids, tensors)
         mask = tensors.get("attention_mask", torch.ones_like(ids))
         return VLMInputs(tensors, spans, padding_side_of(mask))
+
+    def repeat(self, inputs: VLMInputs, n: int) -> VLMInputs:
+        """The single item of ``inputs`` as a batch of ``n`` identical rows, its images repeated with it."""
+        if inputs.batch_size != 1:
+            raise InputError(f"repeat() takes a batch of one item, got {inputs.batch_size}")
+        tensors = {}
+        for key, value in inputs.tensors.items():
+            if key in self.adapter.image_keys:  # indexed by image (or packed patch): one copy per row
+                tensors[key] = torch.cat([value] * n)
+            else:
+                tensors[key] = value.expand(n, *value.shape[1:]).contiguous()
+        per_item = len(inputs.image_spans[0])
+        spans = [[replace(s, image=s.image + row * per_item) for s in inputs.image_spans[0]] for row in range(n)]
+        return VLMInputs(tensors, spans, inputs.padding_side)
 
     def _check_device(self, tensors: dict[str, Tensor]) -> None:
         device, dtype = model_device_dtype(self.hf_model)

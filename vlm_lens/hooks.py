@@ -188,9 +188,11 @@ class HookSession:
             self._handles.append(modules[key].register_forward_pre_hook(self._pre_hook(chain), with_kwargs=True))
         for key, chain in outs.items():
             mid = attn_out_modules.get(key)
-            self._handles.append(
-                modules[key].register_forward_hook(self._out_hook(chain, mid, mids.get(mid, [])))
-            )
+            fields = {self.adapter.output_fields.get(info.spec.site.key) for info, _ in chain}
+            if len(fields) > 1:
+                raise ValueError(f"hooks on one module read different output fields {sorted(map(str, fields))}")
+            hook = self._out_hook(chain, mid, mids.get(mid, []), fields.pop() if fields else None)
+            self._handles.append(modules[key].register_forward_hook(hook))
         if attn:
             self._route_attention(attn)
         self._handles.append(self.hf_model.register_forward_pre_hook(self._count_step))
@@ -220,10 +222,14 @@ class HookSession:
 
         return hook
 
-    def _out_hook(self, chain: list, mid_layer: int | None, mid_chain: list):
+    def _out_hook(self, chain: list, mid_layer: int | None, mid_chain: list, output_field: str | None = None):
         state = self.state
 
         def hook(module, args, output):
+            if output_field is not None:  # a ModelOutput: hook one of its fields, put the edit back there
+                edited = _run_chain(chain, getattr(output, output_field), state)
+                output[output_field] = edited
+                return output
             tensor = output[0] if isinstance(output, tuple) else output
             original = tensor
             tensor = _run_chain(chain, tensor, state)

@@ -6,12 +6,11 @@ architectures (names, layer counts, sizes) without weights.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 import transformers
 from torch import nn
 
+from vlm_lens import zoo
 from vlm_lens.adapter import REGISTRY, Adapter
 
 
@@ -23,16 +22,6 @@ def _adapter_and_class(config) -> tuple[Adapter, type]:
     return adapter, getattr(transformers, archs[0])
 
 
-def zoo_path(name: str) -> Path | None:
-    """The packaged directory of a built-in toy model (``toy-llava`` ...), if ``name`` is one."""
-    from importlib import resources
-
-    if not name.startswith("toy-"):
-        return None
-    root = resources.files("vlm_lens") / "zoo" / name
-    return Path(str(root)) if root.is_dir() else None
-
-
 def load_pretrained(
     name_or_path: str,
     *,
@@ -42,8 +31,7 @@ def load_pretrained(
     processor=None,
 ) -> tuple[nn.Module, object]:
     """(HF model in eval mode, processor) for a hub id, a local directory or a zoo name."""
-    local = zoo_path(name_or_path)
-    source = str(local) if local is not None else name_or_path
+    source = zoo.resolve(name_or_path)
     config = transformers.AutoConfig.from_pretrained(source)
     adapter, cls = _adapter_and_class(config)
     kwargs = {}

@@ -1,7 +1,8 @@
-"""The ``vlm-lens`` command: the one module that ties core, adapters and analyses together.
+"""The ``vlm-lens`` command: the outermost layer, the one module that ties core, adapters and analyses together.
 
     vlm-lens demo                       # a tiny random LLaVA, end to end, in seconds
-    vlm-lens demo --family qwen2_vl --model path/or/hub-id
+    vlm-lens demo --family qwen2_vl     # any registered family (model_adapters.SPECS)
+    vlm-lens demo --model path/or/hub-id
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import torch
 import typer
 from PIL import Image
 
+from analyses.attention_structure import image_grids
+from analyses.logit_lens import logit_lens
 from vlm_lens import HookedVLM
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Mechanistic interpretability for vision-language models.")
@@ -26,17 +29,17 @@ def main() -> None:
 def _demo_model(family: str, model: str | None) -> HookedVLM:
     if model is not None:
         return HookedVLM.from_pretrained(model)
-    from model_adapters.tiny import TINY
+    from model_adapters import SPECS
 
-    if family not in TINY:
-        raise typer.BadParameter(f"family must be one of {sorted(TINY)}")
-    hf, processor = TINY[family](seed=0)
+    if family not in SPECS:
+        raise typer.BadParameter(f"family must be one of {sorted(SPECS)}")
+    hf, processor = SPECS[family].tiny(seed=0)
     return HookedVLM.from_hf(hf, processor)
 
 
 @app.command()
 def demo(
-    family: str = typer.Option("llava", help="tiny random model of this family (llava, paligemma, qwen2_vl)"),
+    family: str = typer.Option("llava", help="tiny random model of this family (any of model_adapters.SPECS)"),
     model: str = typer.Option(None, help="a hub id or local checkpoint instead of the tiny model"),
     prompt: str = typer.Option("is there a red square in the image ?", help="the question"),
     seed: int = typer.Option(0, help="seed of the random test image"),
@@ -48,17 +51,15 @@ def demo(
     inputs = vlm.prepare(images=[image], prompts=[prompt])
     with torch.no_grad():
         logits, cache = vlm.run_with_cache(inputs, names_filter=lambda n: n.endswith(("hook_resid_post", "pattern_rows")))
-        norm = vlm.hf_model.get_submodule(vlm.adapter.modules["final_norm"])
-        unembed = vlm.hf_model.get_submodule(vlm.adapter.modules["unembed"])
-        lens = [unembed(norm(cache["resid_post", l][0, -1])).argmax().item() for l in range(vlm.cfg.n_layers)]
+        lens = logit_lens(vlm, cache)[:, 0].argmax(-1).tolist()
+    to_image = image_grids(cache)[0].sum(axis=(1, 2))  # [layer]: share of the answer's attention on the image
     span = inputs.image_spans[0][0]
     typer.echo(f"model: {vlm.cfg.family}, {vlm.cfg.n_layers} language layers, {vlm.cfg.n_vision_layers} vision layers")
     typer.echo(f"prompt tokens: {inputs.input_ids.shape[1]}; image tokens {span.start}..{span.end - 1} on a {span.grid[0]}x{span.grid[1]} grid")
     typer.echo(f"next token: {vlm.to_string(int(logits[0, -1].argmax()))!r}")
     typer.echo(f"{'layer':>5}  {'attention to image':>18}  logit-lens top token")
     for layer in range(vlm.cfg.n_layers):
-        to_image = cache["pattern_rows", layer][0, :, 0, span.start : span.end].sum(-1).mean().item()
-        typer.echo(f"{layer:>5}  {to_image:>18.3f}  {vlm.to_string(lens[layer])!r}")
+        typer.echo(f"{layer:>5}  {to_image[layer]:>18.3f}  {vlm.to_string(lens[layer])!r}")
 
 
 @app.command()
@@ -69,7 +70,7 @@ def shapes(
     size: int = typer.Option(32, help="image side in pixels"),
 ) -> None:
     """Write the Shapes benchmark in POPE's JSON-lines format (plus a ``type`` field)."""
-    from analyses.shapes import write_benchmark
+    from analyses.data.shapes import write_benchmark
 
     path = write_benchmark(out, n, seed, size)
     typer.echo(f"wrote {n} questions to {path} and their images to {path.parent / 'images'}")
@@ -77,7 +78,7 @@ def shapes(
 
 @app.command("train-toy")
 def train_toy(
-    family: str = typer.Argument(..., help="llava, paligemma or qwen2_vl"),
+    family: str = typer.Argument(..., help="a registered family: llava, paligemma, qwen2_vl, ..."),
     out: str = typer.Option(None, help="output folder (default runs/toy-<family>)"),
     steps: int = typer.Option(12_000, help="optimiser steps of 32 fresh questions"),
     seed: int = typer.Option(0, help="initialisation and data seed"),
@@ -86,7 +87,7 @@ def train_toy(
     """Train a toy model of FAMILY on Shapes and write weights, processor and model card."""
     from pathlib import Path
 
-    from analyses.zoo import TrainConfig, train_and_save
+    from analyses.training import TrainConfig, train_and_save
 
     target = Path(out or f"runs/toy-{family.replace('_', '-')}")
     card = train_and_save(TrainConfig(family=family, steps=steps, seed=seed, device=device), target)
@@ -107,8 +108,9 @@ def vrp(
     """The reliability study: tables (Markdown + JSON) and report.html, resumable if interrupted."""
     from pathlib import Path
 
-    from analyses import report
-    from analyses.vrp import VRPConfig, run
+    from analyses.study import report
+    from analyses.study.config import VRPConfig
+    from analyses.study.pipeline import run
 
     if compare:
         path = report.compare([Path(c) for c in compare], Path(out or "runs/compare"))

@@ -24,11 +24,11 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from analyses import evaluation, shapes
-from model_adapters.tiny import TINY
+from analyses import evaluation
+from analyses.data import shapes
+from analyses.data.examples import shapes_examples
+from model_adapters import SPECS
 from vlm_lens import HookedVLM
-
-ZOO = {"toy-llava": "llava", "toy-paligemma": "paligemma", "toy-qwen2-vl": "qwen2_vl"}
 TRAIN_SEED_OFFSET = 1_000  # step k trains on shapes.generate(batch, seed=TRAIN_SEED_OFFSET + k)
 HELD_OUT_SEED = 7  # the model cards' held-out set (training never draws seeds below the offset)
 
@@ -47,20 +47,12 @@ class TrainConfig:
 
 
 def build(family: str, seed: int = 0, image_size: int = 32) -> HookedVLM:
-    """An untrained toy of ``family``: 4 language layers (width 128), a 2-layer vision tower, 16 image tokens."""
-    init = 0.1  # HF's default 0.02 leaves models this small at chance (measured)
-    text = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=4, num_attention_heads=4,
-                num_key_value_heads=4, initializer_range=init)
-    if family == "paligemma":
-        text.update(num_key_value_heads=1, head_dim=32)
-    if family == "qwen2_vl":
-        text["rope_parameters"] = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [4, 6, 6]}
-        vision = dict(embed_dim=64, num_heads=2, depth=2, initializer_range=init)
-        sizes = dict(patch_size=4, min_pixels=image_size**2, max_pixels=image_size**2)
-    else:
-        vision = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2, initializer_range=init)
-        sizes = dict(image_size=image_size, patch_size=8)
-    hf, processor = TINY[family](words=shapes.WORDS, seed=seed, text=text, vision=vision, initializer_range=init, **sizes)
+    """An untrained toy of ``family``: its spec's toy recipe (4 language layers of width 128, a 2-layer
+    vision tower, 16 image tokens at 32 px) around the Shapes vocabulary."""
+    if family not in SPECS:
+        raise ValueError(f"no family {family!r}; the adapters have {sorted(SPECS)}")
+    spec = SPECS[family]
+    hf, processor = spec.tiny(words=shapes.WORDS, seed=seed, **spec.toy(image_size))
     return HookedVLM.from_hf(hf, processor)
 
 
@@ -104,9 +96,9 @@ def train(cfg: TrainConfig, progress: bool = True) -> tuple[HookedVLM, list[floa
 
 def evaluate(model: HookedVLM, n: int = 4_000, seed: int = HELD_OUT_SEED, image_size: int = 32) -> dict[str, float]:
     """Held-out accuracy (percent) per question family and overall."""
-    examples = evaluation.shapes_examples(n, seed, image_size)
+    examples = shapes_examples(n, seed, image_size)
     hits = defaultdict(list)
-    for example, right in zip(examples, evaluation.correctness(examples, evaluation.predict(model, examples, batch_size=200))):
+    for example, right in zip(examples, evaluation.correct(model, examples, batch_size=200)):
         hits[example.type].append(right)
         hits["all"].append(right)
     return {k: round(100 * float(np.mean(v)), 2) for k, v in sorted(hits.items())}

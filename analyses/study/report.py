@@ -1,7 +1,8 @@
 """Writing the study's results: ``tables.json``, ``tables.md`` and a self-contained ``report.html``.
 
-The HTML embeds plotly.js once, so the report opens offline; every figure stays interactive.
-``compare`` lays several runs side by side.
+The report reads the typed results (``analyses.study.results``), never display strings. The
+HTML embeds plotly.js once, so it opens offline; every figure stays interactive. ``compare``
+lays several runs side by side, matching predictors by their stable ``key``.
 """
 
 from __future__ import annotations
@@ -15,7 +16,10 @@ import pandas as pd
 import plotly.graph_objects as go
 from sklearn.metrics import roc_curve
 
-from analyses import plots, stats
+from analyses import plots
+from analyses.data.examples import Example
+from analyses.study.extract import Extraction
+from analyses.study.results import StudyResults
 
 TITLES = {
     "table2_accuracy": "Table 2a. Task accuracy",
@@ -29,77 +33,72 @@ TITLES = {
 }
 
 
-def _frames(tables: dict) -> dict[str, pd.DataFrame]:
-    return {k: v for k, v in tables.items() if isinstance(v, pd.DataFrame)}
-
-
-def to_json(tables: dict) -> dict:
-    out = {}
-    for key, value in tables.items():
-        out[key] = value.replace({np.nan: None}).to_dict(orient="records") if isinstance(value, pd.DataFrame) else value
+def to_json(results: StudyResults) -> dict:
+    out = {"config": results.config.as_dict()}
+    for key, frame in results.tables().items():
+        out[key] = frame.replace({np.nan: None}).to_dict(orient="records")
     return out
 
 
-def to_markdown(tables: dict) -> str:
-    parts = []
-    for key, frame in _frames(tables).items():
-        parts.append(f"### {TITLES.get(key, key)}\n\n{frame.to_markdown(index=False, floatfmt='.3f')}\n")
-    return "\n".join(parts)
+def to_markdown(results: StudyResults) -> str:
+    return "\n".join(f"### {TITLES.get(key, key)}\n\n{frame.to_markdown(index=False, floatfmt='.3f')}\n"
+                     for key, frame in results.tables().items())
 
 
-def roc_figure(scores: dict[str, list[float]], labels: np.ndarray) -> go.Figure:
+def roc_figure(results: StudyResults, labels: np.ndarray) -> go.Figure:
     fig = go.Figure()
-    for method, values in scores.items():
-        fpr, tpr, _ = roc_curve(labels, values)
-        fig.add_trace(go.Scatter(x=fpr, y=tpr, mode="lines", name=method))
+    for predictor in results.predictors.rows:
+        fpr, tpr, _ = roc_curve(labels, predictor.scores)
+        fig.add_trace(go.Scatter(x=fpr, y=tpr, mode="lines", name=predictor.method))
     fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line={"dash": "dot", "color": "grey"}, name="chance"))
     fig.update_layout(title="ROC curves on the test split", xaxis_title="false positive rate",
                       yaxis_title="true positive rate", template="plotly_white")
     return fig
 
 
-def _figures(tables, curves, contributions, extraction, examples, extra) -> list[tuple[str, go.Figure]]:
-    model = tables["config"]["model"]
-    figures = [("Truth margin by layer", plots.margin_curves({model: curves})),
-               ("Who builds the margin", plots.margin_contributions(contributions))]
-    peak = int(tables["table3_logit_lens"].peak_layer.iloc[0])
+def _figures(results: StudyResults, extraction: Extraction, examples: list[Example]) -> list[tuple[str, go.Figure]]:
+    model = results.config.model
+    margins = results.margins
+    figures = [("Truth margin by layer", plots.margin_curves({model: margins.curves})),
+               ("Who builds the margin", plots.margin_contributions(margins.contributions))]
     correct = extraction.correct
     for label, flag in (("a correct answer", True), ("a wrong answer", False)):
         hits = np.flatnonzero(correct == flag)
         if len(hits):
             i = int(hits[0])
             row = extraction.rows[i]
-            grid = extraction.attention[i][peak].reshape(row["grid"])
-            title = f"Attention at layer {peak}, {label}: {examples[i].text} -> {row['prediction']!r} (gold {row['label']!r})"
+            grid = extraction.attention[i][margins.peak_layer].reshape(row["grid"])
+            title = (f"Attention at layer {margins.peak_layer}, {label}: {examples[i].text} -> {row['prediction']!r} "
+                     f"(gold {row['label']!r})")
             figures.append((f"Attention over the image ({label})", plots.attention_over_image(examples[i].load_image(), grid, title)))
-    figures.append(("Attention structure by layer", plots.entropy_and_components(extra["entropy"].mean(0), extra["components"].mean(0))))
-    ablations = tables["table4_5_ablations"].rename(columns={"condition": "type", "intervention": "condition"})
+    features = results.features
+    figures.append(("Attention structure by layer", plots.entropy_and_components(features.entropy.mean(0), features.components.mean(0))))
+    ablations = results.ablations.frame().rename(columns={"condition": "type", "intervention": "condition"})
     figures.append(("Ablation effects", plots.intervention_effects(ablations, "Accuracy change: probe neurons vs random controls")))
-    figures.append(("ROC curves", roc_figure(extra["scores"], correct[extra["test"]])))
-    ece, bins = stats.expected_calibration_error([r["confidence"] for r in extraction.rows], correct)
-    figures.append(("Calibration", plots.reliability_diagram(bins, ece)))
+    figures.append(("ROC curves", roc_figure(results, correct[results.predictors.split.test])))
+    figures.append(("Calibration", plots.reliability_diagram(results.accuracy.calibration_bins, results.accuracy.ece)))
     return figures
 
 
-def write(out: Path, tables: dict, curves, contributions, extraction, examples, extra) -> Path:
+def write(out: Path, results: StudyResults, extraction: Extraction, examples: list[Example]) -> Path:
     out.mkdir(parents=True, exist_ok=True)
-    tables = {**tables, "margin_curves": curves}
-    (out / "tables.json").write_text(json.dumps(to_json(tables), indent=1))
-    (out / "tables.md").write_text(to_markdown(tables))
+    (out / "tables.json").write_text(json.dumps(to_json(results), indent=1))
+    (out / "tables.md").write_text(to_markdown(results))
     sections = []
-    for i, (title, fig) in enumerate(_figures(tables, curves, contributions, extraction, examples, extra)):
+    for i, (title, fig) in enumerate(_figures(results, extraction, examples)):
         sections.append(f"<h2>{html.escape(title)}</h2>" + fig.to_html(full_html=False, include_plotlyjs=i == 0))
     table_html = "".join(
         f"<h2>{html.escape(TITLES.get(k, k))}</h2>" + f.to_html(index=False, float_format=lambda x: f"{x:.3f}", border=0)
-        for k, f in _frames(tables).items() if k != "margin_curves"
+        for k, f in results.tables().items() if k != "margin_curves"
     )
-    cfg = html.escape(json.dumps(tables["config"]))
+    cfg = results.config
+    settings = html.escape(json.dumps(cfg.as_dict()))
     page = (
         "<!doctype html><html><head><meta charset='utf-8'><title>vlm-lens VRP report</title>"
         "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse;margin:1em 0}"
         "td,th{padding:2px 8px;border-bottom:1px solid #ddd;text-align:right}</style></head><body>"
-        f"<h1>VLM Reliability Probe: {html.escape(tables['config']['model'])} on {html.escape(tables['config']['benchmark'])}</h1>"
-        f"<p><code>{cfg}</code></p>{table_html}{''.join(sections)}</body></html>"
+        f"<h1>VLM Reliability Probe: {html.escape(cfg.model)} on {html.escape(cfg.benchmark)}</h1>"
+        f"<p><code>{settings}</code></p>{table_html}{''.join(sections)}</body></html>"
     )
     path = out / "report.html"
     path.write_text(page)
@@ -109,12 +108,12 @@ def write(out: Path, tables: dict, curves, contributions, extraction, examples, 
 def compare(runs: list[Path], out: Path) -> Path:
     """Several runs' key tables side by side (compare.md, compare.html) and their margin curves overlaid."""
     loaded = {}
-    for run in runs:
+    for i, run in enumerate(runs):
         data = json.loads((Path(run) / "tables.json").read_text())
-        loaded[f"{data['config']['model']} ({Path(run).name})"] = data
+        name = f"{data['config']['model']} ({Path(run).name})"
+        loaded[name if name not in loaded else f"{name} #{i + 1}"] = data  # two runs never share a column
     accuracy = pd.DataFrame({name: {r["type"]: r["accuracy"] for r in d["table2_accuracy"]} for name, d in loaded.items()})
-    aurocs = pd.DataFrame({name: {r["method"].split(" @")[0].split(" (layer")[0]: r["auroc"] for r in d["table6_predictors"]}
-                           for name, d in loaded.items()})
+    aurocs = pd.DataFrame({name: {r["key"]: r["auroc"] for r in d["table6_predictors"]} for name, d in loaded.items()})
     lens = pd.DataFrame({name: d["table3_logit_lens"][0] for name, d in loaded.items()})
     ablation = pd.DataFrame({name: {r["condition"]: r["diff"] for r in d["table4_5_ablations"]} for name, d in loaded.items()})
     parts = {"Accuracy": accuracy, "Predictor AUROC (test)": aurocs, "Logit lens": lens, "Ablation: accuracy change": ablation}

@@ -1,22 +1,22 @@
-"""Per-sample extraction over a benchmark, in shards, resumable after any interruption.
+"""Per-question extraction over a benchmark, in shards, resumable after any interruption.
 
-For each question: the greedy answer and whether it is right, output confidence and logit
-entropy, the truth margin at every layer, the answer position's residual stream and MLP
-neurons at the requested layers, its attention to the image per layer (the patch grid,
-flattened), and K self-consistency samples.
+For each question: the greedy answer and whether it is right (``analyses.answers``), output
+confidence and logit entropy, the truth margin at every layer, the answer position's residual
+stream and MLP neurons at the configured layers, its attention to the image per layer (the
+patch grid, flattened) and K self-consistency samples.
 
 A run folder holds ``manifest.json`` and, per shard, ``shard-00007.json`` (scalars) and
 ``shard-00007.safetensors`` (arrays). Each file is written to a temporary name and renamed, and
 the manifest lists a shard only after both files exist: a run killed at any point (kill -9
 included) resumes at the first shard the manifest lacks, with nothing lost or counted twice.
+Shards run in forward batches of ``cfg.batch_size`` questions.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,27 +24,14 @@ import torch
 from safetensors.numpy import load_file, save_file
 from tqdm.auto import tqdm
 
+from analyses import answers
+from analyses.attention_structure import image_grids
 from analyses.consistency import majority_support, sample_answers
-from analyses.evaluation import Example
-from analyses.logit_lens import logit_lens, reference_token_ids, truth_margin
+from analyses.data.examples import Example
+from analyses.evaluation import batches
+from analyses.logit_lens import logit_lens, truth_margin
+from analyses.study.config import VRPConfig
 from vlm_lens import HookedVLM
-
-
-@dataclass(frozen=True)
-class ExtractConfig:
-    model: str
-    benchmark: str
-    n: int
-    shard_size: int = 50
-    k: int = 10
-    top_p: float = 0.9
-    temperature: float = 1.0
-    seed: int = 0
-    hidden_layers: tuple[int, ...] | None = None  # None: every layer
-    neuron_layers: tuple[int, ...] | None = None
-
-    def fingerprint(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _write_atomic(path: Path, write) -> None:
@@ -59,9 +46,7 @@ def _manifest(folder: Path) -> dict:
 
 
 @torch.no_grad()
-def _extract_shard(model: HookedVLM, examples: list[Example], start: int, cfg: ExtractConfig) -> tuple[list[dict], dict]:
-    images = [e.load_image() for e in examples]
-    inputs = model.prepare(images=images, prompts=[e.text for e in examples])
+def _extract_batch(model: HookedVLM, examples: list[Example], inputs, start: int, cfg: VRPConfig) -> tuple[list[dict], dict]:
     n_layers = model.cfg.n_layers
     hidden_layers = list(cfg.hidden_layers or range(n_layers))
     neuron_layers = list(cfg.neuron_layers or range(n_layers))
@@ -69,42 +54,37 @@ def _extract_shard(model: HookedVLM, examples: list[Example], start: int, cfg: E
     wanted |= {f"blocks.{l}.mlp.hook_post" for l in neuron_layers}
     wanted |= {f"blocks.{l}.attn.hook_pattern_rows" for l in range(n_layers)}
     logits, cache = model.run_with_cache(inputs, names_filter=lambda n: n in wanted)
-    last = inputs.last_positions()
-    batch = torch.arange(len(examples))
-    final = logits[batch, last].float()
-    probs = torch.softmax(final, -1)
-    refs = [reference_token_ids(model.tokenizer, [e.label]) for e in examples]
-    margins = truth_margin(logit_lens(model, cache, last), refs)  # layer batch
+    positions = answers.answer_positions(inputs)
+    probs = torch.softmax(answers.at_answer(logits, positions).float(), -1)
+    _, predictions = answers.greedy_answers(model, logits, inputs)
+    refs = [answers.reference_token_ids(model.tokenizer, [e.label]) for e in examples]
+    margins = truth_margin(logit_lens(model, cache, positions), refs)  # layer batch
+    hidden = answers.stack_at_answer(cache, "resid_post", hidden_layers, positions).float()
+    neurons = answers.stack_at_answer(cache, "post", neuron_layers, positions).float()
+    grids = image_grids(cache)
     rows, arrays = [], {}
-    hidden = torch.stack([cache["resid_post", l][batch, last] for l in hidden_layers], 1).float()
-    neurons = torch.stack([cache["post", l][batch, last] for l in neuron_layers], 1).float()
     for i, example in enumerate(examples):
         index = start + i
-        span = inputs.image_spans[i][0]
-        attention = torch.stack(
-            [cache["pattern_rows", l][i, :, 0, span.start : span.end].float().mean(0) for l in range(n_layers)]
-        )
-        prediction = model.to_string(int(final[i].argmax())).strip()
-        single = model.prepare(images=[images[i]], prompts=[example.text])
+        single = model.prepare(images=[example.load_image()], prompts=[example.text])
         samples = sample_answers(model, single, k=cfg.k, temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed + index)
         majority, support = majority_support(samples)
         rows.append({
-            "index": index, "type": example.type, "label": example.label, "prediction": prediction,
-            "correct": bool(int(final[i].argmax()) in refs[i]), "confidence": float(probs[i].max()),
+            "index": index, "type": example.type, "label": example.label, "golds": list(example.golds),
+            "metric": example.metric, "prediction": predictions[i],
+            "correct": answers.is_correct(predictions[i], example.golds, example.metric, cfg.correct_threshold),
+            "confidence": float(probs[i].max()),
             "entropy": float(-(probs[i] * torch.log(probs[i].clamp_min(1e-30))).sum()),
             "margins": margins[:, i].tolist(), "samples": samples, "majority": majority, "consistency": support,
-            "grid": list(span.grid),
+            "grid": list(grids[i].shape[1:]),
         })
-        arrays[f"hidden/{index}"] = hidden[i].numpy()
-        arrays[f"neurons/{index}"] = neurons[i].numpy()
-        arrays[f"attention/{index}"] = attention.numpy()
+        arrays[f"hidden/{index}"] = np.ascontiguousarray(hidden[:, i].numpy())
+        arrays[f"neurons/{index}"] = np.ascontiguousarray(neurons[:, i].numpy())
+        arrays[f"attention/{index}"] = grids[i].reshape(n_layers, -1)
     return rows, arrays
 
 
-def extract(
-    model: HookedVLM, examples: list[Example], folder: str | Path, cfg: ExtractConfig, progress: bool = True
-) -> Path:
-    """Run (or resume) extraction into ``folder``. Refuses a folder holding a run of another config."""
+def extract(model: HookedVLM, examples: list[Example], folder: str | Path, cfg: VRPConfig, progress: bool = True) -> Path:
+    """Run (or resume) extraction into ``folder``. Refuses a folder holding a run of another configuration."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     if len(examples) != cfg.n:
@@ -112,16 +92,19 @@ def extract(
     manifest = _manifest(folder)
     if manifest and manifest.get("fingerprint") != cfg.fingerprint():
         raise ValueError(f"{folder} holds a run with another configuration ({manifest.get('config')}); use a new --out")
-    manifest = manifest or {"fingerprint": cfg.fingerprint(), "config": asdict(cfg), "shards": []}
+    manifest = manifest or {"fingerprint": cfg.fingerprint(), "config": cfg.extraction(), "shards": []}
     done = {s["start"] for s in manifest["shards"]}
-    starts = list(range(0, cfg.n, cfg.shard_size))
     bar = tqdm(total=cfg.n, initial=sum(min(cfg.shard_size, cfg.n - s) for s in done), desc="extract", unit="q",
                disable=not progress)
-    for start in starts:
+    for start in range(0, cfg.n, cfg.shard_size):
         if start in done:
             continue
         chunk = examples[start : start + cfg.shard_size]
-        rows, arrays = _extract_shard(model, chunk, start, cfg)
+        rows, arrays = [], {}
+        for offset, (part, inputs) in zip(range(0, len(chunk), cfg.batch_size), batches(model, chunk, cfg.batch_size)):
+            part_rows, part_arrays = _extract_batch(model, part, inputs, start + offset, cfg)
+            rows += part_rows
+            arrays.update(part_arrays)
         name = f"shard-{start // cfg.shard_size:05d}"
         _write_atomic(folder / f"{name}.safetensors", lambda p, arrays=arrays: save_file(arrays, str(p)))
         _write_atomic(folder / f"{name}.json", lambda p, rows=rows: p.write_text(json.dumps(rows)))

@@ -1,0 +1,207 @@
+"""Answers: where the model answers, what it answered, and whether that is right.
+
+Every table, predictor, ablation and notebook goes through this module, so "correct" means
+one thing everywhere:
+
+- **where**: ``answer_positions(inputs)`` (each item's last real token, where the answer is
+  read) and ``at_answer`` / ``stack_at_answer`` to gather ``[batch pos ...]`` activations there.
+- **what**: ``greedy_answers(model, logits, inputs)``, the greedy next token, decoded.
+- **right or wrong**: ``score(prediction, golds, metric)`` canonicalises the prediction (the
+  study's Eq. 4) and applies the benchmark's rule: ``"exact"`` compares canonical forms with
+  every gold; ``"vqa"`` is the official VQA accuracy (answer normalisation, min(#humans/3, 1),
+  leave-one-out). ``is_correct`` turns a score into the binary label; ``correctness`` does a list.
+- **which tokens are the gold**: ``reference_token_ids``, the tokens the truth margin follows.
+
+    >>> canonicalise("Yes, there is.")
+    'yes'
+    >>> score("Yes", ["yes "]), score("There are two dogs", ["2"]), score("no", ["Yes"])
+    (1.0, 1.0, 0.0)
+    >>> vqa_accuracy("two", ["2"] * 4 + ["3"] * 6), vqa_accuracy("two", ["2"] * 3 + ["3"] * 7)
+    (1.0, 0.9)
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from collections.abc import Sequence
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from vlm_lens import ActivationCache, HookedVLM, VLMInputs
+
+# A VQA answer counts as correct from this accuracy on: at least two of ten humans gave it
+# (leave-one-out average 0.6; one human gives 0.3). Exact-match scores are 0 or 1.
+CORRECT_AT = 0.5
+
+# --- canonicalisation (Eq. 4) --------------------------------------------------------------------
+
+NUMBER_WORDS = {
+    "none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5", "six": "6",
+    "seven": "7", "eight": "8", "nine": "9", "ten": "10", "eleven": "11", "twelve": "12",
+}
+ARTICLES = ("a", "an", "the")
+_YES = {"yes", "yeah", "yep", "true", "correct"}
+_NO = {"no", "nope", "false", "incorrect"}
+
+
+def canonicalise(answer: str) -> str:
+    """Lower-case, strip punctuation and articles, collapse yes/no, extract integers (number words too)."""
+    text = re.sub(r"[^\w\s]", " ", answer.lower())
+    words = [w for w in text.split() if w not in ARTICLES]
+    if not words:
+        return ""
+    if words[0] in _YES:
+        return "yes"
+    if words[0] in _NO:
+        return "no"
+    numbers = [NUMBER_WORDS.get(w, w) for w in words if w.isdigit() or w in NUMBER_WORDS]
+    if numbers:
+        return str(int(numbers[0]))
+    return " ".join(words)
+
+
+# --- the official VQA answer normalisation and accuracy ----------------------------------------------
+
+_CONTRACTED = (
+    "ain't aren't can't could've couldn't couldn't've didn't doesn't don't hadn't hadn't've hasn't haven't he'd "
+    "he'd've he'll he's how'd how'll how's i'd i'd've i'm i've isn't it'd it'd've it'll it's let's ma'am mightn't "
+    "mightn't've might've mustn't must've needn't not've o'clock oughtn't 'ow's'at shan't she'd she'd've she'll "
+    "she's should've shouldn't shouldn't've somebody'd somebody'd've somebody'll somebody's someone'd someone'd've "
+    "someone'll someone's something'd something'd've something'll that's there'd there'd've there're there's "
+    "they'd they'd've they'll they're they've 'twas wasn't we'd we'd've we'll we're we've weren't what'll what're "
+    "what's what've when's where'd where's where've who'd who'd've who'll who's who've why'll why're why's won't "
+    "would've wouldn't wouldn't've y'all y'all'll y'all'd've you'd you'd've you'll you're you've"
+).split()
+
+
+def _contraction_map() -> dict[str, str]:
+    """Every spelling with some apostrophes dropped -> the proper contraction (as the VQA tools map them)."""
+    table = {}
+    for word in _CONTRACTED:
+        parts = word.split("'")
+        for keep in itertools.product((False, True), repeat=len(parts) - 1):
+            if all(keep):
+                continue
+            spelled = parts[0] + "".join(("'" if k else "") + p for k, p in zip(keep, parts[1:]))
+            table.setdefault(spelled, word)
+    return table
+
+
+CONTRACTIONS = _contraction_map()
+_PUNCT = [";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`", ",", "?", "!"]
+_PERIOD = re.compile(r"(?!<=\d)(\.)(?!\d)")
+_COMMA_DIGITS = re.compile(r"(\d)(,)(\d)")
+_DIGIT_MAP = {k: v for k, v in NUMBER_WORDS.items() if k not in ("eleven", "twelve")}
+
+
+def vqa_normalise(answer: str) -> str:
+    """The VQA evaluation's normalisation: punctuation, periods, number words, articles, contractions."""
+    text = answer.replace("\n", " ").replace("\t", " ").strip()
+    out = text
+    for p in _PUNCT:
+        if (p + " " in text or " " + p in text) or _COMMA_DIGITS.search(text) is not None:
+            out = out.replace(p, "")
+        else:
+            out = out.replace(p, " ")
+    out = _PERIOD.sub("", out)
+    words = [_DIGIT_MAP.get(w, w) for w in out.lower().split()]
+    words = [CONTRACTIONS.get(w, w) for w in words if w not in ARTICLES]
+    return " ".join(words)
+
+
+def vqa_accuracy(prediction: str, answers: list[str]) -> float:
+    """Official VQA accuracy: min(#matching humans / 3, 1), averaged over the 10 leave-one-out subsets."""
+    if not answers:
+        raise ValueError("VQA accuracy needs the human answers")
+    pred = vqa_normalise(prediction)
+    gold = [vqa_normalise(a) for a in answers]
+    scores = []
+    for i in range(len(gold)):
+        others = gold[:i] + gold[i + 1 :]
+        scores.append(min(1.0, sum(a == pred for a in others) / 3))
+    return sum(scores) / len(scores)
+
+
+# --- the one scorer ---------------------------------------------------------------------------------
+
+
+def score(prediction: str, golds: Sequence[str] | str, metric: str = "exact") -> float:
+    """Credit for ``prediction``: 1.0 / 0.0 for ``"exact"``, the VQA accuracy for ``"vqa"``."""
+    golds = [golds] if isinstance(golds, str) else list(golds)
+    if not golds:
+        raise ValueError("scoring needs at least one gold answer")
+    answer = canonicalise(prediction)
+    if metric == "exact":
+        return float(answer in {canonicalise(g) for g in golds})
+    if metric == "vqa":
+        return vqa_accuracy(answer, golds)
+    raise ValueError(f"metric must be 'exact' or 'vqa', got {metric!r}")
+
+
+def is_correct(prediction: str, golds: Sequence[str] | str, metric: str = "exact", threshold: float = CORRECT_AT) -> bool:
+    return score(prediction, golds, metric) >= threshold
+
+
+def correctness(examples: Sequence, predictions: Sequence[str], threshold: float = CORRECT_AT) -> list[bool]:
+    """Binary correctness of each prediction against its example's golds and metric."""
+    if len(examples) != len(predictions):
+        raise ValueError(f"{len(predictions)} predictions for {len(examples)} examples")
+    return [is_correct(p, e.golds, e.metric, threshold) for p, e in zip(predictions, examples)]
+
+
+# --- where the answer is read, and what it is -------------------------------------------------------
+
+
+def answer_positions(inputs: VLMInputs) -> Int[Tensor, " batch"]:
+    """Each item's last real token: the position the next-token answer is read from."""
+    return inputs.last_positions()
+
+
+def at_answer(activation: Float[Tensor, "batch pos *rest"], positions: Int[Tensor, " batch"]) -> Float[Tensor, "batch *rest"]:
+    """One row per item: ``activation[i, positions[i]]``."""
+    batch = torch.arange(activation.shape[0], device=activation.device)
+    return activation[batch, positions.to(activation.device)]
+
+
+def stack_at_answer(
+    cache: ActivationCache, alias: str, layers: Sequence[int] | None = None, positions: Tensor | None = None
+) -> Float[Tensor, "layer batch *rest"]:
+    """``cache[alias, l]`` at each item's answer position, stacked over ``layers`` (default: all cached)."""
+    if positions is None:
+        positions = answer_positions(cache.inputs)
+    if layers is None:
+        layers = range(cache.n_layers)
+    return torch.stack([at_answer(cache[alias, layer], positions) for layer in layers])
+
+
+def greedy_answers(model: HookedVLM, logits: Float[Tensor, "batch pos vocab"], inputs: VLMInputs) -> tuple[list[int], list[str]]:
+    """The greedy next token at each item's answer position: ids and decoded, stripped strings."""
+    ids = at_answer(logits, answer_positions(inputs)).argmax(-1).tolist()
+    return ids, [model.to_string(i).strip() for i in ids]
+
+
+def reference_token_ids(tokenizer, golds: Sequence[str], closed_form: bool | None = None) -> list[int]:
+    """The tokens that count as the gold answer for the truth margin.
+
+    Closed-form answers (yes/no, integers): the answer's token, in lower case and capitalised
+    (checkpoints differ in casing), maximised over later. Open-ended answers: the first content
+    token of each gold (leading whitespace-only tokens and BOS skipped).
+    """
+    ids: list[int] = []
+    for gold in golds:
+        text = gold.strip()
+        if not text:
+            raise ValueError("an empty gold answer has no reference token")
+        is_closed = text.lower() in ("yes", "no") or text.isdigit() if closed_form is None else closed_form
+        variants = {text.lower(), text.capitalize()} if is_closed else {text}
+        for variant in sorted(variants):
+            tokens = tokenizer.encode(variant, add_special_tokens=False)
+            content = [t for t in tokens if t != tokenizer.bos_token_id and tokenizer.decode([t]).strip()]
+            if content and content[0] != tokenizer.unk_token_id and content[0] not in ids:
+                ids.append(content[0])
+    if not ids:
+        raise ValueError(f"no reference token for golds {list(golds)}: all map to unknown or empty tokens")
+    return ids

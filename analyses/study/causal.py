@@ -1,0 +1,58 @@
+"""Where the answer forms and what it rests on: Table 3 (margin building) and Tables 4-5 (ablations)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+
+from analyses import answers, decomposition, interventions, logit_lens, probes, stats
+from analyses.data.examples import Example
+from analyses.evaluation import batches, correct
+from analyses.study.config import VRPConfig
+from analyses.study.extract import Extraction
+from analyses.study.results import Ablation, Ablations, MarginBuilding, Predictors
+
+DECOMPOSED = ("hook_resid_pre", "hook_resid_post", "hook_attn_out", "hook_mlp_out")
+
+
+@torch.no_grad()
+def margin_building(model, examples: list[Example], ex: Extraction, cfg: VRPConfig) -> MarginBuilding:
+    """Logit-lens peak and separation layers, and the MLP share of the margin up to the peak, over the first
+    ``cfg.margin_items`` questions (decomposed in batches of ``cfg.batch_size``)."""
+    curves = logit_lens.margin_curves(ex.margins, ex.correct)
+    summary = logit_lens.peak_and_separation(curves, ex.margins)
+    subset = examples[: cfg.margin_items]
+    frames = []
+    for start, (chunk, inputs) in zip(range(0, len(subset), cfg.batch_size), batches(model, subset, cfg.batch_size)):
+        logits, cache = model.run_with_cache(inputs, names_filter=lambda n: n.endswith(DECOMPOSED))
+        refs = [answers.reference_token_ids(model.tokenizer, [e.label]) for e in chunk]
+        final = answers.at_answer(logits, answers.answer_positions(inputs))
+        table = decomposition.margin_contributions(model, cache, [r[0] for r in refs], logit_lens.competitor_ids(final, refs))
+        frames.append(table.assign(item=table.item + start))
+    contributions = pd.concat(frames, ignore_index=True)
+    peak = summary["peak_layer"]
+    return MarginBuilding(peak, summary["separation_layer"], decomposition.mlp_share(contributions, peak),
+                          float(ex.margins[peak].mean()), len(subset), curves, decomposition.layer_table(contributions))
+
+
+def ablation_table(model, examples: list[Example], predictors: Predictors, cfg: VRPConfig) -> Ablations:
+    """Zero the sparse probe's ``cfg.ablation_k`` strongest neurons vs ``cfg.random_controls`` random sets of the
+    same size at the same layer, on the test split, with paired-bootstrap CIs of the accuracy change."""
+    sparse = predictors.sparse
+    chosen = probes.selected_neurons(sparse.probe).head(cfg.ablation_k)["index"].tolist()
+    layer = int(sparse.probe.layer)
+    test_examples = [examples[i] for i in predictors.split.test]
+    before = np.array(correct(model, test_examples, batch_size=cfg.batch_size), float)
+    conditions = []
+    if chosen:
+        conditions.append(("probe neurons", interventions.neurons(layer, chosen, "zero")))
+    for seed in range(cfg.random_controls):
+        control = interventions.random_neurons(model, layer, max(1, len(chosen)), seed=cfg.seed + seed, exclude=chosen)
+        conditions.append((f"random control {seed}", control))
+    rows = []
+    for condition, intervention in conditions:
+        after = np.array(correct(model, test_examples, intervention, batch_size=cfg.batch_size), float)
+        change = stats.paired_bootstrap_diff(before, after, cfg.n_resamples, cfg.seed)
+        rows.append(Ablation(condition, intervention, float(before.mean()), float(after.mean()), change))
+    return Ablations(layer, chosen, cfg.ablation_k, rows)

@@ -1,0 +1,83 @@
+"""The VLM Reliability Probe: the whole study for one model and one benchmark.
+
+    vlm-lens vrp                                   # toy LLaVA on the Shapes benchmark
+    vlm-lens vrp --model llava-hf/llava-1.5-7b-hf --benchmark pope.json --images val2014/
+
+Steps: load the benchmark (missing images reported before any model work) -> resumable
+extraction -> predictors and probes on one stratified split -> logit-lens peak and MLP share ->
+probe-neuron and random-neuron ablations -> tables (Markdown + JSON) and ``report.html``. Each
+step takes the config and the typed results of the steps before it (``analyses.study.results``).
+Table numbers follow the study: 2 accuracy and attention-vs-correctness, 3 logit-lens peak and
+MLP share, 4-5 probe-neuron and random ablations, 6 predictor AUROCs, 8 sample accounting,
+9 method comparison.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from analyses import stats
+from analyses.data import benchmarks
+from analyses.data.examples import Example, shapes_examples
+from analyses.study.causal import ablation_table, margin_building
+from analyses.study.config import VRPConfig
+from analyses.study.extract import Extraction, extract, load
+from analyses.study.predictors import attention_features, attention_table, predictor_table
+from analyses.study.results import Accounting, Accuracy, StudyResults
+from vlm_lens import HookedVLM
+
+SHAPES_EVAL_SEED = 123  # the default benchmark: Shapes questions no toy model trained on
+
+
+def load_examples(cfg: VRPConfig) -> tuple[list[Example], int]:
+    """The benchmark's first ``n`` questions, and how many the benchmark holds."""
+    if cfg.benchmark == "shapes":
+        return shapes_examples(cfg.n, SHAPES_EVAL_SEED), cfg.n
+    if cfg.images is None:
+        raise ValueError("a benchmark file needs --images, the folder holding its images")
+    records = benchmarks.load_pope(cfg.benchmark)
+    chosen = records[: cfg.n]
+    benchmarks.check_images(chosen, cfg.images)  # raises, naming the missing ones, before any model work
+    return benchmarks.to_examples(chosen, cfg.images), len(records)
+
+
+def accuracy_table(ex: Extraction) -> Accuracy:
+    frame = pd.DataFrame({"type": [r["type"] for r in ex.rows], "correct": ex.correct})
+    rows = [{"type": "all", "n": len(frame), "accuracy": frame.correct.mean()}]
+    rows += [{"type": t, "n": len(p), "accuracy": p.correct.mean()} for t, p in frame.groupby("type")]
+    ece, bins = stats.expected_calibration_error([r["confidence"] for r in ex.rows], ex.correct)
+    return Accuracy(pd.DataFrame(rows), ece, bins)
+
+
+def analyse(model: HookedVLM, examples: list[Example], ex: Extraction, cfg: VRPConfig, questions: int) -> StudyResults:
+    """Every table from a finished extraction (the model is needed again for the causal checks)."""
+    features = attention_features(ex, cfg)
+    predictors = predictor_table(ex, features, cfg)
+    split = predictors.split
+    accounting = Accounting(questions, 0, len(ex.rows), int(ex.correct.sum()), len(split.train), len(split.val),
+                            len(split.test))
+    return StudyResults(
+        config=cfg,
+        accuracy=accuracy_table(ex),
+        attention=attention_table(ex, features, cfg),
+        features=features,
+        margins=margin_building(model, examples, ex, cfg),
+        ablations=ablation_table(model, examples, predictors, cfg),
+        predictors=predictors,
+        accounting=accounting,
+    )
+
+
+def run(cfg: VRPConfig, out: str | Path, progress: bool = True) -> StudyResults:
+    """Run the study; write tables and the report into ``out``; return the results."""
+    from analyses.study import report  # plotting is imported only by those who plot
+
+    out = Path(out)
+    examples, questions = load_examples(cfg)
+    model = HookedVLM.from_pretrained(cfg.model)
+    ex = load(extract(model, examples, out / "extraction", cfg, progress))
+    results = analyse(model, examples, ex, cfg, questions)
+    report.write(out, results, ex, examples)
+    return results

@@ -1,0 +1,82 @@
+"""Who predicts correctness: Table 6 (every predictor's test AUROC) and Table 2b (attention sharpness).
+
+All predictors share one stratified split (``cfg.val_fraction`` / ``cfg.test_fraction``); probes
+choose their layer on validation and touch the test split once.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from analyses import probes, stats
+from analyses.attention_structure import component_count, spatial_entropy
+from analyses.study.config import VRPConfig
+from analyses.study.extract import Extraction
+from analyses.study.results import AttentionCorrelation, AttentionFeatures, Predictor, Predictors
+
+
+def attention_features(ex: Extraction, cfg: VRPConfig) -> AttentionFeatures:
+    """Per question: H_s and C_k per layer, and the concatenated per-layer spatial vectors."""
+    entropy, components, vectors = [], [], []
+    for attn, row in zip(ex.attention, ex.rows):
+        grids = attn.reshape(attn.shape[0], *row["grid"])
+        entropy.append([spatial_entropy(g) for g in grids])
+        components.append([component_count(g, cfg.top_mass) for g in grids])
+        vectors.append(attn.ravel())
+    return AttentionFeatures(np.array(entropy), np.array(components), np.array(vectors), cfg.top_mass)
+
+
+def predictor_table(ex: Extraction, features: AttentionFeatures, cfg: VRPConfig) -> Predictors:
+    correct = ex.correct
+    split = probes.stratified_split(correct, cfg.seed, cfg.val_fraction, cfg.test_fraction)
+    test = split.test
+    rows: list[Predictor] = []
+
+    def add(key, method, signal, passes, scores):
+        scores = np.asarray(scores, dtype=float)[test]
+        rows.append(Predictor(key, method, signal, passes, stats.auroc(scores, correct[test], cfg.n_resamples, cfg.seed), scores))
+
+    add("confidence", "output confidence", "max softmax", "1", [r["confidence"] for r in ex.rows])
+    add("entropy", "logit entropy", "-entropy", "1", [-r["entropy"] for r in ex.rows])
+    # The margin needs the gold answer, and at the last layer its sign *is* correctness: choose among the
+    # earlier layers (on validation), and read it as a diagnostic of where the answer forms, not a monitor.
+    margins = ex.margins
+    val_auc = [stats.auroc(margins[l][split.val], correct[split.val], n_resamples=0).value for l in range(len(margins) - 1)]
+    margin_layer = int(np.nanargmax(val_auc))
+    add("truth_margin", f"truth margin (layer {margin_layer})", "logit lens, needs the gold", "1", margins[margin_layer])
+    common = dict(seed=cfg.seed, n_resamples=cfg.n_resamples, split=split)
+    dense = probes.layerwise_probe(ex.hidden, correct, "l2", C=cfg.dense_C, **common)
+    sparse = probes.layerwise_probe(ex.neurons, correct, "l1", C=cfg.sparse_C, **common)
+    stacked = probes.stacked_probe(ex.hidden, correct, last=cfg.stacked_layers, C=cfg.dense_C, **common)
+    layers = stacked.probe.layer
+    add("dense_probe", f"dense probe (L2) @L{dense.best_layer}", "residual stream", "1",
+        dense.probe.decision(ex.hidden[dense.best_layer]))
+    add("sparse_probe", f"sparse probe (L1) @L{sparse.best_layer}", "MLP neurons", "1",
+        sparse.probe.decision(ex.neurons[sparse.best_layer]))
+    add("stacked_probe", f"stacked probe (L2) @L{layers[0]}-{layers[-1]}", "residual stream", "1",
+        stacked.probe.decision(np.concatenate([ex.hidden[l] for l in layers], axis=1)))
+    add("self_consistency", f"self-consistency (K={cfg.k})", "majority support", f"1 + {cfg.k} decodes",
+        [r["consistency"] for r in ex.rows])
+    add("attention_entropy", "attention entropy (mean over layers)", "-H_s", "1", -features.entropy.mean(1))
+    summary = np.concatenate([features.vectors, features.entropy, features.components], axis=1)
+    for key, kind, label, x in (("attention_mlp", "mlp", "ensemble attention probe (MLP)", features.vectors),
+                                ("attention_gbt", "gbt", "attention stress test (GBT)", summary),
+                                ("attention_rf", "rf", "attention stress test (RF)", summary)):
+        fitted = probes.classifier_probe(x, correct, kind, cfg.seed, cfg.n_resamples, split=split)
+        rows.append(Predictor(key, label, "attention maps", "1", fitted.test, fitted.scores))
+    return Predictors(rows, split, dense, sparse, stacked, margin_layer)
+
+
+def attention_table(ex: Extraction, features: AttentionFeatures, cfg: VRPConfig) -> AttentionCorrelation:
+    """Point-biserial R between H_s (and C_k - 1) and correctness at each layer, with bootstrap CIs."""
+    rows = []
+    for layer in range(features.entropy.shape[1]):
+        for measure, values in (("H_s", features.entropy[:, layer]), ("C_k - 1", features.components[:, layer] - 1)):
+            if np.std(values) == 0:  # a constant measure has no correlation to report
+                rows.append({"layer": layer, "measure": measure, "r_pb": float("nan"), "ci_low": float("nan"),
+                             "ci_high": float("nan")})
+                continue
+            est = stats.point_biserial(values, ex.correct, cfg.n_resamples, cfg.seed)
+            rows.append({"layer": layer, "measure": measure, "r_pb": est.value, "ci_low": est.ci[0], "ci_high": est.ci[1]})
+    return AttentionCorrelation(pd.DataFrame(rows))

@@ -1,0 +1,176 @@
+"""The study's results: one dataclass per table, passed from step to step and read by the report.
+
+Each has ``frame()`` (the tidy table written to ``tables.json`` / ``tables.md``). Predictors
+carry a stable ``key`` beside their display label, so nothing downstream parses labels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from analyses.interventions import Intervention
+from analyses.probes import ProbeResult, Split
+from analyses.stats import Estimate
+from analyses.study.config import VRPConfig
+
+
+@dataclass
+class Accuracy:
+    """Table 2a: accuracy overall and per question type, and the calibration of output confidence."""
+
+    frame_: pd.DataFrame  # type, n, accuracy
+    ece: float
+    calibration_bins: list[dict]  # reliability-diagram bins (stats.expected_calibration_error)
+
+    def frame(self) -> pd.DataFrame:
+        return self.frame_.assign(**{"ece (output confidence)": [self.ece] + [float("nan")] * (len(self.frame_) - 1)})
+
+    @property
+    def overall(self) -> float:
+        return float(self.frame_.loc[self.frame_.type == "all", "accuracy"].iloc[0])
+
+
+@dataclass
+class AttentionFeatures:
+    """Per question and layer: spatial entropy H_s, component count C_k, and the flattened maps."""
+
+    entropy: np.ndarray  # [n, layer]
+    components: np.ndarray  # [n, layer]
+    vectors: np.ndarray  # [n, layer * patches]
+    top_mass: float
+
+
+@dataclass
+class AttentionCorrelation:
+    """Table 2b: point-biserial R between attention sharpness and correctness, per layer."""
+
+    frame_: pd.DataFrame  # layer, measure, r_pb, ci_low, ci_high
+
+    def frame(self) -> pd.DataFrame:
+        return self.frame_
+
+
+@dataclass
+class Predictor:
+    key: str  # stable identifier ("dense_probe", ...)
+    method: str  # display label, generated from the run's numbers
+    signal: str
+    passes: str
+    estimate: Estimate
+    scores: np.ndarray  # on the test split, higher = more likely correct
+
+
+@dataclass
+class Predictors:
+    """Table 6 (and Table 9): every predictor's test AUROC with a bootstrap CI, and the fitted probes."""
+
+    rows: list[Predictor]
+    split: Split
+    dense: ProbeResult
+    sparse: ProbeResult
+    stacked: ProbeResult
+    margin_layer: int  # the earlier layer whose truth margin is reported
+
+    def frame(self) -> pd.DataFrame:
+        return pd.DataFrame([{"key": p.key, "method": p.method, "signal": p.signal, "forward passes": p.passes,
+                              "auroc": p.estimate.value, "ci_low": p.estimate.ci[0], "ci_high": p.estimate.ci[1],
+                              "n_test": p.estimate.n} for p in self.rows])
+
+    def methods(self) -> pd.DataFrame:
+        """Table 9: the method comparison (what each needs, how well it does)."""
+        return self.frame()[["key", "method", "signal", "forward passes", "auroc"]]
+
+    def __getitem__(self, key: str) -> Predictor:
+        for p in self.rows:
+            if p.key == key:
+                return p
+        raise KeyError(f"no predictor {key!r}; there are {[p.key for p in self.rows]}")
+
+
+@dataclass
+class MarginBuilding:
+    """Table 3: where the truth margin peaks and separates, and the MLP share of what builds it."""
+
+    peak_layer: int
+    separation_layer: int | None
+    mlp_share_at_peak: float
+    mean_margin_at_peak: float
+    n_items: int  # questions decomposed
+    curves: pd.DataFrame  # layer, group, n, mean, ci_low, ci_high
+    contributions: pd.DataFrame  # layer, attn, mlp, cumulative
+
+    def frame(self) -> pd.DataFrame:
+        return pd.DataFrame([{"peak_layer": self.peak_layer, "separation_layer": self.separation_layer,
+                              "mlp_share_at_peak": self.mlp_share_at_peak, "mean_margin_at_peak": self.mean_margin_at_peak,
+                              "n_decomposed": self.n_items}])
+
+
+@dataclass
+class Ablation:
+    condition: str  # "probe neurons" or "random control <seed>"
+    intervention: Intervention
+    acc_before: float
+    acc_after: float
+    change: Estimate
+
+
+@dataclass
+class Ablations:
+    """Tables 4-5: zeroing the sparse probe's top neurons vs random neurons of the same layer (test split)."""
+
+    layer: int
+    neurons: list[int]  # the probe's neurons that were zeroed (strongest first)
+    k_requested: int
+    rows: list[Ablation]
+
+    def frame(self) -> pd.DataFrame:
+        return pd.DataFrame([{"condition": r.condition, "intervention": r.intervention.name, "layer": self.layer,
+                              "k": len(r.intervention.indices), "k_requested": self.k_requested,
+                              "acc_before": r.acc_before, "acc_after": r.acc_after, "diff": r.change.value,
+                              "ci_low": r.change.ci[0], "ci_high": r.change.ci[1], "n": r.change.n} for r in self.rows])
+
+
+@dataclass
+class Accounting:
+    """Table 8: where every question went."""
+
+    benchmark_questions: int
+    images_missing: int
+    extracted: int
+    correct: int
+    train: int
+    val: int
+    test: int
+
+    def frame(self) -> pd.DataFrame:
+        return pd.DataFrame([{"benchmark questions": self.benchmark_questions, "images missing": self.images_missing,
+                              "extracted": self.extracted, "correct": self.correct, "incorrect": self.extracted - self.correct,
+                              "train split": self.train, "val split": self.val, "test split": self.test}])
+
+
+@dataclass
+class StudyResults:
+    config: VRPConfig
+    accuracy: Accuracy
+    attention: AttentionCorrelation
+    features: AttentionFeatures
+    margins: MarginBuilding
+    ablations: Ablations
+    predictors: Predictors
+    accounting: Accounting
+
+    def tables(self) -> dict[str, pd.DataFrame]:
+        """The tables as tidy frames, keyed as in ``tables.json``."""
+        return {
+            "table2_accuracy": self.accuracy.frame(),
+            "table2_attention_rpb": self.attention.frame(),
+            "table3_logit_lens": self.margins.frame(),
+            "table4_5_ablations": self.ablations.frame(),
+            "table6_predictors": self.predictors.frame(),
+            "table8_accounting": self.accounting.frame(),
+            "table9_methods": self.predictors.methods(),
+            "margin_curves": self.margins.curves,
+        }
