@@ -13,11 +13,13 @@ reads the vision model's ``pooler_output`` (image order, what replaces the image
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor
 
 from model_adapters.qwen2_vl import SPEC as QWEN2_VL_SPEC
-from model_adapters.qwen2_vl import expected_grid, image_only, qwen_adapter, tiny_qwen
-from model_adapters.testing import DEFAULT_WORDS, FamilySpec, RealSize
+from model_adapters.qwen2_vl import image_only, qwen_adapter, tiny_qwen
+from model_adapters.testing import DEFAULT_WORDS, RealSize
 from vlm_lens.adapter import register
 
 Qwen2_5_VLImageProcessor = image_only(Qwen2_5_VLProcessor)
@@ -43,12 +45,6 @@ def toy(image_size: int) -> dict:
     return {**QWEN2_VL_SPEC.toy(image_size), "vision": dict(hidden_size=64, intermediate_size=128, num_heads=2, depth=2)}
 
 
-SPEC = FamilySpec(
-    family="qwen2_5_vl",
-    tiny=tiny,
-    toy=toy,
-    expected_grid=expected_grid,
-    before_image="<|vision_start|>",
-    after_image="<|vision_end|>",
-    real=(RealSize("qwen2.5-vl-7b-instruct", 28, 32, 3584, 18944, 28, 128, 152064, 1280),),
-)
+# Qwen2-VL's layout and grids; its own builders and real-size checkpoint
+SPEC = replace(QWEN2_VL_SPEC, family="qwen2_5_vl", tiny=tiny, toy=toy,
+               real=(RealSize("qwen2.5-vl-7b-instruct", 28, 32, 3584, 18944, 28, 128, 152064, 1280),))

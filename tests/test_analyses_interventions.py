@@ -117,28 +117,27 @@ def test_head_ablation_equals_raw(model, inputs):
     assert torch.equal(ours, raw(model, inputs, block(model, 1, "attn_o"), zero, pre=True))
 
 
-def test_attention_knockout_equals_masking_before_softmax():
-    """Oracle: HF's eager forward with a custom 4-D mask that also blocks last-token -> image (LLaVA: causal)."""
-    from tests.conftest import tiny
-
-    model = tiny("llava")
-    inputs = model.prepare(images=make_images(), prompts=PROMPTS)
+def test_attention_knockout_equals_masking_before_softmax(model, inputs, eager_hf):
+    """Oracle: HF's own eager forward, each layer's attention mask (causal, prefix or M-RoPE, as the family
+    builds it) edited to block the last token's attention to the image before the softmax."""
     ours = I.apply(model, inputs, I.attention_knockout(layers=range(model.cfg.n_layers)))
-    seq = inputs.input_ids.shape[1]
-    allowed = torch.tril(torch.ones(seq, seq, dtype=torch.bool))[None].repeat(2, 1, 1)
-    allowed &= inputs.attention_mask.bool()[:, None, :]
-    allowed |= torch.eye(seq, dtype=torch.bool)[None]  # fully padded rows attend to themselves (ignored below)
     last = inputs.last_positions()
-    for item in range(2):
-        allowed[item, last[item], inputs.image_positions(item)] = False
-    mask = torch.where(allowed, 0.0, torch.finfo(torch.float32).min)[:, None]
-    hf = model.hf_model
-    hf.set_attn_implementation("eager")
+
+    def block_image(module, args, kwargs):
+        mask = kwargs["attention_mask"].clone()  # [batch, 1, query, key]; eager: additive floats
+        for item in range(inputs.batch_size):
+            mask[item, :, last[item], inputs.image_positions(item)] = torch.finfo(mask.dtype).min
+        return args, {**kwargs, "attention_mask": mask}
+
+    layers = eager_hf.get_submodule(model.adapter.modules["layers"])
+    handles = [layer.get_submodule(model.adapter.block["attn"]).register_forward_pre_hook(block_image, with_kwargs=True)
+               for layer in layers]
     try:
         with torch.no_grad():
-            expected = hf(**{**inputs.tensors, "attention_mask": mask}).logits
+            expected = eager_hf(**inputs.tensors).logits
     finally:
-        hf.set_attn_implementation("sdpa")
+        for handle in handles:
+            handle.remove()
     assert torch.allclose(ours[:, -1], expected[:, -1], atol=1e-5)
     with torch.no_grad():
         assert not torch.allclose(ours[:, -1], model(inputs)[:, -1], atol=1e-4)

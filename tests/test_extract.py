@@ -22,10 +22,10 @@ torch.set_num_threads(1)
 from analyses.data.examples import shapes_examples
 from analyses.study.config import VRPConfig
 from analyses.study.extract import extract
-from tests.conftest import tiny
-model = tiny("llava")
+from tests.conftest import FAMILIES, tiny
+model = tiny(FAMILIES[0])
 examples = shapes_examples(60, seed=3)
-extract(model, examples, sys.argv[1], VRPConfig("tiny-llava", n=60, shard_size=4, batch_size=3, k=3), progress=False)
+extract(model, examples, sys.argv[1], VRPConfig("tiny", n=60, shard_size=4, batch_size=3, k=3), progress=False)
 """
 
 
@@ -96,11 +96,11 @@ def test_rows_hold_what_the_study_needs(uninterrupted):
 
 def test_other_config_is_refused(tmp_path, uninterrupted):
     from analyses.data.examples import shapes_examples
-    from tests.conftest import tiny
+    from tests.conftest import FAMILIES, tiny
 
     (tmp_path / "manifest.json").write_text(json.dumps({"fingerprint": "x", "config": {"n": 1}, "shards": []}))
     with pytest.raises(ValueError, match="another configuration"):
-        X.extract(tiny("llava"), shapes_examples(4, 3), tmp_path, VRPConfig("m", n=4), progress=False)
+        X.extract(tiny(FAMILIES[0]), shapes_examples(4, 3), tmp_path, VRPConfig("m", n=4), progress=False)
 
 
 def test_fingerprint_covers_what_extraction_stores_only():

@@ -113,7 +113,7 @@ def test_compare_lays_runs_side_by_side(study, tmp_path):
     out, results = study
     path = report.compare([out, out], tmp_path)
     text = path.read_text()
-    assert "Predictor AUROC" in text and text.count("toy-llava") >= 2
+    assert "Predictor AUROC" in text and text.count(results.config.model) >= 2
     dense = f"{results.predictors['dense_probe'].estimate.value:.3f}"
     assert any(line.startswith("| dense_probe") and line.count(dense) == 2 for line in text.splitlines())
     assert (tmp_path / "compare.html").exists()

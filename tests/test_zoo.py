@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -26,12 +27,14 @@ def card(name: str) -> dict:
 
 
 def test_zoo_registry_is_the_package_folders():
-    assert NAMES == ["toy-llava", "toy-paligemma", "toy-qwen2-vl"]
-    assert {zoo.get(n).family for n in NAMES} == {"llava", "paligemma", "qwen2_vl"}
-    assert zoo.resolve("toy-llava") == str(zoo.get("toy-llava").path)
-    assert zoo.resolve("llava-hf/llava-1.5-7b-hf") == "llava-hf/llava-1.5-7b-hf"  # anything else passes through
-    with pytest.raises(UnknownToyError, match="toy-llava"):
-        zoo.get("toy-lava")
+    folders = sorted(p.parent.name for p in (Path(zoo.__file__).parent).glob("*/card.json"))
+    assert NAMES == folders and len(NAMES) >= 3
+    assert {zoo.get(n).family for n in NAMES} <= set(FAMILIES)  # every toy is of a registered family
+    first = NAMES[0]
+    assert zoo.resolve(first) == str(zoo.get(first).path)
+    assert zoo.resolve("org/some-checkpoint") == "org/some-checkpoint"  # anything else passes through
+    with pytest.raises(UnknownToyError, match=first):
+        zoo.get(first[:-1])
 
 
 def test_toy_loads_offline_with_its_processor(toy):

@@ -15,12 +15,12 @@ from analyses.data.examples import shapes_examples
 from analyses.evaluation import correct, evaluate_intervention
 from analyses.patch_masking import patch_masking
 from analyses.stats import paired_bootstrap_diff
-from vlm_lens import HookedVLM
+from vlm_lens import HookedVLM, zoo
 
 N = 160
 
 
-@pytest.fixture(scope="module", params=["toy-llava", "toy-paligemma", "toy-qwen2-vl"])
+@pytest.fixture(scope="module", params=zoo.names())
 def toy(request):
     torch.set_num_threads(1)
     return HookedVLM.from_pretrained(request.param), shapes_examples(N, seed=51)
