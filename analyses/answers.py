@@ -25,6 +25,7 @@ from __future__ import annotations
 import itertools
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from jaxtyping import Float, Int
@@ -177,10 +178,69 @@ def stack_at_answer(
     return torch.stack([at_answer(cache[alias, layer], positions) for layer in layers])
 
 
+def answer_logits(logits: Float[Tensor, "batch pos vocab"], inputs: VLMInputs) -> Float[Tensor, "batch vocab"]:
+    """The logits each item answers from. Takes full logits, or the last position only (``logits_to_keep=1``)
+    when every item's answer position is the last one (a left-padded batch)."""
+    positions = answer_positions(inputs)
+    seq = inputs.input_ids.shape[1]
+    if logits.shape[1] == seq:
+        return at_answer(logits, positions)
+    if bool((positions == seq - 1).all()):
+        return logits[:, -1]
+    raise ValueError(f"logits cover {logits.shape[1]} of {seq} positions but some answers are read before the end "
+                     "(right padding): pass the full logits, or pad on the left")
+
+
 def greedy_answers(model: HookedVLM, logits: Float[Tensor, "batch pos vocab"], inputs: VLMInputs) -> tuple[list[int], list[str]]:
     """The greedy next token at each item's answer position: ids and decoded, stripped strings."""
-    ids = at_answer(logits, answer_positions(inputs)).argmax(-1).tolist()
+    ids = answer_logits(logits, inputs).argmax(-1).tolist()
     return ids, [model.to_string(i).strip() for i in ids]
+
+
+@dataclass
+class AnswerActivations:
+    """What one forward left behind at the answer positions: logits [batch, vocab] and, per hook name,
+    the activation's row at each item's answer position ([batch, ...]). Attention rows
+    (``attn.hook_pattern_rows``) are kept whole: they are already one row per item."""
+
+    logits: Float[Tensor, "batch vocab"]
+    store: dict[str, Tensor]
+    inputs: VLMInputs
+    vocab: object  # the model's hook vocabulary, for (alias, layer) keys
+
+    def __getitem__(self, key) -> Tensor:
+        return self.store[self.vocab.resolve_key(key)]
+
+    def stack(self, alias: str, layers: Sequence[int]) -> Tensor:
+        """[layer, batch, ...] for an alias such as "resid_post"."""
+        return torch.stack([self[alias, layer] for layer in layers])
+
+    def cache(self) -> ActivationCache:
+        """The stored tensors as an ``ActivationCache`` (for the attention rows: ``image_grids(...cache())``)."""
+        return ActivationCache(self.store, self.vocab, self.inputs)
+
+
+@torch.no_grad()
+def capture_at_answer(model: HookedVLM, inputs: VLMInputs, names: Sequence[str], fwd_hooks=()) -> AnswerActivations:
+    """Run ``inputs`` once, keeping only what the answer needs.
+
+    Each named ``[batch, pos, ...]`` activation is cut to the answer positions inside its hook, so
+    nothing of size positions x layers x width outlives one layer's forward, and only the last
+    position's logits are computed (``logits_to_keep=1``; the batch must be left-padded). Peak
+    memory is the model plus one batch's forward, whatever the sequence length or layer count.
+    """
+    positions = answer_positions(inputs)
+    store: dict[str, Tensor] = {}
+
+    def keep(activation: Tensor, hook) -> None:
+        if hook.name.endswith("hook_pattern_rows"):
+            store[hook.name] = activation.detach()
+        else:
+            store[hook.name] = at_answer(activation, positions).detach().clone()  # drop the whole-sequence tensor
+
+    hooks = list(fwd_hooks) + [(name, keep) for name in names]
+    logits = model.run_with_hooks(inputs, fwd_hooks=hooks, logits_to_keep=1)
+    return AnswerActivations(answer_logits(logits, inputs), store, inputs, model.vocab)
 
 
 def reference_token_ids(tokenizer, golds: Sequence[str], closed_form: bool | None = None) -> list[int]:

@@ -74,6 +74,30 @@ def dbscan_clusters(grid, top_mass: float = 0.5, eps: float = 1.0, min_samples: 
     return int(len(set(labels) - {-1}))
 
 
+def _overlap(n_out: int, n_in: int) -> np.ndarray:
+    """[n_out, n_in]: the share of input cell j that falls in output cell i, cells tiling [0, 1]."""
+    out_edges, in_edges = np.linspace(0, 1, n_out + 1), np.linspace(0, 1, n_in + 1)
+    low = np.maximum(out_edges[:-1, None], in_edges[None, :-1])
+    high = np.minimum(out_edges[1:, None], in_edges[None, 1:])
+    return np.clip(high - low, 0, None) * n_in
+
+
+def resample_grid(grid, shape: tuple[int, int]) -> Float[np.ndarray, "rows cols"]:
+    """An attention grid on another (rows, cols) grid, mass preserved.
+
+    The grid is read as piecewise-constant attention over the image; each output cell receives the
+    attention its area covers (area pooling when shrinking, even splitting when growing). Images of
+    different sizes (Qwen-VL's native resolution) get comparable attention features this way.
+    """
+    array = np.asarray(grid, dtype=np.float64)
+    if array.ndim != 2:
+        raise ValueError(f"an attention grid is 2-D (rows, cols), got shape {array.shape}")
+    rows, cols = shape
+    if rows < 1 or cols < 1:
+        raise ValueError(f"the target grid needs at least one cell, got {shape}")
+    return _overlap(rows, array.shape[0]) @ array @ _overlap(cols, array.shape[1]).T
+
+
 @dataclass
 class AttentionMaps:
     """Per layer, per item: attention from the answer position(s) to one image's patch grid."""
@@ -116,7 +140,8 @@ def image_attention(
     item, averaged over heads and rows, at every layer. Uses the row capture: the forward keeps its
     fast attention."""
     _, cache = model.run_with_cache(
-        inputs, names_filter=lambda n: n.endswith("attn.hook_pattern_rows"), query_positions=query_positions
+        inputs, names_filter=lambda n: n.endswith("attn.hook_pattern_rows"), query_positions=query_positions,
+        logits_to_keep=1,
     )
     grids = image_grids(cache, image)
     shapes = {g.shape for g in grids}

@@ -103,9 +103,19 @@ def vrp(
     k: int = typer.Option(10, help="self-consistency samples per question"),
     seed: int = typer.Option(0, help="seed of splits, sampling and bootstraps"),
     out: str = typer.Option(None, help="output folder (default runs/vrp-<model>)"),
+    device: str = typer.Option(None, help="cpu, cuda, cuda:1 (under torchrun, cuda means each rank's own GPU)"),
+    dtype: str = typer.Option(None, help="bfloat16, float16 or float32 (default: the checkpoint's own)"),
+    device_map: str = typer.Option(None, help="'auto': shard a model too large for one GPU across all visible GPUs"),
+    batch_size: int = typer.Option(16, help="questions per forward pass; peak memory grows with it"),
+    shard_size: int = typer.Option(50, help="questions per resumable shard"),
+    sample_rows: int = typer.Option(64, help="rows of KV cache per self-consistency decode (questions x k)"),
+    max_new_tokens: int = typer.Option(1, help="tokens per self-consistency sample (stops at end of sequence)"),
+    storage_dtype: str = typer.Option("float32", help="stored activations: float16 or bfloat16 halve the extraction"),
     compare: list[str] = typer.Option(None, help="instead of running: lay these run folders side by side"),
 ) -> None:
-    """The reliability study: tables (Markdown + JSON) and report.html, resumable if interrupted."""
+    """The reliability study: tables (Markdown + JSON) and report.html, resumable if interrupted.
+
+    Several GPUs: torchrun --nproc_per_node=N --no-python -- vlm-lens vrp ... --device cuda"""
     from pathlib import Path
 
     from analyses.study import report
@@ -118,7 +128,11 @@ def vrp(
         typer.echo(f"written: {path} and {path.with_suffix('.html')}")
         return
     target = Path(out or f"runs/vrp-{Path(model).name}")
-    run(VRPConfig(model=model, benchmark=benchmark, images=images, n=n, k=k, seed=seed), target)
+    cfg = VRPConfig(model=model, benchmark=benchmark, images=images, n=n, k=k, seed=seed, device=device, dtype=dtype,
+                    device_map=device_map, batch_size=batch_size, shard_size=shard_size, sample_rows=sample_rows,
+                    max_new_tokens=max_new_tokens, storage_dtype=storage_dtype)
+    if run(cfg, target) is None:  # a torchrun rank other than 0: rank 0 reports
+        return
     typer.echo((target / "tables.md").read_text())
     typer.echo(f"report: {target / 'report.html'}")
 

@@ -1,8 +1,16 @@
-"""Self-consistency: K sampled answers that share one prefill, and the support of the majority answer.
+"""Self-consistency: K sampled answers per question from one shared prefill, and the majority's support.
 
-The prompt (image included) runs once; the K samples continue from copies of its KV cache, so
-the cost of K samples is one prefill plus K short decodes, not K full generations. Sampling is
-nucleus sampling with temperature, seeded.
+A batch of questions runs through the model once (the prefill). Each question's K first tokens
+are drawn from that prefill's logits; then, for each of the K samples, the whole batch continues
+from a copy of the prefill's KV cache until every row emits a stop token (end of sequence by
+default) or ``max_new_tokens``. So K samples cost one prefill plus short decodes, not K full
+generations. Sampling is nucleus sampling with temperature; each question draws from its own
+generator (seeded by ``seeds[i]``), so its samples do not depend on which questions share its
+batch. Decoding goes through HF's ``generate``, which gives each family its decode positions
+(M-RoPE included).
+
+Memory: a decode holds the batch's KV cache twice (the prefill's and the sample's copy);
+``sample_batches`` splits a question list into batches of at most ``rows // k`` questions.
 
     >>> majority_support(["yes", "Yes.", "no", "yes"])
     ('yes', 0.75)
@@ -10,13 +18,15 @@ nucleus sampling with temperature, seeded.
 
 from __future__ import annotations
 
+import copy
 from collections import Counter
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor
+from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
-from analyses.answers import canonicalise
+from analyses.answers import answer_logits, canonicalise
 from vlm_lens import HookedVLM, VLMInputs
 
 
@@ -34,6 +44,26 @@ def nucleus_probs(logits: Tensor, temperature: float = 1.0, top_p: float = 0.9) 
     return kept / kept.sum(-1, keepdim=True)
 
 
+class _Sampler(LogitsProcessor):
+    """Nucleus sampling as a logits processor for HF's greedy ``generate``: each row draws its token
+    with its question's generator and every other token is masked, so greedy picks the draw.
+    Rows that already stopped draw nothing, so a question's draws never depend on its batch."""
+
+    def __init__(self, generators, temperature: float, top_p: float, prompt_length: int, stops: Tensor):
+        self.generators, self.temperature, self.top_p = generators, temperature, top_p
+        self.prompt_length, self.stops = prompt_length, stops
+
+    def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
+        probs = nucleus_probs(scores, self.temperature, self.top_p)
+        stopped = torch.isin(input_ids[:, self.prompt_length :], self.stops).any(-1)
+        chosen = torch.full((scores.shape[0],), int(self.stops[0]), dtype=torch.long, device=scores.device)
+        for row, generator in enumerate(self.generators):
+            if not bool(stopped[row]):
+                chosen[row] = torch.multinomial(probs[row].cpu(), 1, generator=generator).item()
+        masked = torch.full_like(scores, float("-inf"))
+        return masked.scatter(1, chosen[:, None], 0.0)
+
+
 @torch.no_grad()
 def sample_ids(
     model: HookedVLM,
@@ -42,40 +72,76 @@ def sample_ids(
     max_new_tokens: int = 1,
     temperature: float = 1.0,
     top_p: float = 0.9,
-    seed: int = 0,
+    seed: int | Sequence[int] = 0,
+    stop_ids: Sequence[int] | None = None,
 ) -> Tensor:
-    """[k, new_tokens] sampled continuations of one prompt (a batch of one); one prefill shared by all."""
-    if inputs.batch_size != 1 or not bool(inputs.attention_mask.all()):
-        raise ValueError(f"sampling takes one unpadded prompt at a time, got a batch of {inputs.batch_size}")
-    generator = torch.Generator(device=model.device).manual_seed(seed)
-    out = model.hf_model(**inputs.tensors, use_cache=True)
-    logits = out.logits[:, -1].expand(k, -1)
-    cache = out.past_key_values
-    eos = model.tokenizer.eos_token_id
-    tokens = torch.multinomial(nucleus_probs(logits, temperature, top_p), 1, generator=generator)
-    sequences = [tokens]
-    if max_new_tokens > 1:
-        # A lone prompt has no padding, so each family derives its decode positions from the cache
-        # (Qwen2-VL: + its stored M-RoPE delta; PaliGemma: 1-indexed) exactly as in its generate().
-        cache.batch_repeat_interleave(k)
-        for _ in range(max_new_tokens - 1):
-            step = model.hf_model(input_ids=tokens, past_key_values=cache, use_cache=True)
-            tokens = torch.multinomial(nucleus_probs(step.logits[:, -1], temperature, top_p), 1, generator=generator)
-            sequences.append(tokens)
-            if eos is not None and bool((torch.cat(sequences, 1) == eos).any(1).all()):
-                break
-    return torch.cat(sequences, dim=1)
+    """[batch * k, new_tokens] sampled continuations, question i's in rows [i*k, (i+1)*k).
+
+    ``inputs`` is a left-padded batch (``model.prepare``'s default). The batch is prefilled once; each
+    question's K first tokens are drawn from that prefill, and each of the K continuations decodes
+    from a copy of the batch's KV cache through HF's own ``generate`` (which gives every family its
+    decode positions), sampling with a logits processor. ``seed`` is one seed per question, or an
+    int (question i then uses ``seed + i``). A row stops at the first of ``stop_ids`` (default: the
+    tokenizer's end of sequence) and repeats it afterwards.
+    """
+    if k < 1 or max_new_tokens < 1:
+        raise ValueError(f"k and max_new_tokens must be at least 1, got {k} and {max_new_tokens}")
+    batch = inputs.batch_size
+    if inputs.padding_side != "left" and bool((inputs.attention_mask[:, -1] == 0).any()):
+        raise ValueError("sampling continues after each prompt's last token: pad on the left (model.prepare's default)")
+    seeds = [seed + i for i in range(batch)] if isinstance(seed, int) else list(seed)
+    if len(seeds) != batch:
+        raise ValueError(f"{len(seeds)} seeds for a batch of {batch} questions")
+    generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
+    stops = torch.tensor(list(stop_ids) if stop_ids is not None else [model.tokenizer.eos_token_id], device=model.device)
+
+    out = model.hf_model(**inputs.tensors, use_cache=True, logits_to_keep=1)
+    probs = nucleus_probs(answer_logits(out.logits, inputs), temperature, top_p).cpu()
+    first = torch.stack([torch.multinomial(probs[i], k, replacement=True, generator=g) for i, g in enumerate(generators)])
+    first = first.to(model.device)  # [batch, k]
+    if max_new_tokens == 1:
+        return first.reshape(batch * k, 1)
+    ids, mask = inputs.input_ids, inputs.attention_mask
+    config = GenerationConfig(max_new_tokens=max_new_tokens - 1, do_sample=False, eos_token_id=stops.tolist(),
+                              pad_token_id=int(stops[0]))  # a clean config: no checkpoint defaults (penalties...)
+    continuations = []
+    for j in range(k):
+        prompt = torch.cat([ids, first[:, j : j + 1]], dim=1)
+        sampler = _Sampler(generators, temperature, top_p, ids.shape[1], stops)
+        generated = model.hf_model.generate(
+            input_ids=prompt, attention_mask=torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1),
+            past_key_values=copy.deepcopy(out.past_key_values), generation_config=config,
+            logits_processor=LogitsProcessorList([sampler]),
+        )
+        continuations.append(generated[:, ids.shape[1] :])
+    width = max(c.shape[1] for c in continuations)
+    rows = torch.stack([torch.nn.functional.pad(c, (0, width - c.shape[1]), value=int(stops[0])) for c in continuations], 1)
+    rows = rows.reshape(batch * k, width)  # question-major: question i's samples in rows [i*k, (i+1)*k)
+    stopped = torch.cumsum(torch.isin(rows, stops).long(), dim=1) > 0
+    after_stop = torch.cat([torch.zeros_like(stopped[:, :1]), stopped[:, :-1]], dim=1)
+    return torch.where(after_stop, int(stops[0]), rows)  # past a row's first stop: the stop token
 
 
-def sample_answers(model: HookedVLM, inputs: VLMInputs, k: int = 10, **kwargs) -> list[str]:
-    """K sampled answers, decoded up to end-of-sequence (see ``sample_ids`` for the arguments)."""
-    eos = model.tokenizer.eos_token_id
+def decode_samples(model: HookedVLM, ids: Tensor, stop_ids: Sequence[int] | None = None) -> list[str]:
+    """Each row's text up to (not including) its first stop token."""
+    stops = set(stop_ids) if stop_ids is not None else {model.tokenizer.eos_token_id}
     texts = []
-    for row in sample_ids(model, inputs, k, **kwargs).tolist():
-        if eos is not None and eos in row:
-            row = row[: row.index(eos)]
-        texts.append(model.tokenizer.decode(row, skip_special_tokens=True).strip())
+    for row in ids.tolist():
+        cut = next((i for i, t in enumerate(row) if t in stops), len(row))
+        texts.append(model.tokenizer.decode(row[:cut], skip_special_tokens=True).strip())
     return texts
+
+
+def sample_answers(model: HookedVLM, inputs: VLMInputs, k: int = 10, **kwargs) -> list[list[str]]:
+    """K sampled answers for each question of the batch (arguments as for ``sample_ids``)."""
+    texts = decode_samples(model, sample_ids(model, inputs, k, **kwargs), kwargs.get("stop_ids"))
+    return [texts[i * k : (i + 1) * k] for i in range(inputs.batch_size)]
+
+
+def sample_batches(n_questions: int, k: int, rows: int) -> list[range]:
+    """Question ranges whose K-fold decode fits ``rows`` rows of KV cache (at least one question each)."""
+    size = max(1, rows // k)
+    return [range(start, min(start + size, n_questions)) for start in range(0, n_questions, size)]
 
 
 def majority_support(answers: Sequence[str]) -> tuple[str, float]:

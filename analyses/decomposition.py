@@ -17,7 +17,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from analyses.answers import answer_positions, at_answer
+from analyses.answers import AnswerActivations, answer_positions, at_answer
 from analyses.logit_lens import final_norm, unembed
 from vlm_lens import ActivationCache, HookedVLM
 
@@ -36,15 +36,22 @@ def _norm_gain_and_scale(model: HookedVLM, resid_final: Float[Tensor, "batch d_m
 @torch.no_grad()
 def margin_contributions(
     model: HookedVLM,
-    cache: ActivationCache,
+    cache: ActivationCache | AnswerActivations,
     reference_ids: Sequence[int],
     competitor_ids: Sequence[int],
     positions: Tensor | None = None,
 ) -> pd.DataFrame:
-    """Tidy table: item, layer, component ('embed', 'attn', 'mlp'), contribution to logit[ref] - logit[comp]."""
-    if positions is None:
-        positions = answer_positions(cache.inputs)
-    pick = lambda t: at_answer(t, positions).float()  # noqa: E731
+    """Tidy table: item, layer, component ('embed', 'attn', 'mlp'), contribution to logit[ref] - logit[comp].
+
+    ``cache`` is a full cache (rows picked at ``positions``, default the answer positions) or what
+    ``answers.capture_at_answer`` kept (already one row per item: memory of one batch)."""
+    if isinstance(cache, AnswerActivations):
+        if positions is not None:
+            raise ValueError("answer activations hold one position per item already; positions cannot be chosen")
+        pick = lambda t: t.float()  # noqa: E731
+    else:
+        positions = answer_positions(cache.inputs) if positions is None else positions
+        pick = lambda t: at_answer(t, positions).float()  # noqa: E731
     resid_final = pick(cache["resid_post", -1])
     gain, scale = _norm_gain_and_scale(model, resid_final)
     weight = unembed(model).weight.float()

@@ -40,7 +40,8 @@ def predict(
     for _, inputs in tqdm(batches(model, examples, batch_size), total=-(-len(examples) // batch_size), disable=not progress):
         if transform is not None:
             inputs = transform(model, inputs)
-        predictions += answers.greedy_answers(model, apply(model, inputs, intervention), inputs)[1]
+        logits = apply(model, inputs, intervention, logits_to_keep=1)  # [batch, 1, vocab]: never the whole sequence's
+        predictions += answers.greedy_answers(model, logits, inputs)[1]
     return predictions
 
 

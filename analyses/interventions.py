@@ -68,10 +68,10 @@ class Combined(Intervention):
         return [hook for part in self.parts for hook in part.hooks(model, inputs)]
 
 
-def apply(model: HookedVLM, inputs: VLMInputs, intervention: Intervention) -> Tensor:
-    """Logits of ``inputs`` under ``intervention``."""
+def apply(model: HookedVLM, inputs: VLMInputs, intervention: Intervention, logits_to_keep: int = 0) -> Tensor:
+    """Logits of ``inputs`` under ``intervention`` (``logits_to_keep=1``: the last position's only)."""
     with torch.no_grad():
-        return model.run_with_hooks(inputs, fwd_hooks=intervention.hooks(model, inputs))
+        return model.run_with_hooks(inputs, fwd_hooks=intervention.hooks(model, inputs), logits_to_keep=logits_to_keep)
 
 
 def _position_mask(inputs: VLMInputs, where: str) -> Tensor:

@@ -39,8 +39,13 @@ def unembed(model: HookedVLM) -> torch.nn.Module:
 @torch.no_grad()
 def logit_lens(model: HookedVLM, cache: ActivationCache, positions: Tensor | None = None) -> Float[Tensor, "layer batch vocab"]:
     """Per-layer logits at one position per item (default: each item's last real token)."""
-    picked = stack_at_answer(cache, "resid_post", positions=positions)  # layer batch d_model
-    return unembed(model)(final_norm(model)(picked)).float()
+    return read_out(model, stack_at_answer(cache, "resid_post", positions=positions))
+
+
+@torch.no_grad()
+def read_out(model: HookedVLM, resid: Float[Tensor, "... d_model"]) -> Float[Tensor, "... vocab"]:
+    """Residual-stream vectors through the model's own final norm and unembedding (float32 logits)."""
+    return unembed(model)(final_norm(model)(resid)).float()
 
 
 def truth_margin(logits: Float[Tensor, "... vocab"], reference_ids: Sequence[Sequence[int]]) -> Float[Tensor, "..."]:

@@ -113,11 +113,11 @@ def layerwise_probe(
 
     ``split`` defaults to ``stratified_split(correct, seed)``; pass the study's to share one test set."""
     penalty = _penalty(penalty)
-    features = np.asarray(features)
     labels = np.asarray(correct).astype(int)
     split = split or stratified_split(labels, seed)
     probes, val = [], []
-    for layer, x in enumerate(features):
+    for layer in range(len(features)):  # one layer in memory at a time (an extraction's LayerStack reads lazily)
+        x = np.asarray(features[layer])
         probe = fit_probe(x[split.train], labels[split.train], layer, penalty, C, seed)
         probes.append(probe)
         val.append(auroc(probe.decision(x[split.val]), labels[split.val], n_resamples=0).value)
@@ -129,9 +129,8 @@ def layerwise_probe(
 def stacked_probe(features: np.ndarray, correct, last: int = 5, penalty: str = "l2", C: float = 1.0, seed: int = 0,
                   n_resamples: int = 2000, split: Split | None = None) -> ProbeResult:
     """One probe over the last ``last`` layers' features concatenated (all layers if there are fewer)."""
-    features = np.asarray(features)
     layers = list(range(max(0, len(features) - last), len(features)))
-    x = np.concatenate([features[layer] for layer in layers], axis=1)
+    x = np.concatenate([np.asarray(features[layer]) for layer in layers], axis=1)
     labels = np.asarray(correct).astype(int)
     split = split or stratified_split(labels, seed)
     probe = fit_probe(x[split.train], labels[split.train], layers, penalty, C, seed)

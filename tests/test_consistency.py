@@ -1,4 +1,4 @@
-"""Self-consistency sampling on a constructed distribution and against HF's generation."""
+"""Self-consistency sampling on a constructed distribution and against HF's generation, batched."""
 
 from __future__ import annotations
 
@@ -29,17 +29,49 @@ def test_samples_follow_the_models_distribution(model):
     assert C.sample_answers(model, inputs, k=20, seed=5) == C.sample_answers(model, inputs, k=20, seed=5)
 
 
-def test_multi_token_samples_from_a_shared_prefill_match_hf_greedy(model):
-    inputs = model.prepare(images=make_images()[:1], prompts=PROMPTS[:1])
-    tiny_p = C.sample_answers(model, inputs, k=3, max_new_tokens=4, top_p=1e-6, seed=0)  # only the argmax survives
+def hf_greedy(model, inputs, max_new_tokens: int) -> list[list[int]]:
     with torch.no_grad():
-        greedy = model.hf_model.generate(**inputs.tensors, max_new_tokens=4, do_sample=False)
-    text = model.tokenizer.decode(greedy[0, inputs.input_ids.shape[1]:], skip_special_tokens=True).strip()
-    eos = model.tokenizer.eos_token_id
-    new = greedy[0, inputs.input_ids.shape[1]:].tolist()
-    if eos in new:
-        text = model.tokenizer.decode(new[: new.index(eos)], skip_special_tokens=True).strip()
-    assert tiny_p == [text] * 3
+        out = model.hf_model.generate(**inputs.tensors, max_new_tokens=max_new_tokens, do_sample=False)
+    return out[:, inputs.input_ids.shape[1] :].tolist()
+
+
+def test_batched_multi_token_samples_from_one_prefill_match_hf_greedy(model, inputs):
+    """A left-padded batch of two questions, K=3 rows each, 4 new tokens; with top_p tiny only the argmax
+    survives, so every row must equal HF's own greedy generation of its question."""
+    ids = C.sample_ids(model, inputs, k=3, max_new_tokens=4, top_p=1e-6, seed=0, stop_ids=[-1])  # no stop token
+    expected = hf_greedy(model, inputs, 4)
+    assert ids.shape == (6, 4)
+    assert ids.tolist() == [expected[0]] * 3 + [expected[1]] * 3
+
+
+def test_rows_stop_at_a_stop_token_and_decoding_ends_when_all_have(model, inputs):
+    greedy = hf_greedy(model, inputs, 3)
+    stop = greedy[0][1]  # question 0's second greedy token
+    ids = C.sample_ids(model, inputs, k=2, max_new_tokens=3, top_p=1e-6, stop_ids=[stop])
+    for row, question in zip(ids.tolist(), (0, 0, 1, 1)):
+        want = greedy[question]
+        cut = next((i for i, t in enumerate(want) if t == stop), None)
+        if cut is None:
+            assert row == want[: len(row)]
+        else:  # stops there, then repeats the stop token while other rows go on
+            assert row[: cut + 1] == want[: cut + 1] and set(row[cut:]) == {stop}
+    texts = C.decode_samples(model, ids, [stop])
+    cut = greedy[0].index(stop)
+    assert texts[0] == model.tokenizer.decode(greedy[0][:cut], skip_special_tokens=True).strip()
+
+
+def test_a_questions_samples_do_not_depend_on_its_batch(model, images):
+    """Question 1 sampled alone (seed 7) and inside a batch (its seed 7) gives the same samples."""
+    together = model.prepare(images=images, prompts=PROMPTS)
+    alone = model.prepare(images=images[1:], prompts=PROMPTS[1:])
+    batched = C.sample_answers(model, together, k=6, max_new_tokens=2, seed=[3, 7])
+    single = C.sample_answers(model, alone, k=6, max_new_tokens=2, seed=[7])
+    assert batched[1] == single[0]
+
+
+def test_sample_batches_bound_the_rows():
+    assert [list(r) for r in C.sample_batches(7, k=3, rows=6)] == [[0, 1], [2, 3], [4, 5], [6]]
+    assert [list(r) for r in C.sample_batches(2, k=10, rows=4)] == [[0], [1]]  # one question even over the bound
 
 
 def test_majority_support():

@@ -28,6 +28,12 @@ from vlm_lens.names import OPT_IN_SUFFIXES, Vocabulary
 NamesFilter = str | Sequence[str] | Callable[[str], bool] | None
 
 
+def _keep(logits_to_keep: int) -> dict:
+    if logits_to_keep < 0:
+        raise InputError(f"logits_to_keep must be 0 (all positions) or a positive count, got {logits_to_keep}")
+    return {"logits_to_keep": logits_to_keep} if logits_to_keep else {}
+
+
 @dataclass(frozen=True)
 class VLMConfig:
     """Sizes read off the instantiated modules (so they hold on the meta device too)."""
@@ -126,10 +132,12 @@ class HookedVLM:
 
     @property
     def device(self) -> torch.device:
-        return model_device_dtype(self.hf_model)[0]
+        """Where inputs go: the token embedding's device (the first shard's under a ``device_map``)."""
+        return get_module(self.hf_model, self.adapter.modules["embed"]).weight.device
 
     @property
     def dtype(self) -> torch.dtype:
+        """The dtype floating inputs (pixels) take: the model's parameters' (a half-precision checkpoint's own)."""
         return model_device_dtype(self.hf_model)[1]
 
     # -- inputs --------------------------------------------------------------------------
@@ -179,6 +187,8 @@ class HookedVLM:
         images_arg = per_prompt if self.adapter.nested_images else flat
         encoded = processor(images=images_arg, text=texts, return_tensors="pt", padding=True, padding_side=padding_side)
         tensors = select_tensors(dict(encoded), self.adapter.forward_keys, self.adapter.drop_keys)
+        if self.device.type != "meta":  # the model's device; pixels in its dtype (bfloat16 / float16 checkpoints)
+            tensors = {k: v.to(self.device, self.dtype if v.is_floating_point() else None) for k, v in tensors.items()}
         inputs = self.as_inputs(**tensors)
         inputs.prompts, inputs.texts = prompts, texts
         return inputs
@@ -226,7 +236,7 @@ class HookedVLM:
         return VLMInputs(tensors, spans, inputs.padding_side)
 
     def _check_device(self, tensors: dict[str, Tensor]) -> None:
-        device, dtype = model_device_dtype(self.hf_model)
+        device, dtype = self.device, self.dtype
         if device.type == "meta":
             return
         for key, value in tensors.items():
@@ -271,18 +281,21 @@ class HookedVLM:
                 out.append((name, fn))
         return out
 
-    def forward(self, inputs: VLMInputs | None = None, **tensors) -> Float[Tensor, "batch pos vocab"]:
+    def forward(self, inputs: VLMInputs | None = None, *, logits_to_keep: int = 0, **tensors) -> Float[Tensor, "batch pos vocab"]:
+        """Logits, as HF computes them. ``logits_to_keep=k`` keeps only the last k positions (the answer
+        position of a left-padded batch with k=1): a [batch, k, vocab] tensor instead of [batch, pos, vocab]."""
         inputs = self.as_inputs(inputs, **tensors)
-        return self.hf_model(**inputs.tensors).logits
+        return self.hf_model(**inputs.tensors, **_keep(logits_to_keep)).logits
 
     __call__ = forward
 
     def run_with_hooks(
-        self, inputs: VLMInputs | None = None, *, fwd_hooks: Iterable[tuple[str, HookFn]] = (), query_positions=None, **tensors
+        self, inputs: VLMInputs | None = None, *, fwd_hooks: Iterable[tuple[str, HookFn]] = (), query_positions=None,
+        logits_to_keep: int = 0, **tensors
     ) -> Float[Tensor, "batch pos vocab"]:
         inputs = self.as_inputs(inputs, **tensors)
         with self.hooks(fwd_hooks, inputs=inputs, query_positions=query_positions):
-            return self.hf_model(**inputs.tensors).logits
+            return self.hf_model(**inputs.tensors, **_keep(logits_to_keep)).logits
 
     def cache_names(self, names_filter: NamesFilter) -> list[str]:
         """The names a names_filter selects. None: all but the opt-in full attention patterns."""
@@ -302,9 +315,11 @@ class HookedVLM:
         fwd_hooks: Iterable[tuple[str, HookFn]] = (),
         query_positions=None,
         device: torch.device | str | None = None,
+        logits_to_keep: int = 0,
         **tensors,
     ) -> tuple[Float[Tensor, "batch pos vocab"], ActivationCache]:
-        """Logits and the activations named by ``names_filter`` (detached; moved to ``device``)."""
+        """Logits and the activations named by ``names_filter`` (detached; moved to ``device``).
+        ``logits_to_keep``: as for ``forward``."""
         inputs = self.as_inputs(inputs, **tensors)
         store: dict[str, Tensor] = {}
 
@@ -314,7 +329,7 @@ class HookedVLM:
 
         hooks = list(self._expand(fwd_hooks)) + [(name, save) for name in self.cache_names(names_filter)]
         with self.hooks(hooks, inputs=inputs, query_positions=query_positions):
-            logits = self.hf_model(**inputs.tensors).logits
+            logits = self.hf_model(**inputs.tensors, **_keep(logits_to_keep)).logits
         return logits, ActivationCache(store, self.vocab, inputs)
 
     def generate(

@@ -22,21 +22,43 @@ def _adapter_and_class(config) -> tuple[Adapter, type]:
     return adapter, getattr(transformers, archs[0])
 
 
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
+          "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def parse_dtype(dtype: torch.dtype | str | None) -> torch.dtype | str | None:
+    """A torch dtype from its name ("bfloat16", "bf16", ...); ``None`` and "auto" mean the checkpoint's own."""
+    if dtype is None or isinstance(dtype, torch.dtype) or dtype == "auto":
+        return dtype
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(DTYPES)} or 'auto' (the checkpoint's)")
+    return DTYPES[dtype]
+
+
 def load_pretrained(
     name_or_path: str,
     *,
     dtype: torch.dtype | str | None = None,
     device: torch.device | str | None = None,
+    device_map: str | dict | None = None,
     attn_implementation: str | None = None,
     processor=None,
 ) -> tuple[nn.Module, object]:
-    """(HF model in eval mode, processor) for a hub id, a local directory or a zoo name."""
+    """(HF model in eval mode, processor) for a hub id, a local directory or a zoo name.
+
+    ``dtype`` None or "auto" loads the dtype the checkpoint's config declares (transformers 5's
+    default: float16 for llava-1.5-7b-hf, bfloat16 for Qwen2-VL-7B). ``device`` moves the whole
+    model to one device; ``device_map`` ("auto", "balanced", or a dict) shards it across the
+    visible GPUs through accelerate, for models larger than one card. Give one or the other.
+    """
+    if device is not None and device_map is not None:
+        raise ValueError("give device (the whole model on one device) or device_map (sharded), not both")
     source = zoo.resolve(name_or_path)
     config = transformers.AutoConfig.from_pretrained(source)
     adapter, cls = _adapter_and_class(config)
-    kwargs = {}
-    if dtype is not None:
-        kwargs["dtype"] = dtype
+    kwargs = {"dtype": parse_dtype(dtype) or "auto"}
+    if device_map is not None:
+        kwargs["device_map"] = device_map
     if attn_implementation is not None:
         kwargs["attn_implementation"] = attn_implementation
     model = cls.from_pretrained(source, config=config, **kwargs)

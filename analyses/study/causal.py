@@ -24,11 +24,12 @@ def margin_building(model, examples: list[Example], ex: Extraction, cfg: VRPConf
     summary = logit_lens.peak_and_separation(curves, ex.margins)
     subset = examples[: cfg.margin_items]
     frames = []
+    names = [n for n in model.hook_names() if n.startswith("blocks.") and n.endswith(DECOMPOSED)]
     for start, (chunk, inputs) in zip(range(0, len(subset), cfg.batch_size), batches(model, subset, cfg.batch_size)):
-        logits, cache = model.run_with_cache(inputs, names_filter=lambda n: n.endswith(DECOMPOSED))
+        captured = answers.capture_at_answer(model, inputs, names)  # rows at the answer only: one batch of memory
         refs = [answers.reference_token_ids(model.tokenizer, [e.label]) for e in chunk]
-        final = answers.at_answer(logits, answers.answer_positions(inputs))
-        table = decomposition.margin_contributions(model, cache, [r[0] for r in refs], logit_lens.competitor_ids(final, refs))
+        competitors = logit_lens.competitor_ids(captured.logits, refs)
+        table = decomposition.margin_contributions(model, captured, [r[0] for r in refs], competitors)
         frames.append(table.assign(item=table.item + start))
     contributions = pd.concat(frames, ignore_index=True)
     peak = summary["peak_layer"]

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 from typing import ClassVar
 
 from analyses.answers import CORRECT_AT
+from vlm_lens.loading import parse_dtype
 
 
 @dataclass(frozen=True)
@@ -23,14 +24,21 @@ class VRPConfig:
     images: str | None = None  # image folder for a benchmark file
     n: int = 600
     seed: int = 0  # splits, sampling, bootstraps, random controls
+    # where the model runs
+    device: str | None = None  # "cpu", "cuda", "cuda:1"; None: where from_pretrained puts it (the CPU)
+    dtype: str | None = None  # "bfloat16", "float16", "float32"; None: the checkpoint's own
+    device_map: str | None = None  # "auto": shard a model too large for one GPU across the visible GPUs
     # extraction
     k: int = 10  # self-consistency samples per question
     top_p: float = 0.9
     temperature: float = 1.0
+    max_new_tokens: int = 1  # tokens per self-consistency sample (each stops early at end of sequence)
     shard_size: int = 50  # questions per resumable shard
-    batch_size: int = 50  # questions per forward pass (independent of the shard size)
+    batch_size: int = 16  # questions per forward pass (independent of the shard size): peak memory scales with it
+    sample_rows: int = 64  # rows of KV cache one self-consistency decode holds (questions x k)
     hidden_layers: tuple[int, ...] | None = None  # residual stream stored at these layers (None: all)
     neuron_layers: tuple[int, ...] | None = None  # MLP neurons stored at these layers (None: all)
+    storage_dtype: str = "float32"  # stored activations: "float16" / "bfloat16" halve the extraction's size
     correct_threshold: float = CORRECT_AT  # answers.is_correct: credit needed to count as correct
     # predictors
     val_fraction: float = 0.2
@@ -39,6 +47,7 @@ class VRPConfig:
     sparse_C: float = 0.1  # inverse L1 strength of the sparse probes
     stacked_layers: int = 5  # the stacked probe reads this many last layers
     top_mass: float = 0.5  # C_k: components of the patches holding this share of attention
+    attention_grid: tuple[int, int] | None = None  # common grid for attention features; None: the smallest grid
     # causal checks
     margin_items: int = 100  # questions whose margin is decomposed for Table 3
     ablation_k: int = 8  # probe neurons zeroed in Tables 4-5
@@ -46,17 +55,23 @@ class VRPConfig:
     n_resamples: int = 2000  # bootstrap resamples for every CI
 
     EXTRACTION_FIELDS: ClassVar[tuple[str, ...]] = (
-        "model", "benchmark", "images", "n", "seed", "k", "top_p", "temperature", "shard_size", "hidden_layers",
-        "neuron_layers", "correct_threshold",
+        "model", "benchmark", "images", "n", "seed", "dtype", "k", "top_p", "temperature", "max_new_tokens",
+        "shard_size", "hidden_layers", "neuron_layers", "storage_dtype", "correct_threshold",
     )
 
     def __post_init__(self):
-        for name in ("n", "k", "shard_size", "batch_size", "stacked_layers", "margin_items", "ablation_k"):
+        for name in ("n", "k", "max_new_tokens", "shard_size", "batch_size", "sample_rows", "stacked_layers",
+                     "margin_items", "ablation_k"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not (0 < self.val_fraction and 0 < self.test_fraction and self.val_fraction + self.test_fraction < 1):
             raise ValueError(f"val_fraction and test_fraction must be positive and leave a training split, "
                              f"got {self.val_fraction} and {self.test_fraction}")
+        if self.device is not None and self.device_map is not None:
+            raise ValueError("give device (one device) or device_map (sharded across GPUs), not both")
+        parse_dtype(self.dtype)
+        if self.storage_dtype not in ("float32", "float16", "bfloat16"):
+            raise ValueError(f"storage_dtype must be float32, float16 or bfloat16, got {self.storage_dtype!r}")
 
     def extraction(self) -> dict:
         """The settings that decide what extraction stores."""

@@ -2,40 +2,56 @@
 
 For each question: the greedy answer and whether it is right (``analyses.answers``), output
 confidence and logit entropy, the truth margin at every layer, the answer position's residual
-stream and MLP neurons at the configured layers, its attention to the image per layer (the
-patch grid, flattened) and K self-consistency samples.
+stream and MLP neurons at the configured layers, its attention to the image per layer (the patch
+grid, flattened) and K self-consistency samples.
 
-A run folder holds ``manifest.json`` and, per shard, ``shard-00007.json`` (scalars) and
-``shard-00007.safetensors`` (arrays). Each file is written to a temporary name and renamed, and
-the manifest lists a shard only after both files exist: a run killed at any point (kill -9
-included) resumes at the first shard the manifest lacks, with nothing lost or counted twice.
-Shards run in forward batches of ``cfg.batch_size`` questions.
+**Memory is one batch.** Activations are cut to the answer position inside their hooks
+(``answers.capture_at_answer``) and only the last position's logits are computed, so a forward
+holds the model plus one batch's activations, whatever the sequence length, layer count or MLP
+width; self-consistency decodes ``sample_rows`` rows of KV cache at a time. Reading an
+extraction back memory-maps its arrays and loads one layer at a time (``Extraction.hidden[l]``).
+
+**Storage.** A run folder holds ``manifest.json`` and, per shard, ``shard-00007.json`` (scalars)
+and ``shard-00007.safetensors`` (``hidden`` [n, layer, d_model], ``neurons`` [n, layer, d_mlp]
+in ``cfg.storage_dtype``, and each question's attention grids). Per question that is
+``2 x layers x (d_model + d_mlp)`` bytes in float16/bfloat16 (LLaVA-1.5-7B, all 32 layers:
+0.97 MB; 3,000 questions: 2.9 GB), twice that in float32; ``hidden_layers`` / ``neuron_layers``
+store fewer layers. Files are written to a temporary name and renamed, and the manifest lists a
+shard only after both files exist: a run killed at any point (kill -9 included) resumes at the
+first shard the manifest lacks. Several processes (ranks of a ``torchrun``) may extract into one
+folder: the manifest is updated under a file lock and records which rank extracted each shard.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.numpy import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from analyses import answers
 from analyses.attention_structure import image_grids
-from analyses.consistency import majority_support, sample_answers
+from analyses.consistency import decode_samples, majority_support, sample_batches, sample_ids
 from analyses.data.examples import Example
 from analyses.evaluation import batches
-from analyses.logit_lens import logit_lens, truth_margin
+from analyses.logit_lens import read_out, truth_margin
 from analyses.study.config import VRPConfig
+from analyses.study.distributed import Ranks
 from vlm_lens import HookedVLM
+from vlm_lens.loading import parse_dtype
 
 
 def _write_atomic(path: Path, write) -> None:
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
     write(tmp)
     os.replace(tmp, path)
 
@@ -45,82 +61,171 @@ def _manifest(folder: Path) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
+@contextmanager
+def _locked(folder: Path) -> Iterator[None]:
+    """An exclusive lock on the folder's manifest, across processes."""
+    with open(folder / ".manifest.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _layers(chosen: Sequence[int] | None, n_layers: int) -> list[int]:
+    layers = list(range(n_layers)) if chosen is None else [int(l) for l in chosen]
+    bad = [l for l in layers if not 0 <= l < n_layers]
+    if bad:
+        raise ValueError(f"layers {bad} are outside the model's {n_layers} layers (0..{n_layers - 1})")
+    return layers
+
+
 @torch.no_grad()
 def _extract_batch(model: HookedVLM, examples: list[Example], inputs, start: int, cfg: VRPConfig) -> tuple[list[dict], dict]:
     n_layers = model.cfg.n_layers
-    hidden_layers = list(cfg.hidden_layers or range(n_layers))
-    neuron_layers = list(cfg.neuron_layers or range(n_layers))
-    wanted = {f"blocks.{l}.hook_resid_post" for l in range(n_layers)}
-    wanted |= {f"blocks.{l}.mlp.hook_post" for l in neuron_layers}
-    wanted |= {f"blocks.{l}.attn.hook_pattern_rows" for l in range(n_layers)}
-    logits, cache = model.run_with_cache(inputs, names_filter=lambda n: n in wanted)
-    positions = answers.answer_positions(inputs)
-    probs = torch.softmax(answers.at_answer(logits, positions).float(), -1)
-    _, predictions = answers.greedy_answers(model, logits, inputs)
+    hidden_layers = _layers(cfg.hidden_layers, n_layers)
+    neuron_layers = _layers(cfg.neuron_layers, n_layers)
+    names = [f"blocks.{l}.hook_resid_post" for l in range(n_layers)]
+    names += [f"blocks.{l}.mlp.hook_post" for l in neuron_layers]
+    names += [f"blocks.{l}.attn.hook_pattern_rows" for l in range(n_layers)]
+    captured = answers.capture_at_answer(model, inputs, names)
+    probs = torch.softmax(captured.logits.float(), -1)
+    predictions = [model.to_string(i).strip() for i in captured.logits.argmax(-1).tolist()]
     refs = [answers.reference_token_ids(model.tokenizer, [e.label]) for e in examples]
-    margins = truth_margin(logit_lens(model, cache, positions), refs)  # layer batch
-    hidden = answers.stack_at_answer(cache, "resid_post", hidden_layers, positions).float()
-    neurons = answers.stack_at_answer(cache, "post", neuron_layers, positions).float()
-    grids = image_grids(cache)
-    rows, arrays = [], {}
+    resid = captured.stack("resid_post", range(n_layers))  # layer batch d_model
+    margins = truth_margin(read_out(model, resid), refs)  # layer batch
+    grids = image_grids(captured.cache())
+    storage = parse_dtype(cfg.storage_dtype)
+    rows = []
     for i, example in enumerate(examples):
-        index = start + i
-        single = model.prepare(images=[example.load_image()], prompts=[example.text])
-        samples = sample_answers(model, single, k=cfg.k, temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed + index)
-        majority, support = majority_support(samples)
         rows.append({
-            "index": index, "type": example.type, "label": example.label, "golds": list(example.golds),
+            "index": start + i, "type": example.type, "label": example.label, "golds": list(example.golds),
             "metric": example.metric, "prediction": predictions[i],
             "correct": answers.is_correct(predictions[i], example.golds, example.metric, cfg.correct_threshold),
             "confidence": float(probs[i].max()),
             "entropy": float(-(probs[i] * torch.log(probs[i].clamp_min(1e-30))).sum()),
-            "margins": margins[:, i].tolist(), "samples": samples, "majority": majority, "consistency": support,
-            "grid": list(grids[i].shape[1:]),
+            "margins": margins[:, i].tolist(), "grid": list(grids[i].shape[1:]),
         })
-        arrays[f"hidden/{index}"] = np.ascontiguousarray(hidden[:, i].numpy())
-        arrays[f"neurons/{index}"] = np.ascontiguousarray(neurons[:, i].numpy())
-        arrays[f"attention/{index}"] = grids[i].reshape(n_layers, -1)
+    arrays = {
+        "hidden": resid[hidden_layers].transpose(0, 1).to("cpu", storage).contiguous(),
+        "neurons": captured.stack("post", neuron_layers).transpose(0, 1).to("cpu", storage).contiguous(),
+    }
+    for i, grid in enumerate(grids):
+        arrays[f"attention/{start + i}"] = torch.from_numpy(grid.reshape(n_layers, -1)).contiguous()
     return rows, arrays
 
 
-def extract(model: HookedVLM, examples: list[Example], folder: str | Path, cfg: VRPConfig, progress: bool = True) -> Path:
-    """Run (or resume) extraction into ``folder``. Refuses a folder holding a run of another configuration."""
+@torch.no_grad()
+def _self_consistency(model: HookedVLM, examples: list[Example], start: int, cfg: VRPConfig) -> list[list[str]]:
+    """K samples per question, ``cfg.sample_rows`` rows of KV cache at a time; seeds by question index."""
+    samples = []
+    for part in sample_batches(len(examples), cfg.k, cfg.sample_rows):
+        chunk = [examples[i] for i in part]
+        inputs = model.prepare(images=[e.load_image() for e in chunk], prompts=[e.text for e in chunk])
+        ids = sample_ids(model, inputs, cfg.k, cfg.max_new_tokens, cfg.temperature, cfg.top_p,
+                         seed=[cfg.seed + start + i for i in part])
+        texts = decode_samples(model, ids)
+        samples += [texts[j * cfg.k : (j + 1) * cfg.k] for j in range(len(chunk))]
+    return samples
+
+
+def _extract_shard(model: HookedVLM, chunk: list[Example], start: int, cfg: VRPConfig) -> tuple[list[dict], dict]:
+    rows, parts = [], []
+    for offset, (part, inputs) in zip(range(0, len(chunk), cfg.batch_size), batches(model, chunk, cfg.batch_size)):
+        part_rows, part_arrays = _extract_batch(model, part, inputs, start + offset, cfg)
+        rows += part_rows
+        parts.append(part_arrays)
+    for row, samples in zip(rows, _self_consistency(model, chunk, start, cfg)):
+        majority, support = majority_support(samples)
+        row.update(samples=samples, majority=majority, consistency=support)
+    arrays = {key: torch.cat([p[key] for p in parts]) for key in ("hidden", "neurons")}
+    for part in parts:
+        arrays.update({k: v for k, v in part.items() if k.startswith("attention/")})
+    return rows, arrays
+
+
+def extract(model: HookedVLM, examples: list[Example], folder: str | Path, cfg: VRPConfig, progress: bool = True,
+            ranks: Ranks | None = None) -> Path:
+    """Run (or resume) extraction into ``folder``. Refuses a folder holding a run of another configuration.
+
+    With ``ranks`` (a ``torchrun`` world), the shards not yet in the manifest are dealt round-robin
+    to the ranks; each rank extracts its own, and all ranks return once every shard is listed."""
+    ranks = ranks or Ranks.single()
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     if len(examples) != cfg.n:
         raise ValueError(f"the config says n={cfg.n} but {len(examples)} examples were given")
-    manifest = _manifest(folder)
-    if manifest and manifest.get("fingerprint") != cfg.fingerprint():
-        raise ValueError(f"{folder} holds a run with another configuration ({manifest.get('config')}); use a new --out")
-    manifest = manifest or {"fingerprint": cfg.fingerprint(), "config": cfg.extraction(), "shards": []}
-    done = {s["start"] for s in manifest["shards"]}
-    bar = tqdm(total=cfg.n, initial=sum(min(cfg.shard_size, cfg.n - s) for s in done), desc="extract", unit="q",
+    with _locked(folder):
+        manifest = _manifest(folder)
+        if manifest and manifest.get("fingerprint") != cfg.fingerprint():
+            raise ValueError(f"{folder} holds a run with another configuration ({manifest.get('config')}); use a new --out")
+        if not manifest:
+            manifest = {"fingerprint": cfg.fingerprint(), "config": cfg.extraction(), "shards": []}
+            _write_atomic(folder / "manifest.json", lambda p: p.write_text(json.dumps(manifest, indent=1)))
+        done = {s["start"] for s in manifest["shards"]}
+    ranks.barrier()  # every rank has read the same manifest before any rank adds to it
+    remaining = [s for s in range(0, cfg.n, cfg.shard_size) if s not in done]
+    mine = remaining[ranks.rank :: ranks.world_size]
+    bar = tqdm(total=sum(min(cfg.shard_size, cfg.n - s) for s in mine), desc=f"extract{ranks.label}", unit="q",
                disable=not progress)
-    for start in range(0, cfg.n, cfg.shard_size):
-        if start in done:
-            continue
+    for start in mine:
         chunk = examples[start : start + cfg.shard_size]
-        rows, arrays = [], {}
-        for offset, (part, inputs) in zip(range(0, len(chunk), cfg.batch_size), batches(model, chunk, cfg.batch_size)):
-            part_rows, part_arrays = _extract_batch(model, part, inputs, start + offset, cfg)
-            rows += part_rows
-            arrays.update(part_arrays)
+        rows, arrays = _extract_shard(model, chunk, start, cfg)
         name = f"shard-{start // cfg.shard_size:05d}"
         _write_atomic(folder / f"{name}.safetensors", lambda p, arrays=arrays: save_file(arrays, str(p)))
         _write_atomic(folder / f"{name}.json", lambda p, rows=rows: p.write_text(json.dumps(rows)))
-        manifest["shards"].append({"start": start, "end": start + len(chunk), "name": name})
-        manifest["shards"].sort(key=lambda s: s["start"])
-        _write_atomic(folder / "manifest.json", lambda p: p.write_text(json.dumps(manifest, indent=1)))
+        with _locked(folder):
+            manifest = _manifest(folder)
+            manifest["shards"].append({"start": start, "end": start + len(chunk), "name": name,
+                                       "rank": ranks.rank, "world_size": ranks.world_size})
+            manifest["shards"].sort(key=lambda s: s["start"])
+            _write_atomic(folder / "manifest.json", lambda p: p.write_text(json.dumps(manifest, indent=1)))
         bar.update(len(chunk))
     bar.close()
+    ranks.barrier()  # all shards listed
     return folder
+
+
+class LayerStack:
+    """One kind of stored activation, [layer, n, width], read a layer at a time from memory-mapped shards."""
+
+    def __init__(self, files: list[Path], key: str):
+        self._files = files
+        self._key = key
+        with safe_open(str(files[0]), "pt") as f:
+            _, self._layers, self._width = f.get_slice(key).get_shape()
+        self._n = 0
+        for path in files:
+            with safe_open(str(path), "pt") as f:
+                self._n += f.get_slice(key).get_shape()[0]
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (self._layers, self._n, self._width)
+
+    def __len__(self) -> int:
+        return self._layers
+
+    def __getitem__(self, layer: int) -> np.ndarray:
+        """[n, width] float32 for one stored layer (its position among the stored layers)."""
+        if not -self._layers <= layer < self._layers:
+            raise IndexError(f"{self._key} holds {self._layers} layers, not {layer}")
+        parts = []
+        for path in self._files:
+            with safe_open(str(path), "pt") as f:
+                parts.append(f.get_slice(self._key)[:, layer, :].float().numpy())
+        return np.concatenate(parts)
+
+    def __array__(self, dtype=None, copy=None):
+        stacked = np.stack([self[l] for l in range(self._layers)])
+        return stacked if dtype is None else stacked.astype(dtype)
 
 
 @dataclass
 class Extraction:
     rows: list[dict]
-    hidden: np.ndarray  # [layer, n, d_model] at the answer position
-    neurons: np.ndarray  # [layer, n, d_mlp]
+    hidden: LayerStack  # [layer, n, d_model] at the answer position
+    neurons: LayerStack  # [layer, n, d_mlp]
     attention: list[np.ndarray]  # per sample [layer, patches]
     config: dict
 
@@ -134,7 +239,7 @@ class Extraction:
 
 
 def load(folder: str | Path) -> Extraction:
-    """Read a complete extraction back (every shard the manifest lists, in order)."""
+    """Read a complete extraction back: scalars and attention now, residual and neuron arrays on demand."""
     folder = Path(folder)
     manifest = _manifest(folder)
     if not manifest:
@@ -143,14 +248,13 @@ def load(folder: str | Path) -> Extraction:
     covered = sum(s["end"] - s["start"] for s in manifest["shards"])
     if covered != n:
         raise ValueError(f"{folder} is incomplete: {covered} of {n} samples extracted; run again to resume")
-    rows, hidden, neurons, attention = [], [], [], []
+    rows, attention, files = [], [], []
     for shard in manifest["shards"]:
         rows += json.loads((folder / f"{shard['name']}.json").read_text())
-        arrays = load_file(str(folder / f"{shard['name']}.safetensors"))
-        for index in range(shard["start"], shard["end"]):
-            hidden.append(arrays[f"hidden/{index}"])
-            neurons.append(arrays[f"neurons/{index}"])
-            attention.append(arrays[f"attention/{index}"])
+        path = folder / f"{shard['name']}.safetensors"
+        files.append(path)
+        with safe_open(str(path), "pt") as f:
+            attention += [f.get_tensor(f"attention/{i}").numpy() for i in range(shard["start"], shard["end"])]
     if [r["index"] for r in rows] != list(range(n)):
         raise ValueError(f"{folder}: samples are missing or duplicated")
-    return Extraction(rows, np.stack(hidden, 1), np.stack(neurons, 1), attention, manifest["config"])
+    return Extraction(rows, LayerStack(files, "hidden"), LayerStack(files, "neurons"), attention, manifest["config"])

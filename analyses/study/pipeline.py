@@ -23,6 +23,7 @@ from analyses.data import benchmarks
 from analyses.data.examples import Example, shapes_examples
 from analyses.study.causal import ablation_table, margin_building
 from analyses.study.config import VRPConfig
+from analyses.study.distributed import Ranks
 from analyses.study.extract import Extraction, extract, load
 from analyses.study.predictors import attention_features, attention_table, predictor_table
 from analyses.study.results import Accounting, Accuracy, StudyResults
@@ -70,14 +71,29 @@ def analyse(model: HookedVLM, examples: list[Example], ex: Extraction, cfg: VRPC
     )
 
 
-def run(cfg: VRPConfig, out: str | Path, progress: bool = True) -> StudyResults:
-    """Run the study; write tables and the report into ``out``; return the results."""
+def load_model(cfg: VRPConfig, ranks: Ranks) -> HookedVLM:
+    """The study's model on its device and in its dtype (each torchrun rank on its own GPU)."""
+    return HookedVLM.from_pretrained(cfg.model, dtype=cfg.dtype, device=ranks.device(cfg.device), device_map=cfg.device_map)
+
+
+def run(cfg: VRPConfig, out: str | Path, progress: bool = True) -> StudyResults | None:
+    """Run the study; write tables and the report into ``out``; return the results.
+
+    Under ``torchrun`` every rank extracts its share of the shards; rank 0 then analyses and
+    reports (and returns the results), the other ranks return None."""
     from analyses.study import report  # plotting is imported only by those who plot
 
     out = Path(out)
     examples, questions = load_examples(cfg)
-    model = HookedVLM.from_pretrained(cfg.model)
-    ex = load(extract(model, examples, out / "extraction", cfg, progress))
-    results = analyse(model, examples, ex, cfg, questions)
-    report.write(out, results, ex, examples)
-    return results
+    ranks = Ranks.from_env(cfg.device)
+    try:
+        model = load_model(cfg, ranks)
+        folder = extract(model, examples, out / "extraction", cfg, progress, ranks)
+        if not ranks.is_main:
+            return None
+        ex = load(folder)
+        results = analyse(model, examples, ex, cfg, questions)
+        report.write(out, results, ex, examples)
+        return results
+    finally:
+        ranks.close()

@@ -10,20 +10,31 @@ import numpy as np
 import pandas as pd
 
 from analyses import probes, stats
-from analyses.attention_structure import component_count, spatial_entropy
+from analyses.attention_structure import component_count, resample_grid, spatial_entropy
 from analyses.study.config import VRPConfig
 from analyses.study.extract import Extraction
 from analyses.study.results import AttentionCorrelation, AttentionFeatures, Predictor, Predictors
 
 
+def common_grid(ex: Extraction, cfg: VRPConfig) -> tuple[int, int]:
+    """The grid attention features share: ``cfg.attention_grid``, else the smallest rows and cols in the run."""
+    if cfg.attention_grid is not None:
+        return tuple(cfg.attention_grid)
+    grids = [tuple(r["grid"]) for r in ex.rows]
+    return min(g[0] for g in grids), min(g[1] for g in grids)
+
+
 def attention_features(ex: Extraction, cfg: VRPConfig) -> AttentionFeatures:
-    """Per question: H_s and C_k per layer, and the concatenated per-layer spatial vectors."""
+    """Per question: H_s and C_k per layer on its own grid, and its per-layer maps on the common grid
+    (``attention_structure.resample_grid``: mass-preserving; unchanged when every image has that grid)."""
+    shape = common_grid(ex, cfg)
     entropy, components, vectors = [], [], []
     for attn, row in zip(ex.attention, ex.rows):
         grids = attn.reshape(attn.shape[0], *row["grid"])
         entropy.append([spatial_entropy(g) for g in grids])
         components.append([component_count(g, cfg.top_mass) for g in grids])
-        vectors.append(attn.ravel())
+        same = tuple(row["grid"]) == shape
+        vectors.append(np.concatenate([(g if same else resample_grid(g, shape)).ravel() for g in grids]))
     return AttentionFeatures(np.array(entropy), np.array(components), np.array(vectors), cfg.top_mass)
 
 
