@@ -138,9 +138,10 @@ def sample_answers(model: HookedVLM, inputs: VLMInputs, k: int = 10, **kwargs) -
     return [texts[i * k : (i + 1) * k] for i in range(inputs.batch_size)]
 
 
-def sample_batches(n_questions: int, k: int, rows: int) -> list[range]:
-    """Question ranges whose K-fold decode fits ``rows`` rows of KV cache (at least one question each)."""
-    size = max(1, rows // k)
+def sample_batches(n_questions: int, k: int, rows: int, most: int | None = None) -> list[range]:
+    """Question ranges of at most ``most`` questions (the prefill's batch) whose K samples fit ``rows`` rows of
+    KV cache (at least one question each)."""
+    size = max(1, min(rows // k, most or n_questions))
     return [range(start, min(start + size, n_questions)) for start in range(0, n_questions, size)]
 
 

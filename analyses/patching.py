@@ -58,7 +58,7 @@ def causal_trace(
         if hook.step > 0:
             return None
         act = act.clone()
-        act[:, image_pos] += delta.to(act.dtype)
+        act[:, image_pos] += delta.to(act.device, act.dtype)
         return act
 
     prob = lambda logits: torch.softmax(logits[:, -1].float(), -1)[:, answer_id]  # noqa: E731

@@ -72,6 +72,7 @@ def test_a_questions_samples_do_not_depend_on_its_batch(model, images):
 def test_sample_batches_bound_the_rows():
     assert [list(r) for r in C.sample_batches(7, k=3, rows=6)] == [[0, 1], [2, 3], [4, 5], [6]]
     assert [list(r) for r in C.sample_batches(2, k=10, rows=4)] == [[0], [1]]  # one question even over the bound
+    assert [list(r) for r in C.sample_batches(5, k=2, rows=64, most=2)] == [[0, 1], [2, 3], [4]]  # the prefill's batch
 
 
 def test_majority_support():

@@ -119,7 +119,7 @@ def _extract_batch(model: HookedVLM, examples: list[Example], inputs, start: int
 def _self_consistency(model: HookedVLM, examples: list[Example], start: int, cfg: VRPConfig) -> list[list[str]]:
     """K samples per question, ``cfg.sample_rows`` rows of KV cache at a time; seeds by question index."""
     samples = []
-    for part in sample_batches(len(examples), cfg.k, cfg.sample_rows):
+    for part in sample_batches(len(examples), cfg.k, cfg.sample_rows, most=cfg.batch_size):
         chunk = [examples[i] for i in part]
         inputs = model.prepare(images=[e.load_image() for e in chunk], prompts=[e.text for e in chunk])
         ids = sample_ids(model, inputs, cfg.k, cfg.max_new_tokens, cfg.temperature, cfg.top_p,

@@ -73,6 +73,9 @@ def analyse(model: HookedVLM, examples: list[Example], ex: Extraction, cfg: VRPC
 
 def load_model(cfg: VRPConfig, ranks: Ranks) -> HookedVLM:
     """The study's model on its device and in its dtype (each torchrun rank on its own GPU)."""
+    if cfg.device_map is not None and ranks.world_size > 1:
+        raise ValueError("--device-map spreads one model over all GPUs; under torchrun each rank has its own GPU: "
+                         "use --device cuda with torchrun, or --device-map without it")
     return HookedVLM.from_pretrained(cfg.model, dtype=cfg.dtype, device=ranks.device(cfg.device), device_map=cfg.device_map)
 
 

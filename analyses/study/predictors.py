@@ -40,6 +40,10 @@ def attention_features(ex: Extraction, cfg: VRPConfig) -> AttentionFeatures:
 
 def predictor_table(ex: Extraction, features: AttentionFeatures, cfg: VRPConfig) -> Predictors:
     correct = ex.correct
+    if correct.all() or not correct.any():
+        raise ValueError(f"all {len(correct)} answers are {'right' if correct.all() else 'wrong'}: predicting correctness "
+                         "needs both right and wrong answers (a random-init model, or a benchmark too easy or too hard "
+                         "for this model); the accuracy is in the extraction's shards")
     split = probes.stratified_split(correct, cfg.seed, cfg.val_fraction, cfg.test_fraction)
     test = split.test
     rows: list[Predictor] = []
