@@ -94,8 +94,9 @@ def train_toy(
     typer.echo(json.dumps(card["held_out"], indent=2))
 
 
-@app.command()
+@app.command(context_settings={"allow_extra_args": True})
 def vrp(
+    ctx: typer.Context,
     model: str = typer.Option("toy-llava", help="a zoo name, a hub id or a local checkpoint"),
     benchmark: str = typer.Option("shapes", help="'shapes' or a POPE/Shapes-format questions file"),
     images: str = typer.Option(None, help="folder of the benchmark's images"),
@@ -111,7 +112,8 @@ def vrp(
     sample_rows: int = typer.Option(64, help="rows of KV cache per self-consistency decode (questions x k)"),
     max_new_tokens: int = typer.Option(1, help="tokens per self-consistency sample (stops at end of sequence)"),
     storage_dtype: str = typer.Option("float32", help="stored activations: float16 or bfloat16 halve the extraction"),
-    compare: list[str] = typer.Option(None, help="instead of running: lay these run folders side by side"),
+    compare: list[str] = typer.Option(None, help="instead of running: lay these run folders side by side "
+                                      "(--compare A B C, or --compare A --compare B)"),
 ) -> None:
     """The reliability study: tables (Markdown + JSON) and report.html, resumable if interrupted.
 
@@ -122,8 +124,11 @@ def vrp(
     from analyses.study.config import VRPConfig
     from analyses.study.pipeline import run
 
+    if ctx.args and not compare:
+        raise typer.BadParameter(f"unexpected arguments {ctx.args}; run folders to compare follow --compare")
     if compare:
-        path = report.compare([Path(c) for c in compare], Path(out or "runs/compare"))
+        runs = [Path(c) for c in [*compare, *ctx.args]]  # --compare A B: typer keeps A, the rest arrive as extra args
+        path = report.compare(runs, Path(out or "runs/compare"))
         typer.echo(path.read_text())
         typer.echo(f"written: {path} and {path.with_suffix('.html')}")
         return

@@ -67,6 +67,25 @@ def margin_contributions(
     return pd.DataFrame(rows)
 
 
+def update_shares(model: HookedVLM, cache: ActivationCache | AnswerActivations) -> pd.DataFrame:
+    """Per layer, at the answer position: the norms of attention's and the MLP's writes to the residual
+    stream, and the MLP's share of the update's magnitude, ||mlp|| / (||attn|| + ||mlp||), averaged over
+    items (the study's "MLP share" at a layer, Table 3). Tidy: layer, attn_norm, mlp_norm, mlp_share."""
+    rows = []
+    for layer in range(model.cfg.n_layers):
+        writes = []
+        for alias in ("attn_out", "mlp_out"):
+            value = cache[alias, layer]
+            if not isinstance(cache, AnswerActivations):
+                value = at_answer(value, answer_positions(cache.inputs))
+            writes.append(value.float().norm(dim=-1))
+        attn, mlp = writes
+        share = mlp / (attn + mlp).clamp_min(torch.finfo(torch.float32).tiny)
+        rows.append({"layer": layer, "attn_norm": float(attn.mean()), "mlp_norm": float(mlp.mean()),
+                     "mlp_share": float(share.mean())})
+    return pd.DataFrame(rows)
+
+
 def mlp_share(contributions: pd.DataFrame, upto_layer: int) -> float:
     """Share of the margin built by MLPs in layers 0..upto_layer: sum(mlp) / sum(attn + mlp), over items."""
     part = contributions[(contributions.layer >= 0) & (contributions.layer <= upto_layer)]

@@ -84,13 +84,24 @@ def margin_curves(margins: Float[np.ndarray, "layer n"], correct: Sequence[bool]
 
 
 def peak_and_separation(curves: pd.DataFrame, margins: Float[np.ndarray, "layer n"]) -> dict:
-    """The layer where the mean margin peaks, and the first where correct and incorrect CIs stop overlapping."""
-    peak = int(np.argmax(np.asarray(margins, dtype=float).mean(axis=1)))
+    """Where the truth margin tells right from wrong (the study's Section 4.2, Table 3).
+
+    - ``peak_layer``: the layer l* where the correct and incorrect trajectories separate most, the
+      largest gap between their mean margins (the study's LLaVA l* = 24); ``gap_at_peak`` is that gap;
+    - ``separation_layer``: the first layer whose 95% CIs of the two means no longer overlap;
+    - ``max_margin_layer``: where the mean margin over all answers is largest (an extension: on a
+      model whose margin keeps growing this is simply the last layer, and says little).
+    """
     correct = curves[curves.group == "correct"].set_index("layer")
     incorrect = curves[curves.group == "incorrect"].set_index("layer")
+    gap = correct["mean"] - incorrect["mean"]
+    if gap.isna().all():
+        raise ValueError("the margin curves need both correct and incorrect answers to find where they separate")
+    peak = int(gap.idxmax())
     apart = correct.ci_low > incorrect.ci_high
     separation = int(apart.idxmax()) if apart.any() else None
-    return {"peak_layer": peak, "separation_layer": separation}
+    return {"peak_layer": peak, "gap_at_peak": float(gap[peak]), "separation_layer": separation,
+            "max_margin_layer": int(np.argmax(np.asarray(margins, dtype=float).mean(axis=1)))}
 
 
 @torch.no_grad()

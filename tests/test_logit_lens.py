@@ -55,6 +55,20 @@ def test_margin_curves_against_scipy():
     assert summary["separation_layer"] in (1, 2)
 
 
+def test_peak_is_where_right_and_wrong_separate_most_not_where_the_margin_is_largest():
+    """Constructed trajectories: every answer's margin keeps growing (largest at the last layer), but
+    right and wrong answers are furthest apart at layer 2, then wrong answers catch up (commitment)."""
+    correct = np.array([True] * 6 + [False] * 6)
+    right = np.array([0.0, 1.0, 3.0, 4.0, 6.0])
+    wrong = np.array([0.0, 0.5, 0.5, 3.0, 5.5])
+    jitter = np.linspace(-0.1, 0.1, 6)
+    margins = np.concatenate([right[:, None] + jitter, wrong[:, None] + jitter], axis=1)  # [layer, n]
+    summary = L.peak_and_separation(L.margin_curves(margins, correct), margins)
+    assert summary["peak_layer"] == 2 and summary["gap_at_peak"] == pytest.approx(2.5)
+    assert summary["max_margin_layer"] == 4
+    assert summary["separation_layer"] == 1  # CIs of +-0.1 jitter stop overlapping at the 0.5 gap
+
+
 def test_decomposition_sums_to_the_logit_difference(model, inputs):
     with torch.no_grad():
         logits, cache = model.run_with_cache(inputs)

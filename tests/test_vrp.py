@@ -11,13 +11,18 @@ from scipy import stats as scipy_stats
 from sklearn.metrics import roc_auc_score
 from typer.testing import CliRunner
 
+import torch
+
 from analyses import probes
 from analyses.cli import app
 from analyses.data import shapes
+from analyses.data.examples import shapes_examples
+from analyses.evaluation import batches
 from analyses.study import report
 from analyses.study.config import VRPConfig
 from analyses.study.extract import load
 from analyses.study.pipeline import SHAPES_EVAL_SEED, run
+from vlm_lens import HookedVLM
 
 SMALL = dict(n=150, k=3, n_resamples=200, random_controls=2)
 
@@ -52,12 +57,30 @@ def test_tables_agree_with_the_extraction(study):
     consistency = np.array([r["consistency"] for r in ex.rows])
     assert results.predictors["self_consistency"].estimate.value == pytest.approx(
         roc_auc_score(correct[test], consistency[test]))
-    peak = int(np.argmax(ex.margins.mean(axis=1)))  # the mean margin's argmax over layers
-    assert results.margins.peak_layer == peak
-    assert results.margins.mean_margin_at_peak == pytest.approx(ex.margins[peak].mean())
+    gap = ex.margins[:, correct].mean(axis=1) - ex.margins[:, ~correct].mean(axis=1)
+    peak = int(np.argmax(gap))  # where right and wrong answers' margins are furthest apart
+    assert results.margins.peak_layer == peak and results.margins.gap_at_peak == pytest.approx(gap[peak])
+    assert results.margins.max_margin_layer == int(np.argmax(ex.margins.mean(axis=1)))
     rpb = results.attention.frame()
     layer1 = rpb[(rpb.layer == 1) & (rpb.measure == "H_s")].r_pb.item()
     assert layer1 == pytest.approx(scipy_stats.pointbiserialr(correct, results.features.entropy[:, 1]).statistic)
+
+
+def test_mlp_update_share_recomputed_from_a_full_cache(study):
+    """The study reads the writes at the answer inside its hooks; recompute them from whole-sequence caches."""
+    _, results = study
+    model = HookedVLM.from_pretrained(results.config.model)
+    examples = shapes_examples(results.config.margin_items, SHAPES_EVAL_SEED)
+    shares = []
+    for chunk, inputs in batches(model, examples, 25):
+        with torch.no_grad():
+            _, cache = model.run_with_cache(inputs, names_filter=lambda n: n.endswith(("hook_attn_out", "hook_mlp_out")))
+        last, rows = inputs.last_positions(), torch.arange(len(chunk))
+        layer = results.margins.peak_layer
+        attn = cache["attn_out", layer][rows, last].norm(dim=-1)
+        mlp = cache["mlp_out", layer][rows, last].norm(dim=-1)
+        shares += (mlp / (attn + mlp)).tolist()
+    assert results.margins.mlp_update_share_at_peak == pytest.approx(np.mean(shares), abs=1e-5)
 
 
 def test_ablations_zero_the_probe_neurons_and_match_random_controls(study):
@@ -111,12 +134,19 @@ def test_labels_in_any_case_give_the_same_tables(study, tmp_path):
 
 def test_compare_lays_runs_side_by_side(study, tmp_path):
     out, results = study
-    path = report.compare([out, out], tmp_path)
+    written = CliRunner().invoke(app, ["vrp", "--compare", str(out), str(out), "--out", str(tmp_path)])  # as documented
+    assert written.exit_code == 0, written.output
+    path = tmp_path / "compare.md"
     text = path.read_text()
     assert "Predictor AUROC" in text and text.count(results.config.model) >= 2
     dense = f"{results.predictors['dense_probe'].estimate.value:.3f}"
     assert any(line.startswith("| dense_probe") and line.count(dense) == 2 for line in text.splitlines())
     assert (tmp_path / "compare.html").exists()
+
+
+def test_stray_arguments_without_compare_are_refused():
+    result = CliRunner().invoke(app, ["vrp", "somewhere"])
+    assert result.exit_code != 0 and "follow --compare" in result.output
 
 
 def test_missing_images_stop_before_model_work(tmp_path):

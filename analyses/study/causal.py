@@ -25,21 +25,32 @@ def margin_building(model, examples: list[Example], ex: Extraction, cfg: VRPConf
     subset = examples[: cfg.margin_items]
     frames = []
     names = [n for n in model.hook_names() if n.startswith("blocks.") and n.endswith(DECOMPOSED)]
+    shares = []
     for start, (chunk, inputs) in zip(range(0, len(subset), cfg.batch_size), batches(model, subset, cfg.batch_size)):
         captured = answers.capture_at_answer(model, inputs, names)  # rows at the answer only: one batch of memory
         refs = [answers.reference_token_ids(model.tokenizer, [e.label]) for e in chunk]
         competitors = logit_lens.competitor_ids(captured.logits, refs)
         table = decomposition.margin_contributions(model, captured, [r[0] for r in refs], competitors)
         frames.append(table.assign(item=table.item + start))
+        shares.append(decomposition.update_shares(model, captured).assign(weight=len(chunk)))
     contributions = pd.concat(frames, ignore_index=True)
+    per_batch = pd.concat(shares)  # batch means, weighted by batch size into means over the questions
+    columns = ["attn_norm", "mlp_norm", "mlp_share"]
+    totals = per_batch[columns].mul(per_batch.weight, axis=0).groupby(per_batch.layer).sum()
+    updates = totals.div(per_batch.groupby("layer").weight.sum(), axis=0).reset_index()
     peak = summary["peak_layer"]
-    return MarginBuilding(peak, summary["separation_layer"], decomposition.mlp_share(contributions, peak),
-                          float(ex.margins[peak].mean()), len(subset), curves, decomposition.layer_table(contributions))
+    return MarginBuilding(
+        peak_layer=peak, gap_at_peak=summary["gap_at_peak"], separation_layer=summary["separation_layer"],
+        mlp_update_share_at_peak=float(updates.mlp_share[peak]),
+        mlp_margin_share_to_peak=decomposition.mlp_share(contributions, peak),
+        max_margin_layer=summary["max_margin_layer"], n_items=len(subset), curves=curves,
+        contributions=decomposition.layer_table(contributions), updates=updates)
 
 
 def ablation_table(model, examples: list[Example], predictors: Predictors, cfg: VRPConfig) -> Ablations:
-    """Zero the sparse probe's ``cfg.ablation_k`` strongest neurons vs ``cfg.random_controls`` random sets of the
-    same size at the same layer, on the test split, with paired-bootstrap CIs of the accuracy change."""
+    """Zero the residual sparse probe's ``cfg.ablation_k`` strongest units of h_l (``blocks.l.hook_resid_post``,
+    every position) vs ``cfg.random_controls`` random sets of the same size at the same layer, on the test
+    split, with paired-bootstrap CIs of the accuracy change."""
     sparse = predictors.sparse
     chosen = probes.selected_neurons(sparse.probe).head(cfg.ablation_k)["index"].tolist()
     layer = int(sparse.probe.layer)
@@ -47,9 +58,10 @@ def ablation_table(model, examples: list[Example], predictors: Predictors, cfg: 
     before = np.array(correct(model, test_examples, batch_size=cfg.batch_size), float)
     conditions = []
     if chosen:
-        conditions.append(("probe neurons", interventions.neurons(layer, chosen, "zero")))
+        conditions.append(("probe neurons", interventions.neurons(layer, chosen, "zero", site="resid")))
     for seed in range(cfg.random_controls):
-        control = interventions.random_neurons(model, layer, max(1, len(chosen)), seed=cfg.seed + seed, exclude=chosen)
+        control = interventions.random_neurons(model, layer, max(1, len(chosen)), seed=cfg.seed + seed, exclude=chosen,
+                                               site="resid")
         conditions.append((f"random control {seed}", control))
     rows = []
     for condition, intervention in conditions:

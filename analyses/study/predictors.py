@@ -61,14 +61,19 @@ def predictor_table(ex: Extraction, features: AttentionFeatures, cfg: VRPConfig)
     margin_layer = int(np.nanargmax(val_auc))
     add("truth_margin", f"truth margin (layer {margin_layer})", "logit lens, needs the gold", "1", margins[margin_layer])
     common = dict(seed=cfg.seed, n_resamples=cfg.n_resamples, split=split)
+    # The study's probes read the residual stream h_l (its "neurons" are h_l's units, Section 3.3);
+    # the sparse probe over MLP neurons is this project's extension, reported beside them.
     dense = probes.layerwise_probe(ex.hidden, correct, "l2", C=cfg.dense_C, **common)
-    sparse = probes.layerwise_probe(ex.neurons, correct, "l1", C=cfg.sparse_C, **common)
+    sparse = probes.layerwise_probe(ex.hidden, correct, "l1", C=cfg.sparse_C, **common)
+    sparse_mlp = probes.layerwise_probe(ex.neurons, correct, "l1", C=cfg.sparse_C, **common)
     stacked = probes.stacked_probe(ex.hidden, correct, last=cfg.stacked_layers, C=cfg.dense_C, **common)
     layers = stacked.probe.layer
     add("dense_probe", f"dense probe (L2) @L{dense.best_layer}", "residual stream", "1",
         dense.probe.decision(ex.hidden[dense.best_layer]))
-    add("sparse_probe", f"sparse probe (L1) @L{sparse.best_layer}", "MLP neurons", "1",
-        sparse.probe.decision(ex.neurons[sparse.best_layer]))
+    add("sparse_probe", f"sparse probe (L1) @L{sparse.best_layer}", "residual stream", "1",
+        sparse.probe.decision(ex.hidden[sparse.best_layer]))
+    add("sparse_probe_mlp", f"sparse probe (L1) @L{sparse_mlp.best_layer} (extension)", "MLP neurons", "1",
+        sparse_mlp.probe.decision(ex.neurons[sparse_mlp.best_layer]))
     add("stacked_probe", f"stacked probe (L2) @L{layers[0]}-{layers[-1]}", "residual stream", "1",
         stacked.probe.decision(np.concatenate([ex.hidden[l] for l in layers], axis=1)))
     add("self_consistency", f"self-consistency (K={cfg.k})", "majority support", f"1 + {cfg.k} decodes",
@@ -80,7 +85,7 @@ def predictor_table(ex: Extraction, features: AttentionFeatures, cfg: VRPConfig)
                                 ("attention_rf", "rf", "attention stress test (RF)", summary)):
         fitted = probes.classifier_probe(x, correct, kind, cfg.seed, cfg.n_resamples, split=split)
         rows.append(Predictor(key, label, "attention maps", "1", fitted.test, fitted.scores))
-    return Predictors(rows, split, dense, sparse, stacked, margin_layer)
+    return Predictors(rows, split, dense, sparse, sparse_mlp, stacked, margin_layer)
 
 
 def attention_table(ex: Extraction, features: AttentionFeatures, cfg: VRPConfig) -> AttentionCorrelation:

@@ -70,7 +70,8 @@ class Predictors:
     rows: list[Predictor]
     split: Split
     dense: ProbeResult
-    sparse: ProbeResult
+    sparse: ProbeResult  # L1 over residual-stream units: its non-zero weights are the study's reliability "neurons"
+    sparse_mlp: ProbeResult  # L1 over MLP neurons (an extension)
     stacked: ProbeResult
     margin_layer: int  # the earlier layer whose truth margin is reported
 
@@ -92,20 +93,29 @@ class Predictors:
 
 @dataclass
 class MarginBuilding:
-    """Table 3: where the truth margin peaks and separates, and the MLP share of what builds it."""
+    """Table 3: where right and wrong answers' truth margins separate most (l*), and who writes there.
+
+    ``mlp_update_share_at_peak`` is the study's MLP share: ||mlp_out|| / (||attn_out|| + ||mlp_out||) at
+    the answer position at l*, mean over the decomposed questions. ``mlp_margin_share_to_peak`` (an
+    extension) is the MLPs' signed share of the margin built in layers 0..l*."""
 
     peak_layer: int
-    separation_layer: int | None
-    mlp_share_at_peak: float
-    mean_margin_at_peak: float
+    gap_at_peak: float  # mean margin of right answers minus wrong answers at l*
+    separation_layer: int | None  # first layer whose CIs no longer overlap
+    mlp_update_share_at_peak: float
+    mlp_margin_share_to_peak: float
+    max_margin_layer: int  # where the mean margin over all answers is largest
     n_items: int  # questions decomposed
     curves: pd.DataFrame  # layer, group, n, mean, ci_low, ci_high
-    contributions: pd.DataFrame  # layer, attn, mlp, cumulative
+    contributions: pd.DataFrame  # layer, attn, mlp, cumulative: projections on the margin direction
+    updates: pd.DataFrame  # layer, attn_norm, mlp_norm, mlp_share: write magnitudes at the answer
 
     def frame(self) -> pd.DataFrame:
-        return pd.DataFrame([{"peak_layer": self.peak_layer, "separation_layer": self.separation_layer,
-                              "mlp_share_at_peak": self.mlp_share_at_peak, "mean_margin_at_peak": self.mean_margin_at_peak,
-                              "n_decomposed": self.n_items}])
+        return pd.DataFrame([{"peak_layer": self.peak_layer, "gap_at_peak": self.gap_at_peak,
+                              "separation_layer": self.separation_layer,
+                              "mlp_update_share_at_peak": self.mlp_update_share_at_peak,
+                              "mlp_margin_share_to_peak (extension)": self.mlp_margin_share_to_peak,
+                              "max_margin_layer": self.max_margin_layer, "n_decomposed": self.n_items}])
 
 
 @dataclass
@@ -119,10 +129,11 @@ class Ablation:
 
 @dataclass
 class Ablations:
-    """Tables 4-5: zeroing the sparse probe's top neurons vs random neurons of the same layer (test split)."""
+    """Tables 4-5: zeroing the sparse probe's top residual-stream units vs random units of the same layer
+    (test split), as the study does (its "neurons" are units of h_l)."""
 
     layer: int
-    neurons: list[int]  # the probe's neurons that were zeroed (strongest first)
+    neurons: list[int]  # the probe's units that were zeroed (strongest first)
     k_requested: int
     rows: list[Ablation]
 
