@@ -98,7 +98,10 @@ def train_toy(
 def vrp(
     ctx: typer.Context,
     model: str = typer.Option("toy-llava", help="a zoo name, a hub id or a local checkpoint"),
-    benchmark: str = typer.Option("shapes", help="'shapes' or a POPE/Shapes-format questions file"),
+    benchmark: str = typer.Option("shapes", help="'shapes' or a questions file: POPE, VQAv2, TextVQA, LLaVA-Bench, "
+                                  "counting/spatial or Shapes (format read from the content)"),
+    annotations: str = typer.Option(None, help="VQAv2's annotations file, or LLaVA-Bench's reference answers"),
+    format: str = typer.Option(None, "--format", help="force the benchmark format: pope, counting, vqav2, textvqa, llava_bench"),
     images: str = typer.Option(None, help="folder of the benchmark's images"),
     n: int = typer.Option(600, help="number of questions"),
     k: int = typer.Option(10, help="self-consistency samples per question"),
@@ -112,6 +115,9 @@ def vrp(
     sample_rows: int = typer.Option(64, help="rows of KV cache per self-consistency decode (questions x k)"),
     max_new_tokens: int = typer.Option(1, help="tokens per self-consistency sample (stops at end of sequence)"),
     storage_dtype: str = typer.Option("float32", help="stored activations: float16 or bfloat16 halve the extraction"),
+    n_resamples: int = typer.Option(10_000, help="bootstrap resamples for every confidence interval"),
+    config: str = typer.Option(None, help="a JSON file of study settings (any VRPConfig field); options given "
+                               "on the command line override it"),
     compare: list[str] = typer.Option(None, help="instead of running: lay these run folders side by side "
                                       "(--compare A B C, or --compare A --compare B)"),
 ) -> None:
@@ -132,10 +138,17 @@ def vrp(
         typer.echo(path.read_text())
         typer.echo(f"written: {path} and {path.with_suffix('.html')}")
         return
-    target = Path(out or f"runs/vrp-{Path(model).name}")
-    cfg = VRPConfig(model=model, benchmark=benchmark, images=images, n=n, k=k, seed=seed, device=device, dtype=dtype,
-                    device_map=device_map, batch_size=batch_size, shard_size=shard_size, sample_rows=sample_rows,
-                    max_new_tokens=max_new_tokens, storage_dtype=storage_dtype)
+    options = dict(model=model, benchmark=benchmark, annotations=annotations, format=format, images=images, n=n, k=k,
+                   seed=seed, device=device, dtype=dtype, device_map=device_map, batch_size=batch_size,
+                   shard_size=shard_size, sample_rows=sample_rows, max_new_tokens=max_new_tokens,
+                   storage_dtype=storage_dtype, n_resamples=n_resamples)
+    if config:  # the file's settings, overridden by the options typed on the command line
+        # by name: typer may carry its own copy of click's ParameterSource enum
+        typed = {k: v for k, v in options.items() if getattr(ctx.get_parameter_source(k), "name", "") == "COMMANDLINE"}
+        cfg = VRPConfig.from_file(config, **typed)
+    else:
+        cfg = VRPConfig(**options)
+    target = Path(out or f"runs/vrp-{Path(cfg.model).name}")
     if run(cfg, target) is None:  # a torchrun rank other than 0: rank 0 reports
         return
     typer.echo((target / "tables.md").read_text())

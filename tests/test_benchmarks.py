@@ -58,6 +58,7 @@ def test_vqav2_and_official_accuracy(tmp_path):
     (tmp_path / "a.json").write_text(json.dumps(annotations))
     (record,) = B.load_vqav2(tmp_path / "q.json", tmp_path / "a.json")
     assert record.image == "COCO_val2014_000000000042.jpg" and record.metric == "vqa"
+    assert record.label == "3" and sorted(record.golds) == sorted(answers)  # the commonest answer is the reference
     # "two" normalises to "2": three humans agree -> 0.9 over the leave-one-out subsets, as the official tool gives
     assert A.score("Two.", record.golds, record.metric) == pytest.approx(0.9)
     assert A.score("3", record.golds, record.metric) == pytest.approx(1.0)
@@ -115,3 +116,43 @@ def test_shapes_folder_loads_as_pope(tmp_path):
     assert len(records) == 10 and records[0].type in shapes.TYPES
     examples = B.to_examples(records, tmp_path / "images")
     assert examples[0].load_image().size == (32, 32)
+
+
+def write_formats(folder: Path) -> dict[str, tuple[Path, Path | None]]:
+    """One small file per supported format (and its annotations where it has them)."""
+    pope = [{"question_id": 1, "image": "a.jpg", "text": "Is there a cat?", "label": "Yes"},
+            {"question_id": 2, "image": "a.jpg", "text": "Is there a dog?", "label": "no"}]
+    (folder / "pope.jsonl").write_text("\n".join(json.dumps(r) for r in pope))
+    counting = [{"question_id": 1, "image": "a.jpg", "text": "How many cats?", "label": 2},
+                {"question_id": 2, "image": "a.jpg", "text": "Is the cat left of the dog?", "label": "yes"}]
+    (folder / "counting.json").write_text(json.dumps(counting))
+    (folder / "vqa_q.json").write_text(json.dumps({"questions": [{"image_id": 5, "question": "What colour?", "question_id": 9}]}))
+    (folder / "vqa_a.json").write_text(json.dumps({"annotations": [{"question_id": 9, "answers": [{"answer": "red"}] * 10}]}))
+    (folder / "textvqa.json").write_text(json.dumps({"data": [{"question_id": 3, "question": "Brand?", "image_id": "x",
+                                                               "answers": ["nike"] * 10}]}))
+    (folder / "bench_q.jsonl").write_text(json.dumps({"question_id": 4, "image": "b.jpg", "text": "Describe it.", "category": "detail"}))
+    (folder / "bench_a.jsonl").write_text(json.dumps({"question_id": 4, "text": "A red bus."}))
+    return {"pope": (folder / "pope.jsonl", None), "counting": (folder / "counting.json", None),
+            "vqav2": (folder / "vqa_q.json", folder / "vqa_a.json"), "textvqa": (folder / "textvqa.json", None),
+            "llava_bench": (folder / "bench_q.jsonl", folder / "bench_a.jsonl")}
+
+
+def test_formats_are_detected_from_the_content(tmp_path):
+    files = write_formats(tmp_path)
+    assert {name: B.detect_format(q) for name, (q, _) in files.items()} == {name: name for name in files}
+    assert B.detect_format(EXCERPTS / "gqa_pope_seem_adversarial_first40.json") == "pope"  # a JSON array of POPE records
+    loaded = {name: B.load(q, a) for name, (q, a) in files.items()}
+    assert loaded["pope"][0].golds == ("Yes",) and loaded["counting"][0].golds == ("2",)
+    assert loaded["vqav2"][0].metric == "vqa" and loaded["textvqa"][0].metric == "vqa"
+    assert loaded["llava_bench"][0].golds == ("A red bus.",)
+
+
+def test_format_can_be_forced_and_annotations_are_checked(tmp_path):
+    files = write_formats(tmp_path)
+    assert B.load(files["pope"][0], format="counting")[0].type == "spatial"  # forced: read as a counting/spatial suite
+    with pytest.raises(ValueError, match="needs --annotations"):
+        B.load(files["vqav2"][0])
+    with pytest.raises(ValueError, match="drop --annotations"):
+        B.load(files["pope"][0], annotations=files["vqav2"][1])
+    with pytest.raises(ValueError, match="unknown benchmark format"):
+        B.load(files["pope"][0], format="gqa")

@@ -16,7 +16,8 @@ import pytest
 from vlm_lens import zoo
 
 CLI = shutil.which("vlm-lens") or str(Path(sys.executable).parent / "vlm-lens")
-ARGS = ["vrp", "--model", zoo.names()[0], "--n", "120", "--k", "3", "--shard-size", "10", "--batch-size", "5"]
+ARGS = ["vrp", "--model", zoo.names()[0], "--n", "120", "--k", "3", "--shard-size", "10", "--batch-size", "5",
+        "--n-resamples", "300"]
 pytestmark = pytest.mark.skipif(not Path(CLI).exists(), reason="the vlm-lens command is not installed (pip install -e .)")
 
 

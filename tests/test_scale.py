@@ -69,7 +69,8 @@ def test_half_precision_checkpoint_loads_in_its_own_dtype(half_checkpoint):
 def test_half_precision_checkpoint_runs_the_study_to_the_report(half_checkpoint, tmp_path):
     _, folder = half_checkpoint
     result = CliRunner().invoke(app, ["vrp", "--model", str(folder), "--n", "40", "--k", "2", "--batch-size", "7",
-                                      "--storage-dtype", "float16", "--out", str(tmp_path)])
+                                      "--storage-dtype", "float16", "--n-resamples", "300",
+                                      "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
     tables = json.loads((tmp_path / "tables.json").read_text())
     assert tables["table8_accounting"][0]["extracted"] == 40 and (tmp_path / "report.html").stat().st_size > 10_000
@@ -116,7 +117,8 @@ def test_images_of_five_sizes_run_the_study_to_the_report(tmp_path):
         path = bench.parent / "images" / json.loads(line)["image"]
         Image.open(path).resize(sizes[i % 5]).save(path)
     result = CliRunner().invoke(app, ["vrp", "--model", qwen, "--benchmark", str(bench), "--images",
-                                      str(bench.parent / "images"), "--n", "60", "--k", "2", "--out", str(tmp_path / "o")])
+                                      str(bench.parent / "images"), "--n", "60", "--k", "2", "--n-resamples", "300",
+                                      "--out", str(tmp_path / "o")])
     assert result.exit_code == 0, result.output
     rows = [r for shard in sorted((tmp_path / "o" / "extraction").glob("shard-*.json")) for r in json.loads(shard.read_text())]
     assert len({tuple(r["grid"]) for r in rows}) >= 3

@@ -158,3 +158,42 @@ def test_missing_images_stop_before_model_work(tmp_path):
                                       "--images", str(tmp_path / "images"), "--n", "3", "--out", str(tmp_path / "o")])
     assert isinstance(result.exception, FileNotFoundError)
     assert "3 image(s) missing" in str(result.exception)
+
+
+def test_a_vqav2_pair_built_from_shapes_runs_from_the_command_line(tmp_path):
+    """Questions + annotations with ten human answers each (8 give the label, 2 another answer), COCO file names."""
+    bench = shapes.write_benchmark(tmp_path / "shapes", 60, seed=SHAPES_EVAL_SEED)
+    images = tmp_path / "val2014"
+    images.mkdir()
+    questions, annotations = [], []
+    for line in bench.read_text().splitlines():
+        record = json.loads(line)
+        qid = int(record["question_id"])
+        (bench.parent / "images" / record["image"]).rename(images / f"COCO_val2014_{qid:012d}.jpg")
+        questions.append({"image_id": qid, "question": record["text"], "question_id": qid})
+        other = "no" if record["label"] != "no" else "yes"
+        answers = [record["label"]] * 8 + [other] * 2
+        annotations.append({"question_id": qid, "answer_type": record["type"],
+                            "answers": [{"answer": a, "answer_id": i + 1} for i, a in enumerate(answers)]})
+    (tmp_path / "q.json").write_text(json.dumps({"data_subtype": "val2014", "questions": questions}))
+    (tmp_path / "a.json").write_text(json.dumps({"annotations": annotations}))
+    result = CliRunner().invoke(app, ["vrp", "--benchmark", str(tmp_path / "q.json"), "--annotations", str(tmp_path / "a.json"),
+                                      "--images", str(images), "--n", "60", "--k", "2", "--n-resamples", "200",
+                                      "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    rows = [r for f in sorted((tmp_path / "out" / "extraction").glob("shard-*.json")) for r in json.loads(f.read_text())]
+    assert all(r["metric"] == "vqa" and len(r["golds"]) == 10 for r in rows)
+    # with 8 of 10 humans giving the label, VQA accuracy 1.0 for the label, 0.6 for the other answer, else 0
+    for r in rows:
+        expected = r["prediction"] == r["label"] or (r["prediction"] in r["golds"] and r["golds"].count(r["prediction"]) >= 2)
+        assert r["correct"] == expected
+
+
+def test_study_settings_from_a_config_file_with_command_line_overrides(tmp_path):
+    (tmp_path / "study.json").write_text(json.dumps({"n": 30, "k": 2, "n_resamples": 100, "hidden_layers": [2, 3]}))
+    result = CliRunner().invoke(app, ["vrp", "--config", str(tmp_path / "study.json"), "--n", "40", "--out", str(tmp_path / "o")])
+    assert result.exit_code == 0, result.output
+    used = json.loads((tmp_path / "o" / "tables.json").read_text())["config"]
+    assert (used["n"], used["k"], used["n_resamples"], used["hidden_layers"]) == (40, 2, 100, [2, 3])
+    (tmp_path / "bad.json").write_text(json.dumps({"nn": 3}))
+    assert "unknown study settings" in str(CliRunner().invoke(app, ["vrp", "--config", str(tmp_path / "bad.json")]).exception)

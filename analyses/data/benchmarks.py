@@ -9,6 +9,7 @@ model work starts.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -65,7 +66,9 @@ def load_vqav2(questions: str | Path, annotations: str | Path) -> list[Record]:
         a = anns.get(q["question_id"])
         if a is None:
             raise ValueError(f"question {q['question_id']} has no annotation in {annotations}")
-        golds = tuple(x["answer"] for x in a["answers"])
+        # the commonest human answer first: it is the reference whose token the truth margin follows
+        counts = Counter(x["answer"] for x in a["answers"])
+        golds = tuple(sorted((x["answer"] for x in a["answers"]), key=lambda g: -counts[g]))
         image = f"COCO_{subtype}_{q['image_id']:012d}.jpg"
         records.append(Record(q["question_id"], image, q["question"], golds, a.get("answer_type", "all"), "vqa",
                               a.get("answer_type") in ("yes/no", "number")))
@@ -94,6 +97,55 @@ def load_counting_spatial(path: str | Path) -> list[Record]:
         kind = r.get("type", "count" if label.isdigit() else "spatial")
         records.append(Record(r["question_id"], r["image"], r["text"], (label,), kind))
     return records
+
+
+FORMATS = ("pope", "counting", "vqav2", "textvqa", "llava_bench")
+NEEDS_ANNOTATIONS = {"vqav2": "the annotations JSON (ten human answers per question)",
+                     "llava_bench": "the reference answers file (answers_gpt4.jsonl)"}
+
+
+def detect_format(path: str | Path) -> str:
+    """The benchmark format of a questions file, read from its content.
+
+    A JSON object with "questions" is VQAv2; one with "data" entries holding "answers" is TextVQA;
+    records with question_id, image, text and a label are POPE (yes/no labels only; Shapes files too)
+    or a counting/spatial suite (other labels); records without a label are LLaVA-Bench questions."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        data = None  # JSON lines (or not JSON at all: the loader will say where)
+    if isinstance(data, dict) and "questions" in data:
+        return "vqav2"
+    if isinstance(data, dict) and isinstance(data.get("data"), list) and data["data"] and "answers" in data["data"][0]:
+        return "textvqa"
+    records = [data] if isinstance(data, dict) else data if isinstance(data, list) else _read_json_records(path)
+    if not records or not isinstance(records[0], dict):
+        raise ValueError(f"{path}: no question records found; pass --format one of {FORMATS}")
+    first = records[0]
+    if {"question_id", "image", "text"} <= set(first) and "label" not in first:
+        return "llava_bench"
+    if "label" in first:
+        labels = {str(r.get("label", "")).strip().lower() for r in records}
+        return "pope" if labels <= {"yes", "no"} else "counting"
+    raise ValueError(f"{path}: records hold {sorted(first)}; expected POPE's question_id, image, text, label "
+                     f"or another format: pass --format one of {FORMATS}")
+
+
+def load(path: str | Path, annotations: str | Path | None = None, format: str | None = None) -> list[Record]:
+    """Any supported benchmark file, its format detected from the content unless ``format`` is given."""
+    format = format or detect_format(path)
+    if format not in FORMATS:
+        raise ValueError(f"unknown benchmark format {format!r}; one of {FORMATS}")
+    if format in NEEDS_ANNOTATIONS and annotations is None:
+        raise ValueError(f"{path} is {format}: it needs --annotations, {NEEDS_ANNOTATIONS[format]}")
+    if format not in NEEDS_ANNOTATIONS and annotations is not None:
+        raise ValueError(f"{path} is {format}, whose answers are in the file itself: drop --annotations")
+    if format == "vqav2":
+        return load_vqav2(path, annotations)
+    if format == "llava_bench":
+        return load_llava_bench(path, annotations)
+    return {"pope": load_pope, "counting": load_counting_spatial, "textvqa": load_textvqa}[format](path)
 
 
 def check_images(records: list[Record], folder: str | Path) -> None:

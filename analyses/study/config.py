@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import ClassVar
 
 from analyses.answers import CORRECT_AT
@@ -20,7 +21,9 @@ from vlm_lens.loading import parse_dtype
 class VRPConfig:
     # what to run
     model: str = "toy-llava"
-    benchmark: str = "shapes"  # "shapes", or a POPE/Shapes-format file (JSON lines or array)
+    benchmark: str = "shapes"  # "shapes", or a questions file of any supported format (analyses.data.benchmarks)
+    annotations: str | None = None  # VQAv2's annotations / LLaVA-Bench's reference answers
+    format: str | None = None  # force a format (pope, counting, vqav2, textvqa, llava_bench); None: detected
     images: str | None = None  # image folder for a benchmark file
     n: int = 600
     seed: int = 0  # splits, sampling, bootstraps, random controls
@@ -52,10 +55,10 @@ class VRPConfig:
     margin_items: int = 100  # questions whose margin is decomposed for Table 3
     ablation_k: int = 8  # probe neurons zeroed in Tables 4-5
     random_controls: int = 3  # random-neuron controls of the same size
-    n_resamples: int = 2000  # bootstrap resamples for every CI
+    n_resamples: int = 10_000  # bootstrap resamples for every CI (the study's 10,000)
 
     EXTRACTION_FIELDS: ClassVar[tuple[str, ...]] = (
-        "model", "benchmark", "images", "n", "seed", "dtype", "k", "top_p", "temperature", "max_new_tokens",
+        "model", "benchmark", "annotations", "format", "images", "n", "seed", "dtype", "k", "top_p", "temperature", "max_new_tokens",
         "shard_size", "hidden_layers", "neuron_layers", "storage_dtype", "correct_threshold",
     )
 
@@ -82,3 +85,13 @@ class VRPConfig:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_file(cls, path: str | Path, **overrides) -> VRPConfig:
+        """A config from a JSON file of field: value pairs (any subset), then ``overrides``."""
+        data = json.loads(Path(path).read_text())
+        unknown = sorted(set(data) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ValueError(f"{path}: unknown study settings {unknown}; the settings are {sorted(cls.__dataclass_fields__)}")
+        data = {k: tuple(v) if isinstance(v, list) else v for k, v in {**data, **overrides}.items()}
+        return cls(**data)

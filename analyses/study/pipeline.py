@@ -38,7 +38,7 @@ def load_examples(cfg: VRPConfig) -> tuple[list[Example], int]:
         return shapes_examples(cfg.n, SHAPES_EVAL_SEED), cfg.n
     if cfg.images is None:
         raise ValueError("a benchmark file needs --images, the folder holding its images")
-    records = benchmarks.load_pope(cfg.benchmark)
+    records = benchmarks.load(cfg.benchmark, cfg.annotations, cfg.format)
     chosen = records[: cfg.n]
     benchmarks.check_images(chosen, cfg.images)  # raises, naming the missing ones, before any model work
     return benchmarks.to_examples(chosen, cfg.images), len(records)
