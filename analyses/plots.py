@@ -16,6 +16,7 @@ from PIL import Image
 from analyses.patching import TraceResult
 
 GROUP_COLOURS = {"correct": "#1f77b4", "incorrect": "#d62728"}
+LAYER_AXIS = {"dtick": 1, "tickformat": "d"}  # layers are integers: no 0.5 ticks
 
 
 def _band(x, low, high, colour, name, legendgroup) -> go.Scatter:
@@ -42,7 +43,7 @@ def margin_curves(curves: pd.DataFrame | Mapping[str, pd.DataFrame], title: str 
                                      hovertemplate="layer %{x}<br>margin %{y:.3f}<extra>" + label + "</extra>"))
     fig.add_hline(y=0, line={"color": "grey", "width": 1})
     fig.update_layout(title=title, xaxis_title="layer", yaxis_title="truth margin (logit)", template="plotly_white",
-                      xaxis={"dtick": 1})
+                      xaxis=LAYER_AXIS)
     return fig
 
 
@@ -68,7 +69,7 @@ def entropy_and_components(entropy: np.ndarray, components: np.ndarray, title: s
     fig = go.Figure()
     fig.add_trace(go.Scatter(x=layers, y=entropy, name="H_s (nats)", mode="lines+markers"))
     fig.add_trace(go.Scatter(x=layers, y=np.asarray(components) - 1, name="C_k - 1", mode="lines+markers", yaxis="y2"))
-    fig.update_layout(title=title, xaxis_title="layer", yaxis={"title": "H_s"},
+    fig.update_layout(title=title, xaxis_title="layer", yaxis={"title": "H_s"}, xaxis=LAYER_AXIS,
                       yaxis2={"title": "C_k - 1", "overlaying": "y", "side": "right"}, template="plotly_white")
     return fig
 
@@ -80,7 +81,7 @@ def margin_contributions(table: pd.DataFrame, title: str = "Who builds the margi
     fig.add_trace(go.Bar(x=table.layer, y=table.mlp, name="MLP"))
     fig.add_trace(go.Scatter(x=table.layer, y=table.cumulative, name="cumulative margin", mode="lines+markers"))
     fig.update_layout(barmode="relative", title=title, xaxis_title="layer", yaxis_title="logit difference",
-                      template="plotly_white")
+                      xaxis=LAYER_AXIS, template="plotly_white")
     return fig
 
 

@@ -39,7 +39,7 @@ def test_outputs_written(study):
     assert page.startswith("<!doctype html>") and page.count("Plotly.newPlot") >= 6
     assert "<script src=" not in page and len(page) > 3_000_000  # plotly.js inline: self-contained
     data = json.loads((out / "tables.json").read_text())
-    assert set(results.tables()) | {"config"} == set(data)
+    assert set(results.tables()) | {"config", "findings", "warnings"} == set(data)
     assert data["config"] == results.config.as_dict()
     assert "Table 6" in (out / "tables.md").read_text()
 
@@ -197,3 +197,50 @@ def test_study_settings_from_a_config_file_with_command_line_overrides(tmp_path)
     assert (used["n"], used["k"], used["n_resamples"], used["hidden_layers"]) == (40, 2, 100, [2, 3])
     (tmp_path / "bad.json").write_text(json.dumps({"nn": 3}))
     assert "unknown study settings" in str(CliRunner().invoke(app, ["vrp", "--config", str(tmp_path / "bad.json")]).exception)
+
+
+def test_findings_state_this_runs_numbers_and_warn_about_small_n(study):
+    from analyses.study.findings import concentration, findings, warnings
+
+    out, results = study
+    found = {f.question: f.answer for f in findings(results)}
+    assert len(found) == 5
+    where = found["Where does the margin form, and who builds it?"]
+    assert f"l* = {results.margins.peak_layer}" in where and f"{results.margins.mlp_update_share_at_peak:.0%}" in where
+    attention = results.predictors["attention_entropy"].estimate
+    assert f"{attention.value:.3f} [95% CI {attention.ci[0]:.3f}, {attention.ci[1]:.3f}], n = 30" in found[
+        "Does attention sharpness predict correctness?"]
+    verdict = concentration(results)
+    assert verdict in ("concentrated", "no evidence")
+    assert ("concentrated in those units" in found["Is reliability concentrated or distributed?"]) == (verdict == "concentrated")
+    cautions = warnings(results)
+    assert any("only 30 questions" in w and "n = 500" in w for w in cautions)  # test fraction 0.2: 500 gives 100
+    page = (out / "report.html").read_text()
+    assert page.index("Findings") < page.index("Table 2a") and "only 30 questions" in page
+
+
+def test_concentration_verdict_by_hand(study):
+    from dataclasses import replace
+
+    from analyses.stats import Estimate
+    from analyses.study.findings import concentration
+
+    _, results = study
+    probe, *controls = results.ablations.rows
+    hurt = replace(probe, change=Estimate(-0.3, (-0.4, -0.2), 30))
+    calm = [replace(c, change=Estimate(0.0, (-0.05, 0.05), 30)) for c in controls]
+    assert concentration(replace(results, ablations=replace(results.ablations, rows=[hurt, *calm]))) == "concentrated"
+    overlap = [replace(c, change=Estimate(-0.25, (-0.35, -0.1), 30)) for c in controls]
+    assert concentration(replace(results, ablations=replace(results.ablations, rows=[hurt, *overlap]))) == "no evidence"
+    assert concentration(replace(results, ablations=replace(results.ablations, rows=calm))) == "untested"
+
+
+def test_strength_in_words():
+    from analyses.stats import Estimate
+    from analyses.study.findings import strength
+
+    assert strength(Estimate(0.52, (0.45, 0.60), 100)) == "barely predicts"  # CI holds chance
+    assert strength(Estimate(0.58, (0.52, 0.64), 100)) == "barely predicts"  # off chance, but by less than 0.1
+    assert strength(Estimate(0.65, (0.55, 0.75), 100)) == "weakly predicts"
+    assert strength(Estimate(0.85, (0.78, 0.91), 100)) == "predicts"
+    assert strength(Estimate(0.39, (0.29, 0.49), 100)) == "weakly predicts, inversely,"

@@ -19,7 +19,13 @@ from sklearn.metrics import roc_curve
 from analyses import plots
 from analyses.data.examples import Example
 from analyses.study.extract import Extraction
+from analyses.study.findings import findings, warnings
 from analyses.study.results import StudyResults
+
+STYLE = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222;line-height:1.45}"
+         "table{border-collapse:collapse;margin:1em 0;font-size:14px}td,th{padding:3px 10px;border-bottom:1px solid #ddd;"
+         "text-align:right}th{background:#f4f4f4}h3{margin-bottom:.2em}.warn{background:#fff4e5;border-left:4px solid "
+         "#f0a020;padding:.5em 1em;margin:1em 0}code{font-size:12px}")
 
 TITLES = {
     "table2_accuracy": "Table 2a. Task accuracy",
@@ -34,15 +40,19 @@ TITLES = {
 
 
 def to_json(results: StudyResults) -> dict:
-    out = {"config": results.config.as_dict()}
+    out = {"config": results.config.as_dict(), "findings": [vars(f) for f in findings(results)],
+           "warnings": warnings(results)}
     for key, frame in results.tables().items():
         out[key] = frame.replace({np.nan: None}).to_dict(orient="records")
     return out
 
 
 def to_markdown(results: StudyResults) -> str:
-    return "\n".join(f"### {TITLES.get(key, key)}\n\n{frame.to_markdown(index=False, floatfmt='.3f')}\n"
-                     for key, frame in results.tables().items())
+    found = "\n".join(f"- **{f.question}** {f.answer}" for f in findings(results))
+    cautions = "".join(f"\n> {w}" for w in warnings(results))
+    tables = "\n".join(f"### {TITLES.get(key, key)}\n\n{frame.to_markdown(index=False, floatfmt='.3f')}\n"
+                        for key, frame in results.tables().items())
+    return f"### Findings\n\n{found}\n{cautions}\n\n{tables}"
 
 
 def roc_figure(results: StudyResults, labels: np.ndarray) -> go.Figure:
@@ -93,16 +103,28 @@ def write(out: Path, results: StudyResults, extraction: Extraction, examples: li
     )
     cfg = results.config
     settings = html.escape(json.dumps(cfg.as_dict()))
+    found = "".join(f"<h3>{html.escape(f.question)}</h3><p>{html.escape(f.answer)}</p>" for f in findings(results))
+    cautions = "".join(f"<li>{html.escape(w)}</li>" for w in warnings(results))
     page = (
         "<!doctype html><html><head><meta charset='utf-8'><title>vlm-lens VRP report</title>"
-        "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse;margin:1em 0}"
-        "td,th{padding:2px 8px;border-bottom:1px solid #ddd;text-align:right}</style></head><body>"
+        f"<style>{STYLE}</style></head><body>"
         f"<h1>VLM Reliability Probe: {html.escape(cfg.model)} on {html.escape(cfg.benchmark)}</h1>"
-        f"<p><code>{settings}</code></p>{table_html}{''.join(sections)}</body></html>"
+        f"<p>{results.accounting.extracted} questions, {results.accounting.correct} answered right; "
+        f"test split {results.accounting.test}.</p>"
+        + (f"<div class='warn'><b>Read with care</b><ul>{cautions}</ul></div>" if cautions else "")
+        + f"<h2>Findings</h2>{found}{table_html}{''.join(sections)}"
+        f"<h2>Settings</h2><p><code>{settings}</code></p></body></html>"
     )
     path = out / "report.html"
     path.write_text(page)
     return path
+
+
+def _with_ci(value, low, high, signed: bool = False) -> str:
+    if value is None:
+        return "n/a"
+    fmt = "+.3f" if signed else ".3f"
+    return f"{value:{fmt}} [{low:{fmt}}, {high:{fmt}}]" if low is not None else f"{value:{fmt}}"
 
 
 def compare(runs: list[Path], out: Path) -> Path:
@@ -113,10 +135,13 @@ def compare(runs: list[Path], out: Path) -> Path:
         name = f"{data['config']['model']} ({Path(run).name})"
         loaded[name if name not in loaded else f"{name} #{i + 1}"] = data  # two runs never share a column
     accuracy = pd.DataFrame({name: {r["type"]: r["accuracy"] for r in d["table2_accuracy"]} for name, d in loaded.items()})
-    aurocs = pd.DataFrame({name: {r["key"]: r["auroc"] for r in d["table6_predictors"]} for name, d in loaded.items()})
+    aurocs = pd.DataFrame({name: {r["key"]: _with_ci(r["auroc"], r["ci_low"], r["ci_high"]) for r in d["table6_predictors"]}
+                           for name, d in loaded.items()})
     lens = pd.DataFrame({name: d["table3_logit_lens"][0] for name, d in loaded.items()})
-    ablation = pd.DataFrame({name: {r["condition"]: r["diff"] for r in d["table4_5_ablations"]} for name, d in loaded.items()})
-    parts = {"Accuracy": accuracy, "Predictor AUROC (test)": aurocs, "Logit lens": lens, "Ablation: accuracy change": ablation}
+    ablation = pd.DataFrame({name: {r["condition"]: _with_ci(r["diff"], r["ci_low"], r["ci_high"], signed=True)
+                                    for r in d["table4_5_ablations"]} for name, d in loaded.items()})
+    parts = {"Accuracy": accuracy, "Predictor AUROC (test, 95% CI)": aurocs, "Logit lens": lens,
+             "Ablation: accuracy change (95% CI)": ablation}
     out.mkdir(parents=True, exist_ok=True)
     md = "\n".join(f"### {t}\n\n{f.to_markdown(floatfmt='.3f')}\n" for t, f in parts.items())
     (out / "compare.md").write_text(md)
@@ -124,7 +149,7 @@ def compare(runs: list[Path], out: Path) -> Path:
                               "Truth margin by layer, models overlaid")
     body = "".join(f"<h2>{html.escape(t)}</h2>{f.to_html(float_format=lambda x: f'{x:.3f}', border=0)}" for t, f in parts.items())
     (out / "compare.html").write_text(
-        "<!doctype html><html><head><meta charset='utf-8'><title>vlm-lens comparison</title></head><body>"
+        f"<!doctype html><html><head><meta charset='utf-8'><title>vlm-lens comparison</title><style>{STYLE}</style></head><body>"
         f"<h1>VRP comparison</h1>{body}{fig.to_html(full_html=False, include_plotlyjs=True)}</body></html>"
     )
     return out / "compare.md"
