@@ -22,7 +22,7 @@ from analyses.study import report
 from analyses.study.config import VRPConfig
 from analyses.study.extract import load
 from analyses.study.pipeline import SHAPES_EVAL_SEED, run
-from vlm_lens import HookedVLM
+from vlm_lens import HookedVLM, zoo
 
 SMALL = dict(n=150, k=3, n_resamples=200, random_controls=2)
 
@@ -50,6 +50,12 @@ def test_tables_agree_with_the_extraction(study):
     ex = load(out / "extraction")
     correct = ex.correct
     assert results.accounting.extracted == 150 and results.accounting.correct == int(correct.sum())
+    model = results.setup.model
+    card = zoo.get(results.config.model).card
+    assert (model["family"], model["language_layers"], model["parameters"]) == (card["family"], card["language_layers"],
+                                                                                card["parameters"])
+    assert results.setup.benchmark["accuracy"] == pytest.approx(correct.mean())
+    assert results.setup.benchmark["questions used"] == 150 and results.setup.benchmark["format"] == "shapes"
     assert results.accuracy.overall == pytest.approx(correct.mean())
     test = results.predictors.split.test
     confidence = np.array([r["confidence"] for r in ex.rows])

@@ -26,7 +26,7 @@ from analyses.study.config import VRPConfig
 from analyses.study.distributed import Ranks
 from analyses.study.extract import Extraction, extract, load
 from analyses.study.predictors import attention_features, attention_table, predictor_table
-from analyses.study.results import Accounting, Accuracy, StudyResults
+from analyses.study.results import Accounting, Accuracy, Setup, StudyResults
 from vlm_lens import HookedVLM
 
 SHAPES_EVAL_SEED = 123  # the default benchmark: Shapes questions no toy model trained on
@@ -52,6 +52,24 @@ def accuracy_table(ex: Extraction) -> Accuracy:
     return Accuracy(pd.DataFrame(rows), ece, bins)
 
 
+def setup_tables(model: HookedVLM, examples: list[Example], ex: Extraction, cfg: VRPConfig, questions: int) -> Setup:
+    """Table 1 (the model) and Table 7 (the benchmark) of this run."""
+    c = model.cfg
+    grid = ex.rows[0]["grid"]
+    described = {
+        "model": cfg.model, "family": c.family, "hf_class": type(model.hf_model).__name__,
+        "parameters": sum(p.numel() for p in model.hf_model.parameters()), "dtype": str(model.dtype).removeprefix("torch."),
+        "language_layers": c.n_layers, "d_model": c.d_model, "d_mlp": c.d_mlp, "heads": c.n_heads,
+        "vision_layers": c.n_vision_layers, "image_tokens (first image)": grid[0] * grid[1],
+    }
+    benchmark = "shapes" if cfg.benchmark == "shapes" else Path(cfg.benchmark).name
+    form = "shapes" if cfg.benchmark == "shapes" else cfg.format or benchmarks.detect_format(cfg.benchmark)
+    metrics = sorted({e.metric for e in examples})
+    return Setup(described, {"benchmark": benchmark, "format": form, "questions in file": questions,
+                             "questions used": len(ex.rows), "metric": ", ".join(metrics),
+                             "accuracy": float(ex.correct.mean())})
+
+
 def analyse(model: HookedVLM, examples: list[Example], ex: Extraction, cfg: VRPConfig, questions: int) -> StudyResults:
     """Every table from a finished extraction (the model is needed again for the causal checks)."""
     features = attention_features(ex, cfg)
@@ -68,6 +86,7 @@ def analyse(model: HookedVLM, examples: list[Example], ex: Extraction, cfg: VRPC
         ablations=ablation_table(model, examples, predictors, cfg),
         predictors=predictors,
         accounting=accounting,
+        setup=setup_tables(model, examples, ex, cfg, questions),
     )
 
 

@@ -28,6 +28,8 @@ STYLE = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto
          "#f0a020;padding:.5em 1em;margin:1em 0}code{font-size:12px}")
 
 TITLES = {
+    "table1_models": "Table 1. The model studied",
+    "table7_benchmarks": "Table 7. The benchmark",
     "table2_accuracy": "Table 2a. Task accuracy",
     "table2_attention_rpb": "Table 2b. Attention sharpness vs correctness (point-biserial R, 95% CI)",
     "table3_logit_lens": "Table 3. Logit-lens peak, separation and MLP share of the margin",

@@ -145,6 +145,20 @@ class Ablations:
 
 
 @dataclass
+class Setup:
+    """Table 1 (the model studied) and Table 7 (the benchmark), as this run used them."""
+
+    model: dict  # name, family, HF class, sizes, dtype, parameters, image tokens per image
+    benchmark: dict  # name, format, questions in the file, questions used, metric, accuracy
+
+    def models(self) -> pd.DataFrame:
+        return pd.DataFrame([self.model])
+
+    def benchmarks(self) -> pd.DataFrame:
+        return pd.DataFrame([self.benchmark])
+
+
+@dataclass
 class Accounting:
     """Table 8: where every question went."""
 
@@ -172,15 +186,18 @@ class StudyResults:
     ablations: Ablations
     predictors: Predictors
     accounting: Accounting
+    setup: Setup
 
     def tables(self) -> dict[str, pd.DataFrame]:
-        """The tables as tidy frames, keyed as in ``tables.json``."""
+        """The tables as tidy frames, keyed as in ``tables.json`` (numbered as the study's tables)."""
         return {
+            "table1_models": self.setup.models(),
             "table2_accuracy": self.accuracy.frame(),
             "table2_attention_rpb": self.attention.frame(),
             "table3_logit_lens": self.margins.frame(),
             "table4_5_ablations": self.ablations.frame(),
             "table6_predictors": self.predictors.frame(),
+            "table7_benchmarks": self.setup.benchmarks(),
             "table8_accounting": self.accounting.frame(),
             "table9_methods": self.predictors.methods(),
             "margin_curves": self.margins.curves,
