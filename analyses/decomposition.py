@@ -22,6 +22,17 @@ from analyses.logit_lens import final_norm, unembed
 from vlm_lens import ActivationCache, HookedVLM
 
 
+def _rows_at(cache: ActivationCache | AnswerActivations, positions: Tensor | None = None):
+    """A function taking a cached activation to one float32 row per item at the answer position: ``cache`` is a
+    full cache (rows picked at ``positions``, default the answer positions) or what ``capture_at_answer`` kept."""
+    if isinstance(cache, AnswerActivations):
+        if positions is not None:
+            raise ValueError("answer activations hold one position per item already; positions cannot be chosen")
+        return lambda t: t.float()
+    positions = answer_positions(cache.inputs) if positions is None else positions
+    return lambda t: at_answer(t, positions).float()
+
+
 def _norm_gain_and_scale(model: HookedVLM, resid_final: Float[Tensor, "batch d_model"]):
     norm = final_norm(model)
     eps = getattr(norm, "variance_epsilon", getattr(norm, "eps", None))
@@ -45,13 +56,7 @@ def margin_contributions(
 
     ``cache`` is a full cache (rows picked at ``positions``, default the answer positions) or what
     ``answers.capture_at_answer`` kept (already one row per item: memory of one batch)."""
-    if isinstance(cache, AnswerActivations):
-        if positions is not None:
-            raise ValueError("answer activations hold one position per item already; positions cannot be chosen")
-        pick = lambda t: t.float()  # noqa: E731
-    else:
-        positions = answer_positions(cache.inputs) if positions is None else positions
-        pick = lambda t: at_answer(t, positions).float()  # noqa: E731
+    pick = _rows_at(cache, positions)
     resid_final = pick(cache["resid_post", -1])
     gain, scale = _norm_gain_and_scale(model, resid_final)
     weight = unembed(model).weight.float()
@@ -67,23 +72,29 @@ def margin_contributions(
     return pd.DataFrame(rows)
 
 
-def update_shares(model: HookedVLM, cache: ActivationCache | AnswerActivations) -> pd.DataFrame:
-    """Per layer, at the answer position: the norms of attention's and the MLP's writes to the residual
-    stream, and the MLP's share of the update's magnitude, ||mlp|| / (||attn|| + ||mlp||), averaged over
-    items (the study's "MLP share" at a layer, Table 3). Tidy: layer, attn_norm, mlp_norm, mlp_share."""
-    rows = []
+def update_norms_at_answer(model: HookedVLM, cache: ActivationCache | AnswerActivations) -> pd.DataFrame:
+    """Per item and layer, at the answer position: the norms of attention's and the MLP's writes to the
+    residual stream and the MLP's share of the update's magnitude, ||mlp|| / (||attn|| + ||mlp||).
+    Tidy: item, layer, attn_norm, mlp_norm, mlp_share."""
+    pick = _rows_at(cache)
+    frames = []
     for layer in range(model.cfg.n_layers):
-        writes = []
-        for alias in ("attn_out", "mlp_out"):
-            value = cache[alias, layer]
-            if not isinstance(cache, AnswerActivations):
-                value = at_answer(value, answer_positions(cache.inputs))
-            writes.append(value.float().norm(dim=-1))
-        attn, mlp = writes
+        attn, mlp = (pick(cache[alias, layer]).norm(dim=-1) for alias in ("attn_out", "mlp_out"))
         share = mlp / (attn + mlp).clamp_min(torch.finfo(torch.float32).tiny)
-        rows.append({"layer": layer, "attn_norm": float(attn.mean()), "mlp_norm": float(mlp.mean()),
-                     "mlp_share": float(share.mean())})
-    return pd.DataFrame(rows)
+        frames.append(pd.DataFrame({"item": range(len(attn)), "layer": layer, "attn_norm": attn.tolist(),
+                                    "mlp_norm": mlp.tolist(), "mlp_share": share.tolist()}))
+    return pd.concat(frames, ignore_index=True)
+
+
+def update_shares(model: HookedVLM, cache: ActivationCache | AnswerActivations) -> pd.DataFrame:
+    """Per layer: ``update_norms_at_answer`` averaged over items (the study's "MLP share" at a layer, Table 3).
+    Tidy: layer, attn_norm, mlp_norm, mlp_share."""
+    return layer_means(update_norms_at_answer(model, cache))
+
+
+def layer_means(norms: pd.DataFrame) -> pd.DataFrame:
+    """Per-item update norms (``update_norms_at_answer``, any number of batches concatenated) averaged per layer."""
+    return norms.groupby("layer")[["attn_norm", "mlp_norm", "mlp_share"]].mean().reset_index()
 
 
 def mlp_share(contributions: pd.DataFrame, upto_layer: int) -> float:

@@ -16,7 +16,8 @@ same layer.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -31,13 +32,14 @@ NEURON_SITES = {"mlp": "blocks.{l}.mlp.hook_post", "resid": "blocks.{l}.hook_res
 NEURON_MODES = ("zero", "mean", "clamp", "scale")
 
 
-class Intervention:
+class Intervention(ABC):
     """Base: ``hooks(model, inputs)`` gives (name, fn) pairs; ``name`` says what it does."""
 
     name: str
 
+    @abstractmethod
     def hooks(self, model: HookedVLM, inputs: VLMInputs) -> Hooks:
-        raise NotImplementedError
+        """The (hook name, hook function) pairs that carry the intervention out on this batch."""
 
     def __add__(self, other: Intervention) -> Combined:
         mine = self.parts if isinstance(self, Combined) else (self,)
@@ -148,8 +150,8 @@ def random_neurons(model: HookedVLM, layer: int, k: int, seed: int, exclude: Seq
     if k > len(pool):
         raise ValueError(f"cannot draw {k} units from the {len(pool)} available at layer {layer}")
     chosen = sorted(np.random.default_rng(seed).choice(pool, size=k, replace=False).tolist())
-    plain = Neurons(layer, chosen, site=site, **kwargs)
-    return Neurons(layer, chosen, site=site, label=f"random {plain.name} (seed {seed})", **kwargs)
+    control = Neurons(layer, chosen, site=site, **kwargs)
+    return replace(control, label=f"random {control.name} (seed {seed})")
 
 
 @torch.no_grad()

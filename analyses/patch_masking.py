@@ -15,7 +15,7 @@ import torch
 
 from analyses.attention_structure import image_attention
 from analyses.interventions import Intervention, image_embedding_edit
-from vlm_lens import HookedVLM, VLMInputs
+from vlm_lens import HookedVLM, UnsupportedModelError, VLMInputs
 
 
 def choose_cells(grids: np.ndarray, fraction: float = 0.3, rank: str = "top", seed: int = 0) -> list[list[int]]:
@@ -59,7 +59,9 @@ def pixel_mask(model: HookedVLM, inputs: VLMInputs, cells: list[list[int]]) -> V
     its adapter's ``fill_patches``."""
     fill_patches = model.adapter.fill_patches
     if fill_patches is None:
-        raise NotImplementedError(f"the {model.adapter.family!r} adapter does not say where its patches' pixels lie")
+        raise UnsupportedModelError(f"pixel-level masking needs to know where a patch's pixels lie, and the "
+                                    f"{model.adapter.family!r} adapter does not declare it (Adapter.fill_patches); "
+                                    "use token-level masking")
     tensors = {**inputs.tensors, "pixel_values": inputs.tensors["pixel_values"].clone()}
     grey = _grey(model.processor).to(tensors["pixel_values"].dtype)
     for item, item_cells in enumerate(cells):

@@ -18,7 +18,6 @@ from analyses.cli import app
 from analyses.data import shapes
 from analyses.data.examples import shapes_examples
 from analyses.evaluation import batches
-from analyses.study import report
 from analyses.study.config import VRPConfig
 from analyses.study.extract import load
 from analyses.study.pipeline import SHAPES_EVAL_SEED, run

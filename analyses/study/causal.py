@@ -25,19 +25,16 @@ def margin_building(model, examples: list[Example], ex: Extraction, cfg: VRPConf
     subset = examples[: cfg.margin_items]
     frames = []
     names = [n for n in model.hook_names() if n.startswith("blocks.") and n.endswith(DECOMPOSED)]
-    shares = []
+    norms = []
     for start, (chunk, inputs) in zip(range(0, len(subset), cfg.batch_size), batches(model, subset, cfg.batch_size)):
         captured = answers.capture_at_answer(model, inputs, names)  # rows at the answer only: one batch of memory
         refs = [answers.reference_token_ids(model.tokenizer, [e.label]) for e in chunk]
         competitors = logit_lens.competitor_ids(captured.logits, refs)
         table = decomposition.margin_contributions(model, captured, [r[0] for r in refs], competitors)
         frames.append(table.assign(item=table.item + start))
-        shares.append(decomposition.update_shares(model, captured).assign(weight=len(chunk)))
+        norms.append(decomposition.update_norms_at_answer(model, captured))
     contributions = pd.concat(frames, ignore_index=True)
-    per_batch = pd.concat(shares)  # batch means, weighted by batch size into means over the questions
-    columns = ["attn_norm", "mlp_norm", "mlp_share"]
-    totals = per_batch[columns].mul(per_batch.weight, axis=0).groupby(per_batch.layer).sum()
-    updates = totals.div(per_batch.groupby("layer").weight.sum(), axis=0).reset_index()
+    updates = decomposition.layer_means(pd.concat(norms, ignore_index=True))  # means over the questions
     peak = summary["peak_layer"]
     return MarginBuilding(
         peak_layer=peak, gap_at_peak=summary["gap_at_peak"], separation_layer=summary["separation_layer"],

@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 
 from analyses import answers
 from analyses.attention_structure import image_grids
-from analyses.consistency import decode_samples, majority_support, sample_batches, sample_ids
+from analyses.consistency import majority_support, sample_answers, sample_batches
 from analyses.data.examples import Example
 from analyses.evaluation import batches
 from analyses.logit_lens import read_out, truth_margin
@@ -122,10 +122,8 @@ def _self_consistency(model: HookedVLM, examples: list[Example], start: int, cfg
     for part in sample_batches(len(examples), cfg.k, cfg.sample_rows, most=cfg.batch_size):
         chunk = [examples[i] for i in part]
         inputs = model.prepare(images=[e.load_image() for e in chunk], prompts=[e.text for e in chunk])
-        ids = sample_ids(model, inputs, cfg.k, cfg.max_new_tokens, cfg.temperature, cfg.top_p,
-                         seed=[cfg.seed + start + i for i in part])
-        texts = decode_samples(model, ids)
-        samples += [texts[j * cfg.k : (j + 1) * cfg.k] for j in range(len(chunk))]
+        samples += sample_answers(model, inputs, cfg.k, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                                  top_p=cfg.top_p, seed=[cfg.seed + start + i for i in part])
     return samples
 
 
