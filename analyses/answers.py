@@ -5,11 +5,15 @@ one thing everywhere:
 
 - **where**: ``answer_positions(inputs)`` (each item's last real token, where the answer is
   read) and ``at_answer`` / ``stack_at_answer`` to gather ``[batch pos ...]`` activations there.
-- **what**: ``greedy_answers(model, logits, inputs)``, the greedy next token, decoded.
+- **what**: ``generate_answers(model, inputs, names, max_new_tokens)``, the greedy answer generated
+  to a stop token, with its confidence (the geometric mean of the answer tokens' probabilities),
+  activations at the answer position and the attention rows of every answer token;
+  ``greedy_answers(model, logits, inputs)`` is the one-token shortcut.
 - **right or wrong**: ``score(prediction, golds, metric)`` canonicalises the prediction (the
   study's Eq. 4) and applies the benchmark's rule: ``"exact"`` compares canonical forms with
   every gold; ``"vqa"`` is the official VQA accuracy (answer normalisation, min(#humans/3, 1),
-  leave-one-out). ``is_correct`` turns a score into the binary label; ``correctness`` does a list.
+  leave-one-out); ``"count"`` compares the first integer; ``"relation"`` the first spatial
+  relation named; ``"open"`` (LLaVA-Bench) is not scored here: it needs a judge model. ``is_correct`` turns a score into the binary label; ``correctness`` does a list.
 - **which tokens are the gold**: ``reference_token_ids``, the tokens the truth margin follows.
 
     >>> canonicalise("Yes, there is.")
@@ -36,6 +40,7 @@ from vlm_lens import ActivationCache, HookedVLM, VLMInputs
 # A VQA answer counts as correct from this accuracy on: at least two of ten humans gave it
 # (leave-one-out average 0.6; one human gives 0.3). Exact-match scores are 0 or 1.
 CORRECT_AT = 0.5
+METRICS = ("exact", "vqa", "count", "relation", "open")
 
 # --- canonicalisation (Eq. 4) --------------------------------------------------------------------
 
@@ -129,8 +134,27 @@ def vqa_accuracy(prediction: str, answers: list[str]) -> float:
 # --- the one scorer ---------------------------------------------------------------------------------
 
 
+RELATIONS = ("in front of", "on top of", "next to", "left", "right", "above", "below", "under", "behind", "inside",
+             "on", "in")  # longer phrases first: "in front of" is not "in"
+_RELATION_WORDS = {"beneath": "below", "underneath": "under", "over": "above", "beside": "next to", "within": "inside"}
+OPEN_ENDED = "open"
+
+
+def relation(answer: str) -> str | None:
+    """The first spatial relation an answer names ("The cup is to the left of the plate" -> "left")."""
+    words = re.sub(r"[^\w\s]", " ", answer.lower()).split()
+    words = [_RELATION_WORDS.get(w, w) for w in words]
+    for start in range(len(words)):
+        for phrase in RELATIONS:
+            parts = phrase.split()
+            if words[start : start + len(parts)] == parts:
+                return phrase
+    return None
+
+
 def score(prediction: str, golds: Sequence[str] | str, metric: str = "exact") -> float:
-    """Credit for ``prediction``: 1.0 / 0.0 for ``"exact"``, the VQA accuracy for ``"vqa"``."""
+    """Credit for ``prediction``: 1.0 / 0.0 for ``"exact"``, ``"count"`` and ``"relation"``, the VQA accuracy
+    for ``"vqa"``. ``"open"`` answers (LLaVA-Bench) need a judge model and are refused."""
     golds = [golds] if isinstance(golds, str) else list(golds)
     if not golds:
         raise ValueError("scoring needs at least one gold answer")
@@ -139,7 +163,15 @@ def score(prediction: str, golds: Sequence[str] | str, metric: str = "exact") ->
         return float(answer in {canonicalise(g) for g in golds})
     if metric == "vqa":
         return vqa_accuracy(answer, golds)
-    raise ValueError(f"metric must be 'exact' or 'vqa', got {metric!r}")
+    if metric == "count":
+        return float(answer.isdigit() and any(canonicalise(g) == answer for g in golds))
+    if metric == "relation":
+        named = relation(prediction)
+        return float(named is not None and named in {relation(g) for g in golds})
+    if metric == OPEN_ENDED:
+        raise ValueError("open-ended answers (LLaVA-Bench) are scored by a judge model, which vlm-lens does not run; "
+                         "the study reports their answers and judge-free metrics instead")
+    raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
 
 
 def is_correct(prediction: str, golds: Sequence[str] | str, metric: str = "exact", threshold: float = CORRECT_AT) -> bool:
@@ -265,3 +297,79 @@ def reference_token_ids(tokenizer, golds: Sequence[str], closed_form: bool | Non
     if not ids:
         raise ValueError(f"no reference token for golds {list(golds)}: all map to unknown or empty tokens")
     return ids
+
+
+@dataclass
+class GeneratedAnswers:
+    """Greedy answers generated to a stop token, and what their generation left behind.
+
+    ``tokens[i]`` are item i's answer tokens (the stop token excluded); ``confidence[i]`` the geometric
+    mean of their probabilities (the stop token's probability for an empty answer); ``at_answer``
+    the named activations at the answer position (the prompt's last token) and the first token's
+    logits; ``attention[t][name]`` the head-averaged attention row ``[batch, 1, 1, key]`` of
+    the t-th generation step: the query that produced answer token t (steps beyond an item's
+    answer belong to other items)."""
+
+    tokens: list[list[int]]
+    texts: list[str]
+    confidence: list[float]
+    at_answer: AnswerActivations
+    attention: list[dict[str, Tensor]]
+
+    @property
+    def lengths(self) -> list[int]:
+        """Answer tokens per item: the rows of ``attention`` that belong to it (at least the first)."""
+        return [max(1, len(t)) for t in self.tokens]
+
+
+def stop_token_ids(model: HookedVLM) -> list[int]:
+    """The tokens that end an answer: the generation config's end-of-sequence ids, else the tokenizer's."""
+    eos = getattr(getattr(model.hf_model, "generation_config", None), "eos_token_id", None)
+    ids = [eos] if isinstance(eos, int) else list(eos or [])
+    if model.tokenizer.eos_token_id is not None and model.tokenizer.eos_token_id not in ids:
+        ids.append(model.tokenizer.eos_token_id)
+    if not ids:
+        raise ValueError("the model declares no end-of-sequence token: pass stop_ids")
+    return ids
+
+
+@torch.no_grad()
+def generate_answers(model: HookedVLM, inputs: VLMInputs, names: Sequence[str] = (), max_new_tokens: int = 16,
+                     stop_ids: Sequence[int] | None = None, fwd_hooks=()) -> GeneratedAnswers:
+    """Greedy answers to the first stop token (``stop_token_ids`` by default), or ``max_new_tokens``.
+
+    One ``generate`` call with hooks: the ``names`` activations are cut to the answer position in
+    the prefill (as ``capture_at_answer`` does); ``attn.hook_pattern_rows`` names are kept at every
+    step, averaged over heads, so the attention of each of the T answer tokens costs one row per
+    layer. ``fwd_hooks`` (an intervention's) run first, at every step. Memory: the model, one batch's
+    KV cache and ``max_new_tokens`` rows per layer.
+    """
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+    stops = list(stop_ids) if stop_ids is not None else stop_token_ids(model)
+    positions = answer_positions(inputs)
+    store: dict[str, Tensor] = {}
+    steps: list[dict[str, Tensor]] = []
+
+    def keep(activation: Tensor, hook) -> None:
+        if hook.name.endswith("hook_pattern_rows"):
+            while len(steps) <= hook.step:
+                steps.append({})
+            steps[hook.step][hook.name] = activation.detach().float().mean(1, keepdim=True)
+        elif hook.step == 0:
+            store[hook.name] = at_answer(activation, positions).detach().clone()
+
+    generated = model.generate(inputs, max_new_tokens=max_new_tokens, fwd_hooks=[*fwd_hooks, *((n, keep) for n in names)],
+                               eos_token_id=stops, pad_token_id=stops[0], output_logits=True,
+                               return_dict_in_generate=True)
+    new = generated.sequences[:, inputs.input_ids.shape[1] :].tolist()
+    logprobs = torch.stack([torch.log_softmax(step.float(), -1) for step in generated.logits], 1)  # batch step vocab
+    tokens, texts, confidence = [], [], []
+    for i, row in enumerate(new):
+        length = next((t for t, token in enumerate(row) if token in stops), len(row))
+        tokens.append(row[:length])
+        texts.append(model.tokenizer.decode(row[:length], skip_special_tokens=True).strip())
+        chosen = row[: max(1, length)]  # an empty answer: the stop token's own probability
+        confidence.append(float(logprobs[i, torch.arange(len(chosen)), torch.tensor(chosen)].mean().exp()))
+    first = AnswerActivations(generated.logits[0], store, inputs, model.vocab)
+    return GeneratedAnswers(tokens, texts, confidence, first, steps)

@@ -24,6 +24,7 @@ from jaxtyping import Float
 from scipy import ndimage
 from sklearn.cluster import DBSCAN
 
+from analyses.answers import GeneratedAnswers
 from vlm_lens import ActivationCache, HookedVLM, VLMInputs
 
 _FOUR_NEIGHBOURS = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]])
@@ -130,6 +131,21 @@ def image_grids(cache: ActivationCache, image: int = 0) -> list[Float[np.ndarray
         per_layer = torch.stack([r[item, :, :, span.start : span.end].float().mean(dim=(0, 1)) for r in rows])
         grids.append(per_layer.reshape(len(rows), *span.grid).cpu().numpy())
     return grids
+
+
+def answer_token_attention(generated: GeneratedAnswers, image: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per item of a generation (``answers.generate_answers`` with every layer's ``attn.hook_pattern_rows``):
+    the image grids [layer, rows, cols] averaged over its T answer tokens, and H_s per layer averaged over
+    them (the study's Eq. 1: each answer token's spatial entropy, then their mean over the T tokens)."""
+    inputs = generated.at_answer.inputs
+    vocab = generated.at_answer.vocab
+    per_step = [image_grids(ActivationCache(step, vocab, inputs), image) for step in generated.attention]
+    out = []
+    for i, length in enumerate(generated.lengths):
+        grids = [per_step[t][i] for t in range(length)]
+        entropy = np.mean([[spatial_entropy(layer) for layer in g] for g in grids], axis=0)
+        out.append((np.mean(grids, axis=0).astype(np.float32), entropy))
+    return out
 
 
 @torch.no_grad()

@@ -113,7 +113,8 @@ def vrp(
     batch_size: int = typer.Option(16, help="questions per forward pass; peak memory grows with it"),
     shard_size: int = typer.Option(50, help="questions per resumable shard"),
     sample_rows: int = typer.Option(64, help="rows of KV cache per self-consistency decode (questions x k)"),
-    max_new_tokens: int = typer.Option(1, help="tokens per self-consistency sample (stops at end of sequence)"),
+    max_new_tokens: int = typer.Option(None, help="longest answer, greedy and sampled (each stops at end of sequence); "
+                                       "default: the model's own (1 for the toys, else 16)"),
     storage_dtype: str = typer.Option("float32", help="stored activations: float16 or bfloat16 halve the extraction"),
     n_resamples: int = typer.Option(10_000, help="bootstrap resamples for every confidence interval"),
     config: str = typer.Option(None, help="a JSON file of study settings (any VRPConfig field); options given "

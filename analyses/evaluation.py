@@ -1,7 +1,7 @@
 """Running a model over a dataset, with and without an intervention, and comparing accuracy.
 
-Predictions are the greedy next token after the templated prompt (as the toy zoo answers),
-scored by ``analyses.answers`` like every other table.
+Predictions are greedy answers after the templated prompt, one token (as the toy zoo answers) or
+generated to a stop token, scored by ``analyses.answers`` like every other table.
 """
 
 from __future__ import annotations
@@ -34,12 +34,18 @@ def predict(
     batch_size: int = 100,
     progress: bool = False,
     transform=None,
+    max_new_tokens: int = 1,
 ) -> list[str]:
-    """Greedy next-token answers; ``transform(model, inputs) -> inputs`` edits a batch first (pixel masking)."""
+    """Greedy answers of up to ``max_new_tokens`` tokens (to a stop token, ``answers.generate_answers``; one token
+    reads only the last position's logits); ``transform(model, inputs) -> inputs`` edits a batch first (pixel masking)."""
     predictions = []
     for _, inputs in tqdm(batches(model, examples, batch_size), total=-(-len(examples) // batch_size), disable=not progress):
         if transform is not None:
             inputs = transform(model, inputs)
+        if max_new_tokens > 1:
+            hooks = intervention.hooks(model, inputs)
+            predictions += answers.generate_answers(model, inputs, max_new_tokens=max_new_tokens, fwd_hooks=hooks).texts
+            continue
         logits = apply(model, inputs, intervention, logits_to_keep=1)  # [batch, 1, vocab]: never the whole sequence's
         predictions += answers.greedy_answers(model, logits, inputs)[1]
     return predictions

@@ -181,6 +181,8 @@ class MLPBypass(Intervention):
         mask = _position_mask(inputs, self.where)
 
         def bypass(act, hook):
+            if act.shape[1] != mask.shape[1]:  # a decode step: its new tokens are text
+                return None if self.where == "image" else torch.zeros_like(act)
             return act * (~mask).unsqueeze(-1).to(act.device, act.dtype)
 
         return [(f"blocks.{self.layer}.hook_mlp_out", bypass)]

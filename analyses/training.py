@@ -118,6 +118,7 @@ def save(model: HookedVLM, out: Path, cfg: TrainConfig, losses: list[float], sec
         "d_model": model.cfg.d_model,
         "vision_layers": model.cfg.n_vision_layers,
         "image_size": cfg.image_size,
+        "answer_tokens": 1,  # trained on one-token answers, never to stop: the study generates one token
         "training": {**cfg.__dict__, "samples_seen": cfg.steps * cfg.batch_size, "data_seeds": "fresh scenes each step: "
                      f"shapes.generate({cfg.batch_size}, seed={TRAIN_SEED_OFFSET} + {cfg.seed}*10^7 + step)",
                      "final_loss_100": round(float(np.mean(losses[-100:])), 4), "cpu_seconds": round(seconds), "threads": torch.get_num_threads()},

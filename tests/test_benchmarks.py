@@ -89,6 +89,22 @@ def test_textvqa_llava_bench_counting(tmp_path):
     count, spatial = B.load_counting_spatial(tmp_path / "c.jsonl")
     assert (count.type, spatial.type) == ("count", "spatial")
     assert A.score("There are three.", count.golds, count.metric) == 1.0
+    assert (count.metric, spatial.metric, rec.metric) == ("count", "relation", "open")
+    assert A.score("It is to the left of the plate.", spatial.golds, spatial.metric) == 1.0
+    assert A.score("right", spatial.golds, spatial.metric) == 0.0
+    assert A.score("three or four", count.golds, count.metric) == 1.0  # the first integer named
+    assert A.score("many", count.golds, count.metric) == 0.0
+    with pytest.raises(ValueError, match="judge model"):
+        A.score("A bus.", rec.golds, rec.metric)
+    (tmp_path / "attr.jsonl").write_text(json.dumps({"question_id": 9, "image": "x.jpg", "text": "Colour?", "label": "blue"}))
+    assert B.load_counting_spatial(tmp_path / "attr.jsonl")[0].metric == "exact"  # an attribute: matched exactly
+
+
+def test_relations_read_from_answers():
+    assert A.relation("The cat sits in front of the door") == "in front of"
+    assert A.relation("It is underneath the table.") == "under"
+    assert A.relation("left") == "left" and A.relation("a red ball") is None
+    assert A.score("It's below the lamp", ["below"], "relation") == 1.0 and A.score("above", ["below"], "relation") == 0.0
 
 
 def test_canonicalisation():

@@ -249,3 +249,39 @@ def test_strength_in_words():
     assert strength(Estimate(0.65, (0.55, 0.75), 100)) == "weakly predicts"
     assert strength(Estimate(0.85, (0.78, 0.91), 100)) == "predicts"
     assert strength(Estimate(0.39, (0.29, 0.49), 100)) == "weakly predicts, inversely,"
+
+
+def test_token_f1_by_hand():
+    from analyses.study.open_ended import token_f1
+
+    assert token_f1("A red bus.", "The red bus on a street") == pytest.approx(2 * 1 * 0.5 / 1.5)  # P 2/2, R 2/4
+    assert token_f1("blue", "red") == 0.0 and token_f1("", "red") == 0.0
+
+
+def test_an_open_ended_benchmark_reports_answers_and_says_what_is_not_scored(tmp_path):
+    """LLaVA-Bench files built from Shapes questions: answers and judge-free metrics, no right/wrong tables."""
+    from analyses.answers import vqa_normalise
+
+    bench = shapes.write_benchmark(tmp_path / "shapes", 20, seed=SHAPES_EVAL_SEED)
+    records = [json.loads(line) for line in bench.read_text().splitlines()]
+    (tmp_path / "q.jsonl").write_text("\n".join(json.dumps({"question_id": r["question_id"], "image": r["image"],
+                                                            "text": r["text"], "category": r["type"]}) for r in records))
+    (tmp_path / "a.jsonl").write_text("\n".join(json.dumps({"question_id": r["question_id"], "text": f"{r['label']} {r['label']}"})
+                                                for r in records))
+    result = CliRunner().invoke(app, ["vrp", "--benchmark", str(tmp_path / "q.jsonl"), "--annotations", str(tmp_path / "a.jsonl"),
+                                      "--images", str(bench.parent / "images"), "--n", "20", "--k", "2",
+                                      "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    data = json.loads((tmp_path / "out" / "tables.json").read_text())
+    assert "judge model" in data["not_scored"] and "table6_predictors" not in data
+    assert data["table7_benchmarks"][0]["format"] == "llava_bench" and data["table7_benchmarks"][0]["accuracy"] is None
+    rows = [r for f in sorted((tmp_path / "out" / "extraction").glob("shard-*.json")) for r in json.loads(f.read_text())]
+    answers = data["open_ended_answers"]
+    assert [a["answer"] for a in answers] == [r["prediction"] for r in rows] and all(r["correct"] is None for r in rows)
+    # the reference repeats the label: F1 = 2PR/(P+R) with P = 1, R = 1/2 when the toy answers the label
+    for a, r in zip(answers, rows):
+        same = vqa_normalise(r["prediction"]) == vqa_normalise(r["label"].split()[0])
+        assert a["token_f1"] == pytest.approx(2 / 3 if same else 0.0), (r["prediction"], r["label"])
+    overall = data["open_ended_summary"][0]
+    assert overall["n"] == 20 and overall["confidence"] == pytest.approx(np.mean([r["confidence"] for r in rows]))
+    assert "Not scored" in (tmp_path / "out" / "report.html").read_text()

@@ -13,6 +13,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from analyses.answers import canonicalise, relation
 from analyses.data.examples import Example
 
 
@@ -23,7 +24,7 @@ class Record:
     text: str
     golds: tuple[str, ...]
     type: str = "all"
-    metric: str = "exact"  # "exact": canonical match with any gold; "vqa": official VQA accuracy
+    metric: str = "exact"  # how analyses.answers.score credits an answer: exact, vqa, count, relation, open
     closed_form: bool = True
     extra: dict = field(default_factory=dict, compare=False, hash=False)
 
@@ -86,16 +87,19 @@ def load_llava_bench(questions: str | Path, answers: str | Path) -> list[Record]
     """LLaVA-Bench in-the-wild: questions.jsonl and the reference answers file; open-ended."""
     refs = {r["question_id"]: r["text"] for r in _read_json_records(Path(answers))}
     return [Record(q["question_id"], q["image"], q["text"], (refs[q["question_id"]],), q.get("category", "all"),
-                   "exact", False) for q in _read_json_records(Path(questions))]
+                   "open", False) for q in _read_json_records(Path(questions))]
 
 
 def load_counting_spatial(path: str | Path) -> list[Record]:
-    """A counting + spatial suite: JSON lines with integer or relation labels."""
+    """A counting + spatial suite: JSON lines with integer labels (scored by the integer), relation labels
+    ("left", "above", ...: scored by the relation named) or other labels (yes/no, attributes: exact)."""
     records = []
     for r in _read_json_records(Path(path)):
-        label = str(r["label"])
+        label = str(r["label"]).strip()
         kind = r.get("type", "count" if label.isdigit() else "spatial")
-        records.append(Record(r["question_id"], r["image"], r["text"], (label,), kind))
+        spatial = canonicalise(label) not in ("yes", "no") and relation(label) is not None
+        metric = "count" if label.isdigit() else "relation" if spatial else "exact"
+        records.append(Record(r["question_id"], r["image"], r["text"], (label,), kind, metric))
     return records
 
 

@@ -12,14 +12,16 @@ from pathlib import Path
 
 from PIL import Image
 
+from analyses.answers import METRICS
 from analyses.data import shapes
 
-METRICS = ("exact", "vqa")
 
 
 @dataclass(frozen=True)
 class Example:
-    """``metric``: "exact" (canonical match with any gold) or "vqa" (official VQA accuracy over the golds)."""
+    """``metric``: how ``analyses.answers.score`` credits an answer: "exact" (canonical match with any gold),
+    "vqa" (official VQA accuracy over the golds), "count" (the integer), "relation" (the spatial relation)
+    or "open" (open-ended: not scored without a judge)."""
 
     image: Image.Image | Path | str  # a path is opened (RGB) when its batch runs
     text: str

@@ -52,7 +52,7 @@ def ablation_table(model, examples: list[Example], predictors: Predictors, cfg: 
     chosen = probes.selected_neurons(sparse.probe).head(cfg.ablation_k)["index"].tolist()
     layer = int(sparse.probe.layer)
     test_examples = [examples[i] for i in predictors.split.test]
-    before = np.array(correct(model, test_examples, batch_size=cfg.batch_size), float)
+    before = np.array(correct(model, test_examples, batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens), float)
     conditions = []
     if chosen:
         conditions.append(("probe neurons", interventions.neurons(layer, chosen, "zero", site="resid")))
@@ -62,7 +62,7 @@ def ablation_table(model, examples: list[Example], predictors: Predictors, cfg: 
         conditions.append((f"random control {seed}", control))
     rows = []
     for condition, intervention in conditions:
-        after = np.array(correct(model, test_examples, intervention, batch_size=cfg.batch_size), float)
+        after = np.array(correct(model, test_examples, intervention, batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens), float)
         change = stats.paired_bootstrap_diff(before, after, cfg.n_resamples, cfg.seed)
         rows.append(Ablation(condition, intervention, float(before.mean()), float(after.mean()), change))
     return Ablations(layer, chosen, cfg.ablation_k, rows)

@@ -14,7 +14,17 @@ from pathlib import Path
 from typing import ClassVar
 
 from analyses.answers import CORRECT_AT
+from vlm_lens import zoo
 from vlm_lens.loading import parse_dtype
+
+
+EXTRACTION_FORMAT = 2  # 2: generated answers, H_s over the answer tokens. A folder of another format is not resumed
+ANSWER_TOKENS = 16  # enough for the short answers the benchmarks ask for ("Yes", "two", "the red one")
+
+
+def default_answer_tokens(model: str) -> int:
+    """The longest answer to generate for ``model``: a zoo toy's card says (its training answers), else 16."""
+    return int(zoo.get(model).card.get("answer_tokens", ANSWER_TOKENS)) if model in zoo.names() else ANSWER_TOKENS
 
 
 @dataclass(frozen=True)
@@ -35,7 +45,9 @@ class VRPConfig:
     k: int = 10  # self-consistency samples per question
     top_p: float = 0.9
     temperature: float = 1.0
-    max_new_tokens: int = 1  # tokens per self-consistency sample (each stops early at end of sequence)
+    # answer length: the greedy answer and each self-consistency sample stop at end of sequence or after this
+    # many tokens; None: the model's own (a toy's card says 1, its training answers; otherwise 16)
+    max_new_tokens: int | None = None
     shard_size: int = 50  # questions per resumable shard
     batch_size: int = 16  # questions per forward pass (independent of the shard size): peak memory scales with it
     sample_rows: int = 64  # rows of KV cache one self-consistency decode holds (questions x k)
@@ -63,6 +75,8 @@ class VRPConfig:
     )
 
     def __post_init__(self):
+        if self.max_new_tokens is None:
+            object.__setattr__(self, "max_new_tokens", default_answer_tokens(self.model))
         for name in ("n", "k", "max_new_tokens", "shard_size", "batch_size", "sample_rows", "stacked_layers",
                      "margin_items", "ablation_k"):
             if getattr(self, name) < 1:
@@ -77,8 +91,8 @@ class VRPConfig:
             raise ValueError(f"storage_dtype must be float32, float16 or bfloat16, got {self.storage_dtype!r}")
 
     def extraction(self) -> dict:
-        """The settings that decide what extraction stores."""
-        return {name: getattr(self, name) for name in self.EXTRACTION_FIELDS}
+        """The settings that decide what extraction stores, and the version of what it stores."""
+        return {"extraction_format": EXTRACTION_FORMAT, **{name: getattr(self, name) for name in self.EXTRACTION_FIELDS}}
 
     def fingerprint(self) -> str:
         return hashlib.sha256(json.dumps(self.extraction(), sort_keys=True).encode()).hexdigest()[:16]

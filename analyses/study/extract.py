@@ -1,9 +1,11 @@
 """Per-question extraction over a benchmark, in shards, resumable after any interruption.
 
-For each question: the greedy answer and whether it is right (``analyses.answers``), output
-confidence and logit entropy, the truth margin at every layer, the answer position's residual
+For each question: the greedy answer generated to a stop token and whether it is right
+(``analyses.answers``), its confidence (geometric mean of the answer tokens' probabilities) and
+the first token's logit entropy, the truth margin at every layer, the answer position's residual
 stream and MLP neurons at the configured layers, its attention to the image per layer (the patch
-grid, flattened) and K self-consistency samples.
+grid averaged over the T answer tokens, flattened, and H_s averaged over them) and K
+self-consistency samples of up to ``max_new_tokens`` tokens.
 
 **Memory is one batch.** Activations are cut to the answer position inside their hooks
 (``answers.capture_at_answer``) and only the last position's logits are computed, so a forward
@@ -39,7 +41,7 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from analyses import answers
-from analyses.attention_structure import image_grids
+from analyses.attention_structure import answer_token_attention
 from analyses.consistency import majority_support, sample_answers, sample_batches
 from analyses.data.examples import Example
 from analyses.evaluation import batches
@@ -80,6 +82,13 @@ def _layers(chosen: Sequence[int] | None, n_layers: int) -> list[int]:
     return layers
 
 
+def _correct(prediction: str, example: Example, cfg: VRPConfig) -> bool | None:
+    """Whether the answer is right; None for an open-ended question (no judge model)."""
+    if example.metric == answers.OPEN_ENDED:
+        return None
+    return answers.is_correct(prediction, example.golds, example.metric, cfg.correct_threshold)
+
+
 @torch.no_grad()
 def _extract_batch(model: HookedVLM, examples: list[Example], inputs, start: int, cfg: VRPConfig) -> tuple[list[dict], dict]:
     n_layers = model.cfg.n_layers
@@ -88,29 +97,31 @@ def _extract_batch(model: HookedVLM, examples: list[Example], inputs, start: int
     names = [f"blocks.{l}.hook_resid_post" for l in range(n_layers)]
     names += [f"blocks.{l}.mlp.hook_post" for l in neuron_layers]
     names += [f"blocks.{l}.attn.hook_pattern_rows" for l in range(n_layers)]
-    captured = answers.capture_at_answer(model, inputs, names)
+    generated = answers.generate_answers(model, inputs, names, cfg.max_new_tokens)
+    captured = generated.at_answer
     probs = torch.softmax(captured.logits.float(), -1)
-    predictions = [model.to_string(i).strip() for i in captured.logits.argmax(-1).tolist()]
     refs = [answers.reference_token_ids(model.tokenizer, [e.label]) for e in examples]
     resid = captured.stack("resid_post", range(n_layers))  # layer batch d_model
     margins = truth_margin(read_out(model, resid), refs)  # layer batch
-    grids = image_grids(captured.cache())
+    attention = answer_token_attention(generated)
     storage = parse_dtype(cfg.storage_dtype)
     rows = []
     for i, example in enumerate(examples):
+        prediction = generated.texts[i]
         rows.append({
             "index": start + i, "type": example.type, "label": example.label, "golds": list(example.golds),
-            "metric": example.metric, "prediction": predictions[i],
-            "correct": answers.is_correct(predictions[i], example.golds, example.metric, cfg.correct_threshold),
-            "confidence": float(probs[i].max()),
-            "entropy": float(-(probs[i] * torch.log(probs[i].clamp_min(1e-30))).sum()),
-            "margins": margins[:, i].tolist(), "grid": list(grids[i].shape[1:]),
+            "metric": example.metric, "prediction": prediction, "answer_tokens": len(generated.tokens[i]),
+            "correct": _correct(prediction, example, cfg),
+            "confidence": generated.confidence[i],  # geometric mean of the answer tokens' probabilities
+            "entropy": float(-(probs[i] * torch.log(probs[i].clamp_min(1e-30))).sum()),  # of the first token
+            "margins": margins[:, i].tolist(), "grid": list(attention[i][0].shape[1:]),
+            "attention_entropy": attention[i][1].tolist(),  # H_s per layer, mean over the answer tokens
         })
     arrays = {
         "hidden": resid[hidden_layers].transpose(0, 1).to("cpu", storage).contiguous(),
         "neurons": captured.stack("post", neuron_layers).transpose(0, 1).to("cpu", storage).contiguous(),
     }
-    for i, grid in enumerate(grids):
+    for i, (grid, _) in enumerate(attention):
         arrays[f"attention/{start + i}"] = torch.from_numpy(grid.reshape(n_layers, -1)).contiguous()
     return rows, arrays
 

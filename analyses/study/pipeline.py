@@ -18,13 +18,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from analyses import stats
+from analyses import answers, stats
 from analyses.data import benchmarks
 from analyses.data.examples import Example, shapes_examples
 from analyses.study.causal import ablation_table, margin_building
 from analyses.study.config import VRPConfig
 from analyses.study.distributed import Ranks
 from analyses.study.extract import Extraction, extract, load
+from analyses.study.open_ended import OpenEndedResults, open_ended
 from analyses.study.predictors import attention_features, attention_table, predictor_table
 from analyses.study.results import Accounting, Accuracy, Setup, StudyResults
 from vlm_lens import HookedVLM
@@ -42,6 +43,14 @@ def load_examples(cfg: VRPConfig) -> tuple[list[Example], int]:
     chosen = records[: cfg.n]
     benchmarks.check_images(chosen, cfg.images)  # raises, naming the missing ones, before any model work
     return benchmarks.to_examples(chosen, cfg.images), len(records)
+
+
+def is_open(ex: Extraction) -> bool:
+    """An open-ended benchmark (LLaVA-Bench): no answer can be called right or wrong without a judge model."""
+    metrics = {r["metric"] for r in ex.rows}
+    if answers.OPEN_ENDED in metrics and len(metrics) > 1:
+        raise ValueError(f"a run mixes open-ended questions with scored ones ({sorted(metrics)}): run them separately")
+    return metrics == {answers.OPEN_ENDED}
 
 
 def accuracy_table(ex: Extraction) -> Accuracy:
@@ -67,7 +76,7 @@ def setup_tables(model: HookedVLM, examples: list[Example], ex: Extraction, cfg:
     metrics = sorted({e.metric for e in examples})
     return Setup(described, {"benchmark": benchmark, "format": form, "questions in file": questions,
                              "questions used": len(ex.rows), "metric": ", ".join(metrics),
-                             "accuracy": float(ex.correct.mean())})
+                             "accuracy": None if is_open(ex) else float(ex.correct.mean())})
 
 
 def analyse(model: HookedVLM, examples: list[Example], ex: Extraction, cfg: VRPConfig, questions: int) -> StudyResults:
@@ -98,9 +107,10 @@ def load_model(cfg: VRPConfig, ranks: Ranks) -> HookedVLM:
     return HookedVLM.from_pretrained(cfg.model, dtype=cfg.dtype, device=ranks.device(cfg.device), device_map=cfg.device_map)
 
 
-def run(cfg: VRPConfig, out: str | Path, progress: bool = True) -> StudyResults | None:
+def run(cfg: VRPConfig, out: str | Path, progress: bool = True) -> StudyResults | OpenEndedResults | None:
     """Run the study; write tables and the report into ``out``; return the results.
 
+    An open-ended benchmark (LLaVA-Bench) gives ``OpenEndedResults``: answers and judge-free metrics.
     Under ``torchrun`` every rank extracts its share of the shards; rank 0 then analyses and
     reports (and returns the results), the other ranks return None."""
     from analyses.study import report  # plotting is imported only by those who plot
@@ -114,6 +124,10 @@ def run(cfg: VRPConfig, out: str | Path, progress: bool = True) -> StudyResults 
         if not ranks.is_main:
             return None
         ex = load(folder)
+        if is_open(ex):  # LLaVA-Bench: answers and judge-free metrics only
+            results = open_ended(ex, [e.text for e in examples], setup_tables(model, examples, ex, cfg, questions))
+            report.write_open(out, results, cfg)
+            return results
         results = analyse(model, examples, ex, cfg, questions)
         report.write(out, results, ex, examples)
         return results

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from analyses import probes, stats
-from analyses.attention_structure import component_count, resample_grid, spatial_entropy
+from analyses.attention_structure import component_count, resample_grid
 from analyses.study.config import VRPConfig
 from analyses.study.extract import Extraction
 from analyses.study.results import AttentionCorrelation, AttentionFeatures, Predictor, Predictors
@@ -25,13 +25,15 @@ def common_grid(ex: Extraction, cfg: VRPConfig) -> tuple[int, int]:
 
 
 def attention_features(ex: Extraction, cfg: VRPConfig) -> AttentionFeatures:
-    """Per question: H_s and C_k per layer on its own grid, and its per-layer maps on the common grid
-    (``attention_structure.resample_grid``: mass-preserving; unchanged when every image has that grid)."""
+    """Per question: H_s per layer (each answer token's spatial entropy, averaged over the T answer tokens:
+    the study's Eq. 1), C_k per layer on its own grid (of the token-averaged map), and its per-layer maps on
+    the common grid (``attention_structure.resample_grid``: mass-preserving; unchanged when every image has
+    that grid)."""
     shape = common_grid(ex, cfg)
     entropy, components, vectors = [], [], []
     for attn, row in zip(ex.attention, ex.rows):
         grids = attn.reshape(attn.shape[0], *row["grid"])
-        entropy.append([spatial_entropy(g) for g in grids])
+        entropy.append(row["attention_entropy"])
         components.append([component_count(g, cfg.top_mass) for g in grids])
         same = tuple(row["grid"]) == shape
         vectors.append(np.concatenate([(g if same else resample_grid(g, shape)).ravel() for g in grids]))
@@ -52,7 +54,7 @@ def predictor_table(ex: Extraction, features: AttentionFeatures, cfg: VRPConfig)
         scores = np.asarray(scores, dtype=float)[test]
         rows.append(Predictor(key, method, signal, passes, stats.auroc(scores, correct[test], cfg.n_resamples, cfg.seed), scores))
 
-    add("confidence", "output confidence", "max softmax", "1", [r["confidence"] for r in ex.rows])
+    add("confidence", "output confidence", "geometric mean of answer-token probabilities", "1", [r["confidence"] for r in ex.rows])
     add("entropy", "logit entropy", "-entropy", "1", [-r["entropy"] for r in ex.rows])
     # The margin needs the gold answer, and at the last layer its sign *is* correctness: choose among the
     # earlier layers (on validation), and read it as a diagnostic of where the answer forms, not a monitor.

@@ -38,6 +38,8 @@ TITLES = {
     "table8_accounting": "Table 8. Sample accounting",
     "table9_methods": "Table 9. Method comparison",
     "margin_curves": "Truth margin by layer (correct vs incorrect)",
+    "open_ended_summary": "Open-ended answers: judge-free metrics by category",
+    "open_ended_answers": "Open-ended answers beside their references",
 }
 
 
@@ -120,6 +122,28 @@ def write(out: Path, results: StudyResults, extraction: Extraction, examples: li
     path = out / "report.html"
     path.write_text(page)
     return path
+
+
+def write_open(out: Path, results, cfg) -> Path:
+    """tables.json, tables.md and report.html for an open-ended benchmark: answers, judge-free metrics, and a
+    plain statement of what is not scored (``analyses.study.open_ended``)."""
+    from analyses.study.open_ended import NOT_SCORED
+
+    out.mkdir(parents=True, exist_ok=True)
+    tables = results.tables()
+    data = {"config": cfg.as_dict(), "not_scored": NOT_SCORED}
+    data.update({k: f.replace({np.nan: None}).to_dict(orient="records") for k, f in tables.items()})
+    (out / "tables.json").write_text(json.dumps(data, indent=1))
+    md = f"> {NOT_SCORED}\n\n" + "\n".join(f"### {TITLES.get(k, k)}\n\n{f.to_markdown(index=False, floatfmt='.3f')}\n"
+                                           for k, f in tables.items())
+    (out / "tables.md").write_text(md)
+    body = "".join(f"<h2>{html.escape(TITLES.get(k, k))}</h2>" + f.to_html(index=False, float_format=lambda x: f"{x:.3f}", border=0)
+                   for k, f in tables.items())
+    (out / "report.html").write_text(
+        f"<!doctype html><html><head><meta charset='utf-8'><title>vlm-lens VRP report</title><style>{STYLE}</style></head>"
+        f"<body><h1>VLM Reliability Probe: {html.escape(cfg.model)} on {html.escape(cfg.benchmark)} (open-ended)</h1>"
+        f"<div class='warn'><b>Not scored.</b> {html.escape(NOT_SCORED)}</div>{body}</body></html>")
+    return out / "report.html"
 
 
 def _with_ci(value, low, high, signed: bool = False) -> str:

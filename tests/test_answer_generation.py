@@ -1,0 +1,71 @@
+"""Greedy answers generated to a stop token: tokens as HF's own ``generate``, confidence and per-token
+attention as a teacher-forced forward over prompt + answer computes them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from analyses import answers
+from analyses.attention_structure import answer_token_attention, spatial_entropy
+from tests.conftest import PROMPTS
+
+STEPS = 4
+
+
+def _hf_greedy(model, inputs, stop):
+    out = model.hf_model.generate(**inputs.tensors, max_new_tokens=STEPS, do_sample=False, eos_token_id=[stop],
+                                  pad_token_id=stop)
+    return out[:, inputs.input_ids.shape[1] :].tolist()
+
+
+@torch.no_grad()
+def test_generated_answers_match_hf_and_a_teacher_forced_forward(model, images):
+    inputs = model.prepare(images=images, prompts=PROMPTS)
+    free = _hf_greedy(model, inputs, stop=model.tokenizer.pad_token_id)
+    stop = free[0][2]  # a token item 0 emits at step 2: it stops there (or earlier)
+    names = [f"blocks.{l}.attn.hook_pattern_rows" for l in range(model.cfg.n_layers)]
+    generated = answers.generate_answers(model, inputs, names, STEPS, stop_ids=[stop])
+    hf = _hf_greedy(model, inputs, stop)
+    for row, tokens in zip(hf, generated.tokens):
+        cut = row.index(stop) if stop in row else len(row)
+        assert tokens == row[:cut]
+    assert len(generated.tokens[0]) <= 2
+    maps = answer_token_attention(generated)
+    for item, (image, prompt) in enumerate(zip(images, PROMPTS)):
+        tokens = generated.tokens[item]
+        if not tokens:
+            continue
+        single = model.prepare(images=[image], prompts=[prompt])
+        ids = torch.cat([single.input_ids, torch.tensor([tokens])], dim=1)
+        tensors = {**single.tensors, "input_ids": ids, "attention_mask": torch.ones_like(ids)}
+        for key in ("token_type_ids", "mm_token_type_ids"):  # answer tokens are text (PaliGemma: the suffix)
+            if key in tensors:
+                tensors[key] = torch.cat([tensors[key], torch.full((1, len(tokens)), int(key == "token_type_ids"))], 1)
+        forced = model.as_inputs(**tensors)
+        last = single.input_ids.shape[1] - 1
+        rows = list(range(last, last + len(tokens)))
+        logits, cache = model.run_with_cache(forced, names_filter=names, query_positions=torch.tensor(rows))
+        logprobs = torch.log_softmax(logits[0, rows].float(), -1)[torch.arange(len(tokens)), torch.tensor(tokens)]
+        assert generated.confidence[item] == pytest.approx(float(logprobs.mean().exp()), rel=1e-4)
+        span = single.image_spans[0][0]
+        entropy = [np.mean([spatial_entropy(cache["pattern_rows", l][0, :, r, span.start : span.end].float().mean(0)
+                                            .reshape(span.grid).numpy()) for r in range(len(tokens))])
+                   for l in range(model.cfg.n_layers)]
+        np.testing.assert_allclose(maps[item][1], entropy, rtol=1e-4)
+
+
+def test_an_answer_stops_at_its_stop_token_and_is_scored_whole():
+    from vlm_lens import HookedVLM
+    from analyses.data.examples import shapes_examples
+
+    model = HookedVLM.from_pretrained("toy-llava")
+    examples = shapes_examples(4, 1)
+    inputs = model.prepare(images=[e.load_image() for e in examples], prompts=[e.text for e in examples])
+    one = answers.generate_answers(model, inputs, max_new_tokens=1)
+    three = answers.generate_answers(model, inputs, max_new_tokens=3, stop_ids=[model.tokenizer.eos_token_id])
+    assert [t[:1] for t in three.tokens] == one.tokens and all(len(t) == 3 for t in three.tokens)
+    assert three.texts[0] == model.tokenizer.decode(three.tokens[0]).strip()
+    probs = torch.softmax(one.at_answer.logits.float(), -1).max(-1).values.tolist()
+    assert one.confidence == pytest.approx(probs)  # one token: the geometric mean is its probability
