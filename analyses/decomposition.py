@@ -20,6 +20,7 @@ from torch import Tensor
 from analyses.answers import AnswerActivations, answer_positions, at_answer
 from analyses.logit_lens import final_norm, unembed
 from vlm_lens import ActivationCache, HookedVLM
+from vlm_lens.adapter import get_module, layer_list
 
 
 def _rows_at(cache: ActivationCache | AnswerActivations, positions: Tensor | None = None):
@@ -70,6 +71,48 @@ def margin_contributions(
             for item, value in enumerate(project(pick(cache[alias, layer]))):
                 rows.append({"item": item, "layer": layer, "component": component, "contribution": float(value)})
     return pd.DataFrame(rows)
+
+
+def output_projection(model: HookedVLM, layer: int) -> torch.nn.Linear:
+    """The attention output projection of a language layer (W_O: [d_model, heads * d_head])."""
+    block = layer_list(model.hf_model, model.adapter.modules["layers"])[layer]
+    return get_module(block, model.adapter.block["attn_o"])
+
+
+@torch.no_grad()
+def head_contributions(
+    model: HookedVLM,
+    cache: ActivationCache | AnswerActivations,
+    reference_ids: Sequence[int],
+    competitor_ids: Sequence[int],
+    positions: Tensor | None = None,
+) -> pd.DataFrame:
+    """Direct logit contribution of every attention head: head h's write ``z_h @ W_O[:, h]`` projected on
+    ``W_U[ref] - W_U[competitor]`` through the linearised final norm (as ``margin_contributions``). Over
+    the heads of a layer they sum to that layer's attention contribution, less W_O's bias (no head's).
+    Needs every layer's ``attn.hook_z`` and the last ``hook_resid_post``. Tidy: item, layer, head, contribution."""
+    pick = _rows_at(cache, positions)
+    resid_final = pick(cache["resid_post", -1])
+    gain, scale = _norm_gain_and_scale(model, resid_final)
+    weight = unembed(model).weight.float()
+    direction = (weight[list(reference_ids)] - weight[list(competitor_ids)]) * gain / scale  # batch d_model
+    frames = []
+    for layer in range(model.cfg.n_layers):
+        z = pick(cache["z", layer])  # batch head d_head
+        w_o = output_projection(model, layer).weight.float()
+        per_head = w_o.view(w_o.shape[0], z.shape[1], z.shape[2])  # d_model head d_head
+        value = torch.einsum("bhd,mhd,bm->bh", z, per_head, direction.to(z.device))
+        frames.append(pd.DataFrame({"item": np.repeat(np.arange(z.shape[0]), z.shape[1]), "layer": layer,
+                                    "head": np.tile(np.arange(z.shape[1]), z.shape[0]),
+                                    "contribution": value.reshape(-1).cpu().numpy()}))
+    return pd.concat(frames, ignore_index=True)
+
+
+def top_heads(contributions: pd.DataFrame, k: int = 10) -> pd.DataFrame:
+    """The k heads with the largest mean direct logit contribution (toward the reference) over the items:
+    layer, head, mean, std, n."""
+    means = contributions.groupby(["layer", "head"]).contribution.agg(["mean", "std", "count"]).reset_index()
+    return means.rename(columns={"count": "n"}).sort_values("mean", ascending=False).head(k).reset_index(drop=True)
 
 
 def update_norms_at_answer(model: HookedVLM, cache: ActivationCache | AnswerActivations) -> pd.DataFrame:

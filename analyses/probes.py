@@ -160,6 +160,7 @@ CLASSIFIERS = {
 class ClassifierResult:
     test: Estimate  # test AUROC with its bootstrap CI
     scores: np.ndarray  # predicted probability of "correct" on the test split
+    accuracy: float  # test accuracy of predicting right/wrong at probability 0.5 (the study's stress-test number)
 
 
 def classifier_probe(features: np.ndarray, correct, kind: str = "mlp", seed: int = 0, n_resamples: int = 2000,
@@ -177,4 +178,5 @@ def classifier_probe(features: np.ndarray, correct, kind: str = "mlp", seed: int
     scale[scale == 0] = 1.0
     model = CLASSIFIERS[kind](seed).fit((x[fit_idx] - mean) / scale, labels[fit_idx])
     scores = model.predict_proba((x[split.test] - mean) / scale)[:, 1]
-    return ClassifierResult(auroc(scores, labels[split.test], n_resamples, seed), scores)
+    accuracy = float(((scores > 0.5) == labels[split.test].astype(bool)).mean())
+    return ClassifierResult(auroc(scores, labels[split.test], n_resamples, seed), scores, accuracy)

@@ -84,6 +84,24 @@ def test_decomposition_sums_to_the_logit_difference(model, inputs):
     assert wide.cumulative.iloc[-1] == pytest.approx(expected.mean(), abs=1e-4)
 
 
+def test_head_contributions_sum_to_the_attention_contribution(model, inputs):
+    """Per layer, the heads' direct contributions plus W_O's bias (no head's) give the attention write's."""
+    with torch.no_grad():
+        logits, cache = model.run_with_cache(inputs)
+    last = logits[:, -1]
+    ref, comp = last.argmax(-1).tolist(), last.argsort(-1)[:, -2].tolist()
+    heads = D.head_contributions(model, cache, ref, comp)
+    assert len(heads) == 2 * model.cfg.n_layers * model.cfg.n_heads
+    layers = D.margin_contributions(model, cache, ref, comp)
+    attn = layers[layers.component == "attn"].set_index(["item", "layer"]).contribution
+    summed = heads.groupby(["item", "layer"]).contribution.sum()
+    assert all(D.output_projection(model, l).bias is None for l in range(model.cfg.n_layers))  # else add its share
+    np.testing.assert_allclose(summed.to_numpy(), attn.loc[summed.index].to_numpy(), atol=1e-4)
+    top = D.top_heads(heads, k=3)
+    means = heads.groupby(["layer", "head"]).contribution.mean().sort_values(ascending=False)
+    assert list(zip(top["layer"], top["head"])) == list(means.index[:3]) and top["mean"].tolist() == pytest.approx(means[:3].tolist())
+
+
 def test_mlp_share_by_hand():
     frame = pd.DataFrame([
         {"item": 0, "layer": -1, "component": "embed", "contribution": 5.0},

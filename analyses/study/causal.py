@@ -13,17 +13,18 @@ from analyses.study.config import VRPConfig
 from analyses.study.extract import Extraction
 from analyses.study.results import Ablation, Ablations, MarginBuilding, Predictors
 
-DECOMPOSED = ("hook_resid_pre", "hook_resid_post", "hook_attn_out", "hook_mlp_out")
+DECOMPOSED = ("hook_resid_pre", "hook_resid_post", "hook_attn_out", "hook_mlp_out", "attn.hook_z")
 
 
 @torch.no_grad()
 def margin_building(model, examples: list[Example], ex: Extraction, cfg: VRPConfig) -> MarginBuilding:
-    """Logit-lens peak and separation layers, and the MLP share of the margin up to the peak, over the first
-    ``cfg.margin_items`` questions (decomposed in batches of ``cfg.batch_size``)."""
+    """Logit-lens peak and separation layers, the MLP share of the update at the peak, and the heads with the
+    largest direct logit contribution, over the first ``cfg.margin_items`` questions (decomposed in batches
+    of ``cfg.batch_size``)."""
     curves = logit_lens.margin_curves(ex.margins, ex.correct)
     summary = logit_lens.peak_and_separation(curves, ex.margins)
     subset = examples[: cfg.margin_items]
-    frames = []
+    frames, heads = [], []
     names = [n for n in model.hook_names() if n.startswith("blocks.") and n.endswith(DECOMPOSED)]
     norms = []
     for start, (chunk, inputs) in zip(range(0, len(subset), cfg.batch_size), batches(model, subset, cfg.batch_size)):
@@ -32,6 +33,8 @@ def margin_building(model, examples: list[Example], ex: Extraction, cfg: VRPConf
         competitors = logit_lens.competitor_ids(captured.logits, refs)
         table = decomposition.margin_contributions(model, captured, [r[0] for r in refs], competitors)
         frames.append(table.assign(item=table.item + start))
+        per_head = decomposition.head_contributions(model, captured, [r[0] for r in refs], competitors)
+        heads.append(per_head.assign(item=per_head.item + start))
         norms.append(decomposition.update_norms_at_answer(model, captured))
     contributions = pd.concat(frames, ignore_index=True)
     updates = decomposition.layer_means(pd.concat(norms, ignore_index=True))  # means over the questions
@@ -41,7 +44,8 @@ def margin_building(model, examples: list[Example], ex: Extraction, cfg: VRPConf
         mlp_update_share_at_peak=float(updates.mlp_share[peak]),
         mlp_margin_share_to_peak=decomposition.mlp_share(contributions, peak),
         max_margin_layer=summary["max_margin_layer"], n_items=len(subset), curves=curves,
-        contributions=decomposition.layer_table(contributions), updates=updates)
+        contributions=decomposition.layer_table(contributions), updates=updates,
+        top_heads=decomposition.top_heads(pd.concat(heads, ignore_index=True), cfg.top_heads))
 
 
 def ablation_table(model, examples: list[Example], predictors: Predictors, cfg: VRPConfig) -> Ablations:

@@ -64,7 +64,8 @@ class VRPConfig:
     top_mass: float = 0.5  # C_k: components of the patches holding this share of attention
     attention_grid: tuple[int, int] | None = None  # common grid for attention features; None: the smallest grid
     # causal checks
-    margin_items: int = 100  # questions whose margin is decomposed for Table 3
+    margin_items: int = 100  # questions whose margin is decomposed for Table 3 (and the top heads)
+    top_heads: int = 10  # heads listed by direct logit contribution
     ablation_k: int = 8  # probe neurons zeroed in Tables 4-5
     random_controls: int = 3  # random-neuron controls of the same size
     n_resamples: int = 10_000  # bootstrap resamples for every CI (the study's 10,000)
@@ -78,7 +79,7 @@ class VRPConfig:
         if self.max_new_tokens is None:
             object.__setattr__(self, "max_new_tokens", default_answer_tokens(self.model))
         for name in ("n", "k", "max_new_tokens", "shard_size", "batch_size", "sample_rows", "stacked_layers",
-                     "margin_items", "ablation_k"):
+                     "margin_items", "ablation_k", "top_heads"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not (0 < self.val_fraction and 0 < self.test_fraction and self.val_fraction + self.test_fraction < 1):

@@ -86,19 +86,30 @@ def predictor_table(ex: Extraction, features: AttentionFeatures, cfg: VRPConfig)
                                 ("attention_gbt", "gbt", "attention stress test (GBT)", summary),
                                 ("attention_rf", "rf", "attention stress test (RF)", summary)):
         fitted = probes.classifier_probe(x, correct, kind, cfg.seed, cfg.n_resamples, split=split)
-        rows.append(Predictor(key, label, "attention maps", "1", fitted.test, fitted.scores))
+        rows.append(Predictor(key, label, "attention maps", "1", fitted.test, fitted.scores, fitted.accuracy))
     return Predictors(rows, split, dense, sparse, sparse_mlp, stacked, margin_layer)
 
 
 def attention_table(ex: Extraction, features: AttentionFeatures, cfg: VRPConfig) -> AttentionCorrelation:
-    """Point-biserial R between H_s (and C_k - 1) and correctness at each layer, with bootstrap CIs."""
+    """Point-biserial R between H_s (and C_k - 1) and correctness at each layer, with bootstrap CIs, a
+    permutation p-value (``cfg.n_resamples`` relabellings) and its Bonferroni and Benjamini-Hochberg
+    adjustments across the layers (per measure): the study's multiple-comparison control."""
     rows = []
+    correct = ex.correct
     for layer in range(features.entropy.shape[1]):
         for measure, values in (("H_s", features.entropy[:, layer]), ("C_k - 1", features.components[:, layer] - 1)):
             if np.std(values) == 0:  # a constant measure has no correlation to report
                 rows.append({"layer": layer, "measure": measure, "r_pb": float("nan"), "ci_low": float("nan"),
-                             "ci_high": float("nan")})
+                             "ci_high": float("nan"), "p_perm": float("nan")})
                 continue
-            est = stats.point_biserial(values, ex.correct, cfg.n_resamples, cfg.seed)
-            rows.append({"layer": layer, "measure": measure, "r_pb": est.value, "ci_low": est.ci[0], "ci_high": est.ci[1]})
-    return AttentionCorrelation(pd.DataFrame(rows))
+            est = stats.point_biserial(values, correct, cfg.n_resamples, cfg.seed)
+            p = stats.permutation_test(values[correct], values[~correct], cfg.n_resamples, cfg.seed)
+            rows.append({"layer": layer, "measure": measure, "r_pb": est.value, "ci_low": est.ci[0], "ci_high": est.ci[1],
+                         "p_perm": p})
+    frame = pd.DataFrame(rows)
+    for measure, part in frame.groupby("measure"):
+        tested = part.p_perm.notna()
+        index = part.index[tested]
+        frame.loc[index, "p_bonferroni"] = stats.bonferroni(part.p_perm[tested])
+        frame.loc[index, "p_bh"] = stats.benjamini_hochberg(part.p_perm[tested])
+    return AttentionCorrelation(frame)

@@ -45,9 +45,10 @@ class AttentionFeatures:
 
 @dataclass
 class AttentionCorrelation:
-    """Table 2b: point-biserial R between attention sharpness and correctness, per layer."""
+    """Table 2b: point-biserial R between attention sharpness and correctness, per layer, with permutation
+    p-values adjusted across layers (Bonferroni, Benjamini-Hochberg)."""
 
-    frame_: pd.DataFrame  # layer, measure, r_pb, ci_low, ci_high
+    frame_: pd.DataFrame  # layer, measure, r_pb, ci_low, ci_high, p_perm, p_bonferroni, p_bh
 
     def frame(self) -> pd.DataFrame:
         return self.frame_
@@ -61,6 +62,7 @@ class Predictor:
     passes: str
     estimate: Estimate
     scores: np.ndarray  # on the test split, higher = more likely correct
+    accuracy: float | None = None  # classifiers only: test accuracy at probability 0.5 (the stress test's number)
 
 
 @dataclass
@@ -78,7 +80,7 @@ class Predictors:
     def frame(self) -> pd.DataFrame:
         return pd.DataFrame([{"key": p.key, "method": p.method, "signal": p.signal, "forward passes": p.passes,
                               "auroc": p.estimate.value, "ci_low": p.estimate.ci[0], "ci_high": p.estimate.ci[1],
-                              "n_test": p.estimate.n} for p in self.rows])
+                              "accuracy": p.accuracy, "n_test": p.estimate.n} for p in self.rows])
 
     def methods(self) -> pd.DataFrame:
         """Table 9: the method comparison (what each needs, how well it does)."""
@@ -109,6 +111,7 @@ class MarginBuilding:
     curves: pd.DataFrame  # layer, group, n, mean, ci_low, ci_high
     contributions: pd.DataFrame  # layer, attn, mlp, cumulative: projections on the margin direction
     updates: pd.DataFrame  # layer, attn_norm, mlp_norm, mlp_share: write magnitudes at the answer
+    top_heads: pd.DataFrame  # layer, head, mean, std, n: heads ranked by direct logit contribution to the margin
 
     def frame(self) -> pd.DataFrame:
         return pd.DataFrame([{"peak_layer": self.peak_layer, "gap_at_peak": self.gap_at_peak,
@@ -194,6 +197,7 @@ class StudyResults:
             "table1_models": self.setup.models(),
             "table2_accuracy": self.accuracy.frame(),
             "table2_attention_rpb": self.attention.frame(),
+            "table2_top_heads": self.margins.top_heads,
             "table3_logit_lens": self.margins.frame(),
             "table4_5_ablations": self.ablations.frame(),
             "table6_predictors": self.predictors.frame(),
