@@ -105,6 +105,6 @@ def test_other_config_is_refused(tmp_path, uninterrupted):
 
 def test_fingerprint_covers_what_extraction_stores_only():
     base = VRPConfig(n=10)
-    assert VRPConfig(n=10, batch_size=7, n_resamples=50, ablation_k=3).fingerprint() == base.fingerprint()
+    assert VRPConfig(n=10, batch_size=7, n_resamples=50, ablation_ks=(3,)).fingerprint() == base.fingerprint()
     for changed in (dict(k=4), dict(seed=1), dict(top_p=0.5), dict(benchmark="x.json"), dict(neuron_layers=(1,))):
         assert VRPConfig(n=10, **changed).fingerprint() != base.fingerprint(), changed

@@ -6,6 +6,7 @@ import json
 import os
 
 import numpy as np
+import pandas as pd
 import pytest
 from scipy import stats as scipy_stats
 from sklearn.metrics import roc_auc_score
@@ -88,17 +89,67 @@ def test_mlp_update_share_recomputed_from_a_full_cache(study):
     assert results.margins.mlp_update_share_at_peak == pytest.approx(np.mean(shares), abs=1e-5)
 
 
-def test_ablations_zero_the_probe_neurons_and_match_random_controls(study):
+def test_ablations_zero_the_probe_units_and_match_random_controls(study):
     _, results = study
-    ablations = results.ablations
-    probe, *controls = ablations.rows
-    assert probe.condition == "probe neurons"
-    assert list(probe.intervention.indices) == ablations.neurons  # the strongest first
-    strongest = probes.selected_neurons(results.predictors.sparse.probe)["index"].head(results.config.ablation_k)
-    assert ablations.neurons == strongest.tolist() and ablations.layer == results.predictors.sparse.best_layer
-    assert len(controls) == 2 and all(len(c.intervention.indices) == len(ablations.neurons) for c in controls)
-    assert all(not set(c.intervention.indices) & set(ablations.neurons) for c in controls)
-    assert {r.acc_before for r in ablations.rows} == {probe.acc_before}  # one baseline for every condition
+    ablations, cfg = results.ablations, results.config
+    kept = probes.selected_neurons(results.predictors.sparse.probe)["index"].tolist()
+    assert ablations.neurons == kept and ablations.layer == results.predictors.sparse.best_layer
+    for k in cfg.ablation_ks:
+        (probe,) = [r for r in ablations.group("probe units") if r.k_requested == k]
+        assert list(probe.intervention.indices) == kept[:k] and probe.k == min(k, len(kept))
+        assert (probe.note != "") == (len(kept) < k)  # a probe that kept fewer units says so
+        controls = [r for r in ablations.group("random units") if r.k_requested == k]
+        assert len(controls) == cfg.random_controls
+        assert all(len(c.intervention.indices) == probe.k and not set(c.intervention.indices) & set(kept[:k])
+                   for c in controls)
+    assert {r.acc_before for r in ablations.rows} == {ablations.rows[0].acc_before}  # one baseline for every condition
+    skipped = [r for r in ablations.group("escalating random") if r.note]
+    assert [r.k_requested for r in skipped] == [s for s in cfg.random_sizes if s >= 128]  # the toy's d_model
+    assert len(ablations.group("mlp bypass")) == 4 and len(ablations.group("patch masking")) == 4
+
+
+def test_causal_conditions_recomputed_by_hand(study):
+    """The clamp value, the per-type change and a bypass row, recomputed from the extraction and the model."""
+    from analyses.evaluation import correct as answered
+    from analyses.interventions import MLPBypass
+
+    out, results = study
+    ex = load(out / "extraction")
+    ablations, split = results.ablations, results.predictors.split
+    wrong, right = ablations.group("single-unit clamp")
+    unit = ablations.neurons[0]
+    values = ex.hidden[ablations.layer][split.train, unit]
+    assert wrong.intervention.value == pytest.approx(values[~ex.correct[split.train]].mean())
+    assert right.intervention.value == pytest.approx(values[ex.correct[split.train]].mean())
+    model = HookedVLM.from_pretrained(results.config.model)
+    test = [shapes_examples(results.config.n, SHAPES_EVAL_SEED)[i] for i in split.test]
+    before = np.array(answered(model, test), float)
+    after = np.array(answered(model, test, MLPBypass(1)), float)
+    (row,) = [r for r in ablations.group("mlp bypass") if r.layer == 1]
+    assert row.change.value == pytest.approx(after.mean() - before.mean())
+    types = np.array([e.type for e in test])
+    for t, diff in row.by_type.items():
+        assert diff == pytest.approx(after[types == t].mean() - before[types == t].mean())
+
+
+def test_attention_table_p_values_and_stress_accuracy(study):
+    from analyses import stats
+
+    out, results = study
+    ex = load(out / "extraction")
+    frame = results.attention.frame()
+    h = frame[frame.measure == "H_s"].reset_index(drop=True)
+    values = results.features.entropy[:, 2]
+    p = stats.permutation_test(values[ex.correct], values[~ex.correct], results.config.n_resamples, results.config.seed)
+    assert h.p_perm[2] == p
+    assert h.p_bonferroni.tolist() == pytest.approx(np.minimum(h.p_perm * len(h), 1).tolist())
+    order = np.argsort(h.p_perm.to_numpy())  # BH by hand: p_(i) * m / i, made monotone from the top
+    ranked = h.p_perm.to_numpy()[order] * len(h) / np.arange(1, len(h) + 1)
+    bh = np.minimum(np.minimum.accumulate(ranked[::-1])[::-1], 1)
+    assert h.p_bh.to_numpy()[order] == pytest.approx(bh)
+    stress = results.predictors["attention_gbt"]
+    labels = ex.correct[results.predictors.split.test]
+    assert stress.accuracy == pytest.approx(np.mean((stress.scores > 0.5) == labels))
 
 
 def test_rerun_resumes_a_lost_shard_and_agrees(study):
@@ -114,7 +165,7 @@ def test_rerun_resumes_a_lost_shard_and_agrees(study):
     assert [s["name"] for s in resumed["shards"]][-1] == lost  # the lost shard was extracted again
     assert {name: os.stat(folder / f"{name}.json").st_mtime_ns for name in kept} == kept  # the others were not
     assert again.predictors.frame().equals(results.predictors.frame())
-    assert again.ablations.frame().equals(results.ablations.frame())
+    pd.testing.assert_frame_equal(again.ablations.frame(), results.ablations.frame())
 
 
 def test_labels_in_any_case_give_the_same_tables(study, tmp_path):
@@ -132,7 +183,7 @@ def test_labels_in_any_case_give_the_same_tables(study, tmp_path):
     shouting = run(VRPConfig(benchmark=str(path), images=str(path.parent / "images"), **SMALL), tmp_path / "out",
                    progress=False)
     assert shouting.accuracy.frame().equals(results.accuracy.frame())
-    assert shouting.ablations.frame().equals(results.ablations.frame())
+    pd.testing.assert_frame_equal(shouting.ablations.frame(), results.ablations.frame())
     assert shouting.predictors.frame().equals(results.predictors.frame())
     assert shouting.margins.frame().equals(results.margins.frame())
 
@@ -231,13 +282,20 @@ def test_concentration_verdict_by_hand(study):
     from analyses.study.findings import concentration
 
     _, results = study
-    probe, *controls = results.ablations.rows
-    hurt = replace(probe, change=Estimate(-0.3, (-0.4, -0.2), 30))
-    calm = [replace(c, change=Estimate(0.0, (-0.05, 0.05), 30)) for c in controls]
-    assert concentration(replace(results, ablations=replace(results.ablations, rows=[hurt, *calm]))) == "concentrated"
-    overlap = [replace(c, change=Estimate(-0.25, (-0.35, -0.1), 30)) for c in controls]
-    assert concentration(replace(results, ablations=replace(results.ablations, rows=[hurt, *overlap]))) == "no evidence"
-    assert concentration(replace(results, ablations=replace(results.ablations, rows=calm))) == "untested"
+    rows = results.ablations.rows
+    k = max(r.k_requested for r in rows if r.group == "probe units")
+
+    def verdict(probe_change, control_change):
+        edited = [replace(r, change=probe_change) if r.group == "probe units" else
+                  replace(r, change=control_change) if r.group == "random units" else r for r in rows]
+        return concentration(replace(results, ablations=replace(results.ablations, rows=edited)))
+
+    hurt = Estimate(-0.3, (-0.4, -0.2), 30)
+    assert verdict(hurt, Estimate(0.0, (-0.05, 0.05), 30)) == "concentrated"
+    assert verdict(hurt, Estimate(-0.25, (-0.35, -0.1), 30)) == "no evidence"
+    no_probe = [r for r in rows if r.group != "probe units"]
+    assert concentration(replace(results, ablations=replace(results.ablations, rows=no_probe))) == "untested"
+    assert k == max(results.config.ablation_ks)
 
 
 def test_strength_in_words():

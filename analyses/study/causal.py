@@ -1,4 +1,10 @@
-"""Where the answer forms and what it rests on: Table 3 (margin building) and Tables 4-5 (ablations)."""
+"""Where the answer forms and what it rests on: Table 3 (margin building), Tables 4-5 (unit ablations),
+MLP bypass by layer and patch masking.
+
+Cost: every causal condition re-answers the test split once (``n * test_fraction`` questions):
+with the defaults, 2 probe sizes x (1 + 3 random controls) + 2 clamps + 3 escalating sizes +
+one bypass per layer + 4 masking conditions, so a 32-layer model re-answers the test split 49
+times. Memory stays one batch."""
 
 from __future__ import annotations
 
@@ -11,6 +17,7 @@ from analyses.data.examples import Example
 from analyses.evaluation import batches, correct
 from analyses.study.config import VRPConfig
 from analyses.study.extract import Extraction
+from analyses.patch_masking import patch_masking
 from analyses.study.results import Ablation, Ablations, MarginBuilding, Predictors
 
 DECOMPOSED = ("hook_resid_pre", "hook_resid_post", "hook_attn_out", "hook_mlp_out", "attn.hook_z")
@@ -48,25 +55,99 @@ def margin_building(model, examples: list[Example], ex: Extraction, cfg: VRPConf
         top_heads=decomposition.top_heads(pd.concat(heads, ignore_index=True), cfg.top_heads))
 
 
-def ablation_table(model, examples: list[Example], predictors: Predictors, cfg: VRPConfig) -> Ablations:
-    """Zero the residual sparse probe's ``cfg.ablation_k`` strongest units of h_l (``blocks.l.hook_resid_post``,
-    every position) vs ``cfg.random_controls`` random sets of the same size at the same layer, on the test
-    split, with paired-bootstrap CIs of the accuracy change."""
+class _TestSplit:
+    """The test questions, their unedited answers' correctness, and how to score a condition against them."""
+
+    def __init__(self, model, examples: list[Example], cfg: VRPConfig, test: np.ndarray):
+        self.model, self.cfg = model, cfg
+        self.examples = [examples[i] for i in test]
+        self.types = np.array([e.type for e in self.examples])
+        self.before = self.correct()
+
+    def correct(self, intervention=interventions.NOTHING, transform=None) -> np.ndarray:
+        return np.array(correct(self.model, self.examples, intervention, batch_size=self.cfg.batch_size,
+                                max_new_tokens=self.cfg.max_new_tokens, transform=transform), float)
+
+    def row(self, group: str, condition: str, intervention=None, transform=None, **extra) -> Ablation:
+        after = self.correct(intervention or interventions.NOTHING, transform)
+        change = stats.paired_bootstrap_diff(self.before, after, self.cfg.n_resamples, self.cfg.seed)
+        by_type = {t: float(after[self.types == t].mean() - self.before[self.types == t].mean()) for t in sorted(set(self.types))}
+        return Ablation(group, condition, float(self.before.mean()), float(after.mean()), change, by_type, intervention, **extra)
+
+
+def _unit_rows(split: _TestSplit, ex: Extraction, predictors: Predictors, cfg: VRPConfig) -> tuple[int, list[int], list[Ablation]]:
+    """Tables 4-5: top-k probe units vs random units of the same layer and size, a single-unit clamp, and
+    escalating random ablations, all on residual-stream units of the sparse probe's layer."""
     sparse = predictors.sparse
-    chosen = probes.selected_neurons(sparse.probe).head(cfg.ablation_k)["index"].tolist()
+    kept = probes.selected_neurons(sparse.probe)["index"].tolist()  # strongest first
     layer = int(sparse.probe.layer)
-    test_examples = [examples[i] for i in predictors.split.test]
-    before = np.array(correct(model, test_examples, batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens), float)
-    conditions = []
-    if chosen:
-        conditions.append(("probe neurons", interventions.neurons(layer, chosen, "zero", site="resid")))
-    for seed in range(cfg.random_controls):
-        control = interventions.random_neurons(model, layer, max(1, len(chosen)), seed=cfg.seed + seed, exclude=chosen,
-                                               site="resid")
-        conditions.append((f"random control {seed}", control))
+    width = split.model.cfg.d_model
     rows = []
-    for condition, intervention in conditions:
-        after = np.array(correct(model, test_examples, intervention, batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens), float)
-        change = stats.paired_bootstrap_diff(before, after, cfg.n_resamples, cfg.seed)
-        rows.append(Ablation(condition, intervention, float(before.mean()), float(after.mean()), change))
-    return Ablations(layer, chosen, cfg.ablation_k, rows)
+    for k in cfg.ablation_ks:
+        chosen = kept[:k]
+        note = "" if len(chosen) == k else f"the L1 probe kept only {len(kept)} units: {len(chosen)} zeroed, not {k}"
+        if not chosen:
+            rows.append(Ablation("probe units", f"top-{k} probe units", float(split.before.mean()), float("nan"),
+                                 stats.Estimate(float("nan"), (float("nan"), float("nan")), len(split.before)), {},
+                                 layer=layer, k=0, k_requested=k, note="untested: the L1 probe kept no units"))
+            continue
+        rows.append(split.row("probe units", f"top-{k} probe units", interventions.neurons(layer, chosen, "zero", site="resid"),
+                              layer=layer, k=len(chosen), k_requested=k, note=note))
+        for seed in range(cfg.random_controls):
+            control = interventions.random_neurons(split.model, layer, len(chosen), seed=cfg.seed + seed, exclude=chosen,
+                                                   site="resid")
+            rows.append(split.row("random units", f"random control {seed} (k={len(chosen)})", control, layer=layer,
+                                  k=len(chosen), k_requested=k))
+    if cfg.clamp_unit and kept:
+        unit, train = kept[0], predictors.split.train
+        values = ex.hidden[ex_layer_index(ex, layer)][train, unit]
+        right = ex.correct[train]
+        for side, mask in (("wrong", ~right), ("right", right)):
+            value = float(values[mask].mean())
+            clamp = interventions.neurons(layer, [unit], "clamp", value=value, site="resid")
+            rows.append(split.row("single-unit clamp", f"clamp unit {unit} to its mean on {side} answers ({value:+.3f})",
+                                  clamp, layer=layer, k=1, k_requested=1))
+    for size in cfg.random_sizes:
+        if size >= width:
+            rows.append(Ablation("escalating random", f"random {size} units", float(split.before.mean()), float("nan"),
+                                 stats.Estimate(float("nan"), (float("nan"), float("nan")), len(split.before)), {},
+                                 layer=layer, k=0, k_requested=size,
+                                 note=f"skipped: the model has only {width} residual units"))
+            continue
+        control = interventions.random_neurons(split.model, layer, size, seed=cfg.seed, site="resid")
+        rows.append(split.row("escalating random", f"random {size} units", control, layer=layer, k=size, k_requested=size))
+    return layer, kept, rows
+
+
+def ex_layer_index(ex: Extraction, layer: int) -> int:
+    """Where ``layer`` sits among the extraction's stored hidden layers."""
+    stored = ex.config.get("hidden_layers")
+    stored = list(range(len(ex.hidden))) if stored is None else list(stored)
+    if layer not in stored:
+        raise ValueError(f"layer {layer} was not stored (hidden_layers={stored})")
+    return stored.index(layer)
+
+
+def _bypass_rows(split: _TestSplit, cfg: VRPConfig) -> list[Ablation]:
+    layers = range(split.model.cfg.n_layers) if cfg.bypass_layers is None else cfg.bypass_layers
+    return [split.row("mlp bypass", f"bypass MLP @L{l}", interventions.MLPBypass(l), layer=l) for l in layers]
+
+
+def _masking_rows(split: _TestSplit, cfg: VRPConfig) -> list[Ablation]:
+    """The most-attended ``mask_fraction`` of patches hidden vs as many random ones, at token and pixel level."""
+    rows = []
+    share = f"{cfg.mask_fraction:.0%}"
+    for level in ("token", "pixel"):
+        if level == "pixel" and split.model.adapter.fill_patches is None:
+            continue  # the adapter does not say where patch pixels lie: token level only
+        for rank in ("top", "random"):
+            transform, intervention = patch_masking(cfg.mask_fraction, rank, level, seed=cfg.seed)
+            rows.append(split.row("patch masking", f"mask {rank} {share} patches ({level})", intervention, transform))
+    return rows
+
+
+def ablation_table(model, examples: list[Example], ex: Extraction, predictors: Predictors, cfg: VRPConfig) -> Ablations:
+    """Every causal check on the test split, each with the paired-bootstrap CI of its accuracy change."""
+    split = _TestSplit(model, examples, cfg, predictors.split.test)
+    layer, kept, rows = _unit_rows(split, ex, predictors, cfg)
+    return Ablations(layer, kept, rows + _bypass_rows(split, cfg) + _masking_rows(split, cfg))

@@ -66,8 +66,12 @@ class VRPConfig:
     # causal checks
     margin_items: int = 100  # questions whose margin is decomposed for Table 3 (and the top heads)
     top_heads: int = 10  # heads listed by direct logit contribution
-    ablation_k: int = 8  # probe neurons zeroed in Tables 4-5
-    random_controls: int = 3  # random-neuron controls of the same size
+    ablation_ks: tuple[int, ...] = (5, 10)  # the sparse probe's top-k residual units zeroed in Tables 4-5
+    random_controls: int = 3  # random-unit controls of each size
+    random_sizes: tuple[int, ...] = (500, 1000, 2000)  # escalating random ablations (sizes >= d_model are skipped)
+    clamp_unit: bool = True  # clamp the probe's strongest unit to its mean over wrong (and right) answers
+    bypass_layers: tuple[int, ...] | None = None  # MLP bypass at these layers (None: every layer)
+    mask_fraction: float = 0.3  # patch masking: the most-attended (and as many random) patches hidden
     n_resamples: int = 10_000  # bootstrap resamples for every CI (the study's 10,000)
 
     EXTRACTION_FIELDS: ClassVar[tuple[str, ...]] = (
@@ -79,12 +83,17 @@ class VRPConfig:
         if self.max_new_tokens is None:
             object.__setattr__(self, "max_new_tokens", default_answer_tokens(self.model))
         for name in ("n", "k", "max_new_tokens", "shard_size", "batch_size", "sample_rows", "stacked_layers",
-                     "margin_items", "ablation_k", "top_heads"):
+                     "margin_items", "top_heads"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not (0 < self.val_fraction and 0 < self.test_fraction and self.val_fraction + self.test_fraction < 1):
             raise ValueError(f"val_fraction and test_fraction must be positive and leave a training split, "
                              f"got {self.val_fraction} and {self.test_fraction}")
+        for name in ("ablation_ks", "random_sizes"):
+            if any(int(v) < 1 for v in getattr(self, name)):
+                raise ValueError(f"{name} must be positive unit counts, got {getattr(self, name)}")
+        if not 0 < self.mask_fraction <= 1:
+            raise ValueError(f"mask_fraction is a share of the patches in (0, 1], got {self.mask_fraction}")
         if self.device is not None and self.device_map is not None:
             raise ValueError("give device (one device) or device_map (sharded across GPUs), not both")
         parse_dtype(self.dtype)
@@ -99,7 +108,8 @@ class VRPConfig:
         return hashlib.sha256(json.dumps(self.extraction(), sort_keys=True).encode()).hexdigest()[:16]
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        """Every setting, JSON-ready (tuples as lists): what tables.json records and ``from_file`` reads back."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
     @classmethod
     def from_file(cls, path: str | Path, **overrides) -> VRPConfig:

@@ -38,18 +38,47 @@ def strength(estimate: Estimate) -> str:
     return word if estimate.value > 0.5 else f"{word}, inversely,"
 
 
+def _probe_and_controls(results: StudyResults):
+    """The largest tested top-k probe ablation and its random controls (same k), or (None, [])."""
+    tested = [r for r in results.ablations.group("probe units") if r.k]
+    if not tested:
+        return None, []
+    probe = max(tested, key=lambda r: r.k)
+    controls = [r for r in results.ablations.group("random units") if r.k_requested == probe.k_requested]
+    return probe, controls
+
+
 def concentration(results: StudyResults) -> str:
-    """'concentrated' when zeroing the probe's units lowers accuracy (CI below 0) by more than every random
-    control (probe CI entirely below each control's); 'no evidence' otherwise; 'untested' without probe units."""
-    rows = results.ablations.rows
-    probe = [r for r in rows if r.condition == "probe neurons"]
-    controls = [r for r in rows if r.condition != "probe neurons"]
-    if not probe:
+    """'concentrated' when zeroing the probe's top-k units (the largest k tested) lowers accuracy (CI below 0)
+    by more than every random control of the same size (probe CI entirely below each control's); 'no
+    evidence' otherwise; 'untested' without probe units."""
+    probe, controls = _probe_and_controls(results)
+    if probe is None:
         return "untested"
-    change = probe[0].change
+    change = probe.change
     if change.ci[1] < 0 and all(change.ci[1] < c.change.ci[0] for c in controls):
         return "concentrated"
     return "no evidence"
+
+
+def masking(results: StudyResults) -> Finding:
+    rows = {r.condition: r for r in results.ablations.group("patch masking")}
+    parts = []
+    for level in ("token", "pixel"):
+        top = next((r for c, r in rows.items() if c.startswith("mask top") and c.endswith(f"({level})")), None)
+        rand = next((r for c, r in rows.items() if c.startswith("mask random") and c.endswith(f"({level})")), None)
+        if top is None or rand is None:
+            continue
+        worse = top.change.ci[1] < rand.change.ci[0]
+        parts.append(f"At {level} level, masking the most-attended {results.config.mask_fraction:.0%} of patches changes test "
+                     f"accuracy by {_change(top.change)}, random patches by {_change(rand.change)}: "
+                     + ("the attended patches matter more." if worse else "no clear difference."))
+    return Finding("Does masking the most-attended patches hurt more than masking random ones?",
+                   " ".join(parts) or "Not measured: no patch-masking condition ran.")
+
+
+def _change(e: Estimate) -> str:
+    return f"{e.value:+.3f} [{e.ci[0]:+.3f}, {e.ci[1]:+.3f}] (n = {e.n})"
 
 
 def findings(results: StudyResults) -> list[Finding]:
@@ -88,25 +117,20 @@ def findings(results: StudyResults) -> list[Finding]:
     if verdict == "untested":
         text = "Untested: the sparse probe kept no units to ablate."
     else:
-        probe = a.rows[0]
-        controls = [r.change.value for r in a.rows[1:]]
-        text = (f"Zeroing the sparse probe's {len(probe.intervention.indices)} strongest residual units at layer {a.layer} "
-                f"changes test accuracy by {probe.change.value:+.3f} [{probe.change.ci[0]:+.3f}, {probe.change.ci[1]:+.3f}] "
-                f"(n = {probe.change.n}); {len(controls)} random sets of the same size change it by "
-                + ", ".join(f"{c:+.3f}" for c in controls) + ". "
+        probe, controls = _probe_and_controls(results)
+        text = (f"Zeroing the sparse probe's {probe.k} strongest residual units at layer {a.layer} changes test accuracy by "
+                f"{_change(probe.change)}; {len(controls)} random sets of the same size change it by "
+                + ", ".join(f"{c.change.value:+.3f}" for c in controls) + ". "
                 + ("Reliability looks concentrated in those units." if verdict == "concentrated" else
                    "No sign that reliability is concentrated in a few units: it looks distributed."))
     out.append(Finding("Is reliability concentrated or distributed?", text))
-    out.append(Finding(
-        "Does masking the most-attended patches hurt more than masking random ones?",
-        "Not measured by this run: patch masking is in analyses.patch_masking and notebook 02.",
-    ))
+    out.append(masking(results))
     return out
 
 
 def warnings(results: StudyResults) -> list[str]:
     cfg, n_test = results.config, results.accounting.test
-    out = []
+    out = [f"{r.condition}: {r.note}." for r in results.ablations.rows if r.note]
     if n_test < MIN_TEST:
         smallest = math.ceil(MIN_TEST / cfg.test_fraction)
         out.append(f"The test split has only {n_test} questions: every AUROC's CI is wide. n = {smallest} gives a test "

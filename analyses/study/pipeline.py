@@ -92,7 +92,7 @@ def analyse(model: HookedVLM, examples: list[Example], ex: Extraction, cfg: VRPC
         attention=attention_table(ex, features, cfg),
         features=features,
         margins=margin_building(model, examples, ex, cfg),
-        ablations=ablation_table(model, examples, predictors, cfg),
+        ablations=ablation_table(model, examples, ex, predictors, cfg),
         predictors=predictors,
         accounting=accounting,
         setup=setup_tables(model, examples, ex, cfg, questions),

@@ -34,7 +34,10 @@ TITLES = {
     "table2_attention_rpb": "Table 2b. Attention sharpness vs correctness (point-biserial R, 95% CI)",
     "table2_top_heads": "Table 2c. Attention heads with the largest direct logit contribution to the truth margin",
     "table3_logit_lens": "Table 3. Logit-lens peak, separation and MLP share of the margin",
-    "table4_5_ablations": "Tables 4-5. Probe-neuron ablation vs random-neuron controls (paired bootstrap 95% CI)",
+    "table4_5_ablations": "Tables 4-5. Probe-unit ablations vs random units, single-unit clamp, escalating random "
+                          "(test split, paired bootstrap 95% CI; per-type columns: the object-ID questions among them)",
+    "mlp_bypass": "MLP bypass by layer (test split, paired bootstrap 95% CI)",
+    "patch_masking": "Patch masking: most-attended vs random patches, token and pixel level",
     "table6_predictors": "Table 6. Reliability predictors: test AUROC (bootstrap 95% CI)",
     "table8_accounting": "Table 8. Sample accounting",
     "table9_methods": "Table 9. Method comparison",
@@ -88,8 +91,13 @@ def _figures(results: StudyResults, extraction: Extraction, examples: list[Examp
             figures.append((f"Attention over the image ({label})", plots.attention_over_image(examples[i].load_image(), grid, title)))
     features = results.features
     figures.append(("Attention structure by layer", plots.entropy_and_components(features.entropy.mean(0), features.components.mean(0))))
-    ablations = results.ablations.frame().rename(columns={"condition": "type", "intervention": "condition"})
-    figures.append(("Ablation effects", plots.intervention_effects(ablations, "Accuracy change: probe neurons vs random controls")))
+    for key, title in (("table4_5_ablations", "Accuracy change: probe units vs random units, clamp, escalating random"),
+                       ("mlp_bypass", "Accuracy change: MLP bypassed at one layer"),
+                       ("patch_masking", "Accuracy change: most-attended vs random patches masked")):
+        frame = results.tables()[key].dropna(subset=["diff"])
+        if len(frame):
+            bars = frame.rename(columns={"condition": "type", "group": "condition"})
+            figures.append((title.split(": ")[1].capitalize(), plots.intervention_effects(bars, title)))
     figures.append(("ROC curves", roc_figure(results, correct[results.predictors.split.test])))
     figures.append(("Calibration", plots.reliability_diagram(results.accuracy.calibration_bins, results.accuracy.ece)))
     return figures

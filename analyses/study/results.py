@@ -123,28 +123,51 @@ class MarginBuilding:
 
 @dataclass
 class Ablation:
-    condition: str  # "probe neurons" or "random control <seed>"
-    intervention: Intervention
+    """One causal condition on the test split: accuracy before and after, the paired-bootstrap CI of the
+    change, and the change per question type (on POPE / Shapes the existence types are the object-ID
+    questions)."""
+
+    group: str  # "probe units", "random units", "single-unit clamp", "escalating random", "mlp bypass", "patch masking"
+    condition: str  # what was done, in words
     acc_before: float
     acc_after: float
     change: Estimate
+    by_type: dict[str, float]  # question type -> accuracy change
+    intervention: Intervention | None = None  # None for pixel-level masking (an input edit)
+    layer: int | None = None
+    k: int | None = None  # units edited
+    k_requested: int | None = None
+    note: str = ""  # why a condition was cut short or skipped
 
 
 @dataclass
 class Ablations:
-    """Tables 4-5: zeroing the sparse probe's top residual-stream units vs random units of the same layer
-    (test split), as the study does (its "neurons" are units of h_l)."""
+    """The causal checks: Tables 4-5 (the sparse probe's top-k residual units zeroed vs random units of the
+    same layer and size, escalating random ablations, a single-unit clamp), MLP bypass by layer and
+    patch masking (most-attended vs random patches, token and pixel level). The study's "neurons" are
+    units of h_l (``hook_resid_post``)."""
 
     layer: int
-    neurons: list[int]  # the probe's units that were zeroed (strongest first)
-    k_requested: int
+    neurons: list[int]  # the probe's units, strongest first (all it kept)
     rows: list[Ablation]
 
-    def frame(self) -> pd.DataFrame:
-        return pd.DataFrame([{"condition": r.condition, "intervention": r.intervention.name, "layer": self.layer,
-                              "k": len(r.intervention.indices), "k_requested": self.k_requested,
-                              "acc_before": r.acc_before, "acc_after": r.acc_after, "diff": r.change.value,
-                              "ci_low": r.change.ci[0], "ci_high": r.change.ci[1], "n": r.change.n} for r in self.rows])
+    def frame(self, groups: tuple[str, ...] | None = None) -> pd.DataFrame:
+        rows = [r for r in self.rows if groups is None or r.group in groups]
+        types = sorted({t for r in rows for t in r.by_type})
+        return pd.DataFrame([{"group": r.group, "condition": r.condition, "layer": r.layer, "k": r.k,
+                              "k_requested": r.k_requested, "acc_before": r.acc_before, "acc_after": r.acc_after,
+                              "diff": r.change.value, "ci_low": r.change.ci[0], "ci_high": r.change.ci[1], "n": r.change.n,
+                              **{f"diff ({t})": r.by_type.get(t) for t in types}, "note": r.note} for r in rows])
+
+    def tables(self) -> dict[str, pd.DataFrame]:
+        return {"table4_5_ablations": self.frame(UNIT_GROUPS), "mlp_bypass": self.frame(("mlp bypass",)),
+                "patch_masking": self.frame(("patch masking",))}
+
+    def group(self, name: str) -> list[Ablation]:
+        return [r for r in self.rows if r.group == name]
+
+
+UNIT_GROUPS = ("probe units", "random units", "single-unit clamp", "escalating random")
 
 
 @dataclass
@@ -199,7 +222,7 @@ class StudyResults:
             "table2_attention_rpb": self.attention.frame(),
             "table2_top_heads": self.margins.top_heads,
             "table3_logit_lens": self.margins.frame(),
-            "table4_5_ablations": self.ablations.frame(),
+            **self.ablations.tables(),
             "table6_predictors": self.predictors.frame(),
             "table7_benchmarks": self.setup.benchmarks(),
             "table8_accounting": self.accounting.frame(),
