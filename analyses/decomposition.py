@@ -135,6 +135,33 @@ def update_shares(model: HookedVLM, cache: ActivationCache | AnswerActivations) 
     return layer_means(update_norms_at_answer(model, cache))
 
 
+def image_update_norm_hooks(model: HookedVLM, inputs, rows: list[dict]) -> list:
+    """Forward hooks that append, per layer and item, the mean norm of attention's and the MLP's writes over
+    the item's image-token positions (the study's Figure 5: does the visual stream keep being updated?)
+    to ``rows`` (item, layer, attn_norm / mlp_norm). Nothing of size positions x layers is kept."""
+    mask = torch.zeros(inputs.attention_mask.shape, dtype=torch.float32)
+    for item in range(inputs.batch_size):
+        mask[item, inputs.image_positions(item)] = 1.0
+    counts = mask.sum(1).clamp_min(1.0)
+
+    def norm(activation: Tensor, hook) -> None:
+        if activation.shape[1] != mask.shape[1]:  # a decode step: no image tokens
+            return None
+        value = (activation.float().norm(dim=-1) * mask.to(activation.device)).sum(1) / counts.to(activation.device)
+        column = "attn_norm" if hook.name.endswith("hook_attn_out") else "mlp_norm"
+        rows.extend({"item": i, "layer": hook.layer(), "column": column, "value": float(v)} for i, v in enumerate(value))
+        return None
+
+    return [(f"blocks.{l}.{kind}", norm) for l in range(model.cfg.n_layers) for kind in ("hook_attn_out", "hook_mlp_out")]
+
+
+def image_update_table(rows: list[dict]) -> pd.DataFrame:
+    """Rows from ``image_update_norm_hooks`` (any number of batches, items renumbered) as layer means:
+    layer, attn_norm, mlp_norm."""
+    frame = pd.DataFrame(rows)
+    return frame.pivot_table(index="layer", columns="column", values="value", aggfunc="mean").reset_index()
+
+
 def layer_means(norms: pd.DataFrame) -> pd.DataFrame:
     """Per-item update norms (``update_norms_at_answer``, any number of batches concatenated) averaged per layer."""
     return norms.groupby("layer")[["attn_norm", "mlp_norm", "mlp_share"]].mean().reset_index()

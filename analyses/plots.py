@@ -117,3 +117,47 @@ def reliability_diagram(bins: list[dict], ece: float, title: str = "Calibration 
     fig.update_layout(title=f"{title} (ECE {ece:.3f})", xaxis_title="confidence", yaxis_title="accuracy",
                       template="plotly_white", xaxis={"range": [0, 1]}, yaxis={"range": [0, 1]})
     return fig
+
+
+def probe_units(circuit: pd.DataFrame, right: np.ndarray, wrong: np.ndarray,
+                title: str = "The sparse probe's units: coefficients, and the strongest unit's activations") -> go.Figure:
+    """Figure 3: each kept unit's probe coefficient (bars) and the strongest unit's activation on right vs
+    wrong answers (overlaid histograms)."""
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("probe coefficient", f"unit {circuit.unit.iloc[0]} activation"))
+    fig.add_trace(go.Bar(x=[f"u{u}" for u in circuit.unit], y=circuit.coefficient, name="coefficient",
+                         marker_color="#555"), row=1, col=1)
+    for name, values in (("correct", right), ("incorrect", wrong)):
+        fig.add_trace(go.Histogram(x=values, name=name, opacity=0.6, marker_color=GROUP_COLOURS[name],
+                                   histnorm="probability density"), row=1, col=2)
+    fig.update_layout(title=title, barmode="overlay", template="plotly_white")
+    return fig
+
+
+def layer_difference(table: pd.DataFrame, column: str, title: str, y_title: str) -> go.Figure:
+    """A per-layer difference with its 95% CI band and the zero line (Figure 4: Delta H_s)."""
+    x = table.layer.to_numpy()
+    fig = go.Figure([_band(x, table.ci_low.to_numpy(), table.ci_high.to_numpy(), "#555", "95% CI", "d"),
+                     go.Scatter(x=x, y=table[column], mode="lines+markers", name=y_title, line={"color": "#333"})])
+    fig.add_hline(y=0, line={"color": "grey", "width": 1})
+    fig.update_layout(title=title, xaxis_title="layer", yaxis_title=y_title, template="plotly_white", xaxis=LAYER_AXIS)
+    return fig
+
+
+def update_norms(table: pd.DataFrame, title: str = "Writes to the image tokens by layer") -> go.Figure:
+    """Figure 5: attention's and the MLP's mean write norm per layer (columns attn_norm, mlp_norm)."""
+    fig = go.Figure([go.Scatter(x=table.layer, y=table[c], mode="lines+markers", name=c.replace("_norm", ""))
+                     for c in ("attn_norm", "mlp_norm")])
+    fig.update_layout(title=title, xaxis_title="layer", yaxis_title="mean ||write||", template="plotly_white",
+                      xaxis=LAYER_AXIS)
+    return fig
+
+
+def margin_trajectory(margins: np.ndarray, title: str) -> go.Figure:
+    """One question's truth margin by layer (Figure 6: where the right token was suppressed)."""
+    fig = go.Figure(go.Scatter(x=np.arange(len(margins)), y=margins, mode="lines+markers", name="truth margin"))
+    fig.add_hline(y=0, line={"color": "grey", "width": 1})
+    fig.update_layout(title=title, xaxis_title="layer", yaxis_title="truth margin (logit)", template="plotly_white",
+                      xaxis=LAYER_AXIS)
+    return fig

@@ -39,7 +39,7 @@ def test_outputs_written(study):
     assert page.startswith("<!doctype html>") and page.count("Plotly.newPlot") >= 6
     assert "<script src=" not in page and len(page) > 3_000_000  # plotly.js inline: self-contained
     data = json.loads((out / "tables.json").read_text())
-    assert set(results.tables()) | {"config", "findings", "warnings"} == set(data)
+    assert set(results.tables()) | {"config", "findings", "warnings", "case_study"} == set(data)
     assert data["config"] == results.config.as_dict()
     assert "Table 6" in (out / "tables.md").read_text()
 
@@ -343,3 +343,36 @@ def test_an_open_ended_benchmark_reports_answers_and_says_what_is_not_scored(tmp
     overall = data["open_ended_summary"][0]
     assert overall["n"] == 20 and overall["confidence"] == pytest.approx(np.mean([r["confidence"] for r in rows]))
     assert "Not scored" in (tmp_path / "out" / "report.html").read_text()
+
+
+def test_circuit_detachment_and_monitor_by_hand(study):
+    out, results = study
+    ex = load(out / "extraction")
+    correct, h = ex.correct, results.features.entropy
+    delta = results.delta_entropy
+    assert delta.delta_h_s.to_numpy() == pytest.approx(h[correct].mean(0) - h[~correct].mean(0))
+    assert (delta.ci_low <= delta.delta_h_s).all() and (delta.delta_h_s <= delta.ci_high).all()
+    circuit = results.circuit
+    values = ex.hidden[int(results.predictors.sparse.probe.layer)]
+    unit = circuit.unit.iloc[0]
+    assert unit == results.ablations.neurons[0]
+    assert circuit["shift"].iloc[0] == pytest.approx(values[correct, unit].mean() - values[~correct, unit].mean())
+    # the monitor: dense probe p(right) < tau flags an answer; precision = wrong among flagged
+    dense = results.predictors["dense_probe"]
+    flagged = 1 / (1 + np.exp(-dense.scores)) < results.config.flag_tau
+    wrong = ~correct[results.predictors.split.test]
+    monitor = results.accounting.monitor
+    assert monitor["flagged"] == flagged.sum()
+    assert monitor["precision@tau"] == pytest.approx((flagged & wrong).sum() / flagged.sum())
+    # detachment: criterion 1 from the per-question entropies, criterion 3 from Table 3 and the stored maps
+    rows = results.detachment.set_index("criterion")
+    third = max(1, h.shape[1] // 3)
+    assert rows.loc["entropy collapse", "value"] == pytest.approx((h[:, -third:].mean(1) - h[:, :third].mean(1)).mean())
+    share = np.array([[a.sum() for a in attn] for attn in ex.attention]).mean(0)
+    half = h.shape[1] // 2
+    reengage = half + int(np.argmax(share[half:]))
+    commit = results.margins.separation_layer
+    assert rows.loc["commitment before re-engagement", "holds"] == (commit is not None and commit < reengage)
+    assert rows.loc["symbolic detachment", "holds"] == all(rows.holds.iloc[:3])
+    if results.case is not None:  # Figure 6's question: a wrong test answer the probe flags, sharpest attention
+        assert not correct[results.case] and results.case in results.predictors.split.test

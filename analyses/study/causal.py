@@ -33,9 +33,10 @@ def margin_building(model, examples: list[Example], ex: Extraction, cfg: VRPConf
     subset = examples[: cfg.margin_items]
     frames, heads = [], []
     names = [n for n in model.hook_names() if n.startswith("blocks.") and n.endswith(DECOMPOSED)]
-    norms = []
+    norms, visual = [], []
     for start, (chunk, inputs) in zip(range(0, len(subset), cfg.batch_size), batches(model, subset, cfg.batch_size)):
-        captured = answers.capture_at_answer(model, inputs, names)  # rows at the answer only: one batch of memory
+        at_image = decomposition.image_update_norm_hooks(model, inputs, visual)  # Figure 5, reduced inside the hooks
+        captured = answers.capture_at_answer(model, inputs, names, at_image)  # rows at the answer only: one batch
         refs = [answers.reference_token_ids(model.tokenizer, [e.label]) for e in chunk]
         competitors = logit_lens.competitor_ids(captured.logits, refs)
         table = decomposition.margin_contributions(model, captured, [r[0] for r in refs], competitors)
@@ -52,7 +53,8 @@ def margin_building(model, examples: list[Example], ex: Extraction, cfg: VRPConf
         mlp_margin_share_to_peak=decomposition.mlp_share(contributions, peak),
         max_margin_layer=summary["max_margin_layer"], n_items=len(subset), curves=curves,
         contributions=decomposition.layer_table(contributions), updates=updates,
-        top_heads=decomposition.top_heads(pd.concat(heads, ignore_index=True), cfg.top_heads))
+        top_heads=decomposition.top_heads(pd.concat(heads, ignore_index=True), cfg.top_heads),
+        visual_updates=decomposition.image_update_table(visual))
 
 
 class _TestSplit:
@@ -80,7 +82,8 @@ def _unit_rows(split: _TestSplit, ex: Extraction, predictors: Predictors, cfg: V
     escalating random ablations, all on residual-stream units of the sparse probe's layer."""
     sparse = predictors.sparse
     kept = probes.selected_neurons(sparse.probe)["index"].tolist()  # strongest first
-    layer = int(sparse.probe.layer)
+    position = int(sparse.probe.layer)  # among the stored layers
+    layer = ex.stored_layers("hidden")[position]
     width = split.model.cfg.d_model
     rows = []
     for k in cfg.ablation_ks:
@@ -100,7 +103,7 @@ def _unit_rows(split: _TestSplit, ex: Extraction, predictors: Predictors, cfg: V
                                   k=len(chosen), k_requested=k))
     if cfg.clamp_unit and kept:
         unit, train = kept[0], predictors.split.train
-        values = ex.hidden[ex_layer_index(ex, layer)][train, unit]
+        values = ex.hidden[position][train, unit]
         right = ex.correct[train]
         for side, mask in (("wrong", ~right), ("right", right)):
             value = float(values[mask].mean())
@@ -117,15 +120,6 @@ def _unit_rows(split: _TestSplit, ex: Extraction, predictors: Predictors, cfg: V
         control = interventions.random_neurons(split.model, layer, size, seed=cfg.seed, site="resid")
         rows.append(split.row("escalating random", f"random {size} units", control, layer=layer, k=size, k_requested=size))
     return layer, kept, rows
-
-
-def ex_layer_index(ex: Extraction, layer: int) -> int:
-    """Where ``layer`` sits among the extraction's stored hidden layers."""
-    stored = ex.config.get("hidden_layers")
-    stored = list(range(len(ex.hidden))) if stored is None else list(stored)
-    if layer not in stored:
-        raise ValueError(f"layer {layer} was not stored (hidden_layers={stored})")
-    return stored.index(layer)
 
 
 def _bypass_rows(split: _TestSplit, cfg: VRPConfig) -> list[Ablation]:

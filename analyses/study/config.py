@@ -72,6 +72,7 @@ class VRPConfig:
     clamp_unit: bool = True  # clamp the probe's strongest unit to its mean over wrong (and right) answers
     bypass_layers: tuple[int, ...] | None = None  # MLP bypass at these layers (None: every layer)
     mask_fraction: float = 0.3  # patch masking: the most-attended (and as many random) patches hidden
+    flag_tau: float = 0.5  # the monitor flags an answer when the dense probe's p(right) falls below this (Table 8)
     n_resamples: int = 10_000  # bootstrap resamples for every CI (the study's 10,000)
 
     EXTRACTION_FIELDS: ClassVar[tuple[str, ...]] = (

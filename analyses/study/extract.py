@@ -242,6 +242,11 @@ class Extraction:
     def correct(self) -> np.ndarray:
         return np.array([r["correct"] for r in self.rows])
 
+    def stored_layers(self, kind: str = "hidden") -> list[int]:
+        """The model layers behind ``hidden[i]`` (kind "hidden") or ``neurons[i]`` (kind "neurons")."""
+        chosen = self.config.get(f"{kind}_layers")
+        return list(range(len(getattr(self, kind)))) if chosen is None else [int(l) for l in chosen]
+
     @property
     def margins(self) -> np.ndarray:
         return np.array([r["margins"] for r in self.rows]).T  # layer n

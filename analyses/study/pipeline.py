@@ -21,6 +21,7 @@ import pandas as pd
 from analyses import answers, stats
 from analyses.data import benchmarks
 from analyses.data.examples import Example, shapes_examples
+from analyses.study import circuit
 from analyses.study.causal import ablation_table, margin_building
 from analyses.study.config import VRPConfig
 from analyses.study.distributed import Ranks
@@ -85,17 +86,23 @@ def analyse(model: HookedVLM, examples: list[Example], ex: Extraction, cfg: VRPC
     predictors = predictor_table(ex, features, cfg)
     split = predictors.split
     accounting = Accounting(questions, 0, len(ex.rows), int(ex.correct.sum()), len(split.train), len(split.val),
-                            len(split.test))
+                            len(split.test), circuit.monitor_precision(predictors, ex.correct, cfg.flag_tau))
+    margins = margin_building(model, examples, ex, cfg)
+    ablations = ablation_table(model, examples, ex, predictors, cfg)
     return StudyResults(
         config=cfg,
         accuracy=accuracy_table(ex),
         attention=attention_table(ex, features, cfg),
         features=features,
-        margins=margin_building(model, examples, ex, cfg),
-        ablations=ablation_table(model, examples, ex, predictors, cfg),
+        margins=margins,
+        ablations=ablations,
         predictors=predictors,
         accounting=accounting,
         setup=setup_tables(model, examples, ex, cfg, questions),
+        circuit=circuit.circuit_table(ex, predictors, ablations),
+        delta_entropy=circuit.delta_entropy(features, ex.correct, cfg),
+        detachment=circuit.symbolic_detachment(ex, features, margins, cfg),
+        case=circuit.case_study(ex, features, predictors),
     )
 
 

@@ -70,13 +70,15 @@ def predictor_table(ex: Extraction, features: AttentionFeatures, cfg: VRPConfig)
     sparse_mlp = probes.layerwise_probe(ex.neurons, correct, "l1", C=cfg.sparse_C, **common)
     stacked = probes.stacked_probe(ex.hidden, correct, last=cfg.stacked_layers, C=cfg.dense_C, **common)
     layers = stacked.probe.layer
-    add("dense_probe", f"dense probe (L2) @L{dense.best_layer}", "residual stream", "1",
+    model_layer = dict(enumerate(ex.stored_layers("hidden"))).get
+    neuron_layer = dict(enumerate(ex.stored_layers("neurons"))).get
+    add("dense_probe", f"dense probe (L2) @L{model_layer(dense.best_layer)}", "residual stream", "1",
         dense.probe.decision(ex.hidden[dense.best_layer]))
-    add("sparse_probe", f"sparse probe (L1) @L{sparse.best_layer}", "residual stream", "1",
+    add("sparse_probe", f"sparse probe (L1) @L{model_layer(sparse.best_layer)}", "residual stream", "1",
         sparse.probe.decision(ex.hidden[sparse.best_layer]))
-    add("sparse_probe_mlp", f"sparse probe (L1) @L{sparse_mlp.best_layer} (extension)", "MLP neurons", "1",
+    add("sparse_probe_mlp", f"sparse probe (L1) @L{neuron_layer(sparse_mlp.best_layer)} (extension)", "MLP neurons", "1",
         sparse_mlp.probe.decision(ex.neurons[sparse_mlp.best_layer]))
-    add("stacked_probe", f"stacked probe (L2) @L{layers[0]}-{layers[-1]}", "residual stream", "1",
+    add("stacked_probe", f"stacked probe (L2) @L{model_layer(layers[0])}-{model_layer(layers[-1])}", "residual stream", "1",
         stacked.probe.decision(np.concatenate([ex.hidden[l] for l in layers], axis=1)))
     add("self_consistency", f"self-consistency (K={cfg.k})", "majority support", f"1 + {cfg.k} decodes",
         [r["consistency"] for r in ex.rows])

@@ -24,7 +24,7 @@ from analyses.study.results import StudyResults
 
 STYLE = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222;line-height:1.45}"
          "table{border-collapse:collapse;margin:1em 0;font-size:14px}td,th{padding:3px 10px;border-bottom:1px solid #ddd;"
-         "text-align:right}th{background:#f4f4f4}h3{margin-bottom:.2em}.warn{background:#fff4e5;border-left:4px solid "
+         "text-align:right}th{background:#f4f4f4}h3{margin-bottom:.2em}.note{color:#555;font-style:italic}.warn{background:#fff4e5;border-left:4px solid "
          "#f0a020;padding:.5em 1em;margin:1em 0}code{font-size:12px}")
 
 TITLES = {
@@ -42,6 +42,10 @@ TITLES = {
     "table8_accounting": "Table 8. Sample accounting",
     "table9_methods": "Table 9. Method comparison",
     "margin_curves": "Truth margin by layer (correct vs incorrect)",
+    "table10_circuit": "Table 10. Circuit summary: the probe's units and their activation shifts",
+    "figure4_delta_entropy": "Figure 4 data. Delta H_s by layer",
+    "figure5_visual_updates": "Figure 5 data. Writes to the image tokens by layer",
+    "symbolic_detachment": "Symbolic detachment: the three criteria",
     "open_ended_summary": "Open-ended answers: judge-free metrics by category",
     "open_ended_answers": "Open-ended answers beside their references",
 }
@@ -63,9 +67,68 @@ def to_markdown(results: StudyResults) -> str:
     return f"### Findings\n\n{found}\n{cautions}\n\n{tables}"
 
 
+# How to read each section: two sentences, printed under its title in report.html and tables.md.
+NOTES = {
+    "table1_models": "The model as this run loaded it: sizes, dtype and how many image tokens one image became. "
+                     "Compare runs only when these match what you meant to study.",
+    "table7_benchmarks": "Which questions were asked, how many, and the rule that scored them. "
+                         "The accuracy here is the share of answers the benchmark's own metric calls right.",
+    "table2_accuracy": "Accuracy overall and per question type, with the expected calibration error of the output "
+                       "confidence. A low accuracy on a type means the later tables are mostly about that type's errors.",
+    "table2_attention_rpb": "Point-biserial R between attention sharpness (H_s, C_k - 1) and correctness per layer; "
+                            "a CI that holds 0 means no relation. The p-values are permutation tests, adjusted across "
+                            "layers (Bonferroni, Benjamini-Hochberg): read the adjusted ones.",
+    "table2_top_heads": "The attention heads whose direct write at the answer position most raises the gold answer's "
+                        "logit over its strongest competitor. A head near the top with a large std helps some "
+                        "questions and hurts others.",
+    "table3_logit_lens": "l* is where right and wrong answers' truth margins are furthest apart; the separation layer "
+                         "is where their CIs stop overlapping. The MLP share is the MLP's part of the residual "
+                         "update's magnitude at l*.",
+    "margin_curves": "Mean truth margin per layer for right and wrong answers, with 95% CIs. Where the bands part, "
+                     "the model's internal state already knows whether it will be right.",
+    "table4_5_ablations": "Zeroing the sparse probe's strongest units versus random units of the same layer and size, "
+                          "a single unit clamped, and escalating random ablations. Reliability is concentrated only "
+                          "if the probe units hurt clearly more than random ones.",
+    "mlp_bypass": "Each layer's MLP write removed in turn. A layer whose bypass costs much accuracy is a bottleneck; "
+                  "small costs everywhere mean the work is spread out.",
+    "patch_masking": "The most-attended share of image patches hidden, against as many random patches, as tokens and "
+                     "as pixels. If the attended patches matter, masking them hurts more than random masking.",
+    "table6_predictors": "Each signal's test AUROC for telling right from wrong answers, with a bootstrap CI; 0.5 is "
+                         "chance. Classifier rows also give their test accuracy (the stress test's number).",
+    "table8_accounting": "Where every question went, and the dense probe used as an error monitor: of the answers it "
+                         "flags, the share that are wrong (precision@tau), and the share of wrong answers it flags.",
+    "table9_methods": "The predictors side by side with what each costs to run. Cheap signals that match expensive ones "
+                      "are the ones to deploy.",
+    "table10_circuit": "The sparse probe's strongest units: coefficient, mean activation on right and wrong answers, "
+                       "the shift and its effect size. A large shift with no ablation effect is a marker, not a cause.",
+    "figure4_delta_entropy": "Mean H_s of right answers minus wrong ones per layer, with a 95% CI. Bands that hold 0 "
+                             "everywhere say sharpness does not separate right from wrong.",
+    "figure5_visual_updates": "How much attention and the MLPs write into the image tokens at each layer. A fall to "
+                              "near zero late in the network is the visual stream going quiet.",
+    "symbolic_detachment": "The three criteria of symbolic detachment, each from this run's numbers. All three must "
+                           "hold for the verdict; each row says which measure decided it.",
+}
+
+
+def to_json(results: StudyResults) -> dict:
+    out = {"config": results.config.as_dict(), "findings": [vars(f) for f in findings(results)],
+           "warnings": warnings(results), "case_study": results.case}
+    for key, frame in results.tables().items():
+        out[key] = frame.replace({np.nan: None}).to_dict(orient="records")
+    return out
+
+
+def to_markdown(results: StudyResults) -> str:
+    found = "\n".join(f"- **{f.question}** {f.answer}" for f in findings(results))
+    cautions = "".join(f"\n> {w}" for w in warnings(results))
+    tables = "\n".join(f"### {TITLES.get(key, key)}\n\n{NOTES.get(key, '')}\n\n{frame.to_markdown(index=False, floatfmt='.3f')}\n"
+                        for key, frame in results.tables().items())
+    return f"### Findings\n\n{found}\n{cautions}\n\n{tables}"
+
+
 def roc_figure(results: StudyResults, labels: np.ndarray) -> go.Figure:
     fig = go.Figure()
-    for predictor in results.predictors.rows:
+    for predictor in results.predictors.rows:  # every predictor, the attention classifiers included
         fpr, tpr, _ = roc_curve(labels, predictor.scores)
         fig.add_trace(go.Scatter(x=fpr, y=tpr, mode="lines", name=predictor.method))
     fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line={"dash": "dot", "color": "grey"}, name="chance"))
@@ -74,46 +137,95 @@ def roc_figure(results: StudyResults, labels: np.ndarray) -> go.Figure:
     return fig
 
 
-def _figures(results: StudyResults, extraction: Extraction, examples: list[Example]) -> list[tuple[str, go.Figure]]:
-    model = results.config.model
-    margins = results.margins
-    figures = [("Truth margin by layer", plots.margin_curves({model: margins.curves})),
-               ("Who builds the margin", plots.margin_contributions(margins.contributions))]
-    correct = extraction.correct
+def _attention_map(results, extraction, examples, i: int, label: str) -> go.Figure:
+    layer = results.margins.peak_layer
+    row = extraction.rows[i]
+    grid = extraction.attention[i][layer].reshape(row["grid"])
+    title = f"Attention at layer {layer}, {label}: {examples[i].text} -> {row['prediction']!r} (gold {row['label']!r})"
+    return plots.attention_over_image(examples[i].load_image(), grid, title)
+
+
+def _case_study(results: StudyResults, extraction: Extraction, examples: list[Example]) -> tuple[str, list[go.Figure]]:
+    """Figure 6: sharp attention, wrong answer, the probe flags it, the logit lens shows the suppression."""
+    i = results.case
+    if i is None:
+        return "No wrong test answer was flagged by the dense probe, so there is no case to show.", []
+    margins = extraction.margins[:, i]
+    best = int(np.argmax(margins))
+    entropy = results.features.entropy[i].mean()
+    text = (f"Question {i}: \"{examples[i].text}\" answered {extraction.rows[i]['prediction']!r}, gold "
+            f"{extraction.rows[i]['label']!r}. Its attention is sharp (mean H_s {entropy:.2f} against "
+            f"{results.features.entropy.mean():.2f} over all questions), the dense probe flags it as likely wrong, and "
+            f"the logit lens shows the gold answer's margin highest at layer {best} ({margins[best]:+.2f}) before it "
+            f"ends at {margins[-1]:+.2f}" + (": the right token was suppressed late." if margins[best] > 0 > margins[-1]
+                                              else "."))
+    return text, [_attention_map(results, extraction, examples, i, "the case"),
+                  plots.margin_trajectory(margins, f"Truth margin by layer, question {i}")]
+
+
+def _sections(results: StudyResults, extraction: Extraction, examples: list[Example]) -> list[tuple[str, str, list]]:
+    """(title, reading note, [tables and figures]) in the report's order."""
+    t = results.tables()
+    m, features, correct = results.margins, results.features, extraction.correct
+    maps = []
     for label, flag in (("a correct answer", True), ("a wrong answer", False)):
         hits = np.flatnonzero(correct == flag)
         if len(hits):
-            i = int(hits[0])
-            row = extraction.rows[i]
-            grid = extraction.attention[i][margins.peak_layer].reshape(row["grid"])
-            title = (f"Attention at layer {margins.peak_layer}, {label}: {examples[i].text} -> {row['prediction']!r} "
-                     f"(gold {row['label']!r})")
-            figures.append((f"Attention over the image ({label})", plots.attention_over_image(examples[i].load_image(), grid, title)))
-    features = results.features
-    figures.append(("Attention structure by layer", plots.entropy_and_components(features.entropy.mean(0), features.components.mean(0))))
-    for key, title in (("table4_5_ablations", "Accuracy change: probe units vs random units, clamp, escalating random"),
-                       ("mlp_bypass", "Accuracy change: MLP bypassed at one layer"),
-                       ("patch_masking", "Accuracy change: most-attended vs random patches masked")):
-        frame = results.tables()[key].dropna(subset=["diff"])
-        if len(frame):
-            bars = frame.rename(columns={"condition": "type", "group": "condition"})
-            figures.append((title.split(": ")[1].capitalize(), plots.intervention_effects(bars, title)))
-    figures.append(("ROC curves", roc_figure(results, correct[results.predictors.split.test])))
-    figures.append(("Calibration", plots.reliability_diagram(results.accuracy.calibration_bins, results.accuracy.ece)))
-    return figures
+            maps.append(_attention_map(results, extraction, examples, int(hits[0]), label))
+
+    def effects(key, title):
+        frame = t[key].dropna(subset=["diff"])
+        bars = frame.rename(columns={"condition": "type", "group": "condition"})
+        return [plots.intervention_effects(bars, title)] if len(frame) else []
+
+    sparse = results.predictors.sparse.probe
+    values = extraction.hidden[int(sparse.layer)]
+    circuit = t["table10_circuit"]
+    probe_fig = [plots.probe_units(circuit, values[correct, circuit.unit.iloc[0]], values[~correct, circuit.unit.iloc[0]])] \
+        if len(circuit) else []
+    case_text, case_figs = _case_study(results, extraction, examples)
+    return [
+        (TITLES["table1_models"], NOTES["table1_models"], [t["table1_models"]]),
+        (TITLES["table7_benchmarks"], NOTES["table7_benchmarks"], [t["table7_benchmarks"]]),
+        (TITLES["table2_accuracy"], NOTES["table2_accuracy"],
+         [t["table2_accuracy"], plots.reliability_diagram(results.accuracy.calibration_bins, results.accuracy.ece)]),
+        (TITLES["table2_attention_rpb"], NOTES["table2_attention_rpb"], [t["table2_attention_rpb"]]),
+        ("Figure 4. Delta H_s across layers (right minus wrong)", NOTES["figure4_delta_entropy"],
+         [plots.layer_difference(t["figure4_delta_entropy"], "delta_h_s", "Delta H_s: right minus wrong answers", "Delta H_s (nats)"),
+          plots.entropy_and_components(features.entropy.mean(0), features.components.mean(0)), *maps]),
+        (TITLES["table2_top_heads"], NOTES["table2_top_heads"], [t["table2_top_heads"]]),
+        (TITLES["table3_logit_lens"], NOTES["table3_logit_lens"], [t["table3_logit_lens"]]),
+        (TITLES["margin_curves"], NOTES["margin_curves"],
+         [plots.margin_curves({results.config.model: m.curves}), plots.margin_contributions(m.contributions)]),
+        ("Figure 5. Writes to the image tokens by layer", NOTES["figure5_visual_updates"], [plots.update_norms(m.visual_updates)]),
+        (TITLES["symbolic_detachment"], NOTES["symbolic_detachment"], [t["symbolic_detachment"]]),
+        (TITLES["table6_predictors"], NOTES["table6_predictors"],
+         [t["table6_predictors"], roc_figure(results, correct[results.predictors.split.test])]),
+        (TITLES["table9_methods"], NOTES["table9_methods"], [t["table9_methods"]]),
+        (TITLES["table4_5_ablations"], NOTES["table4_5_ablations"],
+         [t["table4_5_ablations"], *effects("table4_5_ablations", "Accuracy change: probe units vs random units")]),
+        (TITLES["mlp_bypass"], NOTES["mlp_bypass"], [t["mlp_bypass"], *effects("mlp_bypass", "Accuracy change: MLP bypassed")]),
+        (TITLES["patch_masking"], NOTES["patch_masking"],
+         [t["patch_masking"], *effects("patch_masking", "Accuracy change: most-attended vs random patches")]),
+        (TITLES["table10_circuit"], NOTES["table10_circuit"], [circuit, *probe_fig]),
+        ("Figure 6. A case study: sharp attention, wrong answer", case_text, case_figs),
+        (TITLES["table8_accounting"], NOTES["table8_accounting"], [t["table8_accounting"]]),
+    ]
 
 
 def write(out: Path, results: StudyResults, extraction: Extraction, examples: list[Example]) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     (out / "tables.json").write_text(json.dumps(to_json(results), indent=1))
     (out / "tables.md").write_text(to_markdown(results))
-    sections = []
-    for i, (title, fig) in enumerate(_figures(results, extraction, examples)):
-        sections.append(f"<h2>{html.escape(title)}</h2>" + fig.to_html(full_html=False, include_plotlyjs=i == 0))
-    table_html = "".join(
-        f"<h2>{html.escape(TITLES.get(k, k))}</h2>" + f.to_html(index=False, float_format=lambda x: f"{x:.3f}", border=0)
-        for k, f in results.tables().items() if k != "margin_curves"
-    )
+    body, plotly_included = [], False
+    for title, note, parts in _sections(results, extraction, examples):
+        body.append(f"<h2>{html.escape(title)}</h2><p class='note'>{html.escape(note)}</p>")
+        for part in parts:
+            if isinstance(part, pd.DataFrame):
+                body.append(part.to_html(index=False, float_format=lambda x: f"{x:.3f}", border=0, na_rep="-"))
+            else:
+                body.append(part.to_html(full_html=False, include_plotlyjs=not plotly_included))
+                plotly_included = True
     cfg = results.config
     settings = html.escape(json.dumps(cfg.as_dict()))
     found = "".join(f"<h3>{html.escape(f.question)}</h3><p>{html.escape(f.answer)}</p>" for f in findings(results))
@@ -125,7 +237,7 @@ def write(out: Path, results: StudyResults, extraction: Extraction, examples: li
         f"<p>{results.accounting.extracted} questions, {results.accounting.correct} answered right; "
         f"test split {results.accounting.test}.</p>"
         + (f"<div class='warn'><b>Read with care</b><ul>{cautions}</ul></div>" if cautions else "")
-        + f"<h2>Findings</h2>{found}{table_html}{''.join(sections)}"
+        + f"<h2>Findings</h2>{found}{''.join(body)}"
         f"<h2>Settings</h2><p><code>{settings}</code></p></body></html>"
     )
     path = out / "report.html"

@@ -6,7 +6,7 @@ carry a stable ``key`` beside their display label, so nothing downstream parses 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -112,6 +112,7 @@ class MarginBuilding:
     contributions: pd.DataFrame  # layer, attn, mlp, cumulative: projections on the margin direction
     updates: pd.DataFrame  # layer, attn_norm, mlp_norm, mlp_share: write magnitudes at the answer
     top_heads: pd.DataFrame  # layer, head, mean, std, n: heads ranked by direct logit contribution to the margin
+    visual_updates: pd.DataFrame  # layer, attn_norm, mlp_norm: write magnitudes at the image tokens (Figure 5)
 
     def frame(self) -> pd.DataFrame:
         return pd.DataFrame([{"peak_layer": self.peak_layer, "gap_at_peak": self.gap_at_peak,
@@ -195,11 +196,12 @@ class Accounting:
     train: int
     val: int
     test: int
+    monitor: dict = field(default_factory=dict)  # the dense probe as an error monitor: flags, precision@tau, recall@tau
 
     def frame(self) -> pd.DataFrame:
         return pd.DataFrame([{"benchmark questions": self.benchmark_questions, "images missing": self.images_missing,
                               "extracted": self.extracted, "correct": self.correct, "incorrect": self.extracted - self.correct,
-                              "train split": self.train, "val split": self.val, "test split": self.test}])
+                              "train split": self.train, "val split": self.val, "test split": self.test, **self.monitor}])
 
 
 @dataclass
@@ -213,6 +215,10 @@ class StudyResults:
     predictors: Predictors
     accounting: Accounting
     setup: Setup
+    circuit: pd.DataFrame  # Table 10
+    delta_entropy: pd.DataFrame  # Figure 4: H_s of right minus wrong answers per layer
+    detachment: pd.DataFrame  # the symbolic-detachment criteria
+    case: int | None  # Figure 6's question (index), if the probe flags a wrong answer
 
     def tables(self) -> dict[str, pd.DataFrame]:
         """The tables as tidy frames, keyed as in ``tables.json`` (numbered as the study's tables)."""
@@ -227,5 +233,9 @@ class StudyResults:
             "table7_benchmarks": self.setup.benchmarks(),
             "table8_accounting": self.accounting.frame(),
             "table9_methods": self.predictors.methods(),
+            "table10_circuit": self.circuit,
+            "figure4_delta_entropy": self.delta_entropy,
+            "figure5_visual_updates": self.margins.visual_updates,
+            "symbolic_detachment": self.detachment,
             "margin_curves": self.margins.curves,
         }
