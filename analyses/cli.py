@@ -94,15 +94,37 @@ def train_toy(
     typer.echo(json.dumps(card["held_out"], indent=2))
 
 
+def _benchmarks(benchmark: list[str], annotations: list[str], images: list[str], formats: list[str]) -> list[dict]:
+    """Each --benchmark with its annotations (none, or one per benchmark), images and format (one for all, or one
+    per benchmark)."""
+    def spread(values: list[str], name: str, shared: bool = True) -> list[str | None]:
+        if not values:
+            return [None] * len(benchmark)
+        if len(values) == len(benchmark):
+            return values
+        if shared and len(values) == 1:
+            return values * len(benchmark)
+        raise typer.BadParameter(f"{len(values)} --{name} for {len(benchmark)} --benchmark: give "
+                                 + ("one, or " if shared else "") + "one per benchmark")
+
+    return [{"benchmark": b, "annotations": a, "images": i, "format": f} for b, a, i, f in
+            zip(benchmark, spread(annotations, "annotations", shared=False), spread(images, "images"),
+                spread(formats, "format"))]
+
+
 @app.command(context_settings={"allow_extra_args": True})
 def vrp(
     ctx: typer.Context,
-    model: str = typer.Option("toy-llava", help="a zoo name, a hub id or a local checkpoint"),
-    benchmark: str = typer.Option("shapes", help="'shapes' or a questions file: POPE, VQAv2, TextVQA, LLaVA-Bench, "
-                                  "counting/spatial or Shapes (format read from the content)"),
-    annotations: str = typer.Option(None, help="VQAv2's annotations file, or LLaVA-Bench's reference answers"),
-    format: str = typer.Option(None, "--format", help="force the benchmark format: pope, counting, vqav2, textvqa, llava_bench"),
-    images: str = typer.Option(None, help="folder of the benchmark's images"),
+    model: list[str] = typer.Option(["toy-llava"], help="a zoo name, a hub id or a local checkpoint; repeat for "
+                                    "several models (cross-family tables)"),
+    benchmark: list[str] = typer.Option(["shapes"], help="'shapes' or a questions file: POPE, VQAv2, TextVQA, LLaVA-Bench, "
+                                        "counting/spatial or Shapes (format read from the content); repeat for several "
+                                        "(Table 7)"),
+    annotations: list[str] = typer.Option(None, help="VQAv2's annotations file, or LLaVA-Bench's reference answers "
+                                          "(one per --benchmark)"),
+    format: list[str] = typer.Option(None, "--format", help="force the benchmark format: pope, counting, vqav2, textvqa, "
+                                     "llava_bench (one, or one per --benchmark)"),
+    images: list[str] = typer.Option(None, help="folder of the benchmark's images (one, or one per --benchmark)"),
     n: int = typer.Option(600, help="number of questions"),
     k: int = typer.Option(10, help="self-consistency samples per question"),
     seed: int = typer.Option(0, help="seed of splits, sampling and bootstraps"),
@@ -139,16 +161,31 @@ def vrp(
         typer.echo(path.read_text())
         typer.echo(f"written: {path} and {path.with_suffix('.html')}")
         return
-    options = dict(model=model, benchmark=benchmark, annotations=annotations, format=format, images=images, n=n, k=k,
-                   seed=seed, device=device, dtype=dtype, device_map=device_map, batch_size=batch_size,
+    benches = _benchmarks(benchmark, annotations or [], images or [], format or [])
+    options = dict(n=n, k=k, seed=seed, device=device, dtype=dtype, device_map=device_map, batch_size=batch_size,
                    shard_size=shard_size, sample_rows=sample_rows, max_new_tokens=max_new_tokens,
                    storage_dtype=storage_dtype, n_resamples=n_resamples)
+    typed = lambda name: getattr(ctx.get_parameter_source(name), "name", "") == "COMMANDLINE"  # noqa: E731
+    # (by name: typer may carry its own copy of click's ParameterSource enum)
     if config:  # the file's settings, overridden by the options typed on the command line
-        # by name: typer may carry its own copy of click's ParameterSource enum
-        typed = {k: v for k, v in options.items() if getattr(ctx.get_parameter_source(k), "name", "") == "COMMANDLINE"}
-        cfg = VRPConfig.from_file(config, **typed)
-    else:
-        cfg = VRPConfig(**options)
+        options = {**VRPConfig.from_file(config).as_dict(), **{k: v for k, v in options.items() if typed(k)}}
+        options = {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}
+        if not typed("model"):
+            model = [options["model"]]
+        if not typed("benchmark"):
+            benches = [{k: options[k] for k in ("benchmark", "annotations", "images", "format")}]
+        if not typed("max_new_tokens") and "max_new_tokens" not in json.loads(Path(config).read_text()):
+            options["max_new_tokens"] = None  # each model's own answer length
+    options = {k: v for k, v in options.items() if k not in ("model", "benchmark", "annotations", "images", "format")}
+    if len(model) > 1 or len(benches) > 1:
+        from analyses.study.many import run_many
+
+        target = Path(out or "runs/vrp-many")
+        run_many(options, model, benches, target)
+        typer.echo((target / "tables.md").read_text())
+        typer.echo(f"per-run reports: {target}/<model>__<benchmark>/report.html")
+        return
+    cfg = VRPConfig(**options, **benches[0], model=model[0])
     target = Path(out or f"runs/vrp-{Path(cfg.model).name}")
     if run(cfg, target) is None:  # a torchrun rank other than 0: rank 0 reports
         return

@@ -376,3 +376,37 @@ def test_circuit_detachment_and_monitor_by_hand(study):
     assert rows.loc["symbolic detachment", "holds"] == all(rows.holds.iloc[:3])
     if results.case is not None:  # Figure 6's question: a wrong test answer the probe flags, sharpest attention
         assert not correct[results.case] and results.case in results.predictors.split.test
+
+
+def test_several_models_and_benchmarks_give_cross_family_tables(tmp_path):
+    """Two toys x two benchmarks: four runs, Table 7 for every pair, and R_pb pooled over the runs against scipy
+    on the concatenated per-question sharpness (H_s / log patches, mean over layers) and correctness."""
+    from analyses.study.many import normalised_sharpness
+
+    bench = shapes.write_benchmark(tmp_path / "pope", 40, seed=SHAPES_EVAL_SEED + 1)
+    result = CliRunner().invoke(app, ["vrp", "--model", "toy-llava", "--model", "toy-paligemma", "--benchmark", "shapes",
+                                      "--benchmark", str(bench), "--images", str(bench.parent / "images"), "--n", "40",
+                                      "--k", "2", "--n-resamples", "200", "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    data = json.loads((tmp_path / "out" / "tables.json").read_text())
+    runs = ["toy-llava__shapes", "toy-llava__questions", "toy-paligemma__shapes", "toy-paligemma__questions"]
+    assert [r["run"] for r in data["table7_benchmarks"]] == runs
+    assert [m["model"] for m in data["table1_models"]] == ["toy-llava", "toy-paligemma"]
+    scores, labels = [], []
+    for run_name in runs:
+        ex = load(tmp_path / "out" / run_name / "extraction")
+        assert ex.config["max_new_tokens"] == 1  # each toy's own answer length
+        scores.append(normalised_sharpness(ex))
+        labels.append(ex.correct)
+        grid = np.prod(ex.rows[0]["grid"])
+        assert scores[-1][0] == pytest.approx(np.mean(ex.rows[0]["attention_entropy"]) / np.log(grid))
+    pooled = data["table2_attention_rpb_pooled"][-1]
+    expected = scipy_stats.pointbiserialr(np.concatenate(labels), np.concatenate(scores)).statistic
+    assert pooled["run"] == "pooled" and pooled["n"] == 160 and pooled["r_pb"] == pytest.approx(expected)
+    assert pooled["ci_low"] <= pooled["r_pb"] <= pooled["ci_high"]
+    assert (tmp_path / "out" / "compare.html").exists()
+
+
+def test_annotations_must_pair_with_benchmarks():
+    result = CliRunner().invoke(app, ["vrp", "--benchmark", "a.json", "--benchmark", "b.json", "--annotations", "x.json"])
+    assert result.exit_code != 0 and "1 --annotations for 2 --benchmark" in result.output

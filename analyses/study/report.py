@@ -32,6 +32,8 @@ TITLES = {
     "table7_benchmarks": "Table 7. The benchmark",
     "table2_accuracy": "Table 2a. Task accuracy",
     "table2_attention_rpb": "Table 2b. Attention sharpness vs correctness (point-biserial R, 95% CI)",
+    "table2_attention_rpb_pooled": "Table 2b (pooled). Attention sharpness (H_s / log patches) vs correctness, "
+                                   "per run and pooled over every run",
     "table2_top_heads": "Table 2c. Attention heads with the largest direct logit contribution to the truth margin",
     "table3_logit_lens": "Table 3. Logit-lens peak, separation and MLP share of the margin",
     "table4_5_ablations": "Tables 4-5. Probe-unit ablations vs random units, single-unit clamp, escalating random "

@@ -1,0 +1,89 @@
+"""Several models and benchmarks in one command: one study per (model, benchmark), then the tables
+that span them.
+
+    vlm-lens vrp --model A --model B --benchmark pope.json --benchmark vqa_q.json ...
+
+Each pair runs into its own folder (``<out>/<model>__<benchmark>``, resumable as any run) and
+``<out>`` gets ``tables.json`` / ``tables.md`` / ``compare.html`` with Table 1 (every model),
+Table 7 (every benchmark, with each model's accuracy) and the cross-family attention result:
+the point-biserial R between attention sharpness and correctness pooled over all runs, with its
+bootstrap CI, beside each run's own. Sharpness is pooled as normalised spatial entropy,
+H_s / log(patches), averaged over layers, so grids of different sizes (576 LLaVA patches, 256
+PaliGemma, a varying number for Qwen2-VL) share one scale.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from analyses import stats
+from analyses.study import report
+from analyses.study.config import VRPConfig
+from analyses.study.extract import Extraction, load
+
+
+def run_name(model: str, benchmark: str) -> str:
+    return f"{Path(model).name}__{Path(benchmark).stem if benchmark != 'shapes' else 'shapes'}"
+
+
+def normalised_sharpness(ex: Extraction) -> np.ndarray:
+    """Per question: H_s / log(patches), averaged over layers (0: all attention on one patch; 1: uniform)."""
+    return np.array([np.mean(r["attention_entropy"]) / np.log(r["grid"][0] * r["grid"][1]) for r in ex.rows])
+
+
+def pooled_attention(folders: dict[str, Path], cfg: VRPConfig) -> pd.DataFrame:
+    """R_pb between normalised H_s and correctness per run and pooled over every run, with bootstrap CIs."""
+    rows, scores, labels = [], [], []
+    for name, folder in folders.items():
+        ex = load(folder / "extraction")
+        if any(r["correct"] is None for r in ex.rows):
+            continue  # an open-ended benchmark: no labels
+        s, c = normalised_sharpness(ex), ex.correct
+        scores.append(s)
+        labels.append(c)
+        est = stats.point_biserial(s, c, cfg.n_resamples, cfg.seed)
+        rows.append({"run": name, "r_pb": est.value, "ci_low": est.ci[0], "ci_high": est.ci[1], "n": est.n})
+    if len(scores) > 1:
+        est = stats.point_biserial(np.concatenate(scores), np.concatenate(labels), cfg.n_resamples, cfg.seed)
+        rows.append({"run": "pooled", "r_pb": est.value, "ci_low": est.ci[0], "ci_high": est.ci[1], "n": est.n})
+    return pd.DataFrame(rows)
+
+
+def _cross_tables(folders: dict[str, Path], cfg: VRPConfig) -> dict[str, pd.DataFrame]:
+    data = {name: json.loads((folder / "tables.json").read_text()) for name, folder in folders.items()}
+    models = pd.DataFrame([d["table1_models"][0] for d in data.values()]).drop_duplicates(subset=["model"])
+    benchmarks = pd.DataFrame([{"run": name, "model": d["config"]["model"], **d["table7_benchmarks"][0]}
+                               for name, d in data.items()])
+    return {"table1_models": models, "table7_benchmarks": benchmarks,
+            "table2_attention_rpb_pooled": pooled_attention(folders, cfg)}
+
+
+def run_many(settings: dict, models: list[str], benchmarks: list[dict], out: str | Path, progress: bool = True) -> dict:
+    """One study per (model, benchmark): ``settings`` are the shared ``VRPConfig`` fields, ``benchmarks`` the
+    benchmark/annotations/images/format fields of each. Returns the cross-run tables (also written to ``out``)."""
+    from analyses.study.pipeline import run
+
+    out = Path(out)
+    folders, cfg = {}, None
+    for model in models:
+        for bench in benchmarks:
+            name = run_name(model, bench["benchmark"])
+            if name in folders:
+                raise ValueError(f"two runs would share the folder {name}: give models and benchmarks distinct names")
+            cfg = VRPConfig(**{**settings, **bench, "model": model})  # each model resolves its own answer length
+            run(cfg, out / name, progress)
+            folders[name] = out / name
+    tables = _cross_tables(folders, cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "tables.json").write_text(json.dumps({k: f.replace({np.nan: None}).to_dict(orient="records")
+                                                 for k, f in tables.items()}, indent=1))
+    md = "\n".join(f"### {report.TITLES.get(k, k)}\n\n{f.to_markdown(index=False, floatfmt='.3f')}\n" for k, f in tables.items())
+    (out / "tables.md").write_text(md)
+    scored = [f for f in folders.values() if "table6_predictors" in json.loads((f / "tables.json").read_text())]
+    if len(scored) > 1:
+        report.compare(scored, out)  # per-family columns of accuracy, AUROCs, logit lens, ablations
+    return tables
