@@ -13,20 +13,20 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from analyses.attention_structure import image_attention
+from analyses.attention_structure import image_grids
 from analyses.interventions import Intervention, image_embedding_edit
 from vlm_lens import HookedVLM, UnsupportedModelError, VLMInputs
 
 
-def choose_cells(grids: np.ndarray, fraction: float = 0.3, rank: str = "top", seed: int = 0) -> list[list[int]]:
-    """Per item, row-major indices of ``round(fraction * cells)`` patches: the most attended, or random ones."""
+def choose_cells(grids, fraction: float = 0.3, rank: str = "top", seed: int = 0) -> list[list[int]]:
+    """Per item, row-major indices of ``round(fraction * cells)`` of its grid's patches: the most attended, or
+    random ones. ``grids``: one grid per item (items may have grids of different sizes)."""
     if not 0 < fraction <= 1:
         raise ValueError(f"fraction is in (0, 1], got {fraction}")
-    grids = np.asarray(grids)
-    k = max(1, int(round(fraction * grids[0].size)))
     rng = np.random.default_rng(seed)
     cells = []
-    for grid in grids:
+    for grid in map(np.asarray, grids):
+        k = max(1, int(round(fraction * grid.size)))
         if rank == "top":
             cells.append(sorted(np.argsort(-grid.ravel(), kind="stable")[:k].tolist()))
         elif rank == "random":
@@ -36,9 +36,12 @@ def choose_cells(grids: np.ndarray, fraction: float = 0.3, rank: str = "top", se
     return cells
 
 
-def attention_grids(model: HookedVLM, inputs: VLMInputs) -> np.ndarray:
-    """[batch rows cols] attention from the last token to the first image, averaged over layers."""
-    return image_attention(model, inputs).grids.mean(axis=0)
+@torch.no_grad()
+def attention_grids(model: HookedVLM, inputs: VLMInputs) -> list[np.ndarray]:
+    """Per item, [rows cols] attention from the last token to its first image, averaged over layers (each item
+    on its own grid: native-resolution towers give images of different sizes different grids)."""
+    _, cache = model.run_with_cache(inputs, names_filter=lambda n: n.endswith("attn.hook_pattern_rows"), logits_to_keep=1)
+    return [grid.mean(axis=0) for grid in image_grids(cache)]
 
 
 def token_mask(inputs: VLMInputs, cells: list[list[int]], fill: str = "mean", rank: str = "top") -> Intervention:

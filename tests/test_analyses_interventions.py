@@ -185,6 +185,8 @@ def test_choose_cells_top_and_random():
     assert PM.choose_cells(grids, 0.5, "top") == [[1, 2]]
     assert PM.choose_cells(grids, 0.5, "random", seed=1) == PM.choose_cells(grids, 0.5, "random", seed=1)
     assert len(PM.choose_cells(grids, 0.3, "random")[0]) == 1
+    mixed = [np.arange(4.0).reshape(2, 2), np.arange(12.0).reshape(3, 4)]  # items with grids of their own sizes
+    assert PM.choose_cells(mixed, 0.5, "top") == [[2, 3], [6, 7, 8, 9, 10, 11]]
 
 
 def test_paired_bootstrap_against_scipy():
