@@ -69,10 +69,15 @@ def masking(results: StudyResults) -> Finding:
         rand = next((r for c, r in rows.items() if c.startswith("mask random") and c.endswith(f"({level})")), None)
         if top is None or rand is None:
             continue
-        worse = top.change.ci[1] < rand.change.ci[0]
+        if top.change.ci[1] < rand.change.ci[0]:
+            verdict = "the attended patches matter more."
+        elif top.change.ci[1] < 0 <= rand.change.ci[1]:
+            verdict = ("only masking the attended patches clearly hurts, but the two CIs overlap: the difference itself "
+                       "is not established.")
+        else:
+            verdict = "no clear difference."
         parts.append(f"At {level} level, masking the most-attended {results.config.mask_fraction:.0%} of patches changes test "
-                     f"accuracy by {_change(top.change)}, random patches by {_change(rand.change)}: "
-                     + ("the attended patches matter more." if worse else "no clear difference."))
+                     f"accuracy by {_change(top.change)}, random patches by {_change(rand.change)}: {verdict}")
     return Finding("Does masking the most-attended patches hurt more than masking random ones?",
                    " ".join(parts) or "Not measured: no patch-masking condition ran.")
 
