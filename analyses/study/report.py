@@ -53,22 +53,6 @@ TITLES = {
 }
 
 
-def to_json(results: StudyResults) -> dict:
-    out = {"config": results.config.as_dict(), "findings": [vars(f) for f in findings(results)],
-           "warnings": warnings(results)}
-    for key, frame in results.tables().items():
-        out[key] = frame.replace({np.nan: None}).to_dict(orient="records")
-    return out
-
-
-def to_markdown(results: StudyResults) -> str:
-    found = "\n".join(f"- **{f.question}** {f.answer}" for f in findings(results))
-    cautions = "".join(f"\n> {w}" for w in warnings(results))
-    tables = "\n".join(f"### {TITLES.get(key, key)}\n\n{frame.to_markdown(index=False, floatfmt='.3f')}\n"
-                        for key, frame in results.tables().items())
-    return f"### Findings\n\n{found}\n{cautions}\n\n{tables}"
-
-
 # How to read each section: two sentences, printed under its title in report.html and tables.md.
 NOTES = {
     "table1_models": "The model as this run loaded it: sizes, dtype and how many image tokens one image became. "
