@@ -149,17 +149,22 @@ def answer_token_attention(generated: GeneratedAnswers, image: int = 0) -> list[
 
 
 @torch.no_grad()
-def image_attention(
-    model: HookedVLM, inputs: VLMInputs, query_positions=None, image: int = 0
-) -> AttentionMaps:
-    """Attention from the query rows (default: each item's last token) to the ``image``-th image of each
-    item, averaged over heads and rows, at every layer. Uses the row capture: the forward keeps its
-    fast attention."""
+def item_grids(model: HookedVLM, inputs: VLMInputs, query_positions=None, image: int = 0) -> list[np.ndarray]:
+    """Per item, [layer rows cols]: attention from the query rows (default: each item's last token) to its
+    ``image``-th image, averaged over heads and rows. Items keep their own grids (native-resolution towers
+    give images of different sizes different grids). Uses the row capture: the forward keeps its fast attention."""
     _, cache = model.run_with_cache(
         inputs, names_filter=lambda n: n.endswith("attn.hook_pattern_rows"), query_positions=query_positions,
         logits_to_keep=1,
     )
-    grids = image_grids(cache, image)
+    return image_grids(cache, image)
+
+
+def image_attention(
+    model: HookedVLM, inputs: VLMInputs, query_positions=None, image: int = 0
+) -> AttentionMaps:
+    """``item_grids`` stacked [layer batch rows cols]: every item's image must have the same grid."""
+    grids = item_grids(model, inputs, query_positions, image)
     shapes = {g.shape for g in grids}
     if len(shapes) != 1:
         raise ValueError(f"images of different grids {sorted(s[1:] for s in shapes)} cannot be stacked; run them separately")

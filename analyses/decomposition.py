@@ -45,6 +45,15 @@ def _norm_gain_and_scale(model: HookedVLM, resid_final: Float[Tensor, "batch d_m
     return gain, scale
 
 
+def _margin_direction(model: HookedVLM, pick, cache, reference_ids: Sequence[int],
+                      competitor_ids: Sequence[int]) -> Float[Tensor, "batch d_model"]:
+    """``W_U[ref] - W_U[competitor]`` read through the final norm linearised at the last residual: a write's
+    dot product with it is its contribution to logit[ref] - logit[competitor]."""
+    gain, scale = _norm_gain_and_scale(model, pick(cache["resid_post", -1]))
+    weight = unembed(model).weight.float()
+    return (weight[list(reference_ids)] - weight[list(competitor_ids)]) * gain / scale
+
+
 @torch.no_grad()
 def margin_contributions(
     model: HookedVLM,
@@ -58,11 +67,8 @@ def margin_contributions(
     ``cache`` is a full cache (rows picked at ``positions``, default the answer positions) or what
     ``answers.capture_at_answer`` kept (already one row per item: memory of one batch)."""
     pick = _rows_at(cache, positions)
-    resid_final = pick(cache["resid_post", -1])
-    gain, scale = _norm_gain_and_scale(model, resid_final)
-    weight = unembed(model).weight.float()
-    direction = weight[list(reference_ids)] - weight[list(competitor_ids)]  # batch d_model
-    project = lambda write: ((write / scale) * gain * direction).sum(-1)  # noqa: E731
+    direction = _margin_direction(model, pick, cache, reference_ids, competitor_ids)
+    project = lambda write: (write * direction).sum(-1)  # noqa: E731
     rows = []
     for item, value in enumerate(project(pick(cache["resid_pre", 0]))):
         rows.append({"item": item, "layer": -1, "component": "embed", "contribution": float(value)})
@@ -92,10 +98,7 @@ def head_contributions(
     the heads of a layer they sum to that layer's attention contribution, less W_O's bias (no head's).
     Needs every layer's ``attn.hook_z`` and the last ``hook_resid_post``. Tidy: item, layer, head, contribution."""
     pick = _rows_at(cache, positions)
-    resid_final = pick(cache["resid_post", -1])
-    gain, scale = _norm_gain_and_scale(model, resid_final)
-    weight = unembed(model).weight.float()
-    direction = (weight[list(reference_ids)] - weight[list(competitor_ids)]) * gain / scale  # batch d_model
+    direction = _margin_direction(model, pick, cache, reference_ids, competitor_ids)
     frames = []
     for layer in range(model.cfg.n_layers):
         z = pick(cache["z", layer])  # batch head d_head

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from analyses.attention_structure import image_grids
+from analyses.attention_structure import item_grids
 from analyses.interventions import Intervention, image_embedding_edit
 from vlm_lens import HookedVLM, UnsupportedModelError, VLMInputs
 
@@ -36,12 +36,10 @@ def choose_cells(grids, fraction: float = 0.3, rank: str = "top", seed: int = 0)
     return cells
 
 
-@torch.no_grad()
 def attention_grids(model: HookedVLM, inputs: VLMInputs) -> list[np.ndarray]:
     """Per item, [rows cols] attention from the last token to its first image, averaged over layers (each item
-    on its own grid: native-resolution towers give images of different sizes different grids)."""
-    _, cache = model.run_with_cache(inputs, names_filter=lambda n: n.endswith("attn.hook_pattern_rows"), logits_to_keep=1)
-    return [grid.mean(axis=0) for grid in image_grids(cache)]
+    on its own grid)."""
+    return [grid.mean(axis=0) for grid in item_grids(model, inputs)]
 
 
 def token_mask(inputs: VLMInputs, cells: list[list[int]], fill: str = "mean", rank: str = "top") -> Intervention:

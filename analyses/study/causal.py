@@ -76,6 +76,12 @@ class _TestSplit:
         by_type = {t: float(after[self.types == t].mean() - self.before[self.types == t].mean()) for t in sorted(set(self.types))}
         return Ablation(group, condition, float(self.before.mean()), float(after.mean()), change, by_type, intervention, **extra)
 
+    def not_run(self, group: str, condition: str, note: str, **extra) -> Ablation:
+        """A row for a condition that could not run, saying why (no change, no CI)."""
+        nan = float("nan")
+        return Ablation(group, condition, float(self.before.mean()), nan, stats.Estimate(nan, (nan, nan), len(self.before)),
+                        {}, note=note, **extra)
+
 
 def _unit_rows(split: _TestSplit, ex: Extraction, predictors: Predictors, cfg: VRPConfig) -> tuple[int, list[int], list[Ablation]]:
     """Tables 4-5: top-k probe units vs random units of the same layer and size, a single-unit clamp, and
@@ -90,9 +96,8 @@ def _unit_rows(split: _TestSplit, ex: Extraction, predictors: Predictors, cfg: V
         chosen = kept[:k]
         note = "" if len(chosen) == k else f"the L1 probe kept only {len(kept)} units: {len(chosen)} zeroed, not {k}"
         if not chosen:
-            rows.append(Ablation("probe units", f"top-{k} probe units", float(split.before.mean()), float("nan"),
-                                 stats.Estimate(float("nan"), (float("nan"), float("nan")), len(split.before)), {},
-                                 layer=layer, k=0, k_requested=k, note="untested: the L1 probe kept no units"))
+            rows.append(split.not_run("probe units", f"top-{k} probe units", "untested: the L1 probe kept no units",
+                                      layer=layer, k=0, k_requested=k))
             continue
         rows.append(split.row("probe units", f"top-{k} probe units", interventions.neurons(layer, chosen, "zero", site="resid"),
                               layer=layer, k=len(chosen), k_requested=k, note=note))
@@ -112,10 +117,9 @@ def _unit_rows(split: _TestSplit, ex: Extraction, predictors: Predictors, cfg: V
                                   clamp, layer=layer, k=1, k_requested=1))
     for size in cfg.random_sizes:
         if size >= width:
-            rows.append(Ablation("escalating random", f"random {size} units", float(split.before.mean()), float("nan"),
-                                 stats.Estimate(float("nan"), (float("nan"), float("nan")), len(split.before)), {},
-                                 layer=layer, k=0, k_requested=size,
-                                 note=f"skipped: the model has only {width} residual units"))
+            rows.append(split.not_run("escalating random", f"random {size} units",
+                                      f"skipped: the model has only {width} residual units", layer=layer, k=0,
+                                      k_requested=size))
             continue
         control = interventions.random_neurons(split.model, layer, size, seed=cfg.seed, site="resid")
         rows.append(split.row("escalating random", f"random {size} units", control, layer=layer, k=size, k_requested=size))

@@ -76,7 +76,7 @@ def symbolic_detachment(ex: Extraction, features: AttentionFeatures, margins: Ma
     """The three criteria (module docstring), each with its measure and whether it holds, and the verdict."""
     n_layers = features.entropy.shape[1]
     early, late = _thirds(n_layers)
-    drop = features.entropy[:, late].mean(1) - features.entropy[:, early].mean(1)  # per question
+    # per question: H_s over the last third minus the first third, its mean and paired-bootstrap CI
     change = stats.paired_bootstrap_diff(features.entropy[:, early].mean(1), features.entropy[:, late].mean(1),
                                          cfg.n_resamples, cfg.seed)
     visual = margins.visual_updates.set_index("layer")
@@ -88,7 +88,7 @@ def symbolic_detachment(ex: Extraction, features: AttentionFeatures, margins: Ma
     commit = margins.separation_layer
     rows = [
         {"criterion": "entropy collapse", "measure": "mean H_s (last third) - H_s (first third)",
-         "value": float(drop.mean()), "ci_low": change.ci[0], "ci_high": change.ci[1], "holds": bool(change.ci[1] < 0)},
+         "value": change.value, "ci_low": change.ci[0], "ci_high": change.ci[1], "holds": bool(change.ci[1] < 0)},
         {"criterion": "visual-stream stagnation", "measure": f"image-token writes, last third / first third (< {STAGNATION_RATIO})",
          "value": ratio, "ci_low": None, "ci_high": None, "holds": bool(ratio < STAGNATION_RATIO)},
         {"criterion": "commitment before re-engagement",

@@ -53,8 +53,7 @@ def pooled_attention(folders: dict[str, Path], cfg: VRPConfig) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _cross_tables(folders: dict[str, Path], cfg: VRPConfig) -> dict[str, pd.DataFrame]:
-    data = {name: json.loads((folder / "tables.json").read_text()) for name, folder in folders.items()}
+def _cross_tables(folders: dict[str, Path], data: dict[str, dict], cfg: VRPConfig) -> dict[str, pd.DataFrame]:
     models = pd.DataFrame([d["table1_models"][0] for d in data.values()]).drop_duplicates(subset=["model"])
     benchmarks = pd.DataFrame([{"run": name, "model": d["config"]["model"], **d["table7_benchmarks"][0]}
                                for name, d in data.items()])
@@ -77,13 +76,14 @@ def run_many(settings: dict, models: list[str], benchmarks: list[dict], out: str
             cfg = VRPConfig(**{**settings, **bench, "model": model})  # each model resolves its own answer length
             run(cfg, out / name, progress)
             folders[name] = out / name
-    tables = _cross_tables(folders, cfg)
+    data = {name: json.loads((folder / "tables.json").read_text()) for name, folder in folders.items()}
+    tables = _cross_tables(folders, data, cfg)
     out.mkdir(parents=True, exist_ok=True)
     (out / "tables.json").write_text(json.dumps({k: f.replace({np.nan: None}).to_dict(orient="records")
                                                  for k, f in tables.items()}, indent=1))
     md = "\n".join(f"### {report.TITLES.get(k, k)}\n\n{f.to_markdown(index=False, floatfmt='.3f')}\n" for k, f in tables.items())
     (out / "tables.md").write_text(md)
-    scored = [f for f in folders.values() if "table6_predictors" in json.loads((f / "tables.json").read_text())]
+    scored = [folders[name] for name, d in data.items() if "table6_predictors" in d]
     if len(scored) > 1:
         report.compare(scored, out)  # per-family columns of accuracy, AUROCs, logit lens, ablations
     return tables
