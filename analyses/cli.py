@@ -3,11 +3,19 @@
     vlm-lens demo                       # a tiny random LLaVA, end to end, in seconds
     vlm-lens demo --family qwen2_vl     # any registered family (model_adapters.SPECS)
     vlm-lens demo --model path/or/hub-id
+
+Errors the user can fix (a bad file, setting, folder or model name: ``VLMLensError`` and ``OSError``)
+print one line, ``error: <what and the fix>``, and exit with status 2; anything else is a bug in
+vlm-lens and says so. ``--debug`` anywhere on the line shows the full traceback instead. Ctrl-C
+exits with 130 and says how to resume.
 """
 
 from __future__ import annotations
 
 import json
+import sys
+import traceback
+import warnings
 
 import numpy as np
 import torch
@@ -17,13 +25,51 @@ from PIL import Image
 from analyses.attention_structure import image_grids
 from analyses.logit_lens import logit_lens
 from vlm_lens import HookedVLM
+from vlm_lens.errors import VLMLensError, VLMLensWarning
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Mechanistic interpretability for vision-language models.")
+_PYTHON_FORMAT = warnings.formatwarning
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Mechanistic interpretability for vision-language models.")
 
 
 @app.callback()
-def main() -> None:
+def _commands(debug: bool = typer.Option(False, "--debug", help="show the full traceback of an error (anywhere on the "
+                                         "command line)")) -> None:
     """vlm-lens commands."""
+
+
+def _one_line(message: object, category, *args, **kwargs) -> str:
+    if issubclass(category, VLMLensWarning):
+        return f"warning: {message}\n"
+    return _PYTHON_FORMAT(message, category, *args, **kwargs)  # others as Python prints them
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The ``vlm-lens`` entry point: the exit status (0, 2 for a fixable error, 1 for a bug, 130 when interrupted)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    args = [a for a in args if a != "--debug"]
+    warnings.formatwarning = _one_line
+    try:
+        app(args=args, prog_name="vlm-lens")
+    except SystemExit as e:  # click's own exit: usage errors (2), --help (0)
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    except KeyboardInterrupt:
+        typer.echo("interrupted: run the same command again to resume where it stopped", err=True)
+        return 130
+    except (VLMLensError, OSError) as e:
+        if debug:
+            traceback.print_exc()
+        typer.echo(f"error: {e}", err=True)
+        return 2
+    except Exception as e:  # noqa: BLE001 - the last line of defence: say it is a bug, show how to report it
+        if debug:
+            traceback.print_exc()
+        typer.echo(f"error: {type(e).__name__}: {e}\nthis is a bug in vlm-lens: please report it with the output of the "
+                   "same command run with --debug", err=True)
+        return 1
+    return 0
 
 
 def _demo_model(family: str, model: str | None) -> HookedVLM:
@@ -65,9 +111,9 @@ def demo(
 @app.command()
 def shapes(
     out: str = typer.Option(..., help="folder for questions.jsonl and images/"),
-    n: int = typer.Option(1000, help="number of questions (one scene each)"),
+    n: int = typer.Option(1000, min=1, help="number of questions (one scene each)"),
     seed: int = typer.Option(0, help="seed: the same seed writes the same benchmark"),
-    size: int = typer.Option(32, help="image side in pixels"),
+    size: int = typer.Option(32, min=16, help="image side in pixels"),
 ) -> None:
     """Write the Shapes benchmark in POPE's JSON-lines format (plus a ``type`` field)."""
     from analyses.data.shapes import write_benchmark
@@ -125,24 +171,26 @@ def vrp(
     format: list[str] = typer.Option(None, "--format", help="force the benchmark format: pope, counting, vqav2, textvqa, "
                                      "llava_bench (one, or one per --benchmark)"),
     images: list[str] = typer.Option(None, help="folder of the benchmark's images (one, or one per --benchmark)"),
-    n: int = typer.Option(600, help="number of questions"),
-    k: int = typer.Option(10, help="self-consistency samples per question"),
+    n: int = typer.Option(600, min=1, help="number of questions"),
+    k: int = typer.Option(10, min=1, help="self-consistency samples per question"),
     seed: int = typer.Option(0, help="seed of splits, sampling and bootstraps"),
     out: str = typer.Option(None, help="output folder (default runs/vrp-<model>)"),
     device: str = typer.Option(None, help="cpu, cuda, cuda:1 (under torchrun, cuda means each rank's own GPU)"),
     dtype: str = typer.Option(None, help="bfloat16, float16 or float32 (default: the checkpoint's own)"),
     device_map: str = typer.Option(None, help="'auto': shard a model too large for one GPU across all visible GPUs"),
-    batch_size: int = typer.Option(16, help="questions per forward pass; peak memory grows with it"),
-    shard_size: int = typer.Option(50, help="questions per resumable shard"),
-    sample_rows: int = typer.Option(64, help="rows of KV cache per self-consistency decode (questions x k)"),
-    max_new_tokens: int = typer.Option(None, help="longest answer, greedy and sampled (each stops at end of sequence); "
+    batch_size: int = typer.Option(16, min=1, help="questions per forward pass; peak memory grows with it"),
+    shard_size: int = typer.Option(50, min=1, help="questions per resumable shard"),
+    sample_rows: int = typer.Option(64, min=1, help="rows of KV cache per self-consistency decode (questions x k)"),
+    max_new_tokens: int = typer.Option(None, min=1, help="longest answer, greedy and sampled (each stops at end of sequence); "
                                        "default: the model's own (1 for the toys, else 16)"),
     storage_dtype: str = typer.Option("float32", help="stored activations: float16 or bfloat16 halve the extraction"),
-    n_resamples: int = typer.Option(10_000, help="bootstrap resamples for every confidence interval"),
+    n_resamples: int = typer.Option(10_000, min=1, help="bootstrap resamples for every confidence interval"),
     config: str = typer.Option(None, help="a JSON file of study settings (any VRPConfig field); options given "
                                "on the command line override it"),
     compare: list[str] = typer.Option(None, help="instead of running: lay these run folders side by side "
                                       "(--compare A B C, or --compare A --compare B)"),
+    allow_outside_images: bool = typer.Option(False, "--allow-outside-images", help="let benchmark records name images "
+                                              "outside --images (absolute paths, ../); refused by default"),
 ) -> None:
     """The reliability study: tables (Markdown + JSON) and report.html, resumable if interrupted.
 
@@ -181,17 +229,17 @@ def vrp(
         from analyses.study.many import run_many
 
         target = Path(out or "runs/vrp-many")
-        run_many(options, model, benches, target)
+        run_many(options, model, benches, target, allow_outside_images=allow_outside_images)
         typer.echo((target / "tables.md").read_text())
         typer.echo(f"per-run reports: {target}/<model>__<benchmark>/report.html")
         return
     cfg = VRPConfig(**options, **benches[0], model=model[0])
     target = Path(out or f"runs/vrp-{Path(cfg.model).name}")
-    if run(cfg, target) is None:  # a torchrun rank other than 0: rank 0 reports
+    if run(cfg, target, allow_outside_images=allow_outside_images) is None:  # a torchrun rank other than 0: rank 0 reports
         return
     typer.echo((target / "tables.md").read_text())
     typer.echo(f"report: {target / 'report.html'}")
 
 
 if __name__ == "__main__":
-    app()
+    sys.exit(main())

@@ -9,6 +9,7 @@ import pytest
 
 from analyses import answers as A
 from analyses.data import benchmarks as B
+from vlm_lens.errors import DataError
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "pope"
 EXCERPTS = Path(__file__).parent / "data" / "pope"
@@ -118,9 +119,9 @@ def test_canonicalisation():
 def test_missing_images_reported_before_work(tmp_path):
     (tmp_path / "a.jpg").write_bytes(b"")
     records = [B.Record(i, name, "q", ("yes",)) for i, name in enumerate(["a.jpg", "b.jpg", "c.jpg", "b.jpg"])]
-    with pytest.raises(FileNotFoundError, match=r"2 image\(s\) missing .*b.jpg, c.jpg"):
+    with pytest.raises(DataError, match=r"2 image\(s\) missing .*b.jpg, c.jpg"):
         B.check_images(records, tmp_path)
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(DataError, match="does not exist"):
         B.check_images(records, tmp_path / "nowhere")
 
 

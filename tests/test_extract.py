@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,8 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from analyses.data.examples import shapes_examples
 from analyses.study import extract as X
 from analyses.study.config import VRPConfig
+from vlm_lens.errors import DataError
 
 SCRIPT = """
 import sys, torch
@@ -27,6 +30,7 @@ model = tiny(FAMILIES[0])
 examples = shapes_examples(60, seed=3)
 extract(model, examples, sys.argv[1], VRPConfig("tiny", n=60, shard_size=4, batch_size=3, k=3, max_new_tokens=1), progress=False)
 """
+CONFIG = VRPConfig("tiny", n=60, shard_size=4, batch_size=3, k=3, max_new_tokens=1)  # what SCRIPT runs
 
 
 def run(folder: Path) -> subprocess.Popen:
@@ -48,11 +52,17 @@ def same(a: X.Extraction, b: X.Extraction) -> None:
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
+def full(tmp_path_factory) -> Path:
+    """A folder holding the uninterrupted extraction (tests copy it before changing anything)."""
     folder = tmp_path_factory.mktemp("full")
     process = run(folder)
     assert process.wait(timeout=300) == 0, process.stderr.read().decode()
-    return X.load(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(full):
+    return X.load(full)
 
 
 def test_kill_minus_nine_then_resume(tmp_path, uninterrupted):
@@ -94,17 +104,28 @@ def test_rows_hold_what_the_study_needs(uninterrupted):
     assert np.array_equal(uninterrupted.margins[-1] > 0, uninterrupted.correct)  # one-token answers: the sign decides
 
 
-def test_other_config_is_refused(tmp_path, uninterrupted):
-    from analyses.data.examples import shapes_examples
+def test_other_config_or_format_is_refused_naming_what_changed(tmp_path, full):
     from tests.conftest import FAMILIES, tiny
 
-    (tmp_path / "manifest.json").write_text(json.dumps({"fingerprint": "x", "config": {"n": 1}, "shards": []}))
-    with pytest.raises(ValueError, match="another configuration"):
-        X.extract(tiny(FAMILIES[0]), shapes_examples(4, 3), tmp_path, VRPConfig("m", n=4), progress=False)
+    model, examples = tiny(FAMILIES[0]), shapes_examples(60, seed=3)
+    folder = tmp_path / "x"
+    shutil.copytree(full, folder)
+    with pytest.raises(DataError, match=r"another configuration \(k=3 \(now 4\)\)"):
+        X.extract(model, examples, folder, VRPConfig("tiny", n=60, shard_size=4, batch_size=3, k=4, max_new_tokens=1),
+                  progress=False)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["config"]["extraction_format"] = 2
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(DataError, match="format 2, from another vlm-lens version"):
+        X.extract(model, examples, folder, CONFIG, progress=False)
+    with pytest.raises(DataError, match="another format"):
+        X.load(folder)
 
 
 def test_fingerprint_covers_what_extraction_stores_only():
     base = VRPConfig(n=10)
     assert VRPConfig(n=10, batch_size=7, n_resamples=50, ablation_ks=(3,)).fingerprint() == base.fingerprint()
-    for changed in (dict(k=4), dict(seed=1), dict(top_p=0.5), dict(benchmark="x.json"), dict(neuron_layers=(1,))):
+    # where the data lives is not what it is: the data's digests guard a resume (tests/test_faults.py)
+    assert VRPConfig(n=10, benchmark="x.json", images="elsewhere").fingerprint() == base.fingerprint()
+    for changed in (dict(k=4), dict(seed=1), dict(top_p=0.5), dict(format="pope"), dict(neuron_layers=(1,))):
         assert VRPConfig(n=10, **changed).fingerprint() != base.fingerprint(), changed

@@ -21,8 +21,10 @@ from analyses.data.examples import shapes_examples
 from analyses.evaluation import batches
 from analyses.study.config import VRPConfig
 from analyses.study.extract import load
-from analyses.study.pipeline import SHAPES_EVAL_SEED, run
+from analyses.study.pipeline import run
+from analyses.study.validate import SHAPES_EVAL_SEED
 from vlm_lens import HookedVLM, zoo
+from vlm_lens.errors import DataError
 
 SMALL = dict(n=150, k=3, n_resamples=200, random_controls=2)
 
@@ -212,7 +214,7 @@ def test_missing_images_stop_before_model_work(tmp_path):
     (tmp_path / "images").mkdir()
     result = CliRunner().invoke(app, ["vrp", "--model", "no/such-model", "--benchmark", str(questions),
                                       "--images", str(tmp_path / "images"), "--n", "3", "--out", str(tmp_path / "o")])
-    assert isinstance(result.exception, FileNotFoundError)
+    assert isinstance(result.exception, DataError)
     assert "3 image(s) missing" in str(result.exception)
 
 
@@ -270,7 +272,7 @@ def test_findings_state_this_runs_numbers_and_warn_about_small_n(study):
     assert verdict in ("concentrated", "no evidence")
     assert ("concentrated in those units" in found["Is reliability concentrated or distributed?"]) == (verdict == "concentrated")
     cautions = warnings(results)
-    assert any("only 30 questions" in w and "n = 500" in w for w in cautions)  # test fraction 0.2: 500 gives 100
+    assert any("only 30 questions" in w and "n = 496" in w for w in cautions)  # sklearn: ceil(0.2 x 496) = 100
     page = (out / "report.html").read_text()
     assert page.index("Findings") < page.index("Table 2a") and "only 30 questions" in page
 

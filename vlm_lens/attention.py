@@ -10,6 +10,8 @@ that the session's pre-hook on the attention module injects.
 - No request: the base implementation runs unchanged.
 - ``rows`` request: the base implementation computes the output (fast path kept); the
   eager softmax is computed only for the selected query rows: memory linear in sequence length.
+  A hook that edits the rows has its edit applied: those rows' outputs are recomputed as
+  edited rows @ values (the other rows keep the fast path's output).
 - ``pattern`` request: the layer runs eager attention so the full pattern can be read and edited.
 """
 
@@ -35,7 +37,7 @@ class AttentionRequest:
     """What one layer's attention call should expose."""
 
     pattern: Callable[[Float[Tensor, "batch head query key"]], Tensor] | None = None
-    rows: Callable[[Float[Tensor, "batch head row key"]], None] | None = None
+    rows: Callable[[Float[Tensor, "batch head row key"]], Tensor] | None = None  # returns the (edited) rows
     query_positions: Int[Tensor, "batch row"] | None = None  # None: the last query position
 
 
@@ -60,12 +62,17 @@ def attention_forward(module, query, key, value, attention_mask, *args, base: st
         return _base_function(base, module)(module, query, key, value, attention_mask, *args, **kwargs)
     if request.pattern is not None:
         return _eager_with_pattern(module, query, key, value, attention_mask, request, base, **kwargs)
-    out = _base_function(base, module)(module, query, key, value, attention_mask, *args, **kwargs)
+    out, weights = _base_function(base, module)(module, query, key, value, attention_mask, *args, **kwargs)
     positions = _positions(request.query_positions, query)
     scaling = kwargs.get("scaling") or module.scaling
-    rows = _softmax_rows(module, query, key, attention_mask, positions, scaling, kwargs.get("softcap"), base)
-    request.rows(rows)
-    return out
+    rows, kv_len = _softmax_rows(module, query, key, attention_mask, positions, scaling, kwargs.get("softcap"), base)
+    edited = request.rows(rows)
+    if edited is not rows:  # the hook's edit: recompute those rows' outputs from the edited weights
+        values = _repeat_kv(value[:, :, :kv_len], getattr(module, "num_key_value_groups", 1))
+        new = torch.matmul(edited, values).transpose(1, 2).to(out.dtype)  # batch row head d_head
+        index = positions[:, :, None, None].expand(-1, -1, out.shape[2], out.shape[3])
+        out = out.scatter(1, index, new)
+    return out, weights
 
 
 def _positions(query_positions: Tensor | None, query: Tensor) -> Tensor:
@@ -118,7 +125,7 @@ def _softmax_rows(module, query, key, attention_mask, positions, scaling, softca
     index = positions[:, None, :, None].expand(query.shape[0], query.shape[1], positions.shape[1], query.shape[3])
     q_rows = torch.gather(query, 2, index)
     scores = _apply(torch.matmul(q_rows, keys.transpose(2, 3)) * scaling, mask, softcap)
-    return torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    return torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype), kv_len
 
 
 def _eager_with_pattern(module, query, key, value, attention_mask, request, base, **kwargs):
@@ -134,7 +141,10 @@ def _eager_with_pattern(module, query, key, value, attention_mask, request, base
     if request.rows is not None:
         positions = _positions(request.query_positions, query)
         index = positions[:, None, :, None].expand(pattern.shape[0], pattern.shape[1], positions.shape[1], kv_len)
-        request.rows(torch.gather(pattern, 2, index))
+        rows = torch.gather(pattern, 2, index)
+        edited = request.rows(rows)
+        if edited is not rows:  # the rows hook runs first: the pattern hook sees its edit
+            pattern = pattern.scatter(2, index, edited)
     pattern = request.pattern(pattern)
     dropout = kwargs.get("dropout", 0.0)
     pattern = torch.nn.functional.dropout(pattern, p=dropout, training=module.training)

@@ -39,3 +39,19 @@ class ImageTokenMismatchError(InputError):
 
 class DeviceMismatchError(InputError):
     """Input tensors on another device or dtype than the model."""
+
+
+class DataError(VLMLensError, ValueError):
+    """A file, folder or setting that cannot give a correct result: benchmark records, images, run folders."""
+
+
+class HookSessionError(VLMLensError, RuntimeError):
+    """Hook sessions used out of order, re-entered, or a model run from inside one of its own hooks."""
+
+
+class VLMLensWarning(UserWarning):
+    """Something that still runs but may not mean what the caller expects (the message says what to change)."""
+
+
+class ModelLoadError(VLMLensError, OSError):
+    """A model name that is neither a zoo toy, a local checkpoint folder, nor a hub id that can be fetched."""

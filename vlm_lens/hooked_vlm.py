@@ -11,7 +11,9 @@ The wrapped HF model is never changed: hooks come and go through one session
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 import torch
@@ -20,8 +22,9 @@ from torch import Tensor, nn
 
 from vlm_lens.adapter import REGISTRY, Adapter, get_module, layer_list, model_device_dtype
 from vlm_lens.cache import ActivationCache
-from vlm_lens.errors import DeviceMismatchError, ImageTokenMismatchError, InputError
-from vlm_lens.hooks import HookFn, HookSession
+from vlm_lens.errors import (DeviceMismatchError, HookSessionError, ImageTokenMismatchError, InputError,
+                             VLMLensWarning)
+from vlm_lens.hooks import HookFn, HookSession, Sessions
 from vlm_lens.inputs import VLMInputs, last_positions, normalise_images, padding_side_of, select_tensors
 from vlm_lens.names import OPT_IN_SUFFIXES, Vocabulary
 
@@ -58,6 +61,8 @@ class HookedVLM:
         self.hf_model = hf_model
         self.adapter = adapter
         self.processor = processor
+        self._sessions = Sessions()  # the hook sessions active on this model (they share attention routing)
+        self._running = False  # a forward is in progress: a hook must not start another
         layers = layer_list(hf_model, adapter.modules["layers"])
         vision_layers = layer_list(hf_model, adapter.modules["vision_layers"])
         self.vocab = Vocabulary(len(layers), len(vision_layers))
@@ -163,6 +168,11 @@ class HookedVLM:
         if padding_side not in ("left", "right"):
             raise InputError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        if not prompts:
+            raise InputError("prepare() got no prompts: give one prompt (str) or a list with one per image entry")
+        bad = [i for i, p in enumerate(prompts) if not isinstance(p, str)]
+        if bad:
+            raise InputError(f"prompt {bad[0]} is {type(prompts[bad[0]]).__name__}, not a string")
         per_prompt = normalise_images(images, len(prompts))
         placeholder = processor.image_token
         texts = []
@@ -191,7 +201,16 @@ class HookedVLM:
             tensors = {k: v.to(self.device, self.dtype if v.is_floating_point() else None) for k, v in tensors.items()}
         inputs = self.as_inputs(**tensors)
         inputs.prompts, inputs.texts = prompts, texts
+        self._warn_if_too_long(inputs)
         return inputs
+
+    def _warn_if_too_long(self, inputs: VLMInputs) -> None:
+        limit = getattr(self.hf_model.config.get_text_config(), "max_position_embeddings", None)
+        length = int(inputs.attention_mask.sum(-1).max())
+        if limit is not None and length > limit:
+            warnings.warn(f"a prompt is {length} tokens (image tokens included) but the language model was trained on "
+                          f"{limit} positions: results past position {limit} are extrapolation; shorten the prompt",
+                          VLMLensWarning, stacklevel=3)
 
     def as_inputs(self, inputs: VLMInputs | None = None, **tensors) -> VLMInputs:
         """``VLMInputs`` from either a ``VLMInputs`` or the HF forward keyword tensors."""
@@ -269,7 +288,20 @@ class HookedVLM:
     def hooks(self, fwd_hooks: Iterable[tuple[str, HookFn]] = (), *, inputs: VLMInputs | None = None, query_positions=None) -> HookSession:
         """Context manager adding ``fwd_hooks`` for its duration; removes exactly what it added."""
         positions = None if inputs is None else self._query_positions(inputs, query_positions)
-        return HookSession(self.hf_model, self.adapter, self.vocab, self._expand(fwd_hooks), positions)
+        return HookSession(self.hf_model, self.adapter, self.vocab, self._expand(fwd_hooks), positions, self._sessions)
+
+    @contextmanager
+    def _one_run(self, method: str) -> Iterator[None]:
+        """A model run that is not nested in another: a hook calling the model it hooks would recurse without end."""
+        if self._running:
+            raise HookSessionError(f"{method}() was called while this model is running, from inside a hook: a hook "
+                                   "cannot run the model it is hooked into; keep what you need in the hook (hook.ctx) "
+                                   "and run again after this forward returns")
+        self._running = True
+        try:
+            yield
+        finally:
+            self._running = False
 
     def _expand(self, fwd_hooks) -> list[tuple[str, HookFn]]:
         """TransformerLens also takes a name filter in place of a name."""
@@ -285,7 +317,8 @@ class HookedVLM:
         """Logits, as HF computes them. ``logits_to_keep=k`` keeps only the last k positions (the answer
         position of a left-padded batch with k=1): a [batch, k, vocab] tensor instead of [batch, pos, vocab]."""
         inputs = self.as_inputs(inputs, **tensors)
-        return self.hf_model(**inputs.tensors, **_keep(logits_to_keep)).logits
+        with self._one_run("forward"):
+            return self.hf_model(**inputs.tensors, **_keep(logits_to_keep)).logits
 
     __call__ = forward
 
@@ -294,7 +327,7 @@ class HookedVLM:
         logits_to_keep: int = 0, **tensors
     ) -> Float[Tensor, "batch pos vocab"]:
         inputs = self.as_inputs(inputs, **tensors)
-        with self.hooks(fwd_hooks, inputs=inputs, query_positions=query_positions):
+        with self._one_run("run_with_hooks"), self.hooks(fwd_hooks, inputs=inputs, query_positions=query_positions):
             return self.hf_model(**inputs.tensors, **_keep(logits_to_keep)).logits
 
     def cache_names(self, names_filter: NamesFilter) -> list[str]:
@@ -328,7 +361,7 @@ class HookedVLM:
             store[hook.name] = activation if device is None else activation.to(device)
 
         hooks = list(self._expand(fwd_hooks)) + [(name, save) for name in self.cache_names(names_filter)]
-        with self.hooks(hooks, inputs=inputs, query_positions=query_positions):
+        with self._one_run("run_with_cache"), self.hooks(hooks, inputs=inputs, query_positions=query_positions):
             logits = self.hf_model(**inputs.tensors, **_keep(logits_to_keep)).logits
         return logits, ActivationCache(store, self.vocab, inputs)
 
@@ -355,7 +388,7 @@ class HookedVLM:
                 "generation from a right-padded batch would continue after padding; "
                 "use model.prepare(..., padding_side='left')"
             )
-        with self.hooks(fwd_hooks, inputs=inputs):
+        with self._one_run("generate"), self.hooks(fwd_hooks, inputs=inputs):
             return self.hf_model.generate(
                 **inputs.tensors, max_new_tokens=max_new_tokens, do_sample=do_sample, **kwargs
             )

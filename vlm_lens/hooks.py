@@ -7,7 +7,12 @@ single forward; during ``generate``, 0 is the prefill and k the k-th new token),
 ``hook.ctx`` a dict shared by the session's hooks.
 
 Hooks at one site (one module's input or output) run in the vocabulary's firing order, then
-in the order given. Sites nothing asked for get no torch hook at all.
+in the order given. Sites nothing asked for get no torch hook at all. A hook's return value must
+have the activation's shape, dtype and device (an error names the hook otherwise): a silently
+cast edit would change what the number means.
+
+Sessions nest, and may close in any order: the attention routing they share belongs to the
+model's ``Sessions`` and is restored when the last one closes. A session is entered once at a time.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from torch import Tensor, nn
 
 from vlm_lens import attention
 from vlm_lens.adapter import Adapter, get_module, layer_list
+from vlm_lens.errors import HookSessionError
 from vlm_lens.names import HookInfo, Vocabulary
 
 HookFn = Callable[[Tensor, "Hook"], Tensor | None]
@@ -61,14 +67,21 @@ class Hook:
         return f"Hook({self.name!r}, step={self.step})"
 
 
+def _check_result(name: str, result: Tensor, tensor: Tensor) -> None:
+    if not isinstance(result, Tensor):
+        raise TypeError(f"hook on {name} returned {type(result).__name__}; return a Tensor or None")
+    if result.shape != tensor.shape:
+        raise ValueError(f"hook on {name} returned shape {tuple(result.shape)}, expected {tuple(tensor.shape)}")
+    if result.dtype != tensor.dtype or result.device != tensor.device:
+        raise TypeError(f"hook on {name} returned a {result.dtype} tensor on {result.device}; the activation is "
+                        f"{tensor.dtype} on {tensor.device}: return result.to(activation.device, activation.dtype)")
+
+
 def _run_chain(chain: list[tuple[HookInfo, HookFn]], tensor: Tensor, state: RunState) -> Tensor:
     for info, fn in chain:
         result = fn(tensor, Hook(info, state))
         if result is not None:
-            if not isinstance(result, Tensor):
-                raise TypeError(f"hook on {info.name} returned {type(result).__name__}; return a Tensor or None")
-            if result.shape != tensor.shape:
-                raise ValueError(f"hook on {info.name} returned shape {tuple(result.shape)}, expected {tuple(tensor.shape)}")
+            _check_result(info.name, result, tensor)
             tensor = result
     return tensor
 
@@ -81,18 +94,48 @@ def _per_head(fn: HookFn, head_dim: int) -> HookFn:
         result = fn(heads, hook)
         if result is None:
             return None
-        if result.shape != heads.shape:
-            raise ValueError(f"hook on {hook.name} returned shape {tuple(result.shape)}, expected {tuple(heads.shape)}")
+        _check_result(hook.name, result, heads)
         return result.reshape(tensor.shape)
 
     return per_head
+
+
+class Sessions:
+    """The hook sessions active on one model, and the attention routing they share.
+
+    Each config's own attention implementation is recorded by the first session that routes it and
+    restored when the last active session closes, whatever order sessions close in."""
+
+    def __init__(self):
+        self.active: list[HookSession] = []
+        self._restore: list[tuple[object, str | None]] = []
+
+    def enter(self, session: HookSession) -> None:
+        if any(s is session for s in self.active):
+            raise HookSessionError("this hook session is already active: entering it again would fire its hooks twice; "
+                                   "make a second one with model.hooks(...)")
+        self.active.append(session)
+
+    def route(self, config) -> None:
+        if (config._attn_implementation or "").startswith(attention.PREFIX):
+            return  # routed by an active session
+        self._restore.append((config, config._attn_implementation))
+        config._attn_implementation = attention.implementation_name(config._attn_implementation or "eager")
+
+    def leave(self, session: HookSession) -> None:
+        self.active = [s for s in self.active if s is not session]
+        if not self.active:
+            for config, impl in reversed(self._restore):
+                config._attn_implementation = impl
+            self._restore.clear()
 
 
 class HookSession:
     """Context manager: adds the torch hooks for ``fwd_hooks`` and removes exactly those.
 
     It also routes the language model's attention through ``vlm_lens.attention`` while any
-    attention hook is asked for, restoring each config's implementation on exit.
+    attention hook is asked for; ``sessions`` (the model's, shared by all its sessions) restores each
+    config's implementation when the last session closes.
     """
 
     def __init__(
@@ -102,7 +145,9 @@ class HookSession:
         vocab: Vocabulary,
         fwd_hooks: Iterable[tuple[str, HookFn]],
         query_positions: Tensor | None = None,
+        sessions: Sessions | None = None,
     ):
+        self.sessions = Sessions() if sessions is None else sessions
         self.hf_model = hf_model
         self.adapter = adapter
         self.vocab = vocab
@@ -112,7 +157,6 @@ class HookSession:
             if not callable(fn):
                 raise TypeError(f"the hook for {info.name} is not callable: {fn!r}")
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
-        self._restore: list[tuple[object, str]] = []
 
     # -- module resolution -------------------------------------------------------------
     def _module(self, info: HookInfo) -> nn.Module:
@@ -132,6 +176,8 @@ class HookSession:
 
     # -- context manager -----------------------------------------------------------------
     def __enter__(self) -> HookSession:
+        self.sessions.enter(self)
+        self.state.step = -1  # a session used again counts its forward passes afresh
         try:
             self._install()
         except BaseException:
@@ -146,9 +192,7 @@ class HookSession:
         for handle in reversed(self._handles):
             handle.remove()
         self._handles.clear()
-        for config, impl in reversed(self._restore):
-            config._attn_implementation = impl
-        self._restore.clear()
+        self.sessions.leave(self)
         self.state.resid_pre.clear()
 
     def _install(self) -> None:
@@ -249,12 +293,7 @@ class HookSession:
         state = self.state
         for layer, chains in requests.items():
             module = self._attn_module(layer)
-            config = module.config
-            routed = (config._attn_implementation or "").startswith(attention.PREFIX)  # an outer session did
-            if not routed and all(config is not c for c, _ in self._restore):
-                original = config._attn_implementation or "eager"
-                self._restore.append((config, config._attn_implementation))
-                config._attn_implementation = attention.implementation_name(original)
+            self.sessions.route(module.config)
             pattern, rows = chains["pattern"], chains["pattern_rows"]
 
             def inject(module, args, kwargs, pattern=pattern, rows=rows):

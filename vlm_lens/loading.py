@@ -6,12 +6,15 @@ architectures (names, layer counts, sizes) without weights.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 import transformers
 from torch import nn
 
 from vlm_lens import zoo
 from vlm_lens.adapter import REGISTRY, Adapter
+from vlm_lens.errors import ModelLoadError
 
 
 def _adapter_and_class(config) -> tuple[Adapter, type]:
@@ -20,6 +23,33 @@ def _adapter_and_class(config) -> tuple[Adapter, type]:
         raise ValueError(f"config of model_type {config.model_type!r} names no architectures; cannot pick a class")
     adapter = REGISTRY.lookup(archs[0])
     return adapter, getattr(transformers, archs[0])
+
+
+def looks_local(name: str) -> bool:
+    """A name written as a path (``./ckpt``, ``/data/llava``, ``~/m``) rather than a hub id (``org/name``)."""
+    return name.startswith((".", "/", "~")) or Path(name).exists()
+
+
+def check_name(name: str) -> None:
+    """Fail fast on a name that cannot load: a path that is no checkpoint folder. Hub ids are tried at load."""
+    if name in zoo.names() or not looks_local(name):
+        return
+    path = Path(name).expanduser()
+    if not (path / "config.json").is_file():
+        what = "does not exist" if not path.exists() else "holds no config.json"
+        raise ModelLoadError(f"model {name!r}: the folder {what}; give a checkpoint folder, a hub id (org/name) "
+                             f"or a zoo toy ({', '.join(zoo.names())})")
+
+
+def _config(source: str):
+    check_name(source)
+    try:
+        return transformers.AutoConfig.from_pretrained(source)
+    except OSError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelLoadError(f"cannot load model {source!r}: {first} Give a zoo toy ({', '.join(zoo.names())}), a local "
+                             "checkpoint folder, or a hub id that is in the local cache (HF_HUB_OFFLINE=1) or reachable"
+                             ) from e
 
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
@@ -54,7 +84,7 @@ def load_pretrained(
     if device is not None and device_map is not None:
         raise ValueError("give device (the whole model on one device) or device_map (sharded), not both")
     source = zoo.resolve(name_or_path)
-    config = transformers.AutoConfig.from_pretrained(source)
+    config = _config(source)
     adapter, cls = _adapter_and_class(config)
     kwargs = {"dtype": parse_dtype(dtype) or "auto"}
     if device_map is not None:

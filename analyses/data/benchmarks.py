@@ -1,20 +1,29 @@
 """Benchmark loaders: every one returns ``Record``s, turned into ``Example``s for the model.
 
 A record is the image file name, the question, the gold answers, the scoring rule (``metric``,
-applied by ``analyses.answers.score``) and whether the answer is closed-form. Images come from a
-folder the user names; ``check_images`` reports every missing one, with the count, before any
-model work starts.
+applied by ``analyses.answers.score``) and whether the answer is closed-form. Files are read
+whole and checked record by record before any model work: a record that cannot be scored is
+reported with its file and line (``DataError``), and so are duplicate question ids. Images come
+from a folder the user names; ``check_images`` refuses paths that leave it and reports every
+missing or undecodable image at once, returning each image's sha256 (the run's data fingerprint).
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
-from collections import Counter
+import os
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from PIL import Image, UnidentifiedImageError
+from tqdm.auto import tqdm
+
 from analyses.answers import canonicalise, relation
 from analyses.data.examples import Example
+from vlm_lens.errors import DataError
 
 
 @dataclass(frozen=True)
@@ -27,80 +36,200 @@ class Record:
     metric: str = "exact"  # how analyses.answers.score credits an answer: exact, vqa, count, relation, open
     closed_form: bool = True
     extra: dict = field(default_factory=dict, compare=False, hash=False)
+    source: str = field(default="", compare=False)  # "file.jsonl line 17": where error messages point
 
     @property
     def label(self) -> str:
         return self.golds[0]
 
 
-def _read_json_records(path: Path) -> list[dict]:
-    """A JSON array, or JSON lines (POPE ships both)."""
-    text = Path(path).read_text()
-    if text.lstrip().startswith("["):
+# --- reading files, with the file and line in every error ----------------------------------------------
+
+def _text(path: Path) -> str:
+    if not path.is_file():
+        raise DataError(f"benchmark file {path} does not exist" if not path.exists() else f"{path} is not a file")
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path} is not UTF-8 text (byte {data[e.start]:#04x} at offset {e.start}): "
+                        "save it as UTF-8 JSON") from None
+
+
+def _json(path: Path):
+    """A whole-file JSON document, or None when the file is JSON lines (several documents, one per line)."""
+    text = _text(path)
+    try:
         return json.loads(text)
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
+    except json.JSONDecodeError as e:
+        first = next((line for line in text.splitlines() if line.strip()), "")
+        try:
+            json.loads(first)
+        except json.JSONDecodeError:
+            raise DataError(f"{path} line {e.lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
+        return None  # the first line is a document of its own: JSON lines
 
 
-def load_pope(path: str | Path) -> list[Record]:
-    """POPE (COCO JSON lines, or SEEM/GQA JSON arrays): question_id, image, text, label."""
-    records = []
-    for i, r in enumerate(_read_json_records(Path(path))):
-        missing = {"question_id", "image", "text", "label"} - set(r)
-        if missing:
-            raise ValueError(f"{path}: record {i} lacks {sorted(missing)}")
-        records.append(Record(r["question_id"], r["image"], r["text"], (r["label"],), r.get("type", Path(path).stem)))
+def _read_json_records(path: Path) -> list[tuple[str, dict]]:
+    """(where, record) pairs from a JSON array or JSON lines (POPE ships both)."""
+    path = Path(path)
+    data = _json(path)
+    if data is None:
+        pairs = []
+        for number, line in enumerate(_text(path).splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                pairs.append((f"{path.name} line {number}", json.loads(line)))
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path} line {number}: not valid JSON ({e.msg} at column {e.colno}); "
+                                "a line cut short by an interrupted download or edit?") from None
+    elif isinstance(data, list):
+        pairs = [(f"{path.name} record {i + 1}", r) for i, r in enumerate(data)]
+    else:
+        pairs = [(f"{path.name} line 1", data)]
+    for where, record in pairs:
+        if not isinstance(record, dict):
+            raise DataError(f"{where}: expected a JSON object with question_id, image, text, got {record!r:.60}")
+    return pairs
+
+
+def _field(record: dict, key: str, where: str, kind: str):
+    """``record[key]``, checked: "text" a non-empty string, "id" an int or a string, "answer" a non-empty string or an int."""
+    if key not in record:
+        raise DataError(f"{where}: lacks {key!r} (it has {sorted(record)})")
+    value = record[key]
+    ok = {"text": isinstance(value, str) and value.strip() != "",
+          "id": isinstance(value, (int, str)) and not isinstance(value, bool) and str(value) != "",
+          "answer": (isinstance(value, str) and value.strip() != "") or (isinstance(value, int) and not isinstance(value, bool))}
+    if not ok[kind]:
+        wanted = {"text": "a non-empty string", "id": "an integer or a string", "answer": "a non-empty string or an integer"}
+        raise DataError(f"{where}: {key} is {json.dumps(value)}, expected {wanted[kind]}")
+    return value
+
+
+def _unique(records: list[Record], path: Path) -> list[Record]:
+    seen = defaultdict(list)
+    for r in records:
+        seen[r.question_id].append(r.source)
+    repeated = {qid: places for qid, places in seen.items() if len(places) > 1}
+    if repeated:
+        shown = "; ".join(f"{qid!r} at {', '.join(places[:3])}" for qid, places in list(repeated.items())[:3])
+        raise DataError(f"{path}: {len(repeated)} question_id(s) appear more than once ({shown}): "
+                        "each question needs its own id (results are stored by it)")
     return records
 
 
+# --- the formats -----------------------------------------------------------------------------------------
+
+def _base(r: dict, where: str, image: str = "image", text: str = "text") -> dict:
+    return {"question_id": _field(r, "question_id", where, "id"), "image": _field(r, image, where, "text"),
+            "text": _field(r, text, where, "text"), "source": where}
+
+
+def load_pope(path: str | Path) -> list[Record]:
+    """POPE (COCO JSON lines, or SEEM/GQA JSON arrays): question_id, image, text, label ("yes" / "no")."""
+    path = Path(path)
+    records = []
+    for where, r in _read_json_records(path):
+        label = _field(r, "label", where, "answer")
+        if canonicalise(str(label)) not in ("yes", "no"):
+            raise DataError(f"{where}: label {json.dumps(label)} is not yes or no, the only POPE answers; "
+                            "a counting/spatial suite takes --format counting")
+        records.append(Record(**_base(r, where), golds=(str(label),), type=str(r.get("type", path.stem))))
+    return _unique(records, path)
+
+
 def load_shapes(folder: str | Path) -> list[Record]:
-    """The Shapes benchmark folder: POPE's format with a type per question."""
-    return load_pope(Path(folder) / "questions.jsonl")
+    """The Shapes benchmark folder: POPE's format with a type per question, and counts and colours beside yes/no
+    (read as a counting/spatial suite, as ``detect_format`` reads it)."""
+    return load_counting_spatial(Path(folder) / "questions.jsonl")
 
 
 def load_vqav2(questions: str | Path, annotations: str | Path) -> list[Record]:
     """VQAv2: the questions and annotations JSON files; ten human answers each, VQA accuracy."""
-    qs = json.loads(Path(questions).read_text())
-    anns = {a["question_id"]: a for a in json.loads(Path(annotations).read_text())["annotations"]}
+    questions, annotations = Path(questions), Path(annotations)
+    qs, anns_file = _json(questions), _json(annotations)
+    if not isinstance(qs, dict) or not isinstance(qs.get("questions"), list):
+        raise DataError(f"{questions}: expected VQAv2's questions file, a JSON object with a 'questions' list")
+    if not isinstance(anns_file, dict) or not isinstance(anns_file.get("annotations"), list):
+        raise DataError(f"{annotations}: expected VQAv2's annotations file, a JSON object with an 'annotations' list")
+    anns = {a.get("question_id"): (i, a) for i, a in enumerate(anns_file["annotations"])}
     subtype = qs.get("data_subtype", "val2014")
     records = []
-    for q in qs["questions"]:
-        a = anns.get(q["question_id"])
-        if a is None:
-            raise ValueError(f"question {q['question_id']} has no annotation in {annotations}")
+    for i, q in enumerate(qs["questions"]):
+        where = f"{questions.name} question {i + 1}"
+        qid = _field(q, "question_id", where, "id")
+        image_id = q.get("image_id")
+        if not isinstance(image_id, int) or isinstance(image_id, bool):
+            raise DataError(f"{where}: image_id is {json.dumps(image_id)}, expected COCO's integer image id")
+        if qid not in anns:
+            raise DataError(f"{where}: question {qid!r} has no annotation in {annotations}")
+        j, a = anns[qid]
+        given = a.get("answers")
+        if not isinstance(given, list) or not given:
+            raise DataError(f"{annotations.name} annotation {j + 1}: no 'answers' list for question {qid!r}")
+        golds = [str(_field(x, "answer", f"{annotations.name} annotation {j + 1}", "answer")) for x in given]
         # the commonest human answer first: it is the reference whose token the truth margin follows
-        counts = Counter(x["answer"] for x in a["answers"])
-        golds = tuple(sorted((x["answer"] for x in a["answers"]), key=lambda g: -counts[g]))
-        image = f"COCO_{subtype}_{q['image_id']:012d}.jpg"
-        records.append(Record(q["question_id"], image, q["question"], golds, a.get("answer_type", "all"), "vqa",
-                              a.get("answer_type") in ("yes/no", "number")))
-    return records
+        counts = Counter(golds)
+        golds = tuple(sorted(golds, key=lambda g: -counts[g]))
+        image = f"COCO_{subtype}_{image_id:012d}.jpg"
+        records.append(Record(qid, image, _field(q, "question", where, "text"), golds, a.get("answer_type", "all"), "vqa",
+                              a.get("answer_type") in ("yes/no", "number"), source=where))
+    return _unique(records, questions)
 
 
 def load_textvqa(path: str | Path) -> list[Record]:
     """TextVQA: {"data": [{question_id, question, image_id, answers}]}; VQA accuracy."""
-    data = json.loads(Path(path).read_text())["data"]
-    return [Record(d["question_id"], f"{d['image_id']}.jpg", d["question"], tuple(d["answers"]), "textvqa", "vqa", False)
-            for d in data]
+    path = Path(path)
+    data = _json(path)
+    if not isinstance(data, dict) or not isinstance(data.get("data"), list):
+        raise DataError(f"{path}: expected TextVQA's JSON object with a 'data' list")
+    records = []
+    for i, d in enumerate(data["data"]):
+        where = f"{path.name} entry {i + 1}"
+        given = d.get("answers") if isinstance(d, dict) else None
+        if not isinstance(given, list) or not given or not all(isinstance(g, str) and g.strip() for g in given):
+            raise DataError(f"{where}: 'answers' must be a non-empty list of strings, got {json.dumps(given)}")
+        records.append(Record(_field(d, "question_id", where, "id"), f"{_field(d, 'image_id', where, 'id')}.jpg",
+                              _field(d, "question", where, "text"), tuple(given), "textvqa", "vqa", False, source=where))
+    return _unique(records, path)
 
 
 def load_llava_bench(questions: str | Path, answers: str | Path) -> list[Record]:
     """LLaVA-Bench in-the-wild: questions.jsonl and the reference answers file; open-ended."""
-    refs = {r["question_id"]: r["text"] for r in _read_json_records(Path(answers))}
-    return [Record(q["question_id"], q["image"], q["text"], (refs[q["question_id"]],), q.get("category", "all"),
-                   "open", False) for q in _read_json_records(Path(questions))]
+    questions = Path(questions)
+    refs = {_field(r, "question_id", where, "id"): _field(r, "text", where, "text")
+            for where, r in _read_json_records(Path(answers))}
+    records = []
+    for where, q in _read_json_records(questions):
+        base = _base(q, where)
+        if base["question_id"] not in refs:
+            raise DataError(f"{where}: question {base['question_id']!r} has no reference answer in {answers}")
+        records.append(Record(**base, golds=(refs[base["question_id"]],), type=str(q.get("category", "all")),
+                              metric="open", closed_form=False))
+    return _unique(records, questions)
+
+
+def _kind_of_label(label: str) -> str:
+    """count (an integer), spatial (a relation word) or other (yes/no, attributes)."""
+    if label.isdigit():
+        return "count"
+    return "spatial" if canonicalise(label) not in ("yes", "no") and relation(label) is not None else "other"
 
 
 def load_counting_spatial(path: str | Path) -> list[Record]:
     """A counting + spatial suite: JSON lines with integer labels (scored by the integer), relation labels
     ("left", "above", ...: scored by the relation named) or other labels (yes/no, attributes: exact)."""
+    path = Path(path)
     records = []
-    for r in _read_json_records(Path(path)):
-        label = str(r["label"]).strip()
-        kind = r.get("type", "count" if label.isdigit() else "spatial")
-        spatial = canonicalise(label) not in ("yes", "no") and relation(label) is not None
-        metric = "count" if label.isdigit() else "relation" if spatial else "exact"
-        records.append(Record(r["question_id"], r["image"], r["text"], (label,), kind, metric))
-    return records
+    for where, r in _read_json_records(path):
+        label = str(_field(r, "label", where, "answer")).strip()
+        kind = _kind_of_label(label)
+        metric = {"count": "count", "spatial": "relation", "other": "exact"}[kind]
+        records.append(Record(**_base(r, where), golds=(label,), type=str(r.get("type", "count" if kind == "count" else "spatial")),
+                              metric=metric))
+    return _unique(records, path)
 
 
 FORMATS = ("pope", "counting", "vqav2", "textvqa", "llava_bench")
@@ -112,39 +241,37 @@ def detect_format(path: str | Path) -> str:
     """The benchmark format of a questions file, read from its content.
 
     A JSON object with "questions" is VQAv2; one with "data" entries holding "answers" is TextVQA;
-    records with question_id, image, text and a label are POPE (yes/no labels only; Shapes files too)
-    or a counting/spatial suite (other labels); records without a label are LLaVA-Bench questions."""
+    records with question_id, image, text and a label are a counting/spatial suite when some label
+    is an integer or a spatial relation, POPE otherwise (Shapes files too: the loader then insists on
+    yes/no); records without a label are LLaVA-Bench questions."""
     path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError:
-        data = None  # JSON lines (or not JSON at all: the loader will say where)
+    data = _json(path)
     if isinstance(data, dict) and "questions" in data:
         return "vqav2"
     if isinstance(data, dict) and isinstance(data.get("data"), list) and data["data"] and "answers" in data["data"][0]:
         return "textvqa"
-    records = [data] if isinstance(data, dict) else data if isinstance(data, list) else _read_json_records(path)
-    if not records or not isinstance(records[0], dict):
-        raise ValueError(f"{path}: no question records found; pass --format one of {FORMATS}")
+    records = [r for _, r in _read_json_records(path)]
+    if not records:
+        raise DataError(f"{path}: no question records found; pass --format one of {FORMATS}")
     first = records[0]
     if {"question_id", "image", "text"} <= set(first) and "label" not in first:
         return "llava_bench"
     if "label" in first:
-        labels = {str(r.get("label", "")).strip().lower() for r in records}
-        return "pope" if labels <= {"yes", "no"} else "counting"
-    raise ValueError(f"{path}: records hold {sorted(first)}; expected POPE's question_id, image, text, label "
-                     f"or another format: pass --format one of {FORMATS}")
+        kinds = {_kind_of_label(str(r.get("label", "")).strip()) for r in records}
+        return "counting" if kinds & {"count", "spatial"} else "pope"
+    raise DataError(f"{path}: records hold {sorted(first)}; expected POPE's question_id, image, text, label "
+                    f"or another format: pass --format one of {FORMATS}")
 
 
 def load(path: str | Path, annotations: str | Path | None = None, format: str | None = None) -> list[Record]:
     """Any supported benchmark file, its format detected from the content unless ``format`` is given."""
     format = format or detect_format(path)
     if format not in FORMATS:
-        raise ValueError(f"unknown benchmark format {format!r}; one of {FORMATS}")
+        raise DataError(f"unknown benchmark format {format!r}; one of {FORMATS}")
     if format in NEEDS_ANNOTATIONS and annotations is None:
-        raise ValueError(f"{path} is {format}: it needs --annotations, {NEEDS_ANNOTATIONS[format]}")
+        raise DataError(f"{path} is {format}: it needs --annotations, {NEEDS_ANNOTATIONS[format]}")
     if format not in NEEDS_ANNOTATIONS and annotations is not None:
-        raise ValueError(f"{path} is {format}, whose answers are in the file itself: drop --annotations")
+        raise DataError(f"{path} is {format}, whose answers are in the file itself: drop --annotations")
     if format == "vqav2":
         return load_vqav2(path, annotations)
     if format == "llava_bench":
@@ -152,18 +279,59 @@ def load(path: str | Path, annotations: str | Path | None = None, format: str | 
     return {"pope": load_pope, "counting": load_counting_spatial, "textvqa": load_textvqa}[format](path)
 
 
-def check_images(records: list[Record], folder: str | Path) -> None:
-    """Raise, naming the missing images and their count, before any model work starts."""
+# --- images -----------------------------------------------------------------------------------------------
+
+def _inside(folder: Path, name: str) -> bool:
+    """Whether ``folder / name`` stays inside ``folder`` as written (no absolute path, no ``..`` out of it)."""
+    if os.path.isabs(name):
+        return False
+    base = os.path.normpath(folder)
+    return os.path.normpath(os.path.join(base, name)).startswith(base + os.sep)
+
+
+def _decode_error(data: bytes) -> str | None:
+    """Why these bytes are not a readable image, or None. JPEGs decode at reduced scale (draft): fast, and a
+    truncated or corrupt file still fails."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.draft("RGB", (64, 64))
+            image.load()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        return str(e) or type(e).__name__
+    return None
+
+
+def check_images(records: list[Record], folder: str | Path, allow_outside: bool = False,
+                 progress: bool = False) -> dict[str, str]:
+    """Every image the records name, checked before any model work: inside ``folder`` (unless ``allow_outside``),
+    present, and decodable. Returns each image's sha256; raises ``DataError`` naming every bad one and the count."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise FileNotFoundError(f"image folder {folder} does not exist")
-    missing = sorted({r.image for r in records if not (folder / r.image).is_file()})
+        raise DataError(f"image folder {folder} does not exist" if not folder.exists() else f"--images {folder} is not a folder")
+    names = sorted({r.image for r in records})
+    outside = [n for n in names if not _inside(folder, n)]
+    if outside and not allow_outside:
+        raise DataError(f"{len(outside)} image path(s) leave the image folder {folder} ({_shown(outside)}); "
+                        "pass --allow-outside-images if the benchmark means to read them")
+    missing = [n for n in names if not (folder / n).is_file()]
     if missing:
-        shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
-        raise FileNotFoundError(f"{len(missing)} image(s) missing from {folder}: {shown}")
+        raise DataError(f"{len(missing)} image(s) missing from {folder}: {_shown(missing)}")
+    hashes, broken = {}, []
+    for name in tqdm(names, desc="check images", unit="img", disable=not progress or len(names) < 200):
+        data = (folder / name).read_bytes()
+        why = _decode_error(data)
+        if why:
+            broken.append(f"{name} ({why})")
+        hashes[name] = hashlib.sha256(data).hexdigest()
+    if broken:
+        raise DataError(f"{len(broken)} image(s) in {folder} cannot be decoded: {_shown(broken, 3)}")
+    return hashes
+
+
+def _shown(items: list[str], most: int = 5) -> str:
+    return ", ".join(items[:most]) + (" ..." if len(items) > most else "")
 
 
 def to_examples(records: list[Record], folder: str | Path) -> list[Example]:
-    """Examples whose images are opened (RGB) batch by batch, after checking every file exists."""
-    check_images(records, folder)
+    """Examples whose images are opened (RGB) batch by batch (``check_images`` first, to fail before the model)."""
     return [Example(Path(folder) / r.image, r.text, r.golds, r.type, r.metric, r.question_id) for r in records]

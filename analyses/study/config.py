@@ -7,19 +7,37 @@ resamples, ...) only change the analysis, which reruns from the stored extractio
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import ClassVar
 
 from analyses.answers import CORRECT_AT
 from vlm_lens import zoo
+from vlm_lens.errors import DataError
 from vlm_lens.loading import parse_dtype
 
 
-EXTRACTION_FORMAT = 2  # 2: generated answers, H_s over the answer tokens. A folder of another format is not resumed
+EXTRACTION_FORMAT = 3  # 2: generated answers, H_s over the answer tokens; 3: data digests and shard sha256s.
+# A folder of another format is not resumed.
+MIN_TEST = 100  # a test split below this many questions gives AUROC CIs too wide to compare predictors
 ANSWER_TOKENS = 16  # enough for the short answers the benchmarks ask for ("Yes", "two", "the red one")
+
+
+def test_split_size(n: int, test_fraction: float) -> int:
+    """Questions in the test split of ``n``: sklearn's ``train_test_split`` takes ceil(fraction x n)."""
+    return math.ceil(test_fraction * n)
+
+
+def smallest_n(test_fraction: float, minimum: int = MIN_TEST) -> int:
+    """The smallest n whose test split holds at least ``minimum`` questions."""
+    n = max(1, math.floor((minimum - 1) / test_fraction) - 1)  # just below the answer: f x n must pass minimum - 1
+    while test_split_size(n, test_fraction) < minimum:
+        n += 1
+    return n
 
 
 def default_answer_tokens(model: str) -> int:
@@ -81,32 +99,68 @@ class VRPConfig:
     )
 
     def __post_init__(self):
+        self._check_types()
         if self.max_new_tokens is None:
             object.__setattr__(self, "max_new_tokens", default_answer_tokens(self.model))
         for name in ("n", "k", "max_new_tokens", "shard_size", "batch_size", "sample_rows", "stacked_layers",
                      "margin_items", "top_heads"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+                raise DataError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not (0 < self.val_fraction and 0 < self.test_fraction and self.val_fraction + self.test_fraction < 1):
-            raise ValueError(f"val_fraction and test_fraction must be positive and leave a training split, "
+            raise DataError(f"val_fraction and test_fraction must be positive and leave a training split, "
                              f"got {self.val_fraction} and {self.test_fraction}")
         for name in ("ablation_ks", "random_sizes"):
             if any(int(v) < 1 for v in getattr(self, name)):
-                raise ValueError(f"{name} must be positive unit counts, got {getattr(self, name)}")
+                raise DataError(f"{name} must be positive unit counts, got {getattr(self, name)}")
         if not 0 < self.mask_fraction <= 1:
-            raise ValueError(f"mask_fraction is a share of the patches in (0, 1], got {self.mask_fraction}")
+            raise DataError(f"mask_fraction is a share of the patches in (0, 1], got {self.mask_fraction}")
         if self.device is not None and self.device_map is not None:
-            raise ValueError("give device (one device) or device_map (sharded across GPUs), not both")
+            raise DataError("give device (one device) or device_map (sharded across GPUs), not both")
         parse_dtype(self.dtype)
         if self.storage_dtype not in ("float32", "float16", "bfloat16"):
-            raise ValueError(f"storage_dtype must be float32, float16 or bfloat16, got {self.storage_dtype!r}")
+            raise DataError(f"storage_dtype must be float32, float16 or bfloat16, got {self.storage_dtype!r}")
+
+    def _check_types(self) -> None:
+        """Each setting of its declared type (a config file may hold "n": "600" or "k": true)."""
+        kinds = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,), "None": (type(None),),
+                 "tuple[int, ...]": (tuple,), "tuple[int, int]": (tuple,)}
+        for spec in dataclasses.fields(self):
+            name = spec.name
+            if isinstance(getattr(self, name), list) and "tuple" in str(spec.type):  # JSON and Python lists
+                object.__setattr__(self, name, tuple(getattr(self, name)))
+            allowed = tuple(t for part in str(spec.type).split(" | ") for t in kinds[part])
+            value = getattr(self, name)
+            wrong = not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed)
+            if isinstance(value, tuple) and not wrong:
+                wrong = not all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+            if wrong:
+                raise DataError(f"{name} must be {str(spec.type).replace(' | None', ' or null')}, got {value!r}")
 
     def extraction(self) -> dict:
         """The settings that decide what extraction stores, and the version of what it stores."""
         return {"extraction_format": EXTRACTION_FORMAT, **{name: getattr(self, name) for name in self.EXTRACTION_FIELDS}}
 
+    # where the data lives, not what it is: the data's own digests guard a resume (analyses.study.extract), so a
+    # moved image folder or a relative path from another directory resumes, and changed contents do not
+    LOCATION_FIELDS: ClassVar[tuple[str, ...]] = ("benchmark", "annotations", "images")
+
     def fingerprint(self) -> str:
-        return hashlib.sha256(json.dumps(self.extraction(), sort_keys=True).encode()).hexdigest()[:16]
+        kept = {k: v for k, v in self.extraction().items() if k not in self.LOCATION_FIELDS}
+        return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:16]
+
+    def changed_from(self, stored: dict) -> dict[str, tuple]:
+        """The fingerprinted settings that differ from a stored ``extraction()``: name -> (stored, now)."""
+        now = json.loads(json.dumps(self.extraction()))  # tuples as lists, as the manifest holds them
+        return {k: (stored.get(k), v) for k, v in now.items() if k not in self.LOCATION_FIELDS and stored.get(k) != v}
+
+    def size_warnings(self) -> list[str]:
+        """What ``n`` is too small for, said before any model work."""
+        test = test_split_size(self.n, self.test_fraction)
+        if test >= MIN_TEST:
+            return []
+        return [f"n={self.n} gives a test split of {test} questions (test fraction {self.test_fraction}): every AUROC "
+                f"and probe CI will be wide; --n {smallest_n(self.test_fraction)} or more gives a test split of at "
+                f"least {MIN_TEST}"]
 
     def as_dict(self) -> dict:
         """Every setting, JSON-ready (tuples as lists): what tables.json records and ``from_file`` reads back."""
@@ -115,9 +169,16 @@ class VRPConfig:
     @classmethod
     def from_file(cls, path: str | Path, **overrides) -> VRPConfig:
         """A config from a JSON file of field: value pairs (any subset), then ``overrides``."""
-        data = json.loads(Path(path).read_text())
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, UnicodeDecodeError) as e:
+            raise DataError(f"cannot read the study settings file {path}: {e}") from None
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path} line {e.lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
+        if not isinstance(data, dict):
+            raise DataError(f"{path}: expected a JSON object of setting: value pairs, got {type(data).__name__}")
         unknown = sorted(set(data) - set(cls.__dataclass_fields__))
         if unknown:
-            raise ValueError(f"{path}: unknown study settings {unknown}; the settings are {sorted(cls.__dataclass_fields__)}")
+            raise DataError(f"{path}: unknown study settings {unknown}; the settings are {sorted(cls.__dataclass_fields__)}")
         data = {k: tuple(v) if isinstance(v, list) else v for k, v in {**data, **overrides}.items()}
         return cls(**data)

@@ -22,15 +22,17 @@ store fewer layers. Files are written to a temporary name and renamed, and the m
 shard only after both files exist: a run killed at any point (kill -9 included) resumes at the
 first shard the manifest lacks. Several processes (ranks of a ``torchrun``) may extract into one
 folder: the manifest is updated under a file lock and records which rank extracted each shard.
+
+**Integrity.** The manifest records each shard's sha256 (both files) and a digest of every question
+and image; a resume refuses data that changed (naming what), and a shard whose files went missing
+or changed is reported and extracted again. ``load`` verifies every shard before reading it.
 """
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,32 +48,84 @@ from analyses.consistency import majority_support, sample_answers, sample_batche
 from analyses.data.examples import Example
 from analyses.evaluation import batches
 from analyses.logit_lens import read_out, truth_margin
-from analyses.study.config import VRPConfig
+from analyses.study.config import EXTRACTION_FORMAT, VRPConfig
 from analyses.study.distributed import Ranks
+from analyses.study.files import manifest_lock, sha256, write_atomic
+from analyses.study.validate import digests
 from vlm_lens import HookedVLM
+from vlm_lens.errors import DataError, VLMLensWarning
 from vlm_lens.loading import parse_dtype
-
-
-def _write_atomic(path: Path, write) -> None:
-    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
 
 
 def _manifest(folder: Path) -> dict:
     path = folder / "manifest.json"
-    return json.loads(path.read_text()) if path.exists() else {}
+    if not path.exists():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise DataError(f"{path} is damaged (not valid JSON): this folder cannot be resumed; use a new --out") from None
 
 
-@contextmanager
-def _locked(folder: Path) -> Iterator[None]:
-    """An exclusive lock on the folder's manifest, across processes."""
-    with open(folder / ".manifest.lock", "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+def _write_manifest(folder: Path, manifest: dict) -> None:
+    write_atomic(folder / "manifest.json", json.dumps(manifest, indent=1))
+
+
+def _shown(items: list, most: int = 5) -> str:
+    return ", ".join(map(str, items[:most])) + (" ..." if len(items) > most else "")
+
+
+def _check_same_run(folder: Path, manifest: dict, cfg: VRPConfig, data: list[list[str]]) -> None:
+    """Refuse to resume a folder made with other settings or other data, saying what changed."""
+    stored = manifest.get("config", {})
+    if stored.get("extraction_format") != EXTRACTION_FORMAT:
+        raise DataError(f"{folder} holds an extraction in format {stored.get('extraction_format')}, from another "
+                        f"vlm-lens version (this one writes format {EXTRACTION_FORMAT}): use a new --out")
+    if manifest.get("fingerprint") != cfg.fingerprint():
+        changes = ", ".join(f"{k}={old!r} (now {new!r})" for k, (old, new) in cfg.changed_from(stored).items())
+        raise DataError(f"{folder} holds a run with another configuration ({changes}); use a new --out, or the "
+                        "settings it was made with to resume it")
+    old = manifest["data"]["examples"]
+    questions = [i for i, (a, b) in enumerate(zip(old, data)) if a[0] != b[0]]
+    images = [b[2] for a, b in zip(old, data) if a[1] != b[1]]
+    if questions or images:
+        what = []
+        if questions:
+            what.append(f"{len(questions)} of {len(data)} questions (text, answers or id) differ, at positions "
+                        f"{_shown(questions)}")
+        if images:
+            what.append(f"{len(images)} image(s) differ: {_shown(images)}")
+        raise DataError(f"the data changed since {folder} was extracted: {'; '.join(what)}. Resuming would mix "
+                        "two datasets: use a new --out, or restore the data the run began with")
+
+
+def _verified(folder: Path, shard: dict) -> str | None:
+    """Why a listed shard cannot be used (a file missing, or bytes other than those written), or None."""
+    for kind, digest in shard["sha256"].items():
+        path = folder / f"{shard['name']}.{kind}"
+        if not path.is_file():
+            return f"{path.name} is missing"
+        if sha256(path) != digest:
+            return f"{path.name} does not match the sha256 recorded when it was written"
+    return None
+
+
+def _repair(folder: Path, manifest: dict) -> dict:
+    """Drop (and report) every listed shard whose files are missing or changed: extraction redoes them."""
+    kept = []
+    for shard in manifest["shards"]:
+        why = _verified(folder, shard)
+        if why is None:
+            kept.append(shard)
+            continue
+        warnings.warn(f"{folder}: {why} (changed or damaged since); re-extracting questions "
+                      f"{shard['start']}..{shard['end'] - 1}", VLMLensWarning, stacklevel=3)
+        for kind in shard["sha256"]:
+            (folder / f"{shard['name']}.{kind}").unlink(missing_ok=True)
+    if len(kept) != len(manifest["shards"]):
+        manifest = {**manifest, "shards": kept}
+        _write_manifest(folder, manifest)
+    return manifest
 
 
 def _layers(chosen: Sequence[int] | None, n_layers: int) -> list[int]:
@@ -154,8 +208,11 @@ def _extract_shard(model: HookedVLM, chunk: list[Example], start: int, cfg: VRPC
 
 
 def extract(model: HookedVLM, examples: list[Example], folder: str | Path, cfg: VRPConfig, progress: bool = True,
-            ranks: Ranks | None = None) -> Path:
-    """Run (or resume) extraction into ``folder``. Refuses a folder holding a run of another configuration.
+            ranks: Ranks | None = None, data: list[list[str]] | None = None, files: dict | None = None) -> Path:
+    """Run (or resume) extraction into ``folder``. Refuses a folder holding a run of another configuration, or
+    of other data: ``data`` are the examples' digests (``validate.digests``, computed here when not given),
+    ``files`` the benchmark files' sha256 (kept for the record). Shards whose files went missing or changed since
+    they were written are reported and extracted again.
 
     With ``ranks`` (a ``torchrun`` world), the shards not yet in the manifest are dealt round-robin
     to the ranks; each rank extracts its own, and all ranks return once every shard is listed."""
@@ -164,14 +221,20 @@ def extract(model: HookedVLM, examples: list[Example], folder: str | Path, cfg: 
     folder.mkdir(parents=True, exist_ok=True)
     if len(examples) != cfg.n:
         raise ValueError(f"the config says n={cfg.n} but {len(examples)} examples were given")
-    with _locked(folder):
+    data = digests(examples) if data is None else data
+    with manifest_lock(folder):
         manifest = _manifest(folder)
-        if manifest and manifest.get("fingerprint") != cfg.fingerprint():
-            raise ValueError(f"{folder} holds a run with another configuration ({manifest.get('config')}); use a new --out")
-        if not manifest:
-            manifest = {"fingerprint": cfg.fingerprint(), "config": cfg.extraction(), "shards": []}
-            _write_atomic(folder / "manifest.json", lambda p: p.write_text(json.dumps(manifest, indent=1)))
-        done = {s["start"] for s in manifest["shards"]}
+        if manifest:
+            _check_same_run(folder, manifest, cfg, data)
+        else:
+            manifest = {"fingerprint": cfg.fingerprint(), "config": cfg.extraction(),
+                        "data": {"examples": data, "files": files or {}}, "shards": []}
+            _write_manifest(folder, manifest)
+        if ranks.is_main:
+            _repair(folder, manifest)
+    ranks.barrier()  # the main rank has dropped damaged shards
+    with manifest_lock(folder):
+        done = {s["start"] for s in _manifest(folder)["shards"]}
     ranks.barrier()  # every rank has read the same manifest before any rank adds to it
     remaining = [s for s in range(0, cfg.n, cfg.shard_size) if s not in done]
     mine = remaining[ranks.rank :: ranks.world_size]
@@ -181,14 +244,15 @@ def extract(model: HookedVLM, examples: list[Example], folder: str | Path, cfg: 
         chunk = examples[start : start + cfg.shard_size]
         rows, arrays = _extract_shard(model, chunk, start, cfg)
         name = f"shard-{start // cfg.shard_size:05d}"
-        _write_atomic(folder / f"{name}.safetensors", lambda p, arrays=arrays: save_file(arrays, str(p)))
-        _write_atomic(folder / f"{name}.json", lambda p, rows=rows: p.write_text(json.dumps(rows)))
-        with _locked(folder):
+        tensors = write_atomic(folder / f"{name}.safetensors", lambda p, arrays=arrays: save_file(arrays, str(p)))
+        scalars = write_atomic(folder / f"{name}.json", json.dumps(rows))
+        with manifest_lock(folder):
             manifest = _manifest(folder)
             manifest["shards"].append({"start": start, "end": start + len(chunk), "name": name,
-                                       "rank": ranks.rank, "world_size": ranks.world_size})
+                                       "rank": ranks.rank, "world_size": ranks.world_size,
+                                       "sha256": {"json": sha256(scalars), "safetensors": sha256(tensors)}})
             manifest["shards"].sort(key=lambda s: s["start"])
-            _write_atomic(folder / "manifest.json", lambda p: p.write_text(json.dumps(manifest, indent=1)))
+            _write_manifest(folder, manifest)
         bar.update(len(chunk))
     bar.close()
     ranks.barrier()  # all shards listed
@@ -252,18 +316,28 @@ class Extraction:
         return np.array([r["margins"] for r in self.rows]).T  # layer n
 
 
-def load(folder: str | Path) -> Extraction:
-    """Read a complete extraction back: scalars and attention now, residual and neuron arrays on demand."""
+def load(folder: str | Path, verify: bool = True) -> Extraction:
+    """Read a complete extraction back: scalars and attention now, residual and neuron arrays on demand.
+
+    ``verify`` checks every shard's files against the sha256 recorded when they were written (one read of the
+    extraction, ~1 GB/s) and refuses a changed or missing one."""
     folder = Path(folder)
     manifest = _manifest(folder)
     if not manifest:
-        raise FileNotFoundError(f"no manifest.json in {folder}: not an extraction folder")
+        raise DataError(f"no manifest.json in {folder}: not an extraction folder (or its run never started)")
+    if manifest.get("config", {}).get("extraction_format") != EXTRACTION_FORMAT:
+        raise DataError(f"{folder} is an extraction in another format ({manifest.get('config', {}).get('extraction_format')}; "
+                        f"this vlm-lens reads {EXTRACTION_FORMAT}): run the study again into a new --out")
     n = manifest["config"]["n"]
     covered = sum(s["end"] - s["start"] for s in manifest["shards"])
     if covered != n:
-        raise ValueError(f"{folder} is incomplete: {covered} of {n} samples extracted; run again to resume")
+        raise DataError(f"{folder} is incomplete: {covered} of {n} samples extracted; run again to resume")
     rows, attention, files = [], [], []
     for shard in manifest["shards"]:
+        why = _verified(folder, shard) if verify else None
+        if why:
+            raise DataError(f"{folder}: {why} (changed or damaged since); run the study again with the same --out to "
+                            "re-extract it")
         rows += json.loads((folder / f"{shard['name']}.json").read_text())
         path = folder / f"{shard['name']}.safetensors"
         files.append(path)

@@ -6,13 +6,12 @@ it; ``warnings`` says where n is too small for a CI to mean much. The report ope
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 from analyses.stats import Estimate
+from analyses.study.config import MIN_TEST, smallest_n
 from analyses.study.results import StudyResults
 
-MIN_TEST = 100  # a test split below this many questions gives AUROC CIs too wide to compare predictors
 WIDE_CI = 0.3  # an AUROC CI wider than this decides nothing
 
 
@@ -137,7 +136,7 @@ def warnings(results: StudyResults) -> list[str]:
     cfg, n_test = results.config, results.accounting.test
     out = [f"{r.condition}: {r.note}." for r in results.ablations.rows if r.note]
     if n_test < MIN_TEST:
-        smallest = math.ceil(MIN_TEST / cfg.test_fraction)
+        smallest = smallest_n(cfg.test_fraction)
         out.append(f"The test split has only {n_test} questions: every AUROC's CI is wide. n = {smallest} gives a test "
                    f"split of at least {MIN_TEST} (test fraction {cfg.test_fraction}).")
     wide = [r.method for r in results.predictors.rows if r.estimate.ci[1] - r.estimate.ci[0] > WIDE_CI]

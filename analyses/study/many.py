@@ -22,8 +22,11 @@ import pandas as pd
 
 from analyses import stats
 from analyses.study import report
+from analyses.study import validate
 from analyses.study.config import VRPConfig
+from analyses.study.files import write_atomic
 from analyses.study.extract import Extraction, load
+from vlm_lens.errors import DataError
 
 
 def run_name(model: str, benchmark: str) -> str:
@@ -61,28 +64,33 @@ def _cross_tables(folders: dict[str, Path], data: dict[str, dict], cfg: VRPConfi
             "table2_attention_rpb_pooled": pooled_attention(folders, cfg)}
 
 
-def run_many(settings: dict, models: list[str], benchmarks: list[dict], out: str | Path, progress: bool = True) -> dict:
+def run_many(settings: dict, models: list[str], benchmarks: list[dict], out: str | Path, progress: bool = True,
+             allow_outside_images: bool = False) -> dict:
     """One study per (model, benchmark): ``settings`` are the shared ``VRPConfig`` fields, ``benchmarks`` the
-    benchmark/annotations/images/format fields of each. Returns the cross-run tables (also written to ``out``)."""
+    benchmark/annotations/images/format fields of each. Returns the cross-run tables (also written to ``out``).
+    Every run's folder, benchmark and images are checked before the first model loads."""
     from analyses.study.pipeline import run
 
     out = Path(out)
-    folders, cfg = {}, None
+    planned = {}
     for model in models:
         for bench in benchmarks:
             name = run_name(model, bench["benchmark"])
-            if name in folders:
-                raise ValueError(f"two runs would share the folder {name}: give models and benchmarks distinct names")
+            if name in planned:
+                raise DataError(f"two runs would share the folder {name}: give models and benchmarks distinct names")
             cfg = VRPConfig(**{**settings, **bench, "model": model})  # each model resolves its own answer length
-            run(cfg, out / name, progress)
-            folders[name] = out / name
+            planned[name] = (cfg, validate.prepare(cfg, out / name, allow_outside_images, progress))
+    folders = {}
+    for name, (cfg, checked) in planned.items():
+        run(cfg, out / name, progress, allow_outside_images, data=checked)
+        folders[name] = out / name
     data = {name: json.loads((folder / "tables.json").read_text()) for name, folder in folders.items()}
     tables = _cross_tables(folders, data, cfg)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "tables.json").write_text(json.dumps({k: f.replace({np.nan: None}).to_dict(orient="records")
+    write_atomic(out / "tables.json", json.dumps({k: f.replace({np.nan: None}).to_dict(orient="records")
                                                  for k, f in tables.items()}, indent=1))
     md = "\n".join(f"### {report.TITLES.get(k, k)}\n\n{f.to_markdown(index=False, floatfmt='.3f')}\n" for k, f in tables.items())
-    (out / "tables.md").write_text(md)
+    write_atomic(out / "tables.md", md)
     scored = [folders[name] for name, d in data.items() if "table6_predictors" in d]
     if len(scored) > 1:
         report.compare(scored, out)  # per-family columns of accuracy, AUROCs, logit lens, ablations

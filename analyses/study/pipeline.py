@@ -3,7 +3,7 @@
     vlm-lens vrp                                   # toy LLaVA on the Shapes benchmark
     vlm-lens vrp --model llava-hf/llava-1.5-7b-hf --benchmark pope.json --images val2014/
 
-Steps: load the benchmark (missing images reported before any model work) -> resumable
+Steps: check the output folder, the benchmark and its images (``validate``, before any model work) -> resumable
 extraction -> predictors and probes on one stratified split -> logit-lens peak and MLP share ->
 probe-neuron and random-neuron ablations -> tables (Markdown + JSON) and ``report.html``. Each
 step takes the config and the typed results of the steps before it (``analyses.study.results``).
@@ -14,37 +14,28 @@ MLP share, 4-5 probe-neuron and random ablations, 6 predictor AUROCs, 8 sample a
 
 from __future__ import annotations
 
+import warnings
+from contextlib import nullcontext
 from pathlib import Path
 
 import pandas as pd
 
 from analyses import answers, stats
 from analyses.data import benchmarks
-from analyses.data.examples import Example, shapes_examples
-from analyses.study import circuit
+from analyses.data.examples import Example
+from analyses.study import circuit, validate
 from analyses.study.causal import ablation_table, margin_building
 from analyses.study.config import VRPConfig
 from analyses.study.distributed import Ranks
 from analyses.study.extract import Extraction, extract, load
+from analyses.study.files import RunLock
 from analyses.study.open_ended import OpenEndedResults, open_ended
 from analyses.study.predictors import attention_features, attention_table, predictor_table
 from analyses.study.results import Accounting, Accuracy, Setup, StudyResults
 from vlm_lens import HookedVLM
+from vlm_lens.errors import DataError, VLMLensWarning
 
-SHAPES_EVAL_SEED = 123  # the default benchmark: Shapes questions no toy model trained on
-
-
-def load_examples(cfg: VRPConfig) -> tuple[list[Example], int]:
-    """The benchmark's first ``n`` questions, and how many the benchmark holds."""
-    if cfg.benchmark == "shapes":
-        return shapes_examples(cfg.n, SHAPES_EVAL_SEED), cfg.n
-    if cfg.images is None:
-        raise ValueError("a benchmark file needs --images, the folder holding its images")
-    records = benchmarks.load(cfg.benchmark, cfg.annotations, cfg.format)
-    chosen = records[: cfg.n]
-    benchmarks.check_images(chosen, cfg.images)  # raises, naming the missing ones, before any model work
-    return benchmarks.to_examples(chosen, cfg.images), len(records)
-
+MIN_PER_CLASS = 5  # right and wrong answers each: fewer cannot be split three ways with both in every split
 
 def is_open(ex: Extraction) -> bool:
     """An open-ended benchmark (LLaVA-Bench): no answer can be called right or wrong without a judge model."""
@@ -114,29 +105,53 @@ def load_model(cfg: VRPConfig, ranks: Ranks) -> HookedVLM:
     return HookedVLM.from_pretrained(cfg.model, dtype=cfg.dtype, device=ranks.device(cfg.device), device_map=cfg.device_map)
 
 
-def run(cfg: VRPConfig, out: str | Path, progress: bool = True) -> StudyResults | OpenEndedResults | None:
+def check_answers(ex: Extraction) -> None:
+    """The probes' stratified splits need right and wrong answers in every split: say so before sklearn does."""
+    right = int(ex.correct.sum())
+    fewest = min(right, len(ex.rows) - right)
+    if fewest < MIN_PER_CLASS:
+        raise DataError(f"{right} of {len(ex.rows)} answers are right and {len(ex.rows) - right} wrong: the probes and "
+                        f"their CIs need at least {MIN_PER_CLASS} of each; run more questions (--n) or a benchmark "
+                        "the model gets wrong more often (the extraction is kept: a larger --n needs a new --out)")
+
+
+def run(cfg: VRPConfig, out: str | Path, progress: bool = True, allow_outside_images: bool = False,
+        data: validate.Dataset | None = None) -> StudyResults | OpenEndedResults | None:
     """Run the study; write tables and the report into ``out``; return the results.
 
-    An open-ended benchmark (LLaVA-Bench) gives ``OpenEndedResults``: answers and judge-free metrics.
-    Under ``torchrun`` every rank extracts its share of the shards; rank 0 then analyses and
-    reports (and returns the results), the other ranks return None."""
+    Before any model work, ``validate.prepare`` checks the output folder, the benchmark and every image
+    (``DataError`` says what to fix) and warns when ``n`` is too small for the study's splits. One run at a
+    time writes into ``out`` (``files.RunLock``). An open-ended benchmark (LLaVA-Bench) gives
+    ``OpenEndedResults``: answers and judge-free metrics. Under ``torchrun`` every rank extracts its share of
+    the shards; rank 0 then analyses and reports (and returns the results), the other ranks return None.
+    ``data``: the benchmark as ``validate.prepare`` returned it, when the caller has checked it already."""
     from analyses.study import report  # plotting is imported only by those who plot
 
     out = Path(out)
-    examples, questions = load_examples(cfg)
+    data = data or validate.prepare(cfg, out, allow_outside_images, progress)  # (given: checked by the caller)
+    examples, questions = data.examples, data.questions
+    if any(e.metric != answers.OPEN_ENDED for e in examples):  # open-ended runs have no splits
+        for message in cfg.size_warnings():
+            warnings.warn(message, VLMLensWarning, stacklevel=2)
     ranks = Ranks.from_env(cfg.device)
+    lock = RunLock(out) if ranks.is_main else nullcontext()  # the ranks of one torchrun share the folder
     try:
-        model = load_model(cfg, ranks)
-        folder = extract(model, examples, out / "extraction", cfg, progress, ranks)
-        if not ranks.is_main:
-            return None
-        ex = load(folder)
-        if is_open(ex):  # LLaVA-Bench: answers and judge-free metrics only
-            results = open_ended(ex, [e.text for e in examples], setup_tables(model, examples, ex, cfg, questions))
-            report.write_open(out, results, cfg)
+        with lock:
+            if getattr(lock, "stale", None):
+                warnings.warn(f"{out}: took over the lock of an earlier run that was killed (pid {lock.stale.get('pid')}); "
+                              "resuming where it stopped", VLMLensWarning, stacklevel=2)
+            model = load_model(cfg, ranks)
+            folder = extract(model, examples, out / "extraction", cfg, progress, ranks, data.digests, data.files)
+            if not ranks.is_main:
+                return None
+            ex = load(folder)
+            if is_open(ex):  # LLaVA-Bench: answers and judge-free metrics only
+                results = open_ended(ex, [e.text for e in examples], setup_tables(model, examples, ex, cfg, questions))
+                report.write_open(out, results, cfg)
+                return results
+            check_answers(ex)
+            results = analyse(model, examples, ex, cfg, questions)
+            report.write(out, results, ex, examples)
             return results
-        results = analyse(model, examples, ex, cfg, questions)
-        report.write(out, results, ex, examples)
-        return results
     finally:
         ranks.close()

@@ -19,6 +19,7 @@ from sklearn.metrics import roc_curve
 from analyses import plots
 from analyses.data.examples import Example
 from analyses.study.extract import Extraction
+from analyses.study.files import write_atomic
 from analyses.study.findings import findings, warnings
 from analyses.study.results import StudyResults
 
@@ -201,8 +202,8 @@ def _sections(results: StudyResults, extraction: Extraction, examples: list[Exam
 
 def write(out: Path, results: StudyResults, extraction: Extraction, examples: list[Example]) -> Path:
     out.mkdir(parents=True, exist_ok=True)
-    (out / "tables.json").write_text(json.dumps(to_json(results), indent=1))
-    (out / "tables.md").write_text(to_markdown(results))
+    write_atomic(out / "tables.json", json.dumps(to_json(results), indent=1))
+    write_atomic(out / "tables.md", to_markdown(results))
     body, plotly_included = [], False
     for title, note, parts in _sections(results, extraction, examples):
         body.append(f"<h2>{html.escape(title)}</h2><p class='note'>{html.escape(note)}</p>")
@@ -227,7 +228,7 @@ def write(out: Path, results: StudyResults, extraction: Extraction, examples: li
         f"<h2>Settings</h2><p><code>{settings}</code></p></body></html>"
     )
     path = out / "report.html"
-    path.write_text(page)
+    write_atomic(path, page)
     return path
 
 
@@ -240,13 +241,13 @@ def write_open(out: Path, results, cfg) -> Path:
     tables = results.tables()
     data = {"config": cfg.as_dict(), "not_scored": NOT_SCORED}
     data.update({k: f.replace({np.nan: None}).to_dict(orient="records") for k, f in tables.items()})
-    (out / "tables.json").write_text(json.dumps(data, indent=1))
+    write_atomic(out / "tables.json", json.dumps(data, indent=1))
     md = f"> {NOT_SCORED}\n\n" + "\n".join(f"### {TITLES.get(k, k)}\n\n{f.to_markdown(index=False, floatfmt='.3f')}\n"
                                            for k, f in tables.items())
-    (out / "tables.md").write_text(md)
+    write_atomic(out / "tables.md", md)
     body = "".join(f"<h2>{html.escape(TITLES.get(k, k))}</h2>" + f.to_html(index=False, float_format=lambda x: f"{x:.3f}", border=0)
                    for k, f in tables.items())
-    (out / "report.html").write_text(
+    write_atomic(out / "report.html",
         f"<!doctype html><html><head><meta charset='utf-8'><title>vlm-lens VRP report</title><style>{STYLE}</style></head>"
         f"<body><h1>VLM Reliability Probe: {html.escape(cfg.model)} on {html.escape(cfg.benchmark)} (open-ended)</h1>"
         f"<div class='warn'><b>Not scored.</b> {html.escape(NOT_SCORED)}</div>{body}</body></html>")
@@ -277,11 +278,11 @@ def compare(runs: list[Path], out: Path) -> Path:
              "Ablation: accuracy change (95% CI)": ablation}
     out.mkdir(parents=True, exist_ok=True)
     md = "\n".join(f"### {t}\n\n{f.to_markdown(floatfmt='.3f')}\n" for t, f in parts.items())
-    (out / "compare.md").write_text(md)
+    write_atomic(out / "compare.md", md)
     fig = plots.margin_curves({name: pd.DataFrame(d["margin_curves"]) for name, d in loaded.items()},
                               "Truth margin by layer, models overlaid")
     body = "".join(f"<h2>{html.escape(t)}</h2>{f.to_html(float_format=lambda x: f'{x:.3f}', border=0)}" for t, f in parts.items())
-    (out / "compare.html").write_text(
+    write_atomic(out / "compare.html",
         f"<!doctype html><html><head><meta charset='utf-8'><title>vlm-lens comparison</title><style>{STYLE}</style></head><body>"
         f"<h1>VRP comparison</h1>{body}{fig.to_html(full_html=False, include_plotlyjs=True)}</body></html>"
     )
