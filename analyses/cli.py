@@ -27,8 +27,6 @@ from analyses.logit_lens import logit_lens
 from vlm_lens import HookedVLM
 from vlm_lens.errors import VLMLensError, VLMLensWarning
 
-_PYTHON_FORMAT = warnings.formatwarning
-
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Mechanistic interpretability for vision-language models.")
 
@@ -39,10 +37,14 @@ def _commands(debug: bool = typer.Option(False, "--debug", help="show the full t
     """vlm-lens commands."""
 
 
-def _one_line(message: object, category, *args, **kwargs) -> str:
-    if issubclass(category, VLMLensWarning):
-        return f"warning: {message}\n"
-    return _PYTHON_FORMAT(message, category, *args, **kwargs)  # others as Python prints them
+def _warning_printer(python_show):
+    """``warnings.showwarning`` for the command: ours as one line ``warning: ...``, others as Python shows them."""
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, VLMLensWarning):
+            typer.echo(f"warning: {message}", err=True)
+        else:
+            python_show(message, category, filename, lineno, file, line)
+    return show
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,9 +52,11 @@ def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
     args = [a for a in args if a != "--debug"]
-    warnings.formatwarning = _one_line
     try:
-        app(args=args, prog_name="vlm-lens")
+        with warnings.catch_warnings():  # restored on return: main() may be called in a longer-lived process
+            warnings.simplefilter("default", VLMLensWarning)  # the command always says what may mislead
+            warnings.showwarning = _warning_printer(warnings.showwarning)
+            app(args=args, prog_name="vlm-lens")
     except SystemExit as e:  # click's own exit: usage errors (2), --help (0)
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     except KeyboardInterrupt:

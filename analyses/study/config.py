@@ -27,7 +27,7 @@ MIN_TEST = 100  # a test split below this many questions gives AUROC CIs too wid
 ANSWER_TOKENS = 16  # enough for the short answers the benchmarks ask for ("Yes", "two", "the red one")
 
 
-def test_split_size(n: int, test_fraction: float) -> int:
+def size_of_test_split(n: int, test_fraction: float) -> int:
     """Questions in the test split of ``n``: sklearn's ``train_test_split`` takes ceil(fraction x n)."""
     return math.ceil(test_fraction * n)
 
@@ -35,7 +35,7 @@ def test_split_size(n: int, test_fraction: float) -> int:
 def smallest_n(test_fraction: float, minimum: int = MIN_TEST) -> int:
     """The smallest n whose test split holds at least ``minimum`` questions."""
     n = max(1, math.floor((minimum - 1) / test_fraction) - 1)  # just below the answer: f x n must pass minimum - 1
-    while test_split_size(n, test_fraction) < minimum:
+    while size_of_test_split(n, test_fraction) < minimum:
         n += 1
     return n
 
@@ -155,10 +155,10 @@ class VRPConfig:
 
     def size_warnings(self) -> list[str]:
         """What ``n`` is too small for, said before any model work."""
-        test = test_split_size(self.n, self.test_fraction)
+        test = size_of_test_split(self.n, self.test_fraction)
         if test >= MIN_TEST:
             return []
-        return [f"n={self.n} gives a test split of {test} questions (test fraction {self.test_fraction}): every AUROC "
+        return [f"n={self.n} gives a test split of {test} question{'s' if test != 1 else ''} (test fraction {self.test_fraction}): every AUROC "
                 f"and probe CI will be wide; --n {smallest_n(self.test_fraction)} or more gives a test split of at "
                 f"least {MIN_TEST}"]
 

@@ -99,6 +99,15 @@ def _check_same_run(folder: Path, manifest: dict, cfg: VRPConfig, data: list[lis
                         "two datasets: use a new --out, or restore the data the run began with")
 
 
+def check_resumable(folder: str | Path, cfg: VRPConfig, data: list[list[str]]) -> None:
+    """Refuse, before any model work, an extraction folder made with other settings or data (nothing to do for a new
+    folder)."""
+    folder = Path(folder)
+    manifest = _manifest(folder)
+    if manifest:
+        _check_same_run(folder, manifest, cfg, data)
+
+
 def _verified(folder: Path, shard: dict) -> str | None:
     """Why a listed shard cannot be used (a file missing, or bytes other than those written), or None."""
     for kind, digest in shard["sha256"].items():

@@ -33,10 +33,7 @@ def write_atomic(path: str | Path, content: str | bytes | Callable[[Path], None]
         if callable(content):
             content(tmp)
         else:
-            with open(tmp, "wb") as f:
-                f.write(content.encode() if isinstance(content, str) else content)
-                f.flush()
-                os.fsync(f.fileno())
+            _write_bytes(tmp, content.encode() if isinstance(content, str) else content)
         os.replace(tmp, path)
     except OSError as e:
         tmp.unlink(missing_ok=True)
@@ -48,6 +45,13 @@ def write_atomic(path: str | Path, content: str | bytes | Callable[[Path], None]
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def sha256(path: str | Path) -> str:

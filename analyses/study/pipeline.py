@@ -27,7 +27,7 @@ from analyses.study import circuit, validate
 from analyses.study.causal import ablation_table, margin_building
 from analyses.study.config import VRPConfig
 from analyses.study.distributed import Ranks
-from analyses.study.extract import Extraction, extract, load
+from analyses.study.extract import Extraction, check_resumable, extract, load
 from analyses.study.files import RunLock
 from analyses.study.open_ended import OpenEndedResults, open_ended
 from analyses.study.predictors import attention_features, attention_table, predictor_table
@@ -140,6 +140,7 @@ def run(cfg: VRPConfig, out: str | Path, progress: bool = True, allow_outside_im
             if getattr(lock, "stale", None):
                 warnings.warn(f"{out}: took over the lock of an earlier run that was killed (pid {lock.stale.get('pid')}); "
                               "resuming where it stopped", VLMLensWarning, stacklevel=2)
+            check_resumable(out / "extraction", cfg, data.digests)  # other settings or data: refused before the model loads
             model = load_model(cfg, ranks)
             folder = extract(model, examples, out / "extraction", cfg, progress, ranks, data.digests, data.files)
             if not ranks.is_main:

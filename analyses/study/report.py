@@ -22,6 +22,7 @@ from analyses.study.extract import Extraction
 from analyses.study.files import write_atomic
 from analyses.study.findings import findings, warnings
 from analyses.study.results import StudyResults
+from vlm_lens.errors import DataError
 
 STYLE = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222;line-height:1.45}"
          "table{border-collapse:collapse;margin:1em 0;font-size:14px}td,th{padding:3px 10px;border-bottom:1px solid #ddd;"
@@ -265,7 +266,11 @@ def compare(runs: list[Path], out: Path) -> Path:
     """Several runs' key tables side by side (compare.md, compare.html) and their margin curves overlaid."""
     loaded = {}
     for i, run in enumerate(runs):
+        if not (Path(run) / "tables.json").is_file():
+            raise DataError(f"{run} holds no tables.json: not a finished vlm-lens run (--compare takes run folders)")
         data = json.loads((Path(run) / "tables.json").read_text())
+        if "table6_predictors" not in data:
+            raise DataError(f"{run} is an open-ended run (nothing scored, no AUROCs): --compare lays scored runs side by side")
         name = f"{data['config']['model']} ({Path(run).name})"
         loaded[name if name not in loaded else f"{name} #{i + 1}"] = data  # two runs never share a column
     accuracy = pd.DataFrame({name: {r["type"]: r["accuracy"] for r in d["table2_accuracy"]} for name, d in loaded.items()})
