@@ -21,11 +21,13 @@ PRE_NORM_BLOCK = {
     "attn": "self_attn",
     "attn_q": "self_attn.q_proj",
     "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj",
     "attn_o": "self_attn.o_proj",
     "attn_out": "self_attn",
     "ln1": "input_layernorm",
     "ln2": "post_attention_layernorm",
     "mlp_gate": "mlp.gate_proj",
+    "mlp_up": "mlp.up_proj",
     "mlp_down": "mlp.down_proj",
     "mlp_out": "mlp",
 }

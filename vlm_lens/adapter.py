@@ -22,7 +22,8 @@ from vlm_lens.errors import UnsupportedModelError
 # The keys every adapter maps. Model-level paths are relative to the HF model; block paths
 # are relative to one language-model layer.
 MODEL_KEYS = ("layers", "final_norm", "unembed", "embed", "vision_layers", "projector")
-BLOCK_KEYS = ("attn", "attn_q", "attn_k", "attn_o", "attn_out", "ln1", "ln2", "mlp_gate", "mlp_down", "mlp_out")
+BLOCK_KEYS = ("attn", "attn_q", "attn_k", "attn_v", "attn_o", "attn_out", "ln1", "ln2", "mlp_gate", "mlp_up", "mlp_down",
+              "mlp_out")
 
 
 @dataclass(frozen=True)

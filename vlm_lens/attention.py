@@ -39,6 +39,7 @@ class AttentionRequest:
     pattern: Callable[[Float[Tensor, "batch head query key"]], Tensor] | None = None
     rows: Callable[[Float[Tensor, "batch head row key"]], Tensor] | None = None  # returns the (edited) rows
     query_positions: Int[Tensor, "batch row"] | None = None  # None: the last query position
+    differentiable_rows: bool = False  # a backward hook wants d/d(rows): the rows' outputs are computed from them
 
 
 def implementation_name(base: str) -> str:
@@ -67,7 +68,7 @@ def attention_forward(module, query, key, value, attention_mask, *args, base: st
     scaling = kwargs.get("scaling") or module.scaling
     rows, kv_len = _softmax_rows(module, query, key, attention_mask, positions, scaling, kwargs.get("softcap"), base)
     edited = request.rows(rows)
-    if edited is not rows:  # the hook's edit: recompute those rows' outputs from the edited weights
+    if edited is not rows or request.differentiable_rows:  # recompute those rows' outputs from the (edited) weights
         values = _repeat_kv(value[:, :, :kv_len], getattr(module, "num_key_value_groups", 1))
         new = torch.matmul(edited, values).transpose(1, 2).to(out.dtype)  # batch row head d_head
         index = positions[:, :, None, None].expand(-1, -1, out.shape[2], out.shape[3])

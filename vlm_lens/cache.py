@@ -24,7 +24,10 @@ class ActivationCache(Mapping):
         self.inputs = inputs  # image spans and tokens of the run that filled the cache
 
     def __getitem__(self, key: str | tuple) -> Tensor:
-        name = self._vocab.resolve_key(key)
+        if isinstance(key, str) and key.endswith("_grad") and key not in ALIASES:  # run_with_cache(incl_bwd=True)
+            name = self._vocab.resolve_key(key.removesuffix("_grad")) + "_grad"
+        else:
+            name = self._vocab.resolve_key(key)
         if name not in self._store:
             raise HookNameError(
                 f"{name!r} is a valid hook name but was not cached in this run "

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, replace
 
 import torch
@@ -27,8 +27,18 @@ from vlm_lens.errors import (DeviceMismatchError, HookSessionError, ImageTokenMi
 from vlm_lens.hooks import HookFn, HookSession, Sessions
 from vlm_lens.inputs import VLMInputs, last_positions, normalise_images, padding_side_of, select_tensors
 from vlm_lens.names import OPT_IN_SUFFIXES, Vocabulary
+from vlm_lens.weights import Weights
 
 NamesFilter = str | Sequence[str] | Callable[[str], bool] | None
+RETURN_TYPES = ("logits", "loss", "both", None)
+
+
+class _Stopped(Exception):
+    """Raised by the stop_at_layer hook: carries the residual stream out of the HF forward."""
+
+    def __init__(self, resid: Tensor):
+        super().__init__("stopped at a layer")
+        self.resid = resid
 
 
 def _keep(logits_to_keep: int) -> dict:
@@ -39,7 +49,8 @@ def _keep(logits_to_keep: int) -> dict:
 
 @dataclass(frozen=True)
 class VLMConfig:
-    """Sizes read off the instantiated modules (so they hold on the meta device too)."""
+    """Sizes read off the instantiated modules (so they hold on the meta device too), under TransformerLens's
+    field names where TL has one (``n_key_value_heads``, ``n_ctx``, ``normalization_type``, ``act_fn``)."""
 
     family: str
     n_layers: int
@@ -52,13 +63,31 @@ class VLMConfig:
     d_vocab: int
     d_vision: int
     image_token_id: int
+    n_ctx: int | None = None  # the language model's positions (max_position_embeddings)
+    normalization_type: str = "RMS"  # every supported family's language model uses RMSNorm
+    act_fn: str | None = None  # the MLP's activation, as the HF config names it ("silu", "gelu_pytorch_tanh")
+    device: torch.device | None = None  # where the model's embedding is now (updated by .to())
+    dtype: torch.dtype | None = None
+
+    @property
+    def n_key_value_heads(self) -> int:
+        return self.n_kv_heads
+
+    @property
+    def d_vocab_out(self) -> int:
+        return self.d_vocab
 
 
-class HookedVLM:
-    """A hooked view of an HF VLM. Build it with ``from_pretrained`` or ``from_hf``."""
+class HookedVLM(Weights, nn.Module):
+    """A hooked view of an HF VLM. Build it with ``from_pretrained`` or ``from_hf``.
+
+    An ``nn.Module`` whose one child is the HF model: ``.to``, ``.parameters()``, ``state_dict()`` (keys
+    prefixed ``hf_model.``), ``.eval()`` act on it. TL's weight names are in ``vlm_lens.weights``."""
 
     def __init__(self, hf_model: nn.Module, adapter: Adapter, processor=None):
+        super().__init__()
         self.hf_model = hf_model
+        self.train(hf_model.training)  # the wrapper reports (and keeps) the HF model's mode
         self.adapter = adapter
         self.processor = processor
         self._sessions = Sessions()  # the hook sessions active on this model (they share attention routing)
@@ -69,7 +98,8 @@ class HookedVLM:
         attn = get_module(layers[0], adapter.block["attn"])
         q_out = get_module(layers[0], adapter.block["attn_q"]).weight.shape[0]
         k_out = get_module(layers[0], adapter.block["attn_k"]).weight.shape[0]
-        self.cfg = VLMConfig(
+        text = hf_model.config.get_text_config()
+        self._cfg = VLMConfig(
             family=adapter.family,
             n_layers=len(layers),
             n_vision_layers=len(vision_layers),
@@ -81,7 +111,13 @@ class HookedVLM:
             d_vocab=get_module(hf_model, adapter.modules["unembed"]).weight.shape[0],
             d_vision=getattr(hf_model.config.vision_config, adapter.vision_width),
             image_token_id=hf_model.config.image_token_id,
+            n_ctx=getattr(text, "max_position_embeddings", None),
+            act_fn=getattr(text, "hidden_act", None) or getattr(text, "hidden_activation", None),
         )
+
+    @property
+    def cfg(self) -> VLMConfig:
+        return replace(self._cfg, device=self.device, dtype=self.dtype)
 
     # -- construction ------------------------------------------------------------------
     @classmethod
@@ -112,6 +148,18 @@ class HookedVLM:
             return self.tokenizer.batch_decode(ids)
         return self.tokenizer.decode(ids)
 
+    def to_str_tokens(self, tokens: VLMInputs | Tensor | str | Sequence[int]) -> list[str] | list[list[str]]:
+        """Each token as a string, position by position (padding and every image token included, so index i is
+        position i of the cache). A batch gives one list per item; a string is tokenised without special tokens."""
+        if isinstance(tokens, str):
+            tokens = self.tokenizer.encode(tokens, add_special_tokens=False)
+        if isinstance(tokens, VLMInputs):
+            tokens = tokens.input_ids
+        if isinstance(tokens, Tensor) and tokens.ndim == 2:
+            return [self.tokenizer.convert_ids_to_tokens(row.tolist()) for row in tokens]
+        ids = tokens.tolist() if isinstance(tokens, Tensor) else list(tokens)
+        return self.tokenizer.convert_ids_to_tokens(ids)
+
     def to_single_token(self, text: str) -> int:
         ids = self.tokenizer.encode(text, add_special_tokens=False)
         if len(ids) != 1:
@@ -127,7 +175,7 @@ class HookedVLM:
         ``model.hook_shape("blocks.0.mlp.hook_post") == ("batch", "pos", 11008)`` for LLaVA-1.5-7B.
         Qwen2-VL packs all images' vision tokens in one dimension: its vision hooks are [patch, d].
         """
-        cfg = self.cfg
+        cfg = self._cfg
         sizes = {"d_model": cfg.d_model, "d_mlp": cfg.d_mlp, "head": cfg.n_heads, "d_head": cfg.d_head,
                  "d_vision": cfg.d_vision, "vocab": cfg.d_vocab}
         dims = self.vocab.info(name).spec.shape.split()
@@ -228,13 +276,13 @@ class HookedVLM:
         ids = tensors["input_ids"]
         if ids.ndim != 2:
             raise InputError(f"input_ids must be [batch, pos], got shape {tuple(ids.shape)}")
-        n_image_tokens = int((ids == self.cfg.image_token_id).sum())
+        n_image_tokens = int((ids == self._cfg.image_token_id).sum())
         if "pixel_values" not in tensors:
             raise InputError("no pixel_values: a VLM forward needs the images (prepare() builds them)")
         if n_image_tokens == 0:
             raise ImageTokenMismatchError(
                 "pixel_values were given but input_ids hold no image tokens "
-                f"(id {self.cfg.image_token_id}): the prompt is missing its image placeholder"
+                f"(id {self._cfg.image_token_id}): the prompt is missing its image placeholder"
             )
         spans = self.adapter.image_spans(self.hf_model.config, ids, tensors)
         mask = tensors.get("attention_mask", torch.ones_like(ids))
@@ -285,10 +333,12 @@ class HookedVLM:
         return positions.to(inputs.input_ids.device)
 
     # -- running -------------------------------------------------------------------------
-    def hooks(self, fwd_hooks: Iterable[tuple[str, HookFn]] = (), *, inputs: VLMInputs | None = None, query_positions=None) -> HookSession:
-        """Context manager adding ``fwd_hooks`` for its duration; removes exactly what it added."""
+    def hooks(self, fwd_hooks: Iterable[tuple[str, HookFn]] = (), *, bwd_hooks: Iterable[tuple[str, HookFn]] = (),
+              inputs: VLMInputs | None = None, query_positions=None) -> HookSession:
+        """Context manager adding ``fwd_hooks`` (and ``bwd_hooks``) for its duration; removes exactly what it added."""
         positions = None if inputs is None else self._query_positions(inputs, query_positions)
-        return HookSession(self.hf_model, self.adapter, self.vocab, self._expand(fwd_hooks), positions, self._sessions)
+        return HookSession(self.hf_model, self.adapter, self.vocab, self._expand(fwd_hooks), positions, self._sessions,
+                           self._expand(bwd_hooks))
 
     @contextmanager
     def _one_run(self, method: str) -> Iterator[None]:
@@ -313,22 +363,73 @@ class HookedVLM:
                 out.append((name, fn))
         return out
 
-    def forward(self, inputs: VLMInputs | None = None, *, logits_to_keep: int = 0, **tensors) -> Float[Tensor, "batch pos vocab"]:
-        """Logits, as HF computes them. ``logits_to_keep=k`` keeps only the last k positions (the answer
-        position of a left-padded batch with k=1): a [batch, k, vocab] tensor instead of [batch, pos, vocab]."""
-        inputs = self.as_inputs(inputs, **tensors)
-        with self._one_run("forward"):
-            return self.hf_model(**inputs.tensors, **_keep(logits_to_keep)).logits
+    def _stopper(self, stop_at_layer: int | None) -> list[tuple[str, HookFn]]:
+        """TL's early exit: layers from ``stop_at_layer`` on never run; the residual entering it is returned."""
+        if stop_at_layer is None:
+            return []
+        n = self._cfg.n_layers
+        layer = stop_at_layer + n if stop_at_layer < 0 else stop_at_layer
+        if not 0 <= layer <= n:
+            raise InputError(f"stop_at_layer must be in 0..{n} (or -{n}..-1), got {stop_at_layer}")
 
-    __call__ = forward
+        def stop(resid: Tensor, hook) -> None:
+            raise _Stopped(resid)
+        return [(f"blocks.{layer}.hook_resid_pre", stop) if layer < n else (f"blocks.{n - 1}.hook_resid_post", stop)]
+
+    def _labels(self, inputs: VLMInputs) -> Int[Tensor, "batch pos"]:
+        """TL's loss target: every text token that a real token predicts (-100, which HF ignores, at padding, at image
+        tokens, and at each item's first token, which only padding precedes)."""
+        labels = inputs.input_ids.clone()
+        mask = inputs.attention_mask
+        after_padding = torch.ones_like(mask, dtype=torch.bool)
+        after_padding[:, 1:] = mask[:, :-1] == 0
+        labels[(mask == 0) | after_padding | (labels == self._cfg.image_token_id)] = -100
+        return labels
+
+    def _run(self, method: str, inputs: VLMInputs, fwd_hooks, bwd_hooks, query_positions, logits_to_keep: int,
+             return_type: str | None, stop_at_layer: int | None, labels: Tensor | None, extra=()):
+        """One hooked forward: what ``forward``, ``run_with_hooks`` and ``run_with_cache`` share."""
+        if return_type not in RETURN_TYPES:
+            raise InputError(f"return_type must be one of {RETURN_TYPES}, got {return_type!r}")
+        loss = return_type in ("loss", "both")
+        if loss and logits_to_keep:
+            raise InputError("a loss needs every position's logits: drop logits_to_keep")
+        kwargs = {"labels": self._labels(inputs) if labels is None else labels} if loss else _keep(logits_to_keep)
+        stopper = self._stopper(stop_at_layer)
+        first = stopper if stopper and stopper[0][0].endswith("resid_pre") else []  # before that name's hooks
+        hooks = first + list(self._expand(fwd_hooks)) + list(extra) + [h for h in stopper if h not in first]
+        try:
+            with self._one_run(method), self.hooks(hooks, bwd_hooks=bwd_hooks, inputs=inputs, query_positions=query_positions):
+                out = self.hf_model(**inputs.tensors, **kwargs)
+        except _Stopped as stopped:
+            return stopped.resid
+        return {"logits": out.logits, "loss": out.loss if loss else None, "both": (out.logits, out.loss if loss else None),
+                None: None}[return_type]
+
+    def forward(self, inputs: VLMInputs | None = None, *, logits_to_keep: int = 0, return_type: str | None = "logits",
+                stop_at_layer: int | None = None, labels: Tensor | None = None, **tensors
+                ) -> Float[Tensor, "batch pos vocab"] | Float[Tensor, ""] | tuple | None:
+        """Logits, as HF computes them. ``logits_to_keep=k`` keeps only the last k positions (the answer
+        position of a left-padded batch with k=1): a [batch, k, vocab] tensor instead of [batch, pos, vocab].
+
+        TransformerLens's options: ``return_type`` "logits", "loss" (HF's next-token loss on ``labels``; by default
+        every text token a real token predicts: padding, image tokens and each item's first token left out), "both" (logits, loss) or None;
+        ``stop_at_layer=l`` runs layers below l only and returns the residual stream entering layer l
+        ([batch, pos, d_model]; l = n_layers: the final residual, before the final norm)."""
+        inputs = self.as_inputs(inputs, **tensors)
+        return self._run("forward", inputs, (), (), None, logits_to_keep, return_type, stop_at_layer, labels)
 
     def run_with_hooks(
-        self, inputs: VLMInputs | None = None, *, fwd_hooks: Iterable[tuple[str, HookFn]] = (), query_positions=None,
-        logits_to_keep: int = 0, **tensors
-    ) -> Float[Tensor, "batch pos vocab"]:
+        self, inputs: VLMInputs | None = None, *, fwd_hooks: Iterable[tuple[str, HookFn]] = (),
+        bwd_hooks: Iterable[tuple[str, HookFn]] = (), query_positions=None, logits_to_keep: int = 0,
+        return_type: str | None = "logits", stop_at_layer: int | None = None, labels: Tensor | None = None,
+        reset_hooks_end: bool = True, **tensors
+    ):
+        """``forward`` with hooks for this call. Backward hooks are attached to this forward's tensors: they fire
+        when ``backward`` runs through it, after this returns (so TL's ``reset_hooks_end`` changes nothing)."""
         inputs = self.as_inputs(inputs, **tensors)
-        with self._one_run("run_with_hooks"), self.hooks(fwd_hooks, inputs=inputs, query_positions=query_positions):
-            return self.hf_model(**inputs.tensors, **_keep(logits_to_keep)).logits
+        return self._run("run_with_hooks", inputs, fwd_hooks, bwd_hooks, query_positions, logits_to_keep, return_type,
+                         stop_at_layer, labels)
 
     def cache_names(self, names_filter: NamesFilter) -> list[str]:
         """The names a names_filter selects. None: all but the opt-in full attention patterns."""
@@ -346,13 +447,19 @@ class HookedVLM:
         *,
         names_filter: NamesFilter = None,
         fwd_hooks: Iterable[tuple[str, HookFn]] = (),
+        bwd_hooks: Iterable[tuple[str, HookFn]] = (),
         query_positions=None,
         device: torch.device | str | None = None,
         logits_to_keep: int = 0,
+        return_type: str | None = "logits",
+        stop_at_layer: int | None = None,
+        labels: Tensor | None = None,
+        incl_bwd: bool = False,
         **tensors,
-    ) -> tuple[Float[Tensor, "batch pos vocab"], ActivationCache]:
-        """Logits and the activations named by ``names_filter`` (detached; moved to ``device``).
-        ``logits_to_keep``: as for ``forward``."""
+    ) -> tuple[Tensor | None, ActivationCache]:
+        """The output (as ``forward`` gives it) and the activations named by ``names_filter`` (detached; moved to
+        ``device``). ``incl_bwd=True`` also runs ``backward`` from the output, which must then be a scalar
+        (``return_type="loss"``), and caches each name's gradient as ``name + "_grad"``."""
         inputs = self.as_inputs(inputs, **tensors)
         store: dict[str, Tensor] = {}
 
@@ -360,10 +467,21 @@ class HookedVLM:
             activation = activation.detach()
             store[hook.name] = activation if device is None else activation.to(device)
 
-        hooks = list(self._expand(fwd_hooks)) + [(name, save) for name in self.cache_names(names_filter)]
-        with self._one_run("run_with_cache"), self.hooks(hooks, inputs=inputs, query_positions=query_positions):
-            logits = self.hf_model(**inputs.tensors, **_keep(logits_to_keep)).logits
-        return logits, ActivationCache(store, self.vocab, inputs)
+        def save_grad(grad: Tensor, hook) -> None:
+            grad = grad.detach()
+            store[hook.name + "_grad"] = grad if device is None else grad.to(device)
+
+        names = self.cache_names(names_filter)
+        if incl_bwd and return_type != "loss":
+            raise InputError("incl_bwd=True runs backward from the output, which must be a scalar: "
+                             "use return_type='loss' (or bwd_hooks with your own backward)")
+        grads = [(name, save_grad) for name in names] if incl_bwd else []
+        with torch.enable_grad() if incl_bwd else nullcontext():
+            out = self._run("run_with_cache", inputs, fwd_hooks, list(self._expand(bwd_hooks)) + grads, query_positions,
+                            logits_to_keep, return_type, stop_at_layer, labels, extra=[(name, save) for name in names])
+            if incl_bwd:
+                out.backward()
+        return out, ActivationCache(store, self.vocab, inputs)
 
     def generate(
         self,

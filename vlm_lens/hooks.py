@@ -1,7 +1,10 @@
 """The one way hooks go in: a session that adds torch hooks and removes exactly those.
 
-A hook function has TransformerLens's signature ``fn(activation, hook) -> Tensor | None``;
-returning a tensor replaces the activation. ``hook.name`` is the canonical name,
+A hook function has TransformerLens's signature ``fn(activation, hook) -> Tensor | None``
+(or ``fn(activation, *, hook)``, called with the keyword as TL does); returning a tensor replaces
+the activation. A backward hook (``bwd_hooks``) receives the gradient of the activation at its
+name, with TL's semantics, and may return a replacement gradient: it is attached to the
+forward's tensor, so it fires whenever ``backward`` runs through that forward. ``hook.name`` is the canonical name,
 ``hook.layer()`` its layer, ``hook.step`` the forward pass within the session (0 for a
 single forward; during ``generate``, 0 is the prefill and k the k-th new token), and
 ``hook.ctx`` a dict shared by the session's hooks.
@@ -17,9 +20,10 @@ model's ``Sessions`` and is restored when the last one closes. A session is ente
 
 from __future__ import annotations
 
+import inspect
 from collections import defaultdict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import Tensor, nn
@@ -86,6 +90,39 @@ def _run_chain(chain: list[tuple[HookInfo, HookFn]], tensor: Tensor, state: RunS
     return tensor
 
 
+def _tl_calling(fn: HookFn) -> HookFn:
+    """TransformerLens calls ``fn(activation, hook=hook)``: a hook written ``fn(act, *, hook)`` gets the keyword."""
+    try:
+        param = inspect.signature(fn).parameters.get("hook")
+    except (TypeError, ValueError):  # builtins without a signature
+        return fn
+    if param is not None and param.kind is inspect.Parameter.KEYWORD_ONLY:
+        return lambda tensor, hook: fn(tensor, hook=hook)
+    return fn
+
+
+def _on_gradient(fn: HookFn, name: str, head_dim: int | None = None) -> HookFn:
+    """A backward hook as a forward one: it registers ``fn`` on the activation's gradient. TL's semantics: ``fn``
+    receives d(output)/d(activation) at this name (per head for ``hook_z``) and may return a replacement."""
+
+    def attach(tensor: Tensor, hook: Hook) -> None:
+        if not tensor.requires_grad:
+            return None  # under torch.no_grad(): no backward will come
+
+        def on_grad(grad: Tensor) -> Tensor | None:
+            view = grad if head_dim is None else grad.view(*grad.shape[:-1], grad.shape[-1] // head_dim, head_dim)
+            result = fn(view, hook)
+            if result is None:
+                return None
+            _check_result(f"{name} (backward)", result, view)
+            return result.reshape(grad.shape)
+
+        tensor.register_hook(on_grad)
+        return None
+
+    return attach
+
+
 def _per_head(fn: HookFn, head_dim: int) -> HookFn:
     """attn.hook_z: the o_proj input [batch pos head*d_head] seen as [batch pos head d_head]."""
 
@@ -146,6 +183,7 @@ class HookSession:
         fwd_hooks: Iterable[tuple[str, HookFn]],
         query_positions: Tensor | None = None,
         sessions: Sessions | None = None,
+        bwd_hooks: Iterable[tuple[str, HookFn]] = (),
     ):
         self.sessions = Sessions() if sessions is None else sessions
         self.hf_model = hf_model
@@ -153,7 +191,8 @@ class HookSession:
         self.vocab = vocab
         self.state = RunState(query_positions=query_positions)
         self.hooks = [(vocab.info(name), fn) for name, fn in fwd_hooks]
-        for info, fn in self.hooks:
+        self.bwd_hooks = [(vocab.info(name), fn) for name, fn in bwd_hooks]
+        for info, fn in self.hooks + self.bwd_hooks:
             if not callable(fn):
                 raise TypeError(f"the hook for {info.name} is not callable: {fn!r}")
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
@@ -195,19 +234,35 @@ class HookSession:
         self.sessions.leave(self)
         self.state.resid_pre.clear()
 
+    def _chains(self) -> list[tuple[HookInfo, HookFn]]:
+        """Every hook as a forward one, in firing order; at one name, forward edits run before backward hooks
+        attach (a backward hook sees the gradient of the edited activation)."""
+        out = []
+        for info, fn in self.hooks:
+            fn = _tl_calling(fn)
+            if info.spec.site.key == "attn_o":
+                fn = _per_head(fn, self._attn_module(info.layer).head_dim)
+            out.append((info.order, 0, info, fn))
+        for info, fn in self.bwd_hooks:
+            fn, site_info = _tl_calling(fn), info
+            head_dim = self._attn_module(info.layer).head_dim if info.spec.site.key == "attn_o" else None
+            if info.spec.site.kind == "resid_mid":  # d/d(resid_mid) is d/d(attn_out): it only enters that sum
+                site_info = replace(self.vocab.info(f"blocks.{info.layer}.hook_attn_out"), name=info.name)
+            out.append((info.order, 1, site_info, _on_gradient(fn, info.name, head_dim)))
+        return [(info, fn) for _, _, info, fn in sorted(out, key=lambda h: h[:2])]
+
     def _install(self) -> None:
-        if not self.hooks:
+        if not self.hooks and not self.bwd_hooks:
             return
         ins: dict[int, list] = defaultdict(list)
         outs: dict[int, list] = defaultdict(list)
         modules: dict[int, nn.Module] = {}
         mids: dict[int, list] = defaultdict(list)
         attn: dict[int, dict[str, list]] = defaultdict(lambda: {"pattern": [], "pattern_rows": []})
+        self._grad_rows = {info.layer for info, _ in self.bwd_hooks if info.spec.site.kind == "pattern_rows"}
 
-        for info, fn in sorted(self.hooks, key=lambda h: h[0].order):
+        for info, fn in self._chains():
             site = info.spec.site
-            if site.key == "attn_o":
-                fn = _per_head(fn, self._attn_module(info.layer).head_dim)
             if site.kind in ("in", "out"):
                 module = self._module(info)
                 modules[id(module)] = module
@@ -296,11 +351,12 @@ class HookSession:
             self.sessions.route(module.config)
             pattern, rows = chains["pattern"], chains["pattern_rows"]
 
-            def inject(module, args, kwargs, pattern=pattern, rows=rows):
+            def inject(module, args, kwargs, pattern=pattern, rows=rows, differentiable=layer in self._grad_rows):
                 request = attention.AttentionRequest(
                     pattern=(lambda p: _run_chain(pattern, p, state)) if pattern else None,
                     rows=(lambda r: _run_chain(rows, r, state)) if rows else None,
                     query_positions=state.query_positions if state.step == 0 else None,
+                    differentiable_rows=differentiable,
                 )
                 return args, {**kwargs, attention.REQUEST_KWARG: request}
 

@@ -1,0 +1,101 @@
+"""The model's weights under TransformerLens's names and shapes, read from the HF modules.
+
+    model.W_U                  # [d_model, vocab]      model.W_E     # [vocab, d_model]
+    model.W_Q, model.W_K       # [layer, head, d_model, d_head]  (K and V repeated over a GQA group, as TL does)
+    model.W_O                  # [layer, head, d_head, d_model]
+    model.W_in, model.W_gate   # [layer, d_model, d_mlp]         model.W_out  # [layer, d_mlp, d_model]
+    model.blocks[3].attn.W_Q   # [head, d_model, d_head]: one layer, no stacking
+
+Biases a family lacks are zeros (TL's convention). The stacked properties build a new tensor on
+each access (LLaVA-1.5-7B's W_Q: 32 x 4096 x 4096, 1 GiB in float16); ``blocks[l]`` reads one
+layer as views of the HF weights. Nothing is folded: the final norm's gain is not in ``W_U``
+and Gemma's embedding scale (sqrt(d_model)) is not in ``W_E``, as in the HF modules.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import torch
+from jaxtyping import Float
+from torch import Tensor, nn
+
+from vlm_lens.adapter import get_module, layer_list
+
+
+def _bias(linear: nn.Module, size: int, like: Tensor) -> Tensor:
+    return linear.bias if getattr(linear, "bias", None) is not None else torch.zeros(size, dtype=like.dtype, device=like.device)
+
+
+class BlockWeights:
+    """One layer's weights in TL's per-layer shapes: ``.attn.W_Q`` [head, d_model, d_head], ``.mlp.W_in``, ..."""
+
+    def __init__(self, model, layer: int):
+        block = layer_list(model.hf_model, model.adapter.modules["layers"])[layer]
+        table, cfg = model.adapter.block, model.cfg
+        part = lambda key: get_module(block, table[key])  # noqa: E731
+        q, k, v, o = part("attn_q"), part("attn_k"), part("attn_v"), part("attn_o")
+        group = cfg.n_heads // cfg.n_kv_heads
+
+        def heads(linear: nn.Module, n: int) -> Tensor:  # [n*d_head, d_model] -> [head, d_model, d_head]
+            w = linear.weight.view(n, cfg.d_head, cfg.d_model).transpose(1, 2)
+            return w.repeat_interleave(group, dim=0) if n != cfg.n_heads else w
+
+        def head_bias(linear: nn.Module, n: int) -> Tensor:
+            b = _bias(linear, n * cfg.d_head, linear.weight).view(n, cfg.d_head)
+            return b.repeat_interleave(group, dim=0) if n != cfg.n_heads else b
+
+        self.module = block
+        self.attn = SimpleNamespace(
+            W_Q=heads(q, cfg.n_heads), W_K=heads(k, cfg.n_kv_heads), W_V=heads(v, cfg.n_kv_heads),
+            W_O=o.weight.view(cfg.d_model, cfg.n_heads, cfg.d_head).permute(1, 2, 0),
+            b_Q=head_bias(q, cfg.n_heads), b_K=head_bias(k, cfg.n_kv_heads), b_V=head_bias(v, cfg.n_kv_heads),
+            b_O=_bias(o, cfg.d_model, o.weight),
+        )
+        gate, up, down = part("mlp_gate"), part("mlp_up"), part("mlp_down")
+        self.mlp = SimpleNamespace(W_gate=gate.weight.T, W_in=up.weight.T, W_out=down.weight.T,
+                                   b_in=_bias(up, cfg.d_mlp, up.weight), b_out=_bias(down, cfg.d_model, down.weight))
+
+
+class Weights:
+    """Mixin for ``HookedVLM``: TL's weight properties (see the module docstring)."""
+
+    @property
+    def blocks(self) -> list[BlockWeights]:
+        return [BlockWeights(self, layer) for layer in range(self.cfg.n_layers)]
+
+    def _stack(self, part: str, name: str) -> Tensor:
+        return torch.stack([getattr(getattr(BlockWeights(self, l), part), name) for l in range(self.cfg.n_layers)])
+
+    @property
+    def W_U(self) -> Float[Tensor, "d_model vocab"]:
+        return get_module(self.hf_model, self.adapter.modules["unembed"]).weight.T
+
+    @property
+    def b_U(self) -> Float[Tensor, "vocab"]:
+        unembed = get_module(self.hf_model, self.adapter.modules["unembed"])
+        return _bias(unembed, self.cfg.d_vocab, unembed.weight)
+
+    @property
+    def W_E(self) -> Float[Tensor, "vocab d_model"]:
+        return get_module(self.hf_model, self.adapter.modules["embed"]).weight
+
+    W_Q = property(lambda self: self._stack("attn", "W_Q"), doc="[layer, head, d_model, d_head]")
+    W_K = property(lambda self: self._stack("attn", "W_K"), doc="[layer, head, d_model, d_head] (GQA: repeated)")
+    W_V = property(lambda self: self._stack("attn", "W_V"), doc="[layer, head, d_model, d_head] (GQA: repeated)")
+    W_O = property(lambda self: self._stack("attn", "W_O"), doc="[layer, head, d_head, d_model]")
+    b_Q = property(lambda self: self._stack("attn", "b_Q"), doc="[layer, head, d_head]")
+    b_K = property(lambda self: self._stack("attn", "b_K"), doc="[layer, head, d_head]")
+    b_V = property(lambda self: self._stack("attn", "b_V"), doc="[layer, head, d_head]")
+    b_O = property(lambda self: self._stack("attn", "b_O"), doc="[layer, d_model]")
+    W_in = property(lambda self: self._stack("mlp", "W_in"), doc="[layer, d_model, d_mlp] (up_proj)")
+    W_gate = property(lambda self: self._stack("mlp", "W_gate"), doc="[layer, d_model, d_mlp]")
+    W_out = property(lambda self: self._stack("mlp", "W_out"), doc="[layer, d_mlp, d_model]")
+    b_in = property(lambda self: self._stack("mlp", "b_in"), doc="[layer, d_mlp]")
+    b_out = property(lambda self: self._stack("mlp", "b_out"), doc="[layer, d_model]")
+
+    def tokens_to_residual_directions(self, tokens: int | str | Tensor) -> Float[Tensor, "... d_model"]:
+        """The unembedding direction of each token (a token string must be one token): ``W_U[:, tokens].T``."""
+        if isinstance(tokens, str):
+            tokens = self.to_single_token(tokens)
+        return self.W_U.T[tokens]
