@@ -19,6 +19,7 @@ from torch import Tensor
 
 from analyses.answers import AnswerActivations, answer_positions, at_answer
 from analyses.logit_lens import final_norm, unembed
+from vlm_lens.resid import norm_gain, norm_scale
 from vlm_lens import ActivationCache, HookedVLM
 from vlm_lens.adapter import get_module, layer_list
 
@@ -35,14 +36,9 @@ def _rows_at(cache: ActivationCache | AnswerActivations, positions: Tensor | Non
 
 
 def _norm_gain_and_scale(model: HookedVLM, resid_final: Float[Tensor, "batch d_model"]):
+    """The final RMSNorm linearised at the last residual (``vlm_lens.resid``: gain, and the rms it divides by)."""
     norm = final_norm(model)
-    eps = getattr(norm, "variance_epsilon", getattr(norm, "eps", None))
-    if eps is None:
-        raise TypeError(f"{type(norm).__name__} is not an RMSNorm with an eps; cannot linearise it")
-    ones = torch.ones(resid_final.shape[-1], dtype=resid_final.dtype, device=resid_final.device)
-    gain = norm(ones) * torch.sqrt(torch.tensor(1.0 + eps, dtype=resid_final.dtype))  # Gemma's (1 + w) included
-    scale = torch.sqrt(resid_final.pow(2).mean(-1, keepdim=True) + eps)
-    return gain, scale
+    return norm_gain(norm, resid_final.shape[-1], resid_final), norm_scale(norm, resid_final)
 
 
 def _margin_direction(model: HookedVLM, pick, cache, reference_ids: Sequence[int],

@@ -158,3 +158,54 @@ def test_the_model_is_a_module_with_transformer_lens_config_fields(model, inputs
     assert len(tokens) == 2 and len(tokens[0]) == inputs.input_ids.shape[1]
     span = inputs.image_spans[0][0]
     assert {tokens[0][i] for i in range(span.start, span.end)} == {model.tokenizer.convert_ids_to_tokens(cfg.image_token_id)}
+
+
+def test_the_cache_as_an_analysis_api(model, inputs):
+    from analyses.logit_lens import logit_lens
+
+    n, t, u = model.cfg.n_layers, 3, 5
+    with torch.no_grad():
+        logits, cache = model.run_with_cache(inputs)
+        resid, labels = cache.accumulated_resid(apply_ln=True, pos_slice=-1, return_labels=True)
+        assert labels == [f"{l}_pre" for l in range(n)] + ["final_post"]
+        lens = resid @ model.W_U  # the logit lens: layer l's output is the residual entering layer l + 1
+        torch.testing.assert_close(lens[1:], logit_lens(model, cache), atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(lens[-1] + model.b_U, logits[:, -1], atol=1e-4, rtol=1e-4)
+        # the linearised final norm on the whole final residual is the norm itself
+        final = cache.apply_ln_to_stack(cache["resid_post", -1][None])[0]
+        torch.testing.assert_close(final, cache["ln_final"], atol=1e-5, rtol=1e-4)
+
+        parts, names = cache.decompose_resid(return_labels=True)
+        assert names[:3] == ["embed", "0_attn_out", "0_mlp_out"] and len(names) == 2 * n + 1
+        torch.testing.assert_close(parts.sum(0), cache["resid_post", -1], atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(cache.decompose_resid(layer=1).sum(0), cache["resid_pre", 1], atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(cache.decompose_resid(layer=1, mlp_input=True).sum(0), cache["resid_mid", 1],
+                                   atol=1e-5, rtol=1e-4)
+        attrs = cache.logit_attrs(cache.decompose_resid(pos_slice=-1), tokens=t, incorrect_tokens=u, pos_slice=-1)
+        difference = (logits[:, -1, t] - model.b_U[t]) - (logits[:, -1, u] - model.b_U[u])
+        torch.testing.assert_close(attrs.sum(0), difference, atol=1e-4, rtol=1e-4)
+
+        heads, head_labels = cache.stack_head_results(return_labels=True, pos_slice=-1)
+        H = model.cfg.n_heads
+        assert heads.shape[0] == n * H and head_labels[H] == "L1H0"
+        for l in range(n):
+            torch.testing.assert_close(heads[l * H:(l + 1) * H].sum(0) + model.b_O[l], cache["attn_out", l][:, -1],
+                                       atol=1e-5, rtol=1e-4)
+        neurons, neuron_labels = cache.stack_neuron_results(1, return_labels=True, pos_slice=-1)
+        assert neuron_labels[:2] == ["L0N0", "L0N1"]
+        torch.testing.assert_close(neurons.sum(0) + model.b_out[0], cache["mlp_out", 0][:, -1], atol=1e-5, rtol=1e-4)
+
+        with pytest.raises(InputError, match="needs items that share one layout"):
+            cache.accumulated_resid(pos_slice="image")  # two prompts of different lengths
+        one = model.prepare(images=make_one(), prompts=["how many"])
+        _, single = model.run_with_cache(one)
+        span = one.image_spans[0][0]
+        torch.testing.assert_close(single.accumulated_resid(pos_slice="image")[0],
+                                   single["resid_pre", 0][:, span.start:span.end], atol=0, rtol=0)
+        assert single.remove_batch_dim()["resid_post", 0].shape == single["resid_post", 0].shape[1:]
+
+
+def make_one():
+    from tests.conftest import make_images
+
+    return make_images()[:1]

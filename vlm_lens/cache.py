@@ -3,6 +3,7 @@
     cache["blocks.3.hook_resid_post"] is cache["resid_post", 3]
     cache["resid_post", -1]                 # negative layers count from the end
     cache.stack("resid_post")               # [layer batch pos d_model]
+    cache.accumulated_resid(apply_ln=True)  # TransformerLens's analysis methods: vlm_lens.resid
 """
 
 from __future__ import annotations
@@ -15,13 +16,17 @@ from torch import Tensor
 from vlm_lens.errors import HookNameError
 from vlm_lens.inputs import VLMInputs
 from vlm_lens.names import ALIASES, Vocabulary
+from vlm_lens.resid import ResidualMethods
 
 
-class ActivationCache(Mapping):
-    def __init__(self, store: dict[str, Tensor], vocab: Vocabulary, inputs: VLMInputs | None = None):
+class ActivationCache(ResidualMethods, Mapping):
+    """A mapping of name -> activation, with TransformerLens's analysis methods (``vlm_lens.resid``)."""
+
+    def __init__(self, store: dict[str, Tensor], vocab: Vocabulary, inputs: VLMInputs | None = None, model=None):
         self._store = store
         self._vocab = vocab
         self.inputs = inputs  # image spans and tokens of the run that filled the cache
+        self.model = model  # the HookedVLM that filled it: weights and norms for the residual methods
 
     def __getitem__(self, key: str | tuple) -> Tensor:
         if isinstance(key, str) and key.endswith("_grad") and key not in ALIASES:  # run_with_cache(incl_bwd=True)
@@ -57,4 +62,4 @@ class ActivationCache(Mapping):
         return torch.stack([self[alias, layer] for layer in range(n)])
 
     def to(self, device: torch.device | str) -> ActivationCache:
-        return ActivationCache({k: v.to(device) for k, v in self._store.items()}, self._vocab, self.inputs)
+        return ActivationCache({k: v.to(device) for k, v in self._store.items()}, self._vocab, self.inputs, self.model)

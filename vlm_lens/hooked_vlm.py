@@ -481,7 +481,7 @@ class HookedVLM(Weights, nn.Module):
                             logits_to_keep, return_type, stop_at_layer, labels, extra=[(name, save) for name in names])
             if incl_bwd:
                 out.backward()
-        return out, ActivationCache(store, self.vocab, inputs)
+        return out, ActivationCache(store, self.vocab, inputs, self)
 
     def generate(
         self,

@@ -1,0 +1,202 @@
+"""The residual stream taken apart: TransformerLens's cache methods, image-aware labels, unfolded norms.
+
+    resid, labels = cache.accumulated_resid(apply_ln=True, pos_slice=-1, return_labels=True)
+    lens = resid @ model.W_U                 # the logit lens: [layer + 1, batch, vocab]
+    parts, labels = cache.decompose_resid(return_labels=True)       # embed, 0_attn_out, 0_mlp_out, ...
+    attrs = cache.logit_attrs(parts, tokens=yes_id, incorrect_tokens=no_id)   # sums to the logit difference
+
+The final norm is RMSNorm in every family (Gemma's gain is 1 + w). Nothing is folded into the
+weights, so "applying the norm" to a stack means dividing by the scale of the residual it belongs
+to and multiplying by the norm's gain: ``gain * x / rms(resid)``. That is linear in x, so the
+components of a decomposition still sum to the normalised residual; the logit lens instead
+renormalises each layer's own residual (TL's ``recompute_ln``). ``pos_slice`` takes an int, a
+slice, a list of positions, or "image" / "text" (the image tokens, or every other real token, of
+a batch whose items share one layout).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from jaxtyping import Float
+from torch import Tensor, nn
+
+from vlm_lens.adapter import get_module, layer_list
+from vlm_lens.errors import InputError
+
+
+def norm_eps(norm: nn.Module) -> float:
+    eps = getattr(norm, "variance_epsilon", getattr(norm, "eps", None))
+    if eps is None:
+        raise TypeError(f"{type(norm).__name__} is not an RMSNorm with an eps; it cannot be linearised")
+    return float(eps)
+
+
+def norm_gain(norm: nn.Module, width: int, like: Tensor) -> Float[Tensor, "d_model"]:
+    """The RMSNorm's per-channel gain (Gemma's 1 + w included), read off the module itself: norm(c * ones) = gain."""
+    probe = torch.full((width,), 1e3, dtype=torch.float32, device=like.device)
+    return norm(probe.to(like.dtype)).float() * torch.sqrt(torch.tensor(1.0 + norm_eps(norm) / 1e6))
+
+
+def norm_scale(norm: nn.Module, resid: Tensor) -> Float[Tensor, "... 1"]:
+    """rms(resid) as the norm computes it (float32): what TL's ``hook_scale`` holds."""
+    return torch.sqrt(resid.float().pow(2).mean(-1, keepdim=True) + norm_eps(norm))
+
+
+def _norm_at(model, layer: int | None, mlp_input: bool) -> nn.Module:
+    if layer is None or layer == model.cfg.n_layers:
+        return get_module(model.hf_model, model.adapter.modules["final_norm"])
+    block = layer_list(model.hf_model, model.adapter.modules["layers"])[layer]
+    return get_module(block, model.adapter.block["ln2" if mlp_input else "ln1"])
+
+
+class ResidualMethods:
+    """Mixin for ``ActivationCache`` (needs ``self.model``, ``self.inputs`` and item access)."""
+
+    def _need_model(self):
+        if getattr(self, "model", None) is None:
+            raise InputError("this cache was built without its model; use model.run_with_cache(...) to get one that has it")
+        return self.model
+
+    def _positions(self, pos_slice) -> slice | list[int] | int:
+        if pos_slice is None:
+            return slice(None)
+        if isinstance(pos_slice, str):
+            if pos_slice not in ("image", "text") or self.inputs is None:
+                raise InputError(f"pos_slice takes an int, a slice, positions, 'image' or 'text'; got {pos_slice!r}")
+            image = (self.inputs.input_ids == self.model.cfg.image_token_id) & (self.inputs.attention_mask == 1)
+            text = (self.inputs.input_ids != self.model.cfg.image_token_id) & (self.inputs.attention_mask == 1)
+            chosen = image if pos_slice == "image" else text
+            if not bool((chosen == chosen[:1]).all()):
+                raise InputError(f"pos_slice={pos_slice!r} needs items that share one layout; index each item's own positions")
+            return chosen[0].nonzero().flatten().tolist()
+        return pos_slice
+
+    def _at(self, tensor: Tensor, pos_slice) -> Tensor:
+        return tensor[:, self._positions(pos_slice)]
+
+    def apply_ln_to_stack(self, residual_stack: Float[Tensor, "component batch ... d_model"], layer: int | None = None,
+                          mlp_input: bool = False, pos_slice=None, recompute_ln: bool = False) -> Tensor:
+        """The norm that reads the residual at ``layer`` (None or n_layers: the final norm; else ln1, or ln2 with
+        ``mlp_input``), applied to each component as it acts on the whole residual: gain * x / rms(resid).
+        ``recompute_ln`` (final norm only): each component normalised by its own rms, as the logit lens does."""
+        model = self._need_model()
+        n = model.cfg.n_layers
+        layer = n if layer is None or layer == -1 else layer
+        norm = _norm_at(model, layer, mlp_input)
+        if recompute_ln:
+            if layer != n:
+                raise InputError("recompute_ln applies to the final norm only (layer None or n_layers), as in TL")
+            return norm(residual_stack)
+        resid = self["resid_post", n - 1] if layer == n else self["resid_mid" if mlp_input else "resid_pre", layer]
+        scale = self._at(norm_scale(norm, resid), pos_slice)
+        gain = norm_gain(norm, resid.shape[-1], resid)
+        return (residual_stack.float() / scale * gain).to(residual_stack.dtype)
+
+    def accumulated_resid(self, layer: int | None = None, incl_mid: bool = False, apply_ln: bool = False,
+                          pos_slice=None, mlp_input: bool = False, return_labels: bool = False):
+        """The residual stream entering each layer up to ``layer`` (None: every layer and the final residual):
+        [layer + 1 (more with ``incl_mid``), batch, pos, d_model], labelled "0_pre", "0_mid", ..., "final_post".
+        ``apply_ln`` at the final layer is the logit lens: ``accumulated_resid(apply_ln=True) @ W_U``."""
+        model = self._need_model()
+        n = model.cfg.n_layers
+        layer = n if layer is None or layer == -1 else layer
+        parts, labels = [], []
+        for l in range(layer + 1):
+            if l == n:
+                parts.append(self["resid_post", n - 1])
+                labels.append("final_post")
+                continue
+            parts.append(self["resid_pre", l])
+            labels.append(f"{l}_pre")
+            if (incl_mid and l < layer) or (mlp_input and l == layer):
+                parts.append(self["resid_mid", l])
+                labels.append(f"{l}_mid")
+        stack = torch.stack([self._at(p, pos_slice) for p in parts])
+        if apply_ln:
+            stack = self.apply_ln_to_stack(stack, layer, mlp_input, pos_slice, recompute_ln=layer == n)
+        return (stack, labels) if return_labels else stack
+
+    def decompose_resid(self, layer: int | None = None, mlp_input: bool = False, mode: str = "all",
+                        apply_ln: bool = False, pos_slice=None, incl_embeds: bool = True, return_labels: bool = False):
+        """What each block wrote into the residual stream entering ``layer`` (None: the final residual):
+        "embed" (image features merged in), then "{l}_attn_out" and "{l}_mlp_out" per layer (``mode`` "attn" or
+        "mlp" keeps one kind). The components sum to that residual; with ``apply_ln``, to its normalised form."""
+        if mode not in ("all", "attn", "mlp"):
+            raise InputError(f"mode must be 'all', 'attn' or 'mlp', got {mode!r}")
+        model = self._need_model()
+        n = model.cfg.n_layers
+        layer = n if layer is None or layer == -1 else layer
+        parts, labels = ([self["embed"]], ["embed"]) if incl_embeds else ([], [])
+        for l in range(layer + (1 if mlp_input and layer < n else 0)):
+            if mode != "mlp":
+                parts.append(self["attn_out", l])
+                labels.append(f"{l}_attn_out")
+            if mode != "attn" and not (mlp_input and l == layer):
+                parts.append(self["mlp_out", l])
+                labels.append(f"{l}_mlp_out")
+        stack = torch.stack([self._at(p, pos_slice) for p in parts])
+        if apply_ln:
+            stack = self.apply_ln_to_stack(stack, layer, mlp_input, pos_slice)
+        return (stack, labels) if return_labels else stack
+
+    def logit_attrs(self, residual_stack: Float[Tensor, "component batch ... d_model"], tokens: int | str | Tensor,
+                    incorrect_tokens: int | str | Tensor | None = None, pos_slice=None, has_batch_dim: bool = True
+                    ) -> Float[Tensor, "component batch ..."]:
+        """Each component's direct contribution to logit[tokens] (minus logit[incorrect_tokens]) through the final
+        norm linearised at the final residual: the components of ``decompose_resid`` sum to the logit difference
+        (less the unembedding's bias). ``residual_stack`` holds components not yet normalised."""
+        model = self._need_model()
+        direction = model.tokens_to_residual_directions(tokens)
+        if incorrect_tokens is not None:
+            direction = direction - model.tokens_to_residual_directions(incorrect_tokens)
+        scaled = self.apply_ln_to_stack(residual_stack, None, pos_slice=pos_slice)
+        if direction.ndim == 1:
+            return scaled.float() @ direction.float()
+        return (scaled.float() * direction.float()).sum(-1)
+
+    def stack_neuron_results(self, layer: int, pos_slice=None, neuron_slice: Sequence[int] | slice | None = None,
+                             return_labels: bool = False, apply_ln: bool = False):
+        """Each MLP neuron's write to the residual stream in the layers below ``layer``: post x W_out row,
+        [neuron x layer, batch, pos, d_model], labelled "L{l}N{i}". Memory: layers x d_mlp x pos x d_model
+        (LLaVA-1.5-7B, one layer, one position: 11008 x 4096 floats, 180 MB): slice positions and neurons."""
+        model = self._need_model()
+        chosen = slice(None) if neuron_slice is None else neuron_slice
+        parts, labels = [], []
+        for l in range(layer):
+            post = self._at(self["post", l], pos_slice)[..., chosen]  # batch pos neuron
+            w_out = model.blocks[l].mlp.W_out[chosen]  # neuron d_model
+            parts.append(torch.einsum("b...n,nd->nb...d", post, w_out))
+            labels += [f"L{l}N{i}" for i in (list(range(model.cfg.d_mlp))[chosen] if isinstance(chosen, slice) else chosen)]
+        stack = torch.cat(parts) if parts else torch.empty(0)
+        if apply_ln and parts:
+            stack = self.apply_ln_to_stack(stack, layer, pos_slice=pos_slice)
+        return (stack, labels) if return_labels else stack
+
+    def stack_head_results(self, layer: int | None = None, pos_slice=None, return_labels: bool = False,
+                           apply_ln: bool = False):
+        """Each head's write to the residual stream in the layers below ``layer`` (None: all): z_h @ W_O[h],
+        [layer x head, batch, pos, d_model], labelled "L{l}H{h}" (o_proj's bias is not any head's and is left
+        out). Computed from the cached ``hook_z``; memory grows with heads x pos x d_model per layer."""
+        model = self._need_model()
+        layer = model.cfg.n_layers if layer is None or layer == -1 else layer
+        parts, labels = [], []
+        for l in range(layer):
+            z = self._at(self["z", l], pos_slice)  # batch pos head d_head
+            parts.append(torch.einsum("b...he,hed->hb...d", z, model.blocks[l].attn.W_O))
+            labels += [f"L{l}H{h}" for h in range(model.cfg.n_heads)]
+        stack = torch.cat(parts)
+        if apply_ln:
+            stack = self.apply_ln_to_stack(stack, layer, pos_slice=pos_slice)
+        return (stack, labels) if return_labels else stack
+
+    compute_head_results = stack_head_results
+
+    def remove_batch_dim(self):
+        """A cache of one item with the batch dimension dropped from every activation (TL's)."""
+        sizes = {v.shape[0] for k, v in self.items() if not k.startswith(("vision.", "projector"))}
+        if sizes != {1}:
+            raise InputError(f"remove_batch_dim needs a batch of one, got batch sizes {sorted(sizes)}")
+        return type(self)({k: v[0] if not k.startswith(("vision.", "projector")) else v for k, v in self.items()},
+                          self._vocab, self.inputs, self.model)
