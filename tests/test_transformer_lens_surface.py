@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch.nn.functional import silu
 
+from tests.conftest import make_images
 from vlm_lens.errors import InputError
 
 
@@ -197,15 +198,10 @@ def test_the_cache_as_an_analysis_api(model, inputs):
 
         with pytest.raises(InputError, match="needs items that share one layout"):
             cache.accumulated_resid(pos_slice="image")  # two prompts of different lengths
-        one = model.prepare(images=make_one(), prompts=["how many"])
+        one = model.prepare(images=make_images()[:1], prompts=["how many"])
         _, single = model.run_with_cache(one)
         span = one.image_spans[0][0]
         torch.testing.assert_close(single.accumulated_resid(pos_slice="image")[0],
                                    single["resid_pre", 0][:, span.start:span.end], atol=0, rtol=0)
         assert single.remove_batch_dim()["resid_post", 0].shape == single["resid_post", 0].shape[1:]
 
-
-def make_one():
-    from tests.conftest import make_images
-
-    return make_images()[:1]

@@ -259,7 +259,6 @@ class HookSession:
         modules: dict[int, nn.Module] = {}
         mids: dict[int, list] = defaultdict(list)
         attn: dict[int, dict[str, list]] = defaultdict(lambda: {"pattern": [], "pattern_rows": []})
-        self._grad_rows = {info.layer for info, _ in self.bwd_hooks if info.spec.site.kind == "pattern_rows"}
 
         for info, fn in self._chains():
             site = info.spec.site
@@ -346,12 +345,13 @@ class HookSession:
 
     def _route_attention(self, requests: dict[int, dict[str, list]]) -> None:
         state = self.state
+        grad_rows = {info.layer for info, _ in self.bwd_hooks if info.spec.site.kind == "pattern_rows"}
         for layer, chains in requests.items():
             module = self._attn_module(layer)
             self.sessions.route(module.config)
             pattern, rows = chains["pattern"], chains["pattern_rows"]
 
-            def inject(module, args, kwargs, pattern=pattern, rows=rows, differentiable=layer in self._grad_rows):
+            def inject(module, args, kwargs, pattern=pattern, rows=rows, differentiable=layer in grad_rows):
                 request = attention.AttentionRequest(
                     pattern=(lambda p: _run_chain(pattern, p, state)) if pattern else None,
                     rows=(lambda r: _run_chain(rows, r, state)) if rows else None,

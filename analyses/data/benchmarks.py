@@ -311,11 +311,11 @@ def check_images(records: list[Record], folder: str | Path, allow_outside: bool 
     names = sorted({r.image for r in records})
     outside = [n for n in names if not _inside(folder, n)]
     if outside and not allow_outside:
-        raise DataError(f"{len(outside)} image path(s) leave the image folder {folder} ({_shown(outside)}); "
+        raise DataError(f"{len(outside)} image path(s) leave the image folder {folder} ({shown(outside)}); "
                         "pass --allow-outside-images if the benchmark means to read them")
     missing = [n for n in names if not (folder / n).is_file()]
     if missing:
-        raise DataError(f"{len(missing)} image(s) missing from {folder}: {_shown(missing)}")
+        raise DataError(f"{len(missing)} image(s) missing from {folder}: {shown(missing)}")
     hashes, broken = {}, []
     for name in tqdm(names, desc="check images", unit="img", disable=not progress or len(names) < 200):
         data = (folder / name).read_bytes()
@@ -324,12 +324,13 @@ def check_images(records: list[Record], folder: str | Path, allow_outside: bool 
             broken.append(f"{name} ({why})")
         hashes[name] = hashlib.sha256(data).hexdigest()
     if broken:
-        raise DataError(f"{len(broken)} image(s) in {folder} cannot be decoded: {_shown(broken, 3)}")
+        raise DataError(f"{len(broken)} image(s) in {folder} cannot be decoded: {shown(broken, 3)}")
     return hashes
 
 
-def _shown(items: list[str], most: int = 5) -> str:
-    return ", ".join(items[:most]) + (" ..." if len(items) > most else "")
+def shown(items: list, most: int = 5) -> str:
+    """The first ``most`` items, comma-separated, "..." when there are more: how errors list what is wrong."""
+    return ", ".join(map(str, items[:most])) + (" ..." if len(items) > most else "")
 
 
 def to_examples(records: list[Record], folder: str | Path) -> list[Example]:

@@ -30,6 +30,7 @@ or changed is reported and extracted again. ``load`` verifies every shard before
 
 from __future__ import annotations
 
+import hashlib
 import json
 import warnings
 from collections.abc import Sequence
@@ -39,12 +40,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save
 from tqdm.auto import tqdm
 
 from analyses import answers
 from analyses.attention_structure import answer_token_attention
 from analyses.consistency import majority_support, sample_answers, sample_batches
+from analyses.data.benchmarks import shown
 from analyses.data.examples import Example
 from analyses.evaluation import batches
 from analyses.logit_lens import read_out, truth_margin
@@ -71,10 +73,6 @@ def _write_manifest(folder: Path, manifest: dict) -> None:
     write_atomic(folder / "manifest.json", json.dumps(manifest, indent=1))
 
 
-def _shown(items: list, most: int = 5) -> str:
-    return ", ".join(map(str, items[:most])) + (" ..." if len(items) > most else "")
-
-
 def _check_same_run(folder: Path, manifest: dict, cfg: VRPConfig, data: list[list[str]]) -> None:
     """Refuse to resume a folder made with other settings or other data, saying what changed."""
     stored = manifest.get("config", {})
@@ -92,9 +90,9 @@ def _check_same_run(folder: Path, manifest: dict, cfg: VRPConfig, data: list[lis
         what = []
         if questions:
             what.append(f"{len(questions)} of {len(data)} questions (text, answers or id) differ, at positions "
-                        f"{_shown(questions)}")
+                        f"{shown(questions)}")
         if images:
-            what.append(f"{len(images)} image(s) differ: {_shown(images)}")
+            what.append(f"{len(images)} image(s) differ: {shown(images)}")
         raise DataError(f"the data changed since {folder} was extracted: {'; '.join(what)}. Resuming would mix "
                         "two datasets: use a new --out, or restore the data the run began with")
 
@@ -253,13 +251,14 @@ def extract(model: HookedVLM, examples: list[Example], folder: str | Path, cfg: 
         chunk = examples[start : start + cfg.shard_size]
         rows, arrays = _extract_shard(model, chunk, start, cfg)
         name = f"shard-{start // cfg.shard_size:05d}"
-        tensors = write_atomic(folder / f"{name}.safetensors", lambda p, arrays=arrays: save_file(arrays, str(p)))
-        scalars = write_atomic(folder / f"{name}.json", json.dumps(rows))
+        blobs = {"safetensors": save(arrays), "json": json.dumps(rows).encode()}  # hashed as written, not read back
+        for kind, data in blobs.items():
+            write_atomic(folder / f"{name}.{kind}", data)
         with manifest_lock(folder):
             manifest = _manifest(folder)
             manifest["shards"].append({"start": start, "end": start + len(chunk), "name": name,
                                        "rank": ranks.rank, "world_size": ranks.world_size,
-                                       "sha256": {"json": sha256(scalars), "safetensors": sha256(tensors)}})
+                                       "sha256": {kind: hashlib.sha256(data).hexdigest() for kind, data in blobs.items()}})
             manifest["shards"].sort(key=lambda s: s["start"])
             _write_manifest(folder, manifest)
         bar.update(len(chunk))

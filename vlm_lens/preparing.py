@@ -1,0 +1,158 @@
+"""Images and prompts into ``VLMInputs``: a mixin of ``HookedVLM`` (the family's template, left padding, image
+spans read from the ids, tensors on the model's device and in its dtype, and the checks that say what is wrong).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import replace
+
+import torch
+from jaxtyping import Int
+from torch import Tensor
+
+from vlm_lens.errors import DeviceMismatchError, ImageTokenMismatchError, InputError, VLMLensWarning
+from vlm_lens.inputs import VLMInputs, last_positions, normalise_images, padding_side_of, select_tensors
+
+
+class Preparing:
+    """Mixin for ``HookedVLM`` (needs ``processor``, ``adapter``, ``hf_model``, ``device``, ``dtype``, ``_cfg``)."""
+
+    def prepare(
+        self,
+        images,
+        prompts: str | Sequence[str],
+        *,
+        template: bool = True,
+        padding_side: str = "left",
+    ) -> VLMInputs:
+        """Images and prompts -> batched, padded ``VLMInputs`` with image spans.
+
+        With ``template=True`` each prompt is a plain question and the family's prompt format
+        (the one its checkpoints were trained with) places the image placeholders. With
+        ``template=False`` the prompt goes to the processor verbatim and must hold exactly one
+        placeholder per image. Left padding (the default) puts every item's last prompt token
+        at position -1, where the answer is read and generation continues.
+        """
+        processor = self.processor
+        if processor is None:
+            raise InputError("prepare() needs the model's processor; pass processor= to from_hf")
+        if padding_side not in ("left", "right"):
+            raise InputError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        if not prompts:
+            raise InputError("prepare() got no prompts: give one prompt (str) or a list with one per image entry")
+        bad = [i for i, p in enumerate(prompts) if not isinstance(p, str)]
+        if bad:
+            raise InputError(f"prompt {bad[0]} is {type(prompts[bad[0]]).__name__}, not a string")
+        per_prompt = normalise_images(images, len(prompts))
+        placeholder = processor.image_token
+        texts = []
+        for i, (prompt, imgs) in enumerate(zip(prompts, per_prompt)):
+            found = prompt.count(placeholder)
+            if template:
+                if found:
+                    raise ImageTokenMismatchError(
+                        f"prompt {i} already contains {found} {placeholder!r} placeholder(s); with template=True "
+                        "the family's template places them. Pass a plain question, or template=False."
+                    )
+                texts.append(self.adapter.template(prompt, len(imgs), processor))
+            elif found != len(imgs):
+                what = "has no image placeholder" if found == 0 else f"has {found} image placeholders"
+                raise ImageTokenMismatchError(
+                    f"prompt {i} {what} but {len(imgs)} image(s) were given: with template=False each image "
+                    f"needs one {placeholder!r} in the prompt"
+                )
+            else:
+                texts.append(prompt)
+        flat = [img for imgs in per_prompt for img in imgs]
+        images_arg = per_prompt if self.adapter.nested_images else flat
+        encoded = processor(images=images_arg, text=texts, return_tensors="pt", padding=True, padding_side=padding_side)
+        tensors = select_tensors(dict(encoded), self.adapter.forward_keys, self.adapter.drop_keys)
+        if self.device.type != "meta":  # the model's device; pixels in its dtype (bfloat16 / float16 checkpoints)
+            tensors = {k: v.to(self.device, self.dtype if v.is_floating_point() else None) for k, v in tensors.items()}
+        inputs = self.as_inputs(**tensors)
+        inputs.prompts, inputs.texts = prompts, texts
+        self._warn_if_too_long(inputs)
+        return inputs
+
+    def _warn_if_too_long(self, inputs: VLMInputs) -> None:
+        limit = getattr(self.hf_model.config.get_text_config(), "max_position_embeddings", None)
+        length = int(inputs.attention_mask.sum(-1).max())
+        if limit is not None and length > limit:
+            warnings.warn(f"a prompt is {length} tokens (image tokens included) but the language model was trained on "
+                          f"{limit} positions: results past position {limit} are extrapolation; shorten the prompt",
+                          VLMLensWarning, stacklevel=3)
+
+    def as_inputs(self, inputs: VLMInputs | None = None, **tensors) -> VLMInputs:
+        """``VLMInputs`` from either a ``VLMInputs`` or the HF forward keyword tensors."""
+        if inputs is not None:
+            if tensors:
+                raise InputError(f"pass either VLMInputs or forward tensors, not both (got {sorted(tensors)})")
+            if not isinstance(inputs, VLMInputs):
+                raise InputError(f"expected VLMInputs, got {type(inputs).__name__}; or pass input_ids=..., pixel_values=...")
+            self._check_device(inputs.tensors)
+            return inputs
+        if "input_ids" not in tensors:
+            raise InputError("forward tensors need input_ids (image spans are read from them)")
+        tensors = select_tensors(tensors, self.adapter.forward_keys, self.adapter.drop_keys)
+        self._check_device(tensors)
+        ids = tensors["input_ids"]
+        if ids.ndim != 2:
+            raise InputError(f"input_ids must be [batch, pos], got shape {tuple(ids.shape)}")
+        n_image_tokens = int((ids == self._cfg.image_token_id).sum())
+        if "pixel_values" not in tensors:
+            raise InputError("no pixel_values: a VLM forward needs the images (prepare() builds them)")
+        if n_image_tokens == 0:
+            raise ImageTokenMismatchError(
+                "pixel_values were given but input_ids hold no image tokens "
+                f"(id {self._cfg.image_token_id}): the prompt is missing its image placeholder"
+            )
+        spans = self.adapter.image_spans(self.hf_model.config, ids, tensors)
+        mask = tensors.get("attention_mask", torch.ones_like(ids))
+        return VLMInputs(tensors, spans, padding_side_of(mask))
+
+    def repeat(self, inputs: VLMInputs, n: int) -> VLMInputs:
+        """The single item of ``inputs`` as a batch of ``n`` identical rows, its images repeated with it."""
+        if inputs.batch_size != 1:
+            raise InputError(f"repeat() takes a batch of one item, got {inputs.batch_size}")
+        tensors = {}
+        for key, value in inputs.tensors.items():
+            if key in self.adapter.image_keys:  # indexed by image (or packed patch): one copy per row
+                tensors[key] = torch.cat([value] * n)
+            else:
+                tensors[key] = value.expand(n, *value.shape[1:]).contiguous()
+        per_item = len(inputs.image_spans[0])
+        spans = [[replace(s, image=s.image + row * per_item) for s in inputs.image_spans[0]] for row in range(n)]
+        return VLMInputs(tensors, spans, inputs.padding_side)
+
+    def _check_device(self, tensors: dict[str, Tensor]) -> None:
+        device, dtype = self.device, self.dtype
+        if device.type == "meta":
+            return
+        for key, value in tensors.items():
+            if value.device != device:
+                raise DeviceMismatchError(f"{key} is on {value.device} but the model is on {device}; use inputs.to({str(device)!r})")
+            if value.is_floating_point() and value.dtype != dtype:
+                raise DeviceMismatchError(
+                    f"{key} is {value.dtype} but the model is {dtype}; use inputs.to(model.device, model.dtype)"
+                )
+
+    def _query_positions(self, inputs: VLMInputs, query_positions) -> Int[Tensor, "batch row"]:
+        """Absolute query rows per item. Negative ints count back from each item's last real token."""
+        last = last_positions(inputs.attention_mask)
+        if query_positions is None:
+            return last[:, None]
+        if isinstance(query_positions, Tensor):
+            positions = query_positions.to(torch.long)
+            if positions.ndim == 1:
+                positions = positions[None].expand(inputs.batch_size, -1)
+        else:
+            ints = [query_positions] if isinstance(query_positions, int) else list(query_positions)
+            rows = torch.tensor(ints, dtype=torch.long, device=last.device)
+            positions = torch.where(rows[None] < 0, last[:, None] + 1 + rows[None], rows[None])
+        seq = inputs.input_ids.shape[1]
+        if positions.shape[0] != inputs.batch_size or bool((positions < 0).any() | (positions >= seq).any()):
+            raise InputError(f"query positions {positions.tolist()} fall outside the batch's {seq} positions")
+        return positions.to(inputs.input_ids.device)
