@@ -39,10 +39,14 @@ def test_real_sizes_on_meta(real):
         layers, vision, size.d_model, d_mlp, heads, d_head, size.d_vocab, d_vision)
     assert next(model.hf_model.parameters()).device.type == "meta"
     names = model.hook_names()
-    assert len(names) == layers * 12 + vision + 3
+    assert len(names) == layers * 19 + vision + 4  # 19 per block (7 of them opt-in), vision, projector, embed, final x2
     assert f"blocks.{layers - 1}.hook_resid_post" in names and f"blocks.{layers}.hook_resid_post" not in names
     assert model.hook_shape(f"blocks.{layers - 1}.mlp.hook_post") == ("batch", "pos", d_mlp)
     assert model.hook_shape("blocks.0.attn.hook_z") == ("batch", "pos", heads, d_head)
+    kv_heads = model.hf_model.config.get_text_config().num_key_value_heads
+    assert model.hook_shape("blocks.0.attn.hook_k") == ("batch", "pos", kv_heads, d_head)
+    assert model.hook_shape("blocks.0.attn.hook_result") == ("batch", "pos", heads, size.d_model)
+    assert model.hook_shape("ln_final.hook_scale") == ("batch", "pos", 1)
     assert model.hook_shape("blocks.0.attn.hook_pattern") == ("batch", heads, "query", "key")
     assert model.hook_shape("vision.blocks.0.hook_resid_post")[-1] == d_vision
 

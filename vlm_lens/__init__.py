@@ -27,7 +27,7 @@ from vlm_lens.errors import (
     VLMLensError,
 )
 from vlm_lens.hooked_vlm import HookedVLM, VLMConfig
-from vlm_lens.hooks import Hook
+from vlm_lens.hook_calls import Hook
 from vlm_lens.inputs import ImageSpan, VLMInputs
 
 __all__ = [

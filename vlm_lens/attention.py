@@ -12,7 +12,8 @@ that the session's pre-hook on the attention module injects.
   eager softmax is computed only for the selected query rows: memory linear in sequence length.
   A hook that edits the rows has its edit applied: those rows' outputs are recomputed as
   edited rows @ values (the other rows keep the fast path's output).
-- ``pattern`` request: the layer runs eager attention so the full pattern can be read and edited.
+- ``pattern`` or ``scores`` request: the layer runs eager attention so the full pattern (or the scores
+  before softmax) can be read and edited.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ class AttentionRequest:
     """What one layer's attention call should expose."""
 
     pattern: Callable[[Float[Tensor, "batch head query key"]], Tensor] | None = None
+    scores: Callable[[Float[Tensor, "batch head query key"]], Tensor] | None = None  # before softmax (eager too)
     rows: Callable[[Float[Tensor, "batch head row key"]], Tensor] | None = None  # returns the (edited) rows
     query_positions: Int[Tensor, "batch row"] | None = None  # None: the last query position
     differentiable_rows: bool = False  # a backward hook wants d/d(rows): the rows' outputs are computed from them
@@ -59,9 +61,9 @@ def _base_function(base: str, module) -> Callable:
 
 def attention_forward(module, query, key, value, attention_mask, *args, base: str, **kwargs):
     request: AttentionRequest | None = kwargs.pop(REQUEST_KWARG, None)
-    if request is None or (request.pattern is None and request.rows is None):
+    if request is None or (request.pattern is None and request.rows is None and request.scores is None):
         return _base_function(base, module)(module, query, key, value, attention_mask, *args, **kwargs)
-    if request.pattern is not None:
+    if request.pattern is not None or request.scores is not None:
         return _eager_with_pattern(module, query, key, value, attention_mask, request, base, **kwargs)
     out, weights = _base_function(base, module)(module, query, key, value, attention_mask, *args, **kwargs)
     positions = _positions(request.query_positions, query)
@@ -138,6 +140,8 @@ def _eager_with_pattern(module, query, key, value, attention_mask, request, base
     values = _repeat_kv(value[:, :, :kv_len], groups)
     scaling = kwargs.get("scaling") or module.scaling
     scores = _apply(torch.matmul(query, keys.transpose(2, 3)) * scaling, mask, kwargs.get("softcap"))
+    if request.scores is not None:
+        scores = request.scores(scores)
     pattern = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
     if request.rows is not None:
         positions = _positions(request.query_positions, query)
@@ -146,7 +150,8 @@ def _eager_with_pattern(module, query, key, value, attention_mask, request, base
         edited = request.rows(rows)
         if edited is not rows:  # the rows hook runs first: the pattern hook sees its edit
             pattern = pattern.scatter(2, index, edited)
-    pattern = request.pattern(pattern)
+    if request.pattern is not None:
+        pattern = request.pattern(pattern)
     dropout = kwargs.get("dropout", 0.0)
     pattern = torch.nn.functional.dropout(pattern, p=dropout, training=module.training)
     out = torch.matmul(pattern, values).transpose(1, 2).contiguous()

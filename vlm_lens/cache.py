@@ -29,6 +29,8 @@ class ActivationCache(ResidualMethods, Mapping):
         self.model = model  # the HookedVLM that filled it: weights and norms for the residual methods
 
     def __getitem__(self, key: str | tuple) -> Tensor:
+        if isinstance(key, str) and key in self._store:  # also an SAE's names after reset_saes()
+            return self._store[key]
         if isinstance(key, str) and key.endswith("_grad") and key not in ALIASES:  # run_with_cache(incl_bwd=True)
             name = self._vocab.resolve_key(key.removesuffix("_grad")) + "_grad"
         else:

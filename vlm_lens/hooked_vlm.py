@@ -25,7 +25,9 @@ from vlm_lens.errors import HookSessionError, InputError
 from vlm_lens.hooks import HookFn, HookSession, Sessions
 from vlm_lens.inputs import VLMInputs
 from vlm_lens.names import OPT_IN_SUFFIXES, Vocabulary
+from vlm_lens.persistent import PersistentHooks
 from vlm_lens.preparing import Preparing
+from vlm_lens.sae import SAESplicing
 from vlm_lens.weights import Weights
 
 NamesFilter = str | Sequence[str] | Callable[[str], bool] | None
@@ -65,6 +67,8 @@ class VLMConfig:
     n_ctx: int | None = None  # the language model's positions (max_position_embeddings)
     normalization_type: str = "RMS"  # every supported family's language model uses RMSNorm
     act_fn: str | None = None  # the MLP's activation, as the HF config names it ("silu", "gelu_pytorch_tanh")
+    attn_only: bool = False  # every block has an MLP
+    positional_embedding_type: str = "rotary"  # RoPE (Qwen2-VL's multimodal RoPE included): no hook_pos_embed
     device: torch.device | None = None  # where the model's embedding is now (updated by .to())
     dtype: torch.dtype | None = None
 
@@ -77,11 +81,12 @@ class VLMConfig:
         return self.d_vocab
 
 
-class HookedVLM(Preparing, Weights, nn.Module):
+class HookedVLM(Preparing, Weights, PersistentHooks, SAESplicing, nn.Module):
     """A hooked view of an HF VLM. Build it with ``from_pretrained`` or ``from_hf``.
 
     An ``nn.Module`` whose one child is the HF model: ``.to``, ``.parameters()``, ``state_dict()`` (keys
-    prefixed ``hf_model.``), ``.eval()`` act on it. TL's weight names are in ``vlm_lens.weights``."""
+    prefixed ``hf_model.``), ``.eval()`` act on it. TL's weight names are in ``vlm_lens.weights``, its
+    persistent hooks in ``vlm_lens.persistent``, SAE splicing in ``vlm_lens.sae``."""
 
     def __init__(self, hf_model: nn.Module, adapter: Adapter, processor=None):
         super().__init__()
@@ -91,6 +96,8 @@ class HookedVLM(Preparing, Weights, nn.Module):
         self.processor = processor
         self._sessions = Sessions()  # the hook sessions active on this model (they share attention routing)
         self._running = False  # a forward is in progress: a hook must not start another
+        self._added = []  # persistent hooks (vlm_lens.persistent), oldest first
+        self._saes = {}  # spliced SAEs by host name (vlm_lens.sae)
         layers = layer_list(hf_model, adapter.modules["layers"])
         vision_layers = layer_list(hf_model, adapter.modules["vision_layers"])
         self.vocab = Vocabulary(len(layers), len(vision_layers))
@@ -175,8 +182,8 @@ class HookedVLM(Preparing, Weights, nn.Module):
         Qwen2-VL packs all images' vision tokens in one dimension: its vision hooks are [patch, d].
         """
         cfg = self._cfg
-        sizes = {"d_model": cfg.d_model, "d_mlp": cfg.d_mlp, "head": cfg.n_heads, "d_head": cfg.d_head,
-                 "d_vision": cfg.d_vision, "vocab": cfg.d_vocab}
+        sizes = {"d_model": cfg.d_model, "d_mlp": cfg.d_mlp, "head": cfg.n_heads, "kv_head": cfg.n_kv_heads,
+                 "d_head": cfg.d_head, "d_vision": cfg.d_vision, "vocab": cfg.d_vocab, "1": 1}
         dims = self.vocab.info(name).spec.shape.split()
         if self.adapter.packed_vision and dims[0] == "image":
             dims = dims[1:]

@@ -20,121 +20,47 @@ model's ``Sessions`` and is restored when the last one closes. A session is ente
 
 from __future__ import annotations
 
-import inspect
 from collections import defaultdict
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, replace
+from collections.abc import Iterable
+from dataclasses import replace
 
 import torch
 from torch import Tensor, nn
 
 from vlm_lens import attention
 from vlm_lens.adapter import Adapter, get_module, layer_list
-from vlm_lens.errors import HookSessionError
+from vlm_lens.errors import HookNameError, HookSessionError
+from vlm_lens.hook_calls import HookFn, RunState, on_gradient, per_head, run_chain, tl_calling
 from vlm_lens.names import HookInfo, Vocabulary
-
-HookFn = Callable[[Tensor, "Hook"], Tensor | None]
-
-
-@dataclass
-class RunState:
-    """Per-session state: the forward-pass counter and stashes for computed sites."""
-
-    step: int = -1
-    query_positions: Tensor | None = None
-    resid_pre: dict[int, Tensor] = field(default_factory=dict)
-    ctx: dict = field(default_factory=dict)
+from vlm_lens.resid import norm_scale
 
 
-class Hook:
-    """What a hook function receives as its second argument."""
-
-    __slots__ = ("name", "_layer", "_state")
-
-    def __init__(self, info: HookInfo, state: RunState):
-        self.name = info.name
-        self._layer = info.layer
-        self._state = state
-
-    def layer(self) -> int | None:
-        return self._layer
-
-    @property
-    def step(self) -> int:
-        return self._state.step
-
-    @property
-    def ctx(self) -> dict:
-        return self._state.ctx
-
-    def __repr__(self) -> str:
-        return f"Hook({self.name!r}, step={self.step})"
+def site_module(hf_model: nn.Module, adapter: Adapter, info: HookInfo) -> nn.Module:
+    """The module whose torch hooks carry a name: its input or output's module, the attention module for the
+    pattern, rows and scores, the attention output's for resid_mid."""
+    kind, key = info.spec.site.kind, info.spec.site.key
+    if kind == "sae":
+        raise HookNameError(f"{info.name!r} is an SAE's hook: it sits on the SAE spliced at {key!r}, not on a module")
+    if kind in ("pattern", "pattern_rows", "scores", "resid_mid"):
+        key = "attn" if kind != "resid_mid" else "attn_out"
+    if key == "block":
+        return layer_list(hf_model, adapter.modules["layers"])[info.layer]
+    if key == "vision_block":
+        return layer_list(hf_model, adapter.modules["vision_layers"])[info.layer]
+    if key in adapter.block:
+        return get_module(layer_list(hf_model, adapter.modules["layers"])[info.layer], adapter.block[key])
+    return get_module(hf_model, adapter.modules[key])
 
 
-def _check_result(name: str, result: Tensor, tensor: Tensor) -> None:
-    if not isinstance(result, Tensor):
-        raise TypeError(f"hook on {name} returned {type(result).__name__}; return a Tensor or None")
-    if result.shape != tensor.shape:
-        raise ValueError(f"hook on {name} returned shape {tuple(result.shape)}, expected {tuple(tensor.shape)}")
-    if result.dtype != tensor.dtype or result.device != tensor.device:
-        raise TypeError(f"hook on {name} returned a {result.dtype} tensor on {result.device}; the activation is "
-                        f"{tensor.dtype} on {tensor.device}: return result.to(activation.device, activation.dtype)")
+class _Listed:
+    """An entry in a list shared by sessions, removable like a torch hook handle."""
 
+    def __init__(self, items: list, item):
+        self.items, self.item = items, item
+        items.append(item)
 
-def _run_chain(chain: list[tuple[HookInfo, HookFn]], tensor: Tensor, state: RunState) -> Tensor:
-    for info, fn in chain:
-        result = fn(tensor, Hook(info, state))
-        if result is not None:
-            _check_result(info.name, result, tensor)
-            tensor = result
-    return tensor
-
-
-def _tl_calling(fn: HookFn) -> HookFn:
-    """TransformerLens calls ``fn(activation, hook=hook)``: a hook written ``fn(act, *, hook)`` gets the keyword."""
-    try:
-        param = inspect.signature(fn).parameters.get("hook")
-    except (TypeError, ValueError):  # builtins without a signature
-        return fn
-    if param is not None and param.kind is inspect.Parameter.KEYWORD_ONLY:
-        return lambda tensor, hook: fn(tensor, hook=hook)
-    return fn
-
-
-def _on_gradient(fn: HookFn, name: str, head_dim: int | None = None) -> HookFn:
-    """A backward hook as a forward one: it registers ``fn`` on the activation's gradient. TL's semantics: ``fn``
-    receives d(output)/d(activation) at this name (per head for ``hook_z``) and may return a replacement."""
-
-    def attach(tensor: Tensor, hook: Hook) -> None:
-        if not tensor.requires_grad:
-            return None  # under torch.no_grad(): no backward will come
-
-        def on_grad(grad: Tensor) -> Tensor | None:
-            view = grad if head_dim is None else grad.view(*grad.shape[:-1], grad.shape[-1] // head_dim, head_dim)
-            result = fn(view, hook)
-            if result is None:
-                return None
-            _check_result(f"{name} (backward)", result, view)
-            return result.reshape(grad.shape)
-
-        tensor.register_hook(on_grad)
-        return None
-
-    return attach
-
-
-def _per_head(fn: HookFn, head_dim: int) -> HookFn:
-    """attn.hook_z: the o_proj input [batch pos head*d_head] seen as [batch pos head d_head]."""
-
-    def per_head(tensor: Tensor, hook: Hook) -> Tensor | None:
-        heads = tensor.view(*tensor.shape[:-1], tensor.shape[-1] // head_dim, head_dim)
-        result = fn(heads, hook)
-        if result is None:
-            return None
-        _check_result(hook.name, result, heads)
-        return result.reshape(tensor.shape)
-
-    return per_head
+    def remove(self) -> None:
+        self.items[:] = [i for i in self.items if i is not self.item]
 
 
 class Sessions:
@@ -146,6 +72,8 @@ class Sessions:
     def __init__(self):
         self.active: list[HookSession] = []
         self._restore: list[tuple[object, str | None]] = []
+        # hooks at a spliced SAE's names (vlm_lens.sae), by name: (info, fn, the session's state), run by the splice
+        self.sae_hooks: dict[str, list[tuple[HookInfo, HookFn, RunState]]] = defaultdict(list)
 
     def enter(self, session: HookSession) -> None:
         if any(s is session for s in self.active):
@@ -199,19 +127,17 @@ class HookSession:
 
     # -- module resolution -------------------------------------------------------------
     def _module(self, info: HookInfo) -> nn.Module:
-        key = info.spec.site.key
-        if key == "block":
-            return layer_list(self.hf_model, self.adapter.modules["layers"])[info.layer]
-        if key == "vision_block":
-            return layer_list(self.hf_model, self.adapter.modules["vision_layers"])[info.layer]
-        if key in self.adapter.block:
-            layer = layer_list(self.hf_model, self.adapter.modules["layers"])[info.layer]
-            return get_module(layer, self.adapter.block[key])
-        return get_module(self.hf_model, self.adapter.modules[key])
+        return site_module(self.hf_model, self.adapter, info)
 
     def _attn_module(self, layer: int) -> nn.Module:
         block = layer_list(self.hf_model, self.adapter.modules["layers"])[layer]
         return get_module(block, self.adapter.block["attn"])
+
+    def _head_dim(self, info: HookInfo) -> int | None:
+        """d_head where a module's flat [.., head*d_head] tensor is seen per head (hook_z, hook_q/k/v)."""
+        if info.spec.site.kind in ("in", "out") and info.spec.shape.endswith("d_head"):
+            return self._attn_module(info.layer).head_dim
+        return None
 
     # -- context manager -----------------------------------------------------------------
     def __enter__(self) -> HookSession:
@@ -239,16 +165,13 @@ class HookSession:
         attach (a backward hook sees the gradient of the edited activation)."""
         out = []
         for info, fn in self.hooks:
-            fn = _tl_calling(fn)
-            if info.spec.site.key == "attn_o":
-                fn = _per_head(fn, self._attn_module(info.layer).head_dim)
-            out.append((info.order, 0, info, fn))
+            fn, head_dim = tl_calling(fn), self._head_dim(info)
+            out.append((info.order, 0, info, fn if head_dim is None else per_head(fn, head_dim)))
         for info, fn in self.bwd_hooks:
-            fn, site_info = _tl_calling(fn), info
-            head_dim = self._attn_module(info.layer).head_dim if info.spec.site.key == "attn_o" else None
+            fn, site_info, head_dim = tl_calling(fn), info, self._head_dim(info)
             if info.spec.site.kind == "resid_mid":  # d/d(resid_mid) is d/d(attn_out): it only enters that sum
                 site_info = replace(self.vocab.info(f"blocks.{info.layer}.hook_attn_out"), name=info.name)
-            out.append((info.order, 1, site_info, _on_gradient(fn, info.name, head_dim)))
+            out.append((info.order, 1, site_info, on_gradient(fn, info.name, head_dim)))
         return [(info, fn) for _, _, info, fn in sorted(out, key=lambda h: h[:2])]
 
     def _install(self) -> None:
@@ -258,16 +181,19 @@ class HookSession:
         outs: dict[int, list] = defaultdict(list)
         modules: dict[int, nn.Module] = {}
         mids: dict[int, list] = defaultdict(list)
-        attn: dict[int, dict[str, list]] = defaultdict(lambda: {"pattern": [], "pattern_rows": []})
+        views: dict[int, list] = defaultdict(list)  # computed per-module views: norm scales, head results
+        attn: dict[int, dict[str, list]] = defaultdict(lambda: {"pattern": [], "pattern_rows": [], "scores": []})
 
         for info, fn in self._chains():
             site = info.spec.site
-            if site.kind in ("in", "out"):
+            if site.kind in ("in", "out", "scale", "result"):
                 module = self._module(info)
                 modules[id(module)] = module
-                (ins if site.kind == "in" else outs)[id(module)].append((info, fn))
+                {"in": ins, "out": outs}.get(site.kind, views)[id(module)].append((info, fn))
             elif site.kind == "resid_mid":
                 mids[info.layer].append((info, fn))
+            elif site.kind == "sae":  # run by the SAE's splice at its host name, while this session lasts
+                self._handles.append(_Listed(self.sessions.sae_hooks[info.name], (info, fn, self.state)))
             else:
                 attn[info.layer][site.kind].append((info, fn))
 
@@ -284,6 +210,9 @@ class HookSession:
 
         for key, chain in ins.items():
             self._handles.append(modules[key].register_forward_pre_hook(self._pre_hook(chain), with_kwargs=True))
+        for key, chain in views.items():  # before the module's output hooks: hook_normalized sees a rescaled norm
+            make = self._scale_hook if chain[0][0].spec.site.kind == "scale" else self._result_hook
+            self._handles.append(modules[key].register_forward_hook(make(chain, modules[key]), with_kwargs=True))
         for key, chain in outs.items():
             mid = attn_out_modules.get(key)
             fields = {self.adapter.output_fields.get(info.spec.site.key) for info, _ in chain}
@@ -311,7 +240,7 @@ class HookSession:
                 if info is None:  # stash for resid_mid of layer `fn`
                     state.resid_pre[fn] = tensor
                 else:
-                    tensor = _run_chain([(info, fn)], tensor, state)
+                    tensor = run_chain([(info, fn)], tensor, state)
             if tensor is original:
                 return None
             if args:
@@ -325,21 +254,48 @@ class HookSession:
 
         def hook(module, args, output):
             if output_field is not None:  # a ModelOutput: hook one of its fields, put the edit back there
-                edited = _run_chain(chain, getattr(output, output_field), state)
+                edited = run_chain(chain, getattr(output, output_field), state)
                 output[output_field] = edited
                 return output
             tensor = output[0] if isinstance(output, tuple) else output
             original = tensor
-            tensor = _run_chain(chain, tensor, state)
+            tensor = run_chain(chain, tensor, state)
             if mid_chain:
                 resid_pre = state.resid_pre[mid_layer]
                 mid = resid_pre + tensor
-                edited = _run_chain(mid_chain, mid, state)
+                edited = run_chain(mid_chain, mid, state)
                 if edited is not mid:
                     tensor = edited - resid_pre
             if tensor is original:
                 return None
             return (tensor, *output[1:]) if isinstance(output, tuple) else tensor
+
+        return hook
+
+    # A computed view is computed twice, independently: the hooks get one, the other is the reference an edit is
+    # measured against. Unedited, the two are bitwise equal and the output is unchanged exactly; edited (in place
+    # too), the output moves by the edit; and the gradient reaching the module's input is not counted twice.
+    def _scale_hook(self, chain: list, norm: nn.Module):
+        state = self.state
+
+        def hook(module, args, kwargs, output):
+            x = args[0] if args else kwargs["hidden_states"]
+            edited = run_chain(chain, norm_scale(norm, x), state)
+            return (output.float() * (norm_scale(norm, x) / edited)).to(output.dtype)
+
+        return hook
+
+    def _result_hook(self, chain: list, o_proj: nn.Module):
+        state, head_dim = self.state, self._attn_module(chain[0][0].layer).head_dim
+
+        def results(z: Tensor) -> Tensor:  # batch pos head d_model
+            w = o_proj.weight.view(o_proj.weight.shape[0], -1, head_dim)
+            return torch.einsum("...he,dhe->...hd", z.view(*z.shape[:-1], -1, head_dim), w)
+
+        def hook(module, args, kwargs, output):
+            z = args[0] if args else kwargs["input"]
+            edited = run_chain(chain, results(z), state)
+            return output + (edited.sum(-2) - results(z).sum(-2))
 
         return hook
 
@@ -349,12 +305,13 @@ class HookSession:
         for layer, chains in requests.items():
             module = self._attn_module(layer)
             self.sessions.route(module.config)
-            pattern, rows = chains["pattern"], chains["pattern_rows"]
+            pattern, rows, scores = chains["pattern"], chains["pattern_rows"], chains["scores"]
 
-            def inject(module, args, kwargs, pattern=pattern, rows=rows, differentiable=layer in grad_rows):
+            def inject(module, args, kwargs, pattern=pattern, rows=rows, scores=scores, differentiable=layer in grad_rows):
                 request = attention.AttentionRequest(
-                    pattern=(lambda p: _run_chain(pattern, p, state)) if pattern else None,
-                    rows=(lambda r: _run_chain(rows, r, state)) if rows else None,
+                    pattern=(lambda p: run_chain(pattern, p, state)) if pattern else None,
+                    scores=(lambda s: run_chain(scores, s, state)) if scores else None,
+                    rows=(lambda r: run_chain(rows, r, state)) if rows else None,
                     query_positions=state.query_positions if state.step == 0 else None,
                     differentiable_rows=differentiable,
                 )

@@ -68,6 +68,11 @@ class VLMInputs:
     def batch_size(self) -> int:
         return self.input_ids.shape[0]
 
+    @property
+    def shape(self) -> torch.Size:
+        """[batch, pos] of the token ids: what TransformerLens's tools read off their ``tokens`` argument."""
+        return self.input_ids.shape
+
     def last_positions(self) -> torch.Tensor:
         """Index of each item's last real token (what the model answers from)."""
         return last_positions(self.attention_mask)

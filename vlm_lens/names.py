@@ -5,7 +5,7 @@ shape of the tensor a hook function receives there (dimension names: see ``vlm_l
 
     >>> from vlm_lens.names import block_names
     >>> block_names(0)[:3]
-    ['blocks.0.hook_resid_pre', 'blocks.0.ln1.hook_normalized', 'blocks.0.attn.hook_pattern']
+    ['blocks.0.hook_resid_pre', 'blocks.0.ln1.hook_scale', 'blocks.0.ln1.hook_normalized']
 
 A *site* says how the manager reaches the tensor: the input or output of a module named by
 the adapter's table, or one of the two computed sites (``resid_mid``, attention).
@@ -38,14 +38,24 @@ class HookSpec:
 
 
 # Language-model block hooks, in the order they fire inside a block.
+#   kind "scale": the norm's rms (float32, [batch pos 1]) computed from its input; an edit rescales its output
+#   kind "result": each head's write z_h @ W_O[h], computed from o_proj's input; an edit changes o_proj's output
+#   kind "scores": the attention scores before softmax (scaled, masked with the dtype's minimum, soft-capped)
 BLOCK_HOOKS: tuple[HookSpec, ...] = (
     HookSpec("blocks.{l}.hook_resid_pre", Site("in", "block"), "batch pos d_model"),
+    HookSpec("blocks.{l}.ln1.hook_scale", Site("scale", "ln1"), "batch pos 1"),
     HookSpec("blocks.{l}.ln1.hook_normalized", Site("out", "ln1"), "batch pos d_model"),
+    HookSpec("blocks.{l}.attn.hook_q", Site("out", "attn_q"), "batch pos head d_head"),
+    HookSpec("blocks.{l}.attn.hook_k", Site("out", "attn_k"), "batch pos kv_head d_head"),
+    HookSpec("blocks.{l}.attn.hook_v", Site("out", "attn_v"), "batch pos kv_head d_head"),
+    HookSpec("blocks.{l}.attn.hook_attn_scores", Site("scores"), "batch head query key"),
     HookSpec("blocks.{l}.attn.hook_pattern", Site("pattern"), "batch head query key"),
     HookSpec("blocks.{l}.attn.hook_pattern_rows", Site("pattern_rows"), "batch head row key"),
     HookSpec("blocks.{l}.attn.hook_z", Site("in", "attn_o"), "batch pos head d_head"),
+    HookSpec("blocks.{l}.attn.hook_result", Site("result", "attn_o"), "batch pos head d_model"),
     HookSpec("blocks.{l}.hook_attn_out", Site("out", "attn_out"), "batch pos d_model"),
     HookSpec("blocks.{l}.hook_resid_mid", Site("resid_mid"), "batch pos d_model"),
+    HookSpec("blocks.{l}.ln2.hook_scale", Site("scale", "ln2"), "batch pos 1"),
     HookSpec("blocks.{l}.ln2.hook_normalized", Site("out", "ln2"), "batch pos d_model"),
     HookSpec("blocks.{l}.mlp.hook_pre", Site("out", "mlp_gate"), "batch pos d_mlp"),
     HookSpec("blocks.{l}.mlp.hook_post", Site("in", "mlp_down"), "batch pos d_mlp"),
@@ -56,19 +66,27 @@ BLOCK_HOOKS: tuple[HookSpec, ...] = (
 # hook_embed is the tensor entering layer 0 (image features merged, any embedding scale
 # applied), i.e. the same tensor as blocks.0.hook_resid_pre; it fires first.
 EMBED_HOOK = HookSpec("hook_embed", Site("in", "block"), "batch pos d_model")
+FINAL_SCALE_HOOK = HookSpec("ln_final.hook_scale", Site("scale", "final_norm"), "batch pos 1")
 FINAL_HOOK = HookSpec("ln_final.hook_normalized", Site("out", "final_norm"), "batch pos d_model")
 VISION_BLOCK_HOOK = HookSpec("vision.blocks.{l}.hook_resid_post", Site("out", "vision_block"), "image patch d_vision")
 PROJECTOR_HOOK = HookSpec("projector.hook_out", Site("out", "projector"), "image patch d_model")
 
-# Names that cost a quadratic eager computation: never cached unless asked for by name.
-OPT_IN_SUFFIXES = ("attn.hook_pattern",)
+# Names never cached unless asked for: the full pattern and scores cost a quadratic eager computation, the
+# per-head and norm views (TL's q, k, v, result, scale) add memory the default cache does not need.
+OPT_IN_SUFFIXES = ("attn.hook_pattern", "attn.hook_attn_scores", "attn.hook_q", "attn.hook_k", "attn.hook_v",
+                   "attn.hook_result", "hook_scale")
 
 # Short aliases for cache lookups: cache["resid_post", 3] == cache["blocks.3.hook_resid_post"].
 ALIASES: dict[str, str] = {
     "embed": "hook_embed",
     "resid_pre": "blocks.{l}.hook_resid_pre",
     "ln1": "blocks.{l}.ln1.hook_normalized",
+    "q": "blocks.{l}.attn.hook_q",
+    "k": "blocks.{l}.attn.hook_k",
+    "v": "blocks.{l}.attn.hook_v",
+    "attn_scores": "blocks.{l}.attn.hook_attn_scores",
     "z": "blocks.{l}.attn.hook_z",
+    "result": "blocks.{l}.attn.hook_result",
     "pattern": "blocks.{l}.attn.hook_pattern",
     "pattern_rows": "blocks.{l}.attn.hook_pattern_rows",
     "attn_out": "blocks.{l}.hook_attn_out",
@@ -84,6 +102,10 @@ ALIASES: dict[str, str] = {
 }
 
 
+# The hook points of an SAE spliced at a name (vlm_lens.sae), suffixed to it as SAELens names them, in firing order.
+SAE_HOOKS = ("hook_sae_input", "hook_sae_acts_post", "hook_sae_recons", "hook_sae_error", "hook_sae_output")
+
+
 @dataclass(frozen=True)
 class HookInfo:
     """One concrete hook name on one model."""
@@ -91,7 +113,7 @@ class HookInfo:
     name: str
     spec: HookSpec
     layer: int | None  # language or vision layer index; None for model-wide hooks
-    order: int  # firing order within one forward; used to run a site's hooks in sequence
+    order: float  # firing order within one forward; used to run a site's hooks in sequence
 
 
 def block_names(layer: int) -> list[str]:
@@ -112,17 +134,40 @@ class Vocabulary:
         for l in range(n_layers):
             for spec in BLOCK_HOOKS:
                 infos.append(HookInfo(spec.template.format(l=l), spec, l, len(infos)))
+        infos.append(HookInfo(FINAL_SCALE_HOOK.template, FINAL_SCALE_HOOK, None, len(infos)))
         infos.append(HookInfo(FINAL_HOOK.template, FINAL_HOOK, None, len(infos)))
         self._infos = {info.name: info for info in infos}
         self._listing = (
             [VISION_BLOCK_HOOK.template.format(l=l) for l in range(n_vision_layers)]
             + [PROJECTOR_HOOK.template, EMBED_HOOK.template]
             + [name for l in range(n_layers) for name in block_names(l)]
-            + [FINAL_HOOK.template]
+            + [FINAL_SCALE_HOOK.template, FINAL_HOOK.template]
         )
 
     def names(self) -> list[str]:
         return list(self._listing)
+
+    def add_sae(self, host: str) -> list[str]:
+        """The names of an SAE spliced at ``host`` (SAELens's), listed and fired right after it."""
+        info = self.info(host)
+        if info.spec.site.kind == "sae":
+            raise HookNameError(f"{host!r} is an SAE's own hook; splice SAEs at the model's hook names")
+        if f"{host}.{SAE_HOOKS[0]}" in self._infos:
+            raise HookNameError(f"an SAE is already spliced at {host!r}; model.reset_saes() first")
+        dims = info.spec.shape.rsplit(" ", 1)[0]
+        names = [f"{host}.{suffix}" for suffix in SAE_HOOKS]
+        for k, (suffix, name) in enumerate(zip(SAE_HOOKS, names)):
+            shape = f"{dims} d_sae" if suffix == "hook_sae_acts_post" else info.spec.shape
+            self._infos[name] = HookInfo(name, HookSpec(name, Site("sae", host), shape), info.layer, info.order + (k + 1) / 10)
+        at = self._listing.index(host) + 1
+        self._listing[at:at] = names
+        return names
+
+    def remove_sae(self, host: str) -> None:
+        names = {f"{host}.{suffix}" for suffix in SAE_HOOKS}
+        self._listing = [n for n in self._listing if n not in names]
+        for name in names:
+            self._infos.pop(name, None)
 
     def __contains__(self, name: str) -> bool:
         return name in self._infos

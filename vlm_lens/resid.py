@@ -36,7 +36,7 @@ def norm_eps(norm: nn.Module) -> float:
 def norm_gain(norm: nn.Module, width: int, like: Tensor) -> Float[Tensor, "d_model"]:
     """The RMSNorm's per-channel gain (Gemma's 1 + w included), read off the module itself: norm(c * ones) = gain."""
     probe = torch.full((width,), 1e3, dtype=torch.float32, device=like.device)
-    return norm(probe.to(like.dtype)).float() * torch.sqrt(torch.tensor(1.0 + norm_eps(norm) / 1e6))
+    return norm.forward(probe.to(like.dtype)).float() * torch.sqrt(torch.tensor(1.0 + norm_eps(norm) / 1e6))
 
 
 def norm_scale(norm: nn.Module, resid: Tensor) -> Float[Tensor, "... 1"]:
@@ -192,6 +192,37 @@ class ResidualMethods:
         return (stack, labels) if return_labels else stack
 
     compute_head_results = stack_head_results
+
+    def get_full_resid_decomposition(self, layer: int | None = None, mlp_input: bool = False,
+                                     expand_neurons: bool = True, apply_ln: bool = False, pos_slice=None,
+                                     return_labels: bool = False):
+        """The residual entering ``layer`` (None: the final one; ``mlp_input``: layer's MLP input) as every head's
+        write ("L{l}H{h}"), every neuron's ("L{l}N{i}"; ``expand_neurons=False``: each MLP's "{l}_mlp_out"), then
+        "embed" and "bias" (the o_proj and down_proj biases, zeros where a family has none): the components sum to
+        that residual (TL's order and labels). Memory: with expanded neurons, layers x d_mlp x pos x d_model
+        floats: slice positions."""
+        model = self._need_model()
+        n = model.cfg.n_layers
+        layer = n if layer is None or layer == -1 else layer
+        attn_layers = layer + (1 if mlp_input and layer < n else 0)
+        heads, labels = self.stack_head_results(attn_layers, pos_slice=pos_slice, return_labels=True)
+        parts = [heads]
+        if expand_neurons and layer > 0:
+            neurons, neuron_labels = self.stack_neuron_results(layer, pos_slice=pos_slice, return_labels=True)
+            parts.append(neurons)
+            labels += neuron_labels
+        elif layer > 0:
+            mlps, mlp_labels = self.decompose_resid(layer, mode="mlp", incl_embeds=False, pos_slice=pos_slice,
+                                                     return_labels=True)
+            parts.append(mlps)
+            labels += mlp_labels
+        embed = self._at(self["embed"], pos_slice)
+        bias = model.accumulated_bias(layer, mlp_input and layer < n, include_mlp_biases=expand_neurons) + torch.zeros_like(embed)
+        stack = torch.cat(parts + [embed[None], bias[None]])
+        labels += ["embed", "bias"]
+        if apply_ln:
+            stack = self.apply_ln_to_stack(stack, layer, mlp_input, pos_slice)
+        return (stack, labels) if return_labels else stack
 
     def remove_batch_dim(self):
         """A cache of one item with the batch dimension dropped from every activation (TL's)."""

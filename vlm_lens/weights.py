@@ -14,6 +14,7 @@ and Gemma's embedding scale (sqrt(d_model)) is not in ``W_E``, as in the HF modu
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from types import SimpleNamespace
 
 import torch
@@ -57,12 +58,30 @@ class BlockWeights:
                                    b_in=_bias(up, cfg.d_mlp, up.weight), b_out=_bias(down, cfg.d_model, down.weight))
 
 
+class Blocks(Sequence):
+    """``model.blocks``: each layer's weights, built when indexed (``blocks[l]`` reads one layer only)."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def __len__(self) -> int:
+        return self.model.cfg.n_layers
+
+    def __getitem__(self, layer):
+        if isinstance(layer, slice):
+            return [self[l] for l in range(len(self))[layer]]
+        n = len(self)
+        if not -n <= layer < n:
+            raise IndexError(f"layer {layer} is out of range: the model has {n} layers")
+        return BlockWeights(self.model, layer % n)
+
+
 class Weights:
     """Mixin for ``HookedVLM``: TL's weight properties (see the module docstring)."""
 
     @property
-    def blocks(self) -> list[BlockWeights]:
-        return [BlockWeights(self, layer) for layer in range(self.cfg.n_layers)]
+    def blocks(self) -> Blocks:
+        return Blocks(self)
 
     def _stack(self, part: str, name: str) -> Tensor:
         return torch.stack([getattr(getattr(BlockWeights(self, l), part), name) for l in range(self.cfg.n_layers)])
@@ -93,6 +112,13 @@ class Weights:
     W_out = property(lambda self: self._stack("mlp", "W_out"), doc="[layer, d_mlp, d_model]")
     b_in = property(lambda self: self._stack("mlp", "b_in"), doc="[layer, d_mlp]")
     b_out = property(lambda self: self._stack("mlp", "b_out"), doc="[layer, d_model]")
+
+    def accumulated_bias(self, layer: int, mlp_input: bool = False, include_mlp_biases: bool = True
+                         ) -> Float[Tensor, "d_model"]:
+        """TL's: the biases the blocks below ``layer`` add to the residual (o_proj's, and down_proj's with
+        ``include_mlp_biases``; ``mlp_input`` adds layer's own o_proj bias). Zeros for families without them."""
+        bias = self.b_O[: layer + (1 if mlp_input else 0)].sum(0)
+        return bias + self.b_out[:layer].sum(0) if include_mlp_biases else bias
 
     def tokens_to_residual_directions(self, tokens: int | str | Tensor) -> Float[Tensor, "... d_model"]:
         """The unembedding direction of each token (a token string must be one token): ``W_U[:, tokens].T``."""
