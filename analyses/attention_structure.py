@@ -118,7 +118,8 @@ class AttentionMaps:
 
 def image_grids(cache: ActivationCache, image: int = 0) -> list[Float[np.ndarray, "layer rows cols"]]:
     """Per item: attention from its query rows to its ``image``-th image's patch grid at every layer,
-    averaged over heads and rows (float32). Needs ``attn.hook_pattern_rows`` of every layer in ``cache``.
+    averaged over heads and rows (float32); a multi-crop image's base view (``span.stitch`` lays the
+    crops out instead). Needs ``attn.hook_pattern_rows`` of every layer in ``cache``.
 
     The one place the study, the CLI and the analyses turn attention rows into image grids."""
     inputs = cache.inputs
@@ -127,9 +128,10 @@ def image_grids(cache: ActivationCache, image: int = 0) -> list[Float[np.ndarray
     for item, spans in enumerate(inputs.image_spans):
         if image >= len(spans):
             raise ValueError(f"item {item} has {len(spans)} image(s); no image {image}")
-        span = spans[image]
-        per_layer = torch.stack([r[item, :, :, span.start : span.end].float().mean(dim=(0, 1)) for r in rows])
-        grids.append(per_layer.reshape(len(rows), *span.grid).cpu().numpy())
+        view = spans[image].base  # a multi-crop image: its base view, the whole image on one grid
+        keys = list(view.positions)
+        per_layer = torch.stack([r[item, :, :, keys].float().mean(dim=(0, 1)) for r in rows])
+        grids.append(per_layer.reshape(len(rows), *view.grid).cpu().numpy())
     return grids
 
 

@@ -43,7 +43,7 @@ def attention_grids(model: HookedVLM, inputs: VLMInputs) -> list[np.ndarray]:
 
 
 def token_mask(inputs: VLMInputs, cells: list[list[int]], fill: str = "mean", rank: str = "top") -> Intervention:
-    positions = [[inputs.image_spans[item][0].start + c for c in item_cells] for item, item_cells in enumerate(cells)]
+    positions = [[inputs.image_spans[item][0].base.positions[c] for c in item_cells] for item, item_cells in enumerate(cells)]
     return image_embedding_edit(positions, fill, name=f"mask {rank} patches (tokens, {fill})")
 
 

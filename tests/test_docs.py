@@ -52,7 +52,7 @@ def test_core_imports_no_outer_layer():
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
 
 
-@pytest.mark.parametrize("module", [vlm_lens.inputs, vlm_lens.names, vlm_lens.zoo, model_adapters.testing, analyses.answers,
+@pytest.mark.parametrize("module", [vlm_lens.spans, vlm_lens.names, vlm_lens.zoo, model_adapters.testing, analyses.answers,
                                     analyses.data.examples, analyses.interventions])
 def test_doctests(module):
     result = doctest.testmod(module)

@@ -4,9 +4,7 @@
 an ``ImageSpan``: the token positions (in the padded sequence) and the patch grid (rows, cols)
 those tokens tile, in row-major order.
 
-    >>> span = ImageSpan(image=0, start=5, end=17, grid=(3, 4))
-    >>> span.n_tokens, span.positions[:3], span.position_of(1, 0)
-    (12, [5, 6, 7], 9)
+``ImageSpan`` and its multi-crop ``View``s: ``vlm_lens.spans``.
 """
 
 from __future__ import annotations
@@ -19,30 +17,7 @@ import torch
 from PIL import Image
 
 from vlm_lens.errors import ImageTokenMismatchError, InputError
-
-
-@dataclass(frozen=True)
-class ImageSpan:
-    """One image's tokens in one sequence: positions start..end-1 tile a (rows, cols) grid."""
-
-    image: int  # index of the image in the batch's flat image list
-    start: int
-    end: int
-    grid: tuple[int, int]
-
-    @property
-    def n_tokens(self) -> int:
-        return self.end - self.start
-
-    @property
-    def positions(self) -> list[int]:
-        return list(range(self.start, self.end))
-
-    def position_of(self, row: int, col: int) -> int:
-        rows, cols = self.grid
-        if not (0 <= row < rows and 0 <= col < cols):
-            raise IndexError(f"patch ({row}, {col}) is outside the {rows}x{cols} grid")
-        return self.start + row * cols + col
+from vlm_lens.spans import ImageSpan, View, spans_from_runs  # noqa: F401  (re-exported: their old home)
 
 
 @dataclass
@@ -99,44 +74,6 @@ def last_positions(attention_mask: torch.Tensor) -> torch.Tensor:
 def padding_side_of(attention_mask: torch.Tensor) -> str:
     """'left' if any item starts with padding, else 'right' (also when nothing is padded)."""
     return "left" if bool((attention_mask[:, 0] == 0).any()) else "right"
-
-
-def spans_from_runs(
-    input_ids: torch.Tensor, image_token_id: int, per_image: list[tuple[int, tuple[int, int]]]
-) -> list[list[ImageSpan]]:
-    """Cut each item's image-token positions into consecutive images.
-
-    ``per_image`` gives, for the batch's images in order, (number of tokens, grid). Images are
-    consumed item by item, as every HF family does when it scatters image features.
-    """
-    spans: list[list[ImageSpan]] = []
-    cursor = 0
-    for item, ids in enumerate(input_ids):
-        positions = torch.nonzero(ids == image_token_id).flatten().tolist()
-        item_spans = []
-        taken = 0
-        while taken < len(positions):
-            if cursor >= len(per_image):
-                raise ImageTokenMismatchError(
-                    f"item {item} has {len(positions) - taken} image tokens beyond the {len(per_image)} images given"
-                )
-            n, grid = per_image[cursor]
-            block = positions[taken : taken + n]
-            if len(block) != n or block[-1] - block[0] != n - 1:
-                raise ImageTokenMismatchError(
-                    f"item {item}: image {cursor} needs {n} consecutive image tokens, found {len(block)} "
-                    f"at positions {block[:3]}...; the prompt's placeholders do not match the images"
-                )
-            item_spans.append(ImageSpan(cursor, block[0], block[0] + n, grid))
-            taken += n
-            cursor += 1
-        spans.append(item_spans)
-    if cursor != len(per_image):
-        raise ImageTokenMismatchError(
-            f"{len(per_image)} images were given but the prompts hold image tokens for {cursor}; "
-            "each image needs its placeholder in the prompt"
-        )
-    return spans
 
 
 def check_image(image, where: str) -> Image.Image:

@@ -1,0 +1,188 @@
+"""Where an image's tokens sit: one grid, or several views of the image (a base view and crop tiles).
+
+Single-view families (LLaVA-1.5, PaliGemma, Qwen-VL) give each image one run of tokens tiling one
+grid, row-major:
+
+    >>> span = ImageSpan(image=0, start=5, end=17, grid=(3, 4))
+    >>> span.n_tokens, span.positions[:3], span.position_of(1, 0), span.locate(9)
+    (12, [5, 6, 7], 9, (0, 1, 0))
+
+Multi-crop families (LLaVA-NeXT, Idefics3, InternVL) see one image as several ``View``s: a base
+(global, low-resolution) view, and crop tiles, each with its own grid, or the crops already
+stitched into one high-resolution grid; separator tokens (row newlines, tile markers) sit between
+patch tokens and belong to no patch. ``span.views`` lists them; ``span.locate(position)`` maps any
+patch token to (view, row, col); ``span.stitch(values)`` lays a per-token quantity (an attention
+row) out on the original image's high-resolution grid. On such a span ``start..end`` covers every
+token of the image (separators included), ``positions`` every patch token, and ``grid`` /
+``position_of`` the base view, so an analysis written for one grid reads the base view.
+
+    >>> base = View("base", (1, 2, 3, 4), (2, 2))
+    >>> tiles = [View("tile", (6 + 4 * k, 7 + 4 * k, 8 + 4 * k, 9 + 4 * k), (2, 2), tile=(0, k), tiles=(1, 2)) for k in range(2)]
+    >>> span = ImageSpan(0, 1, 14, (2, 2), views=(base, *tiles))
+    >>> span.locate(11), span.separators, tuple(span.stitch(torch.arange(14.0)).shape)
+    ((2, 0, 1), [5], (2, 4))
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from vlm_lens.errors import ImageTokenMismatchError
+
+VIEW_KINDS = ("base", "tile", "highres")
+
+
+@dataclass(frozen=True)
+class View:
+    """One view of an image: patch tokens at ``positions`` tiling ``grid`` (rows, cols) row-major.
+
+    kind "base": the whole image at low resolution (global view, thumbnail); "tile": one crop, at
+    ``tile`` (row, col) of the ``tiles`` (rows, cols) the original image was cut into; "highres": the
+    crops already stitched into one grid over the whole image. ``separators``: positions inside the
+    view's run that are no patch (LLaVA-NeXT's row newlines)."""
+
+    kind: str
+    positions: tuple[int, ...]
+    grid: tuple[int, int]
+    tile: tuple[int, int] = (0, 0)
+    tiles: tuple[int, int] = (1, 1)
+    separators: tuple[int, ...] = ()
+
+    def __post_init__(self):
+        if self.kind not in VIEW_KINDS:
+            raise ValueError(f"view kind must be one of {VIEW_KINDS}, got {self.kind!r}")
+        if len(self.positions) != self.grid[0] * self.grid[1]:
+            raise ImageTokenMismatchError(f"a {self.grid[0]}x{self.grid[1]} {self.kind} view needs "
+                                          f"{self.grid[0] * self.grid[1]} patch tokens, got {len(self.positions)}")
+
+    def position_of(self, row: int, col: int) -> int:
+        rows, cols = self.grid
+        if not (0 <= row < rows and 0 <= col < cols):
+            raise IndexError(f"patch ({row}, {col}) is outside the {rows}x{cols} grid")
+        return self.positions[row * cols + col]
+
+    def cell_of(self, position: int) -> tuple[int, int] | None:
+        """(row, col) of a patch token of this view; None for any other position."""
+        try:
+            return divmod(self.positions.index(position), self.grid[1])
+        except ValueError:
+            return None
+
+    @property
+    def region(self) -> tuple[float, float, float, float]:
+        """(top, left, bottom, right) of the original image this view covers, as fractions."""
+        (r, c), (rows, cols) = self.tile, self.tiles
+        return r / rows, c / cols, (r + 1) / rows, (c + 1) / cols
+
+
+@dataclass(frozen=True)
+class ImageSpan:
+    """One image's tokens in one sequence: positions start..end-1 tile a (rows, cols) grid, or, with
+    ``views``, hold the image's views (``grid`` is then the base view's)."""
+
+    image: int  # index of the image in the batch's flat image list
+    start: int
+    end: int
+    grid: tuple[int, int]
+    views: tuple[View, ...] = ()
+
+    @property
+    def n_tokens(self) -> int:
+        return self.end - self.start
+
+    @property
+    def all_views(self) -> tuple[View, ...]:
+        return self.views or (View("base", tuple(range(self.start, self.end)), self.grid),)
+
+    @property
+    def base(self) -> View:
+        """The view that sees the whole image in one grid (a single-view span's only view)."""
+        views = self.all_views
+        return next((v for v in views if v.kind == "base"), views[0])
+
+    @property
+    def positions(self) -> list[int]:
+        """Every patch token of the image, in sequence order (separators left out)."""
+        if not self.views:
+            return list(range(self.start, self.end))
+        return sorted(p for v in self.views for p in v.positions)
+
+    @property
+    def separators(self) -> list[int]:
+        """Positions in start..end that are no patch: row newlines, tile markers."""
+        return sorted(set(range(self.start, self.end)) - set(self.positions))
+
+    def position_of(self, row: int, col: int) -> int:
+        """The base view's patch (row, col)."""
+        return self.base.position_of(row, col)
+
+    def locate(self, position: int) -> tuple[int, int, int]:
+        """(view index, row, col) of a patch token; a separator or a position outside the image raises."""
+        for k, view in enumerate(self.all_views):
+            cell = view.cell_of(position)
+            if cell is not None:
+                return (k, *cell)
+        what = "a separator token" if self.start <= position < self.end else "outside the image"
+        raise IndexError(f"position {position} is {what} (image tokens {self.start}..{self.end - 1}), not a patch")
+
+    def stitch(self, values: Float[Tensor, "... seq"], kind: str | None = None) -> Float[Tensor, "... rows cols"]:
+        """A per-position quantity (e.g. an attention row over keys) on the image's grid: the high-resolution
+        views ("tile" or "highres") placed where they sit in the original image, or ``kind="base"`` the base view.
+        A single-view span gives its own grid."""
+        views = [v for v in self.all_views if v.kind == kind] if kind else (
+            [v for v in self.all_views if v.kind != "base"] or [self.base])
+        if not views:
+            raise ValueError(f"this image has no {kind!r} view; its views: {[v.kind for v in self.all_views]}")
+        if len(views) == 1:
+            return values[..., list(views[0].positions)].reshape(*values.shape[:-1], *views[0].grid)
+        (rows, cols), (tr, tc) = views[0].grid, views[0].tiles
+        if any(v.grid != (rows, cols) or v.tiles != (tr, tc) for v in views):
+            raise ValueError("tiles of different grids or tilings cannot be stitched into one grid")
+        out = values.new_zeros(*values.shape[:-1], tr * rows, tc * cols)
+        for v in views:
+            r, c = v.tile
+            out[..., r * rows:(r + 1) * rows, c * cols:(c + 1) * cols] = values[..., list(v.positions)].reshape(
+                *values.shape[:-1], rows, cols)
+        return out
+
+
+def spans_from_runs(
+    input_ids: torch.Tensor, image_token_id: int, per_image: list[tuple[int, tuple[int, int]]]
+) -> list[list[ImageSpan]]:
+    """Cut each item's image-token positions into consecutive images.
+
+    ``per_image`` gives, for the batch's images in order, (number of tokens, grid). Images are
+    consumed item by item, as every HF family does when it scatters image features.
+    """
+    spans: list[list[ImageSpan]] = []
+    cursor = 0
+    for item, ids in enumerate(input_ids):
+        positions = torch.nonzero(ids == image_token_id).flatten().tolist()
+        item_spans = []
+        taken = 0
+        while taken < len(positions):
+            if cursor >= len(per_image):
+                raise ImageTokenMismatchError(
+                    f"item {item} has {len(positions) - taken} image tokens beyond the {len(per_image)} images given"
+                )
+            n, grid = per_image[cursor]
+            block = positions[taken : taken + n]
+            if len(block) != n or block[-1] - block[0] != n - 1:
+                raise ImageTokenMismatchError(
+                    f"item {item}: image {cursor} needs {n} consecutive image tokens, found {len(block)} "
+                    f"at positions {block[:3]}...; the prompt's placeholders do not match the images"
+                )
+            item_spans.append(ImageSpan(cursor, block[0], block[0] + n, grid))
+            taken += n
+            cursor += 1
+        spans.append(item_spans)
+    if cursor != len(per_image):
+        raise ImageTokenMismatchError(
+            f"{len(per_image)} images were given but the prompts hold image tokens for {cursor}; "
+            "each image needs its placeholder in the prompt"
+        )
+    return spans
