@@ -13,7 +13,7 @@ import analyses.answers
 import analyses.data.examples
 import analyses.interventions
 import model_adapters.testing
-import vlm_lens.inputs
+import vlm_lens.spans
 import vlm_lens.names
 import vlm_lens.zoo
 from analyses.cli import app
