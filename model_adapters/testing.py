@@ -62,6 +62,8 @@ class FamilySpec:
     before_image: str | None = None  # the token right before each image's tokens, if the template puts one
     after_image: str | None = None  # the token right after them
     real: tuple[RealSize, ...] = ()
+    # multi-crop families: (image, processor) -> [(view kind, grid)] the processor's own arithmetic gives
+    expected_views: Callable[[Image.Image, Any], list[tuple[str, tuple[int, int]]]] | None = None
 
 
 def word_tokenizer(words: Sequence[str], specials: Sequence[str] = ()) -> PreTrainedTokenizerFast:

@@ -50,8 +50,9 @@ def test_generated_answers_match_hf_and_a_teacher_forced_forward(model, images):
         logprobs = torch.log_softmax(logits[0, rows].float(), -1)[torch.arange(len(tokens)), torch.tensor(tokens)]
         assert generated.confidence[item] == pytest.approx(float(logprobs.mean().exp()), rel=1e-4)
         span = single.image_spans[0][0]
-        entropy = [np.mean([spatial_entropy(cache["pattern_rows", l][0, :, r, span.start : span.end].float().mean(0)
-                                            .reshape(span.grid).numpy()) for r in range(len(tokens))])
+        keys = list(span.base.positions)  # a multi-crop image: its base view
+        entropy = [np.mean([spatial_entropy(cache["pattern_rows", l][0, :, r, keys].float().mean(0)
+                                            .reshape(span.base.grid).numpy()) for r in range(len(tokens))])
                    for l in range(model.cfg.n_layers)]
         np.testing.assert_allclose(maps[item][1], entropy, rtol=1e-4)
 

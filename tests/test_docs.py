@@ -42,6 +42,31 @@ def test_cli_demo(family):
     assert len(rows) == 2 and all(0 < float(r[1]) <= 1 + 1e-6 for r in rows)  # one row per layer: a share of attention
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_cli_demo_on_a_saved_checkpoint(family, tmp_path):
+    """``vlm-lens demo --model DIR`` loads a saved checkpoint with its own processor; its next token is what the
+    HF model, loaded on its own, predicts for the same image and prompt."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from model_adapters import SPECS
+    from vlm_lens import HookedVLM
+
+    hf, processor = SPECS[family].tiny(seed=0)
+    hf.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    result = CliRunner().invoke(app, ["demo", "--model", str(tmp_path), "--seed", "3"])
+    assert result.exit_code == 0, result.output
+    assert f"model: {family}" in result.output
+    image = Image.fromarray(np.random.RandomState(3).randint(0, 255, (64, 64, 3), dtype=np.uint8))
+    reloaded = HookedVLM.from_pretrained(str(tmp_path))
+    inputs = reloaded.prepare(images=[image], prompts=["is there a red square in the image ?"])
+    with torch.no_grad():
+        token = reloaded.to_string(int(reloaded.hf_model(**inputs.tensors).logits[0, -1].argmax()))
+    assert f"next token: {token!r}" in result.output
+
+
 def test_core_imports_no_outer_layer():
     """The core is the bottom of the house: importing it pulls no analyses, CLI, tables or plotting package."""
     import subprocess

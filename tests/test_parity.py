@@ -102,10 +102,18 @@ def test_vision_and_projector_hooks_match_hf(model, inputs):
         feats = model.hf_model.model.get_image_features(**image_tensors).pooler_output  # HF's own image features
         feats = torch.cat(list(feats)) if isinstance(feats, (list, tuple)) else feats.flatten(0, 1)
     projected = cache["projector"].reshape(-1, cache["projector"].shape[-1])
-    assert torch.allclose(projected, feats, atol=ATOL)
-    # the projector's output is exactly what sits at the image positions entering layer 0
-    flat = torch.cat([cache["hook_embed"][i, inputs.image_positions(i)] for i in range(inputs.batch_size)])
-    assert torch.equal(flat, projected)
+    # HF's image features are exactly what sits at the image tokens entering layer 0 (separators included)
+    at_images = torch.cat([cache["hook_embed"][i, s.start:s.end] for i in range(inputs.batch_size) for s in inputs.image_spans[i]])
+    assert torch.allclose(at_images, feats, atol=ATOL)
+    if not any(s.views for spans in inputs.image_spans for s in spans):  # one view: the projector's output, as is
+        assert torch.allclose(projected, feats, atol=ATOL)
+        flat = torch.cat([cache["hook_embed"][i, inputs.image_positions(i)] for i in range(inputs.batch_size)])
+        assert torch.equal(flat, projected)
+    else:  # several views: each image's base view is one of the projector's [view, patch, d] rows, unchanged
+        for i, spans in enumerate(inputs.image_spans):
+            for span in spans:
+                base = cache["hook_embed"][i, list(span.base.positions)]
+                assert any(torch.equal(base, row) for row in cache["projector"]), f"item {i}: base view not projected"
 
 
 def envoy(root, path: str):

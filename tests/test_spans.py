@@ -13,8 +13,13 @@ def check_spans_cover_image_tokens(model, inputs):
         covered = torch.zeros_like(is_image)
         for span in spans:
             rows, cols = span.grid
-            assert span.n_tokens == rows * cols
-            covered[span.start : span.end] = True
+            if not span.views:
+                assert span.n_tokens == rows * cols
+            for view in span.views:  # a multi-crop image: each view's tokens inside the image's run
+                assert span.start <= min(view.positions) and max(view.positions) < span.end
+            assert sorted(span.positions + span.separators) == list(range(span.start, span.end))
+            covered[span.positions] = True
+            covered[[p for p in span.separators if is_image[p]]] = True  # LLaVA-NeXT's newlines are image tokens
         assert torch.equal(covered, is_image)
 
 
@@ -50,6 +55,8 @@ def test_layout_matches_the_family_spec(model, spec, inputs, images):
         if spec.after_image is not None:
             assert ids[item, span.end] == tok(spec.after_image)
         assert span.grid == spec.expected_grid(images[item], model.processor)
+        if spec.expected_views is not None:  # multi-crop: each view's kind and grid, from the processor's own arithmetic
+            assert [(v.kind, v.grid) for v in span.views] == spec.expected_views(images[item], model.processor)
 
 
 def test_several_images_in_one_prompt(family):
@@ -68,5 +75,6 @@ def test_several_images_in_one_prompt(family):
 def test_patch_position_lookup(model, inputs):
     span = inputs.image_spans[0][0]
     rows, cols = span.grid
-    assert span.position_of(0, 0) == span.start
-    assert span.position_of(rows - 1, cols - 1) == span.end - 1
+    assert span.position_of(0, 0) == span.base.positions[0] == span.start
+    assert span.position_of(rows - 1, cols - 1) == span.base.positions[-1]
+    assert span.views or span.base.positions[-1] == span.end - 1
