@@ -75,3 +75,18 @@ def fill_merged_patches(config, tensors: dict, span: ImageSpan, cells, fill: tor
     for cell in cells:
         block = pixels[offset + merge**2 * int(cell) : offset + merge**2 * (int(cell) + 1)]
         block.view(merge**2, 3, per_channel)[:] = fill[None, :, None]
+
+
+def image_only(processor_class: type, name: str | None = None) -> type:
+    """A processor class for images only (Qwen-VL, LLaVA-OneVision).
+
+    transformers cannot build these families' video processors without torchvision, and the stock
+    processors refuse to exist without one. Images are processed exactly as the stock one does.
+    """
+
+    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+        processor_class.__init__(self, image_processor, tokenizer, None, chat_template=chat_template, **kwargs)
+        self.video_processor = None
+
+    name = name or processor_class.__name__.replace("Processor", "ImageProcessor")
+    return type(name, (processor_class,), {"__init__": __init__, "__doc__": image_only.__doc__, "__module__": __name__})

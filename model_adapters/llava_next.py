@@ -10,6 +10,7 @@ high-resolution grid. Inputs: 5-D ``pixel_values`` [image, crop, channel, h, w] 
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 import torch
@@ -32,33 +33,49 @@ from vlm_lens.spans import View, spans_from_runs
 
 def anyres_layout(config, image_size: tuple[int, int]) -> tuple[int, tuple[int, int]]:
     """(base grid side, (rows, cols) of the unpadded high-resolution grid) for an image of (height, width) pixels,
-    by transformers' own pinpoint choice and unpadding."""
+    by transformers' own pinpoint choice and unpadding; with LLaVA-OneVision's ``vision_aspect_ratio``
+    ("anyres_max_9"), the grid its bilinear downsampling leaves when it holds over 1.1^2 x 9 base grids."""
     vision = config.vision_config
     side = vision.image_size // vision.patch_size
     crops_h, crops_w = get_anyres_image_grid_shape(list(image_size), config.image_grid_pinpoints, vision.image_size)
     grid = torch.empty(1, crops_h * side, crops_w * side, device="meta")
-    return side, tuple(unpad_image(grid, torch.tensor(image_size)).shape[1:])
+    rows, cols = unpad_image(grid, torch.tensor(image_size)).shape[1:]
+    aspect = getattr(config, "vision_aspect_ratio", None)
+    if aspect is not None:  # as LlavaOnevisionModel.pack_image_features computes it
+        ratio = math.sqrt(rows * cols / (int(aspect.strip("anyres_max_")) * side**2))
+        if ratio > 1.1:
+            rows, cols = int(rows // ratio), int(cols // ratio)
+    return side, (rows, cols)
 
 
 def image_spans(config, input_ids, tensors):
-    if config.vision_feature_select_strategy != "default":
+    cls_free = config.vision_config.model_type.startswith("siglip")  # SigLIP has no CLS token to drop
+    if config.vision_feature_select_strategy != "default" and not cls_free:
         raise InputError(f"vision_feature_select_strategy {config.vision_feature_select_strategy!r} keeps the CLS "
                          "token among the image tokens; image spans cover the 'default' strategy (patches only)")
     if "image_sizes" not in tensors or tensors["pixel_values"].ndim != 5:
-        raise InputError("LLaVA-NeXT takes pixel_values [image, crop, channel, h, w] and image_sizes; "
+        raise InputError("anyres models take pixel_values [image, crop, channel, h, w] and image_sizes; "
                          "use model.prepare() or the model's processor")
-    layouts = [anyres_layout(config, tuple(int(x) for x in size)) for size in tensors["image_sizes"]]
-    runs = [(side * side + rows * (cols + 1), (side, side)) for side, (rows, cols) in layouts]
+    # LLaVA-OneVision crops only an item's single image: in an item with several, each is its base view and a newline
+    counts = tensors.get("batch_num_images")
+    cropped = [True] * len(tensors["image_sizes"]) if counts is None else [int(n) == 1 for n in counts for _ in range(int(n))]
+    layouts = [anyres_layout(config, tuple(int(x) for x in size)) if crop else
+               ((config.vision_config.image_size // config.vision_config.patch_size), None)
+               for size, crop in zip(tensors["image_sizes"], cropped)]
+    runs = [(side * side + (rows * (cols + 1) if grid else 1), (side, side))
+            for side, grid in layouts for rows, cols in [grid or (0, 0)]]
     spans = spans_from_runs(input_ids, config.image_token_id, runs)
     return [[with_views(span, *layouts[span.image]) for span in item] for item in spans]
 
 
-def with_views(span, side: int, highres: tuple[int, int]):
-    rows, cols = highres
+def with_views(span, side: int, highres: tuple[int, int] | None):
     first = span.start + side * side
+    base = View("base", tuple(range(span.start, first)), (side, side))
+    if highres is None:  # the base view and one newline token
+        return replace(span, views=(base,))
+    rows, cols = highres
     patches = tuple(first + r * (cols + 1) + c for r in range(rows) for c in range(cols))
     newlines = tuple(first + r * (cols + 1) + cols for r in range(rows))
-    base = View("base", tuple(range(span.start, first)), (side, side))
     return replace(span, views=(base, View("highres", patches, highres, separators=newlines)))
 
 

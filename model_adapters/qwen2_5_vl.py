@@ -18,7 +18,8 @@ from dataclasses import replace
 from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor
 
 from model_adapters.qwen2_vl import SPEC as QWEN2_VL_SPEC
-from model_adapters.qwen2_vl import image_only, qwen_adapter, tiny_qwen
+from model_adapters.common import image_only
+from model_adapters.qwen2_vl import qwen_adapter, tiny_qwen
 from model_adapters.testing import DEFAULT_WORDS, RealSize
 from vlm_lens.adapter import register
 

@@ -11,28 +11,13 @@ from __future__ import annotations
 from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLImageProcessorPil, Qwen2VLProcessor
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
 
-from model_adapters.common import LANGUAGE_MODEL, PRE_NORM_BLOCK, fill_merged_patches
+from model_adapters.common import LANGUAGE_MODEL, PRE_NORM_BLOCK, fill_merged_patches, image_only
 from model_adapters.testing import DEFAULT_WORDS, TOY_INIT, FamilySpec, RealSize, build, text_config, toy_text, word_tokenizer
 from vlm_lens.adapter import Adapter, register
 from vlm_lens.errors import InputError
 from vlm_lens.inputs import spans_from_runs
 
 SPECIALS = ("<|image_pad|>", "<|vision_start|>", "<|vision_end|>", "<|video_pad|>", "<|im_start|>", "<|im_end|>")
-
-
-def image_only(processor_class: type) -> type:
-    """A Qwen-VL processor class for images only.
-
-    transformers cannot build the Qwen-VL video processors without torchvision, and the stock
-    processors refuse to exist without one. Images are processed exactly as the stock one does.
-    """
-
-    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
-        processor_class.__init__(self, image_processor, tokenizer, None, chat_template=chat_template, **kwargs)
-        self.video_processor = None
-
-    name = processor_class.__name__.replace("Processor", "ImageProcessor")
-    return type(name, (processor_class,), {"__init__": __init__, "__doc__": image_only.__doc__, "__module__": __name__})
 
 
 Qwen2VLImageProcessor = image_only(Qwen2VLProcessor)
