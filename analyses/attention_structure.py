@@ -38,7 +38,8 @@ def _grid(grid) -> np.ndarray:
         raise ValueError("attention over the patch grid must be finite and non-negative")
     total = array.sum()
     if total <= 0:
-        raise ValueError("attention over the patch grid sums to zero; nothing to normalise")
+        raise ValueError("attention over the patch grid sums to zero; nothing to normalise (a sliding-window layer, as "
+                         "in Gemma 3, whose window ends before the image cannot see it from this query)")
     return array / total
 
 

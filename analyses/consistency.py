@@ -19,6 +19,7 @@ Memory: a decode holds the batch's KV cache twice (the prefill's and the sample'
 from __future__ import annotations
 
 import copy
+import inspect
 from collections import Counter
 from collections.abc import Sequence
 
@@ -65,6 +66,17 @@ class _Sampler(LogitsProcessor):
 
 
 @torch.no_grad()
+def prefill(model: HookedVLM, inputs: VLMInputs, logits_to_keep: int = 1):
+    """The batch's forward with its KV cache, at the positions HF's ``generate`` gives a left-padded batch (counted
+    over real tokens, by the model's own ``_prepare_position_ids_for_generation``): a continuation decoded from
+    this cache by ``generate`` then sees every token where a generation from scratch would. (Left to the model,
+    the prefill would count padding: relative positions would be off by the padding length for the rest.)"""
+    tensors = dict(inputs.tensors)
+    if "position_ids" in inspect.signature(model.hf_model.forward).parameters:
+        tensors["position_ids"] = model.hf_model._prepare_position_ids_for_generation(inputs.input_ids, dict(tensors))
+    return model.hf_model(**tensors, use_cache=True, logits_to_keep=logits_to_keep)
+
+
 def sample_ids(
     model: HookedVLM,
     inputs: VLMInputs,
@@ -95,7 +107,7 @@ def sample_ids(
     generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
     stops = torch.tensor(list(stop_ids) if stop_ids is not None else [model.tokenizer.eos_token_id], device=model.device)
 
-    out = model.hf_model(**inputs.tensors, use_cache=True, logits_to_keep=1)
+    out = prefill(model, inputs)
     probs = nucleus_probs(answer_logits(out.logits, inputs), temperature, top_p).cpu()
     first = torch.stack([torch.multinomial(probs[i], k, replacement=True, generator=g) for i, g in enumerate(generators)])
     first = first.to(model.device)  # [batch, k]

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from analyses.answers import AnswerActivations, answer_positions, at_answer
 from analyses.logit_lens import final_norm, unembed
-from vlm_lens.resid import norm_gain, norm_scale
+from vlm_lens.resid import norm_gain, norm_scale, through_post_norm
 from vlm_lens import ActivationCache, HookedVLM
 from vlm_lens.adapter import get_module, layer_list
 
@@ -89,7 +89,8 @@ def head_contributions(
     competitor_ids: Sequence[int],
     positions: Tensor | None = None,
 ) -> pd.DataFrame:
-    """Direct logit contribution of every attention head: head h's write ``z_h @ W_O[:, h]`` projected on
+    """Direct logit contribution of every attention head: head h's write ``z_h @ W_O[:, h]`` (through a post-attention
+    norm, linearised at o_proj's output: ``vlm_lens.resid.through_post_norm``) projected on
     ``W_U[ref] - W_U[competitor]`` through the linearised final norm (as ``margin_contributions``). Over
     the heads of a layer they sum to that layer's attention contribution, less W_O's bias (no head's).
     Needs every layer's ``attn.hook_z`` and the last ``hook_resid_post``. Tidy: item, layer, head, contribution."""
@@ -98,9 +99,12 @@ def head_contributions(
     frames = []
     for layer in range(model.cfg.n_layers):
         z = pick(cache["z", layer])  # batch head d_head
-        w_o = output_projection(model, layer).weight.float()
+        projection = output_projection(model, layer)
+        w_o = projection.weight.float()
         per_head = w_o.view(w_o.shape[0], z.shape[1], z.shape[2])  # d_model head d_head
-        value = torch.einsum("bhd,mhd,bm->bh", z, per_head, direction.to(z.device))
+        bias = projection.bias.float() if projection.bias is not None else 0.0
+        factor = through_post_norm(model, layer, "attn", torch.einsum("bhd,mhd->bm", z, per_head) + bias)  # Gemma 3
+        value = torch.einsum("bhd,mhd,bm->bh", z, per_head, (direction.to(z.device) * factor))
         frames.append(pd.DataFrame({"item": np.repeat(np.arange(z.shape[0]), z.shape[1]), "layer": layer,
                                     "head": np.tile(np.arange(z.shape[1]), z.shape[0]),
                                     "contribution": value.reshape(-1).cpu().numpy()}))

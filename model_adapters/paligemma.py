@@ -35,6 +35,7 @@ ADAPTER = register(
         drop_keys=("labels",),
         nested_images=True,
         fill_patches=fill_grid_patches,
+        answer_token_types={"token_type_ids": 1},  # the suffix: what follows the prefix is generated
     )
 )
 

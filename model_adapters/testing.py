@@ -66,15 +66,17 @@ class FamilySpec:
     expected_views: Callable[[Image.Image, Any], list[tuple[str, tuple[int, int]]]] | None = None
 
 
-def word_tokenizer(words: Sequence[str], specials: Sequence[str] = ()) -> PreTrainedTokenizerFast:
-    """A whitespace/punctuation word-level tokenizer: <pad>=0, <unk>=1, <s>=2, </s>=3, specials, words."""
+def word_tokenizer(words: Sequence[str], specials: Sequence[str] = (), named: dict[str, str] | None = None
+                   ) -> PreTrainedTokenizerFast:
+    """A whitespace/punctuation word-level tokenizer: <pad>=0, <unk>=1, <s>=2, </s>=3, specials, words.
+    ``specials[0]`` is its ``image_token``; ``named`` gives more of them by attribute (Gemma 3's ``boi_token``)."""
     vocab: dict[str, int] = {}
     for token in ("<pad>", "<unk>", "<s>", "</s>", *specials, *TEMPLATE_WORDS, *words):
         vocab.setdefault(token, len(vocab))
     backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
     backend.add_special_tokens(["<pad>", "<unk>", "<s>", "</s>", *specials])  # matched before pre-tokenizing
-    extra = {"image_token": specials[0]} if specials else {}
+    extra = ({"image_token": specials[0]} if specials else {}) | (named or {})
     return PreTrainedTokenizerFast(
         tokenizer_object=backend,
         pad_token="<pad>",

@@ -40,9 +40,10 @@ def test_generated_answers_match_hf_and_a_teacher_forced_forward(model, images):
         single = model.prepare(images=[image], prompts=[prompt])
         ids = torch.cat([single.input_ids, torch.tensor([tokens])], dim=1)
         tensors = {**single.tensors, "input_ids": ids, "attention_mask": torch.ones_like(ids)}
-        for key in ("token_type_ids", "mm_token_type_ids"):  # answer tokens are text (PaliGemma: the suffix)
+        for key in ("token_type_ids", "mm_token_type_ids"):  # answer tokens' type, as the adapter declares it
             if key in tensors:
-                tensors[key] = torch.cat([tensors[key], torch.full((1, len(tokens)), int(key == "token_type_ids"))], 1)
+                value = model.adapter.answer_token_types.get(key, 0)
+                tensors[key] = torch.cat([tensors[key], torch.full((1, len(tokens)), value)], 1)
         forced = model.as_inputs(**tensors)
         last = single.input_ids.shape[1] - 1
         rows = list(range(last, last + len(tokens)))

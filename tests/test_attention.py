@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+
+import pytest
 import torch
 
 ATOL = 1e-5
@@ -31,12 +34,15 @@ def test_rows_equal_eager_attentions_at_image_columns(model, inputs, eager_hf):
 
 def test_rows_at_chosen_positions(model, inputs, eager_hf):
     ref = eager_attentions(eager_hf, inputs)
+    middle = inputs.input_ids.shape[1] // 2  # an absolute position
     with torch.no_grad():
-        _, cache = model.run_with_cache(inputs, names_filter="blocks.1.attn.hook_pattern_rows", query_positions=[-1, -3, 20])
+        _, cache = model.run_with_cache(inputs, names_filter=lambda n: n.endswith("attn.hook_pattern_rows"),
+                                        query_positions=[-1, -3, middle])
     last = inputs.last_positions()
-    for item in range(inputs.batch_size):
-        for row, pos in enumerate([last[item], last[item] - 2, 20]):
-            assert torch.allclose(cache["pattern_rows", 1][item, :, row], ref[1][item, :, pos], atol=ATOL)
+    for layer in range(model.cfg.n_layers):  # every layer: sliding-window layers (Gemma 3) read their own mask
+        for item in range(inputs.batch_size):
+            for row, pos in enumerate([last[item], last[item] - 2, middle]):
+                assert torch.allclose(cache["pattern_rows", layer][item, :, row], ref[layer][item, :, pos], atol=ATOL)
 
 
 def test_full_pattern_equals_eager_at_real_rows(model, inputs, eager_hf):
@@ -87,3 +93,40 @@ def test_nested_sessions_share_the_routing(model, inputs, eager_hf):
     assert config._attn_implementation == before
     last = inputs.last_positions()
     assert torch.allclose(cache["pattern_rows", 1][0, :, 0], ref[1][0, :, last[0]], atol=ATOL)
+
+
+def test_sliding_window_layers_rows_in_prefill_and_generation(family):
+    """Families with sliding-window layers (Gemma 3), the window narrowed below the prompt: the rows equal eager
+    attention in the prefill, and while generating (the cache then holds only the window) every step's row is
+    padded back to full length, equal to the teacher-forced eager row at that position (zeros outside the window)."""
+    from tests.conftest import PROMPTS, make_images, tiny
+
+    model = tiny(family)
+    if "sliding_attention" not in (getattr(model.hf_model.config.get_text_config(), "layer_types", None) or ()):
+        pytest.skip(f"{family} has no sliding-window layers")
+    model = tiny(family, text={"sliding_window": 6})
+    inputs = model.prepare(images=make_images()[:1], prompts=PROMPTS[:1])
+    names = [f"blocks.{l}.attn.hook_pattern_rows" for l in range(model.cfg.n_layers)]
+    rows = {}
+
+    def keep(act, hook):
+        rows.setdefault(hook.step, {})[hook.layer()] = act[0, :, 0].clone()
+
+    with torch.no_grad():
+        generated = model.generate(inputs, max_new_tokens=3, fwd_hooks=[(n, keep) for n in names])
+        eager = copy.deepcopy(model.hf_model)
+        eager.set_attn_implementation("eager")
+        tensors = {**inputs.tensors, "input_ids": generated, "attention_mask": torch.ones_like(generated)}
+        for key in ("token_type_ids",):
+            if key in tensors:
+                extra = torch.full((1, generated.shape[1] - inputs.input_ids.shape[1]), model.adapter.answer_token_types.get(key, 0))
+                tensors[key] = torch.cat([inputs.tensors[key], extra], 1)
+        ref = eager(**tensors, output_attentions=True).attentions
+    last = inputs.input_ids.shape[1] - 1
+    for step in range(3):
+        for layer in range(model.cfg.n_layers):
+            row = rows[step][layer]  # head key
+            assert row.shape[-1] == last + step + 1  # every position so far, not only the window's
+            assert torch.allclose(row, ref[layer][0, :, last + step, : last + step + 1], atol=ATOL), (step, layer)
+    sliding = [l for l, kind in enumerate(model.hf_model.config.get_text_config().layer_types) if kind == "sliding_attention"]
+    assert (rows[2][sliding[0]][:, : last + 2 - 6] == 0).all()  # outside the window: no attention

@@ -137,7 +137,8 @@ def test_nnsight_oracle_per_layer(model, inputs):
         for layer in range(model.cfg.n_layers):
             block = layers[layer]
             saved[f"blocks.{layer}.hook_resid_pre"] = block.input.save()
-            saved[f"blocks.{layer}.hook_attn_out"] = envoy(block, block_paths["attn_out"]).output[0].save()
+            attn_out = envoy(block, block_paths["attn_out"]).output  # attention's (out, weights), or a post-norm's tensor
+            saved[f"blocks.{layer}.hook_attn_out"] = (attn_out[0] if isinstance(attn_out, tuple) else attn_out).save()
             saved[f"blocks.{layer}.mlp.hook_post"] = envoy(block, block_paths["mlp_down"]).input.save()
             saved[f"blocks.{layer}.hook_mlp_out"] = envoy(block, block_paths["mlp_out"]).output.save()
             saved[f"blocks.{layer}.hook_resid_post"] = block.output.save()

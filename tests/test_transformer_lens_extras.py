@@ -13,7 +13,7 @@ from torch import nn
 
 from tests.conftest import make_images
 from tests.test_hygiene import attn_impls, hook_census, warm
-from tests.test_transformer_lens_surface import labels_of
+from tests.test_transformer_lens_surface import labels_of, post_norm
 from vlm_lens.adapter import get_module, layer_list
 from vlm_lens.errors import HookNameError, InputError
 
@@ -33,7 +33,7 @@ def module_outputs(model, keys: list[str], layer: int = LAYER) -> dict:
 def test_q_k_v_scores_result_and_scale_hook_points_against_the_hf_modules(model, inputs):
     cfg = model.cfg
     eps = model.hf_model.config.get_text_config().rms_norm_eps
-    seen, handles = module_outputs(model, ["attn_q", "attn_k", "attn_v"])
+    seen, handles = module_outputs(model, ["attn_q", "attn_k", "attn_v", "attn_o"])
     names = [f"blocks.{LAYER}.attn.hook_{k}" for k in ("q", "k", "v", "attn_scores", "pattern", "result", "z")]
     names += [f"blocks.{LAYER}.ln1.hook_scale", f"blocks.{LAYER}.hook_resid_pre", f"blocks.{LAYER}.hook_attn_out",
               "ln_final.hook_scale", f"blocks.{cfg.n_layers - 1}.hook_resid_post"]
@@ -62,10 +62,13 @@ def test_q_k_v_scores_result_and_scale_hook_points_against_the_hf_modules(model,
     assert not bool(real[padded].all())
     last = int(inputs.last_positions()[padded])
     assert bool((scores[padded, :, last][:, ~real[padded]] == torch.finfo(scores.dtype).min).all())
-    # the heads' results sum (with o_proj's bias) to the attention output
+    # the heads' results sum (with o_proj's bias) to o_proj's output, which (through a post-norm) attention adds
     result = cache[names[5]]
     assert result.shape[-2:] == (cfg.n_heads, cfg.d_model)
-    torch.testing.assert_close(result.sum(-2) + model.b_O[LAYER], cache[f"blocks.{LAYER}.hook_attn_out"], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(result.sum(-2) + model.b_O[LAYER], seen["attn_o"], atol=1e-5, rtol=1e-4)
+    block = layer_list(model.hf_model, model.adapter.modules["layers"])[LAYER]
+    torch.testing.assert_close(post_norm(model, block, "attn", seen["attn_o"]), cache[f"blocks.{LAYER}.hook_attn_out"],
+                               atol=1e-5, rtol=1e-4)
 
 
 def test_edits_at_the_new_points_equal_the_same_edit_made_elsewhere(model, inputs):
@@ -117,23 +120,22 @@ def test_gradients_at_the_new_points_and_nothing_counted_twice(model, inputs):
     _, cache = model.run_with_cache(inputs, names_filter=base + probe, return_type="loss", incl_bwd=True)
     # hooks that only read leave every other gradient as it was (no path counted twice)
     torch.testing.assert_close(cache["blocks.0.hook_resid_pre_grad"], plain["blocks.0.hook_resid_pre_grad"], atol=1e-7, rtol=1e-5)
-    # d/d(result_h) is d/d(attn_out) for every head
-    grad = cache[f"blocks.{LAYER}.attn.hook_result_grad"]
-    torch.testing.assert_close(grad, plain[f"blocks.{LAYER}.hook_attn_out_grad"][:, :, None].expand_as(grad), atol=1e-7, rtol=1e-5)
     # out = gain * x / s, so dL/ds = -sum(dL/dout * out) / s
     out, s = cache["ln_final.hook_normalized"], cache["ln_final.hook_scale"]
     expected = -(plain["ln_final.hook_normalized_grad"] * out).sum(-1, keepdim=True) / s
     torch.testing.assert_close(cache["ln_final.hook_scale_grad"], expected, atol=1e-6, rtol=1e-4)
-    # hook_q's gradient: autograd through HF's own q_proj output
-    seen, handles = module_outputs(model, ["attn_q"])
+    # hook_q's gradient, and hook_result's (d/d(o_proj's output) for every head): autograd through HF's own modules
+    seen, handles = module_outputs(model, ["attn_q", "attn_o"])
     try:
         with torch.enable_grad():
             loss = model.hf_model(**inputs.tensors, labels=labels_of(model, inputs)).loss
-            (q_grad,) = torch.autograd.grad(loss, [seen["attn_q"]])
+            q_grad, o_grad = torch.autograd.grad(loss, [seen["attn_q"], seen["attn_o"]])
     finally:
         for h in handles:
             h.remove()
     torch.testing.assert_close(cache[f"blocks.{LAYER}.attn.hook_q_grad"].flatten(-2), q_grad, atol=1e-7, rtol=1e-4)
+    grad = cache[f"blocks.{LAYER}.attn.hook_result_grad"]
+    torch.testing.assert_close(grad, o_grad[:, :, None].expand_as(grad), atol=1e-7, rtol=1e-4)
     assert n > LAYER
 
 
@@ -293,7 +295,9 @@ def test_transformer_lens_patching_and_cache_run_on_hookedvlm_unchanged(model, i
     # TL's own ActivationCache over ours: the stacks that need no folded weights agree
     tl = TLCache(dict(clean), model)
     torch.testing.assert_close(tl.decompose_resid(), clean.decompose_resid(), atol=0, rtol=0)
-    torch.testing.assert_close(tl.stack_head_results(pos_slice=-1), clean.stack_head_results(pos_slice=-1), atol=1e-6, rtol=1e-5)
+    if not any(key.endswith("_post_norm") for key in model.adapter.block):  # TL knows no norm after o_proj (Gemma 3)
+        torch.testing.assert_close(tl.stack_head_results(pos_slice=-1), clean.stack_head_results(pos_slice=-1),
+                                   atol=1e-6, rtol=1e-5)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])

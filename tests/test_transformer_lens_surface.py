@@ -22,6 +22,14 @@ def labels_of(model, inputs) -> torch.Tensor:
     return labels
 
 
+def post_norm(model, block, kind: str, x: torch.Tensor) -> torch.Tensor:
+    """x through the block's own post-attention / post-MLP norm where the family has one (Gemma 3), else x."""
+    from vlm_lens.adapter import get_module
+
+    path = model.adapter.block.get(f"{kind}_post_norm")
+    return x if path is None else get_module(block, path)(x)
+
+
 def hf_gradients(model, eager_hf, inputs, layer: int) -> dict[str, torch.Tensor]:
     """d(HF's loss)/d(activation) at one layer, with raw torch hooks on the eager copy of the model."""
     from vlm_lens.adapter import get_module, layer_list
@@ -136,10 +144,10 @@ def test_weights_reproduce_the_hf_projections_and_the_cache(model, inputs):
     z_last = torch.einsum("bhk,bhke->bhe", cache["pattern_rows", layer][:, :, 0], v)
     torch.testing.assert_close(z_last, cache["z", layer][:, -1], atol=1e-5, rtol=1e-4)
     attn_out = torch.einsum("bphe,hed->bpd", cache["z", layer], w.attn.W_O) + w.attn.b_O
-    torch.testing.assert_close(attn_out, cache["attn_out", layer], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(post_norm(model, block, "attn", attn_out), cache["attn_out", layer], atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(ln2 @ model.W_gate[layer], cache["pre", layer], atol=1e-5, rtol=1e-4)
-    torch.testing.assert_close(cache["post", layer] @ model.W_out[layer] + model.b_out[layer], cache["mlp_out", layer],
-                               atol=1e-5, rtol=1e-4)
+    mlp_out = cache["post", layer] @ model.W_out[layer] + model.b_out[layer]
+    torch.testing.assert_close(post_norm(model, block, "mlp", mlp_out), cache["mlp_out", layer], atol=1e-5, rtol=1e-4)
     if cfg.act_fn == "silu":  # LLaVA's and Qwen's MLP: silu(gate) * up
         torch.testing.assert_close(silu(cache["pre", layer]) * (ln2 @ model.W_in[layer]), cache["post", layer],
                                    atol=1e-5, rtol=1e-4)

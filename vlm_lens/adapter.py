@@ -58,6 +58,9 @@ class Adapter:
     # model keys whose module returns a ModelOutput: the field that holds the hooked tensor
     # (Qwen2.5-VL: the vision model's ``pooler_output``, its merger output put back in image order)
     output_fields: Mapping[str, str] = field(default_factory=dict)
+    # per-token type tensors (forward keys): the value a generated (answer) token takes, where it is not 0
+    # (PaliGemma's token_type_ids: 1, the suffix); what extends such a tensor past the prompt, e.g. teacher forcing
+    answer_token_types: Mapping[str, int] = field(default_factory=dict)
 
     def __post_init__(self):
         missing = [k for k in MODEL_KEYS if k not in self.modules] + [k for k in BLOCK_KEYS if k not in self.block]

@@ -42,6 +42,23 @@ class AttentionRequest:
     rows: Callable[[Float[Tensor, "batch head row key"]], Tensor] | None = None  # returns the (edited) rows
     query_positions: Int[Tensor, "batch row"] | None = None  # None: the last query position
     differentiable_rows: bool = False  # a backward hook wants d/d(rows): the rows' outputs are computed from them
+    # every position so far: a sliding-window layer's cache (Gemma 3) holds only the last keys while generating;
+    # rows and patterns are padded on the left to it with zeros (the keys it can no longer see), so key k is position k
+    key_length: int | None = None
+
+
+def _padded(hook: Callable[[Tensor], Tensor], missing: int, fill: float = 0.0) -> Callable[[Tensor], Tensor]:
+    """The hook sees rows over every position (``fill`` where the window has dropped the keys: 0 for weights, the
+    dtype's minimum for scores); the layer, its own keys."""
+    if missing <= 0:
+        return hook
+
+    def call(weights: Tensor) -> Tensor:
+        full = torch.nn.functional.pad(weights, (missing, 0), value=fill)
+        edited = hook(full)
+        return weights if edited is full else edited[..., missing:]
+
+    return call
 
 
 def implementation_name(base: str) -> str:
@@ -69,7 +86,7 @@ def attention_forward(module, query, key, value, attention_mask, *args, base: st
     positions = _positions(request.query_positions, query)
     scaling = kwargs.get("scaling") or module.scaling
     rows, kv_len = _softmax_rows(module, query, key, attention_mask, positions, scaling, kwargs.get("softcap"), base)
-    edited = request.rows(rows)
+    edited = _padded(request.rows, (request.key_length or kv_len) - kv_len)(rows)
     if edited is not rows or request.differentiable_rows:  # recompute those rows' outputs from the (edited) weights
         values = _repeat_kv(value[:, :, :kv_len], getattr(module, "num_key_value_groups", 1))
         new = torch.matmul(edited, values).transpose(1, 2).to(out.dtype)  # batch row head d_head
@@ -140,18 +157,19 @@ def _eager_with_pattern(module, query, key, value, attention_mask, request, base
     values = _repeat_kv(value[:, :, :kv_len], groups)
     scaling = kwargs.get("scaling") or module.scaling
     scores = _apply(torch.matmul(query, keys.transpose(2, 3)) * scaling, mask, kwargs.get("softcap"))
+    missing = (request.key_length or kv_len) - kv_len
     if request.scores is not None:
-        scores = request.scores(scores)
+        scores = _padded(request.scores, missing, torch.finfo(scores.dtype).min)(scores)
     pattern = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
     if request.rows is not None:
         positions = _positions(request.query_positions, query)
         index = positions[:, None, :, None].expand(pattern.shape[0], pattern.shape[1], positions.shape[1], kv_len)
         rows = torch.gather(pattern, 2, index)
-        edited = request.rows(rows)
+        edited = _padded(request.rows, missing)(rows)
         if edited is not rows:  # the rows hook runs first: the pattern hook sees its edit
             pattern = pattern.scatter(2, index, edited)
     if request.pattern is not None:
-        pattern = request.pattern(pattern)
+        pattern = _padded(request.pattern, missing)(pattern)
     dropout = kwargs.get("dropout", 0.0)
     pattern = torch.nn.functional.dropout(pattern, p=dropout, training=module.training)
     out = torch.matmul(pattern, values).transpose(1, 2).contiguous()

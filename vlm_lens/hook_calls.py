@@ -21,6 +21,7 @@ class RunState:
 
     step: int = -1
     query_positions: Tensor | None = None
+    prefill_length: int | None = None  # the inputs' positions: forward k of a generation sees prefill_length + k keys
     resid_pre: dict[int, Tensor] = field(default_factory=dict)
     ctx: dict = field(default_factory=dict)
 

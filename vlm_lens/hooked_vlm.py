@@ -205,7 +205,7 @@ class HookedVLM(Preparing, Weights, PersistentHooks, SAESplicing, nn.Module):
         """Context manager adding ``fwd_hooks`` (and ``bwd_hooks``) for its duration; removes exactly what it added."""
         positions = None if inputs is None else self._query_positions(inputs, query_positions)
         return HookSession(self.hf_model, self.adapter, self.vocab, self._expand(fwd_hooks), positions, self._sessions,
-                           self._expand(bwd_hooks))
+                           self._expand(bwd_hooks), None if inputs is None else inputs.input_ids.shape[1])
 
     @contextmanager
     def _one_run(self, method: str) -> Iterator[None]:

@@ -112,12 +112,13 @@ class HookSession:
         query_positions: Tensor | None = None,
         sessions: Sessions | None = None,
         bwd_hooks: Iterable[tuple[str, HookFn]] = (),
+        prefill_length: int | None = None,
     ):
         self.sessions = Sessions() if sessions is None else sessions
         self.hf_model = hf_model
         self.adapter = adapter
         self.vocab = vocab
-        self.state = RunState(query_positions=query_positions)
+        self.state = RunState(query_positions=query_positions, prefill_length=prefill_length)
         self.hooks = [(vocab.info(name), fn) for name, fn in fwd_hooks]
         self.bwd_hooks = [(vocab.info(name), fn) for name, fn in bwd_hooks]
         for info, fn in self.hooks + self.bwd_hooks:
@@ -313,6 +314,7 @@ class HookSession:
                     scores=(lambda s: run_chain(scores, s, state)) if scores else None,
                     rows=(lambda r: run_chain(rows, r, state)) if rows else None,
                     query_positions=state.query_positions if state.step == 0 else None,
+                    key_length=None if state.prefill_length is None else state.prefill_length + state.step,
                     differentiable_rows=differentiable,
                 )
                 return args, {**kwargs, attention.REQUEST_KWARG: request}

@@ -44,6 +44,18 @@ def norm_scale(norm: nn.Module, resid: Tensor) -> Float[Tensor, "... 1"]:
     return torch.sqrt(resid.float().pow(2).mean(-1, keepdim=True) + norm_eps(norm))
 
 
+def through_post_norm(model, layer: int, kind: str, total: Tensor) -> Tensor | float:
+    """gain / rms(total): how a block's post-norm (Gemma 3's sandwich norms, adapter keys ``attn_post_norm`` /
+    ``mlp_post_norm``) scales each part of ``total``, the sum it normalises (o_proj's or down_proj's output).
+    Linear in the parts at the actual scale, so the parts' scaled writes sum to what the residual adds.
+    1.0 for families without one."""
+    path = model.adapter.block.get(f"{kind}_post_norm")
+    if path is None:
+        return 1.0
+    norm = get_module(layer_list(model.hf_model, model.adapter.modules["layers"])[layer], path)
+    return norm_gain(norm, total.shape[-1], total) / norm_scale(norm, total)
+
+
 def _norm_at(model, layer: int | None, mlp_input: bool) -> nn.Module:
     if layer is None or layer == model.cfg.n_layers:
         return get_module(model.hf_model, model.adapter.modules["final_norm"])
@@ -159,15 +171,18 @@ class ResidualMethods:
     def stack_neuron_results(self, layer: int, pos_slice=None, neuron_slice: Sequence[int] | slice | None = None,
                              return_labels: bool = False, apply_ln: bool = False):
         """Each MLP neuron's write to the residual stream in the layers below ``layer``: post x W_out row,
-        [neuron x layer, batch, pos, d_model], labelled "L{l}N{i}". Memory: layers x d_mlp x pos x d_model
+        [neuron x layer, batch, pos, d_model], labelled "L{l}N{i}" (through a post-MLP norm, scaled by gain /
+        rms(down_proj's output), as the heads). Memory: layers x d_mlp x pos x d_model
         (LLaVA-1.5-7B, one layer, one position: 11008 x 4096 floats, 180 MB): slice positions and neurons."""
         model = self._need_model()
         chosen = slice(None) if neuron_slice is None else neuron_slice
         parts, labels = [], []
         for l in range(layer):
-            post = self._at(self["post", l], pos_slice)[..., chosen]  # batch pos neuron
-            w_out = model.blocks[l].mlp.W_out[chosen]  # neuron d_model
-            parts.append(torch.einsum("b...n,nd->nb...d", post, w_out))
+            mlp = model.blocks[l].mlp
+            post = self._at(self["post", l], pos_slice)  # batch pos neuron
+            writes = torch.einsum("b...n,nd->nb...d", post[..., chosen], mlp.W_out[chosen])
+            factor = through_post_norm(model, l, "mlp", post @ mlp.W_out + mlp.b_out)  # 1.0 without a post-norm
+            parts.append(writes if isinstance(factor, float) else (writes.float() * factor).to(writes.dtype))
             labels += [f"L{l}N{i}" for i in (list(range(model.cfg.d_mlp))[chosen] if isinstance(chosen, slice) else chosen)]
         stack = torch.cat(parts) if parts else torch.empty(0)
         if apply_ln and parts:
@@ -178,13 +193,17 @@ class ResidualMethods:
                            apply_ln: bool = False):
         """Each head's write to the residual stream in the layers below ``layer`` (None: all): z_h @ W_O[h],
         [layer x head, batch, pos, d_model], labelled "L{l}H{h}" (o_proj's bias is not any head's and is left
-        out). Computed from the cached ``hook_z``; memory grows with heads x pos x d_model per layer."""
+        out); through a post-attention norm (Gemma 3) scaled by gain / rms(o_proj's output), so the heads sum to
+        what the residual adds. Computed from the cached ``hook_z``; memory grows with heads x pos x d_model per layer."""
         model = self._need_model()
         layer = model.cfg.n_layers if layer is None or layer == -1 else layer
         parts, labels = [], []
         for l in range(layer):
+            attn = model.blocks[l].attn
             z = self._at(self["z", l], pos_slice)  # batch pos head d_head
-            parts.append(torch.einsum("b...he,hed->hb...d", z, model.blocks[l].attn.W_O))
+            writes = torch.einsum("b...he,hed->hb...d", z, attn.W_O)
+            factor = through_post_norm(model, l, "attn", writes.sum(0) + attn.b_O)  # 1.0 without a post-norm
+            parts.append(writes if isinstance(factor, float) else (writes.float() * factor).to(writes.dtype))
             labels += [f"L{l}H{h}" for h in range(model.cfg.n_heads)]
         stack = torch.cat(parts)
         if apply_ln:
@@ -218,6 +237,9 @@ class ResidualMethods:
             labels += mlp_labels
         embed = self._at(self["embed"], pos_slice)
         bias = model.accumulated_bias(layer, mlp_input and layer < n, include_mlp_biases=expand_neurons) + torch.zeros_like(embed)
+        if bias.abs().max() > 0 and any(k.endswith("_post_norm") for k in model.adapter.block):
+            raise InputError("biases under a post-norm are scaled per layer and position; this decomposition does "
+                             "not split them out: decompose_resid() gives each layer's whole write")
         stack = torch.cat(parts + [embed[None], bias[None]])
         labels += ["embed", "bias"]
         if apply_ln:
