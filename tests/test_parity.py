@@ -41,8 +41,9 @@ def test_hidden_states_equal_hf(model, inputs):
         _, cache = model.run_with_cache(inputs, names_filter=lambda n: "resid" in n)
     n = model.cfg.n_layers
     assert len(ref.hidden_states) == n + 1
-    for layer in range(n):
-        assert torch.equal(cache["resid_pre", layer], ref.hidden_states[layer])
+    assert torch.equal(cache["resid_pre", 0], ref.hidden_states[0])
+    for layer in range(n - 1):  # HF's hidden state l + 1 is block l's output (before any DeepStack addition)
+        assert torch.equal(cache["resid_post", layer], ref.hidden_states[layer + 1])
     # HF's last hidden state is after the final norm.
     norm = model.hf_model.get_submodule(model.adapter.modules["final_norm"])
     assert torch.allclose(norm(cache["resid_post", n - 1]), ref.hidden_states[n], atol=ATOL)
@@ -80,6 +81,14 @@ def test_residual_decomposition_is_exact(model, inputs):
         assert torch.allclose(cache["resid_mid", layer], pre + attn, atol=ATOL)
         assert torch.allclose(cache["resid_post", layer], pre + attn + mlp, atol=ATOL)
         total = total + attn + mlp
+        if layer in model.vocab.injected_layers:  # visual features added between blocks (Qwen3-VL's DeepStack)
+            added = cache["deepstack", layer]
+            text = inputs.input_ids != model.cfg.image_token_id
+            assert added[text].abs().max() == 0 and added[~text].abs().max() > 0  # at the image tokens only
+            assert torch.allclose(cache["resid_pre", layer + 1], cache["resid_post", layer] + added, atol=ATOL)
+            total = total + added
+        elif layer + 1 < model.cfg.n_layers:
+            assert torch.equal(cache["resid_pre", layer + 1], cache["resid_post", layer])
     # at every position, image positions included
     assert torch.allclose(total, cache["resid_post", -1], atol=1e-4)
     image_pos = inputs.image_positions(0)
@@ -98,9 +107,14 @@ def test_final_norm_and_unembed_reproduce_logits(model, inputs):
 def test_vision_and_projector_hooks_match_hf(model, inputs):
     image_tensors = {key: inputs.tensors[key] for key in model.adapter.image_keys}
     with torch.no_grad():
-        _, cache = model.run_with_cache(inputs, names_filter=lambda n: n.startswith(("vision", "projector", "hook_embed")))
-        feats = model.hf_model.model.get_image_features(**image_tensors).pooler_output  # HF's own image features
+        _, cache = model.run_with_cache(inputs, names_filter=lambda n: n.startswith(("vision", "projector", "hook_embed"))
+                                        or n.endswith("hook_deepstack"))
+        output = model.hf_model.model.get_image_features(**image_tensors)
+        feats = output.pooler_output  # HF's own image features
         feats = torch.cat(list(feats)) if isinstance(feats, (list, tuple)) else feats.flatten(0, 1)
+    for layer in model.vocab.injected_layers:  # DeepStack: what is added after layer l is HF's l-th deepstack feature
+        added = torch.cat([cache["deepstack", layer][i, inputs.image_positions(i)] for i in range(inputs.batch_size)])
+        assert torch.allclose(added, torch.cat(list(output.deepstack_features[layer])), atol=ATOL)
     projected = cache["projector"].reshape(-1, cache["projector"].shape[-1])
     # HF's image features are exactly what sits at the image tokens entering layer 0 (separators included)
     at_images = torch.cat([cache["hook_embed"][i, s.start:s.end] for i in range(inputs.batch_size) for s in inputs.image_spans[i]])
@@ -146,3 +160,30 @@ def test_nnsight_oracle_per_layer(model, inputs):
         _, cache = model.run_with_cache(inputs, names_filter=list(saved))
     for name, value in saved.items():
         assert torch.allclose(cache[name], value, atol=ATOL), name
+
+
+def test_editing_what_is_added_between_blocks(model, inputs):
+    """hook_deepstack (Qwen3-VL): zeroing it equals feeding block l's output on to block l + 1 unchanged, done
+    with raw torch hooks on the HF modules; a no-op hook changes nothing."""
+    if not model.vocab.injected_layers:
+        pytest.skip(f"{model.cfg.family} adds nothing between its blocks")
+    layer = model.vocab.injected_layers[0]
+    blocks = model.hf_model.get_submodule(model.adapter.modules["layers"])
+    seen = {}
+    handles = [blocks[layer].register_forward_hook(lambda m, a, out: seen.__setitem__("out", out)),
+               blocks[layer + 1].register_forward_pre_hook(lambda m, args, kwargs: ((seen["out"], *args[1:]), kwargs)
+                                                           if args else (args, {**kwargs, "hidden_states": seen["out"]}),
+                                                           with_kwargs=True)]
+    try:
+        with torch.no_grad():
+            expected = model.hf_model(**inputs.tensors).logits
+    finally:
+        for h in handles:
+            h.remove()
+    name = f"blocks.{layer}.hook_deepstack"
+    with torch.no_grad():
+        zeroed = model.run_with_hooks(inputs, fwd_hooks=[(name, lambda a, hook: torch.zeros_like(a))])
+        same = model.run_with_hooks(inputs, fwd_hooks=[(name, lambda a, hook: a.clone())])
+        plain = model(inputs)
+    assert torch.allclose(zeroed, expected, atol=ATOL) and (zeroed - plain).abs().max() > 1e-4
+    assert torch.equal(same, plain)

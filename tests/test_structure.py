@@ -39,7 +39,8 @@ def test_real_sizes_on_meta(real):
         layers, vision, size.d_model, d_mlp, heads, d_head, size.d_vocab, d_vision)
     assert next(model.hf_model.parameters()).device.type == "meta"
     names = model.hook_names()
-    assert len(names) == layers * 19 + vision + 4  # 19 per block (7 of them opt-in), vision, projector, embed, final x2
+    # 19 per block (7 of them opt-in), a DeepStack point after each injecting layer, vision, projector, embed, final x2
+    assert len(names) == layers * 19 + len(model.vocab.injected_layers) + vision + 4
     assert f"blocks.{layers - 1}.hook_resid_post" in names and f"blocks.{layers}.hook_resid_post" not in names
     assert model.hook_shape(f"blocks.{layers - 1}.mlp.hook_post") == ("batch", "pos", d_mlp)
     assert model.hook_shape("blocks.0.attn.hook_z") == ("batch", "pos", heads, d_head)

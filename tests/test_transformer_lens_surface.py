@@ -185,7 +185,7 @@ def test_the_cache_as_an_analysis_api(model, inputs):
         torch.testing.assert_close(final, cache["ln_final"], atol=1e-5, rtol=1e-4)
 
         parts, names = cache.decompose_resid(return_labels=True)
-        assert names[:3] == ["embed", "0_attn_out", "0_mlp_out"] and len(names) == 2 * n + 1
+        assert names[:3] == ["embed", "0_attn_out", "0_mlp_out"] and len(names) == 2 * n + 1 + len(model.vocab.injected_layers)
         torch.testing.assert_close(parts.sum(0), cache["resid_post", -1], atol=1e-5, rtol=1e-4)
         torch.testing.assert_close(cache.decompose_resid(layer=1).sum(0), cache["resid_pre", 1], atol=1e-5, rtol=1e-4)
         torch.testing.assert_close(cache.decompose_resid(layer=1, mlp_input=True).sum(0), cache["resid_mid", 1],

@@ -61,6 +61,9 @@ class Adapter:
     # per-token type tensors (forward keys): the value a generated (answer) token takes, where it is not 0
     # (PaliGemma's token_type_ids: 1, the suffix); what extends such a tensor past the prompt, e.g. teacher forcing
     answer_token_types: Mapping[str, int] = field(default_factory=dict)
+    # config -> the language layers after which the model adds visual features at the image positions outside any
+    # block (Qwen3-VL's DeepStack): each gets a blocks.{l}.hook_deepstack
+    injected_layers: Callable[[Any], Sequence[int]] | None = None
 
     def __post_init__(self):
         missing = [k for k in MODEL_KEYS if k not in self.modules] + [k for k in BLOCK_KEYS if k not in self.block]

@@ -23,6 +23,7 @@ class RunState:
     query_positions: Tensor | None = None
     prefill_length: int | None = None  # the inputs' positions: forward k of a generation sees prefill_length + k keys
     resid_pre: dict[int, Tensor] = field(default_factory=dict)
+    block_out: dict[int, Tensor] = field(default_factory=dict)  # block outputs, for hook_deepstack
     ctx: dict = field(default_factory=dict)
 
 

@@ -100,7 +100,8 @@ class HookedVLM(Preparing, Weights, PersistentHooks, SAESplicing, nn.Module):
         self._saes = {}  # spliced SAEs by host name (vlm_lens.sae)
         layers = layer_list(hf_model, adapter.modules["layers"])
         vision_layers = layer_list(hf_model, adapter.modules["vision_layers"])
-        self.vocab = Vocabulary(len(layers), len(vision_layers))
+        injected = adapter.injected_layers(hf_model.config) if adapter.injected_layers else ()
+        self.vocab = Vocabulary(len(layers), len(vision_layers), injected)
         attn = get_module(layers[0], adapter.block["attn"])
         q_out = get_module(layers[0], adapter.block["attn_q"]).weight.shape[0]
         k_out = get_module(layers[0], adapter.block["attn_k"]).weight.shape[0]

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from vlm_lens import attention
 from vlm_lens.adapter import Adapter, get_module, layer_list
 from vlm_lens.errors import HookNameError, HookSessionError
-from vlm_lens.hook_calls import HookFn, RunState, on_gradient, per_head, run_chain, tl_calling
+from vlm_lens.hook_calls import HookFn, RunState, check_result, on_gradient, per_head, run_chain, tl_calling
 from vlm_lens.names import HookInfo, Vocabulary
 from vlm_lens.resid import norm_scale
 
@@ -41,6 +41,9 @@ def site_module(hf_model: nn.Module, adapter: Adapter, info: HookInfo) -> nn.Mod
     kind, key = info.spec.site.kind, info.spec.site.key
     if kind == "sae":
         raise HookNameError(f"{info.name!r} is an SAE's hook: it sits on the SAE spliced at {key!r}, not on a module")
+    if kind == "inject":  # read at the next block's input (the final norm's after the last block)
+        layers = layer_list(hf_model, adapter.modules["layers"])
+        return layers[info.layer + 1] if info.layer + 1 < len(layers) else get_module(hf_model, adapter.modules["final_norm"])
     if kind in ("pattern", "pattern_rows", "scores", "resid_mid"):
         key = "attn" if kind != "resid_mid" else "attn_out"
     if key == "block":
@@ -160,6 +163,7 @@ class HookSession:
         self._handles.clear()
         self.sessions.leave(self)
         self.state.resid_pre.clear()
+        self.state.block_out.clear()
 
     def _chains(self) -> list[tuple[HookInfo, HookFn]]:
         """Every hook as a forward one, in firing order; at one name, forward edits run before backward hooks
@@ -185,9 +189,15 @@ class HookSession:
         views: dict[int, list] = defaultdict(list)  # computed per-module views: norm scales, head results
         attn: dict[int, dict[str, list]] = defaultdict(lambda: {"pattern": [], "pattern_rows": [], "scores": []})
 
+        injected: set[int] = set()
         for info, fn in self._chains():
             site = info.spec.site
-            if site.kind in ("in", "out", "scale", "result"):
+            if site.kind == "inject":  # at the next module's input, as the difference from block l's stashed output
+                module = self._module(info)
+                modules[id(module)] = module
+                ins[id(module)].append((info, self._injected(fn, info.layer)))
+                injected.add(info.layer)
+            elif site.kind in ("in", "out", "scale", "result"):
                 module = self._module(info)
                 modules[id(module)] = module
                 {"in": ins, "out": outs}.get(site.kind, views)[id(module)].append((info, fn))
@@ -221,6 +231,9 @@ class HookSession:
                 raise ValueError(f"hooks on one module read different output fields {sorted(map(str, fields))}")
             hook = self._out_hook(chain, mid, mids.get(mid, []), fields.pop() if fields else None)
             self._handles.append(modules[key].register_forward_hook(hook))
+        for layer in sorted(injected):  # after block l's output hooks: the stash holds resid_post as edited
+            block = layer_list(self.hf_model, self.adapter.modules["layers"])[layer]
+            self._handles.append(block.register_forward_hook(self._stash_output(layer)))
         if attn:
             self._route_attention(attn)
         self._handles.append(self.hf_model.register_forward_pre_hook(self._count_step))
@@ -272,6 +285,27 @@ class HookSession:
             return (tensor, *output[1:]) if isinstance(output, tuple) else tensor
 
         return hook
+
+    def _stash_output(self, layer: int):
+        def hook(module, args, output):
+            self.state.block_out[layer] = output[0] if isinstance(output, tuple) else output
+        return hook
+
+    def _injected(self, fn, layer: int):
+        """hook_deepstack: the next input less block ``layer``'s output. The input is returned as input + (the hooks'
+        result - the difference, computed again): bitwise itself unless a hook edits, and differentiable."""
+        state = self.state
+
+        def element(x: Tensor, hook) -> Tensor:
+            base = state.block_out[layer]
+            added = x - base
+            result = fn(added, hook)
+            if result is not None:
+                check_result(hook.name, result, added)
+                added = result
+            return x + (added - (x - base))
+
+        return element
 
     # A computed view is computed twice, independently: the hooks get one, the other is the reference an edit is
     # measured against. Unedited, the two are bitwise equal and the output is unchanged exactly; edited (in place

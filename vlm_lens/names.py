@@ -41,6 +41,7 @@ class HookSpec:
 #   kind "scale": the norm's rms (float32, [batch pos 1]) computed from its input; an edit rescales its output
 #   kind "result": each head's write z_h @ W_O[h], computed from o_proj's input; an edit changes o_proj's output
 #   kind "scores": the attention scores before softmax (scaled, masked with the dtype's minimum, soft-capped)
+#   kind "inject": what the language model adds between block l and the next (next input - block l's output)
 BLOCK_HOOKS: tuple[HookSpec, ...] = (
     HookSpec("blocks.{l}.hook_resid_pre", Site("in", "block"), "batch pos d_model"),
     HookSpec("blocks.{l}.ln1.hook_scale", Site("scale", "ln1"), "batch pos 1"),
@@ -66,6 +67,9 @@ BLOCK_HOOKS: tuple[HookSpec, ...] = (
 # hook_embed is the tensor entering layer 0 (image features merged, any embedding scale
 # applied), i.e. the same tensor as blocks.0.hook_resid_pre; it fires first.
 EMBED_HOOK = HookSpec("hook_embed", Site("in", "block"), "batch pos d_model")
+# Qwen3-VL's DeepStack: after some early layers the language model adds visual features at the image positions,
+# outside any block; what it adds after layer l (zeros at text positions), between resid_post[l] and resid_pre[l + 1].
+INJECT_HOOK = HookSpec("blocks.{l}.hook_deepstack", Site("inject"), "batch pos d_model")
 FINAL_SCALE_HOOK = HookSpec("ln_final.hook_scale", Site("scale", "final_norm"), "batch pos 1")
 FINAL_HOOK = HookSpec("ln_final.hook_normalized", Site("out", "final_norm"), "batch pos d_model")
 VISION_BLOCK_HOOK = HookSpec("vision.blocks.{l}.hook_resid_post", Site("out", "vision_block"), "image patch d_vision")
@@ -96,6 +100,7 @@ ALIASES: dict[str, str] = {
     "post": "blocks.{l}.mlp.hook_post",
     "mlp_out": "blocks.{l}.hook_mlp_out",
     "resid_post": "blocks.{l}.hook_resid_post",
+    "deepstack": "blocks.{l}.hook_deepstack",
     "ln_final": "ln_final.hook_normalized",
     "vision_resid_post": "vision.blocks.{l}.hook_resid_post",
     "projector": "projector.hook_out",
@@ -123,16 +128,17 @@ def block_names(layer: int) -> list[str]:
 class Vocabulary:
     """All hook names of one model, with the specs behind them."""
 
-    def __init__(self, n_layers: int, n_vision_layers: int):
+    def __init__(self, n_layers: int, n_vision_layers: int, injected_layers=()):
         self.n_layers = n_layers
         self.n_vision_layers = n_vision_layers
+        self.injected_layers = tuple(injected_layers)  # layers followed by a hook_deepstack
         infos: list[HookInfo] = []
         for l in range(n_vision_layers):
             infos.append(HookInfo(VISION_BLOCK_HOOK.template.format(l=l), VISION_BLOCK_HOOK, l, len(infos)))
         infos.append(HookInfo(PROJECTOR_HOOK.template, PROJECTOR_HOOK, None, len(infos)))
         infos.append(HookInfo(EMBED_HOOK.template, EMBED_HOOK, 0, len(infos)))
         for l in range(n_layers):
-            for spec in BLOCK_HOOKS:
+            for spec in BLOCK_HOOKS + ((INJECT_HOOK,) if l in self.injected_layers else ()):
                 infos.append(HookInfo(spec.template.format(l=l), spec, l, len(infos)))
         infos.append(HookInfo(FINAL_SCALE_HOOK.template, FINAL_SCALE_HOOK, None, len(infos)))
         infos.append(HookInfo(FINAL_HOOK.template, FINAL_HOOK, None, len(infos)))
@@ -140,7 +146,8 @@ class Vocabulary:
         self._listing = (
             [VISION_BLOCK_HOOK.template.format(l=l) for l in range(n_vision_layers)]
             + [PROJECTOR_HOOK.template, EMBED_HOOK.template]
-            + [name for l in range(n_layers) for name in block_names(l)]
+            + [name for l in range(n_layers)
+               for name in block_names(l) + ([INJECT_HOOK.template.format(l=l)] if l in self.injected_layers else [])]
             + [FINAL_SCALE_HOOK.template, FINAL_HOOK.template]
         )
 

@@ -134,7 +134,8 @@ class ResidualMethods:
                         apply_ln: bool = False, pos_slice=None, incl_embeds: bool = True, return_labels: bool = False):
         """What each block wrote into the residual stream entering ``layer`` (None: the final residual):
         "embed" (image features merged in), then "{l}_attn_out" and "{l}_mlp_out" per layer (``mode`` "attn" or
-        "mlp" keeps one kind). The components sum to that residual; with ``apply_ln``, to its normalised form."""
+        "mlp" keeps one kind), and "{l}_deepstack" where the model adds visual features between blocks (Qwen3-VL).
+        The components sum to that residual; with ``apply_ln``, to its normalised form."""
         if mode not in ("all", "attn", "mlp"):
             raise InputError(f"mode must be 'all', 'attn' or 'mlp', got {mode!r}")
         model = self._need_model()
@@ -148,6 +149,9 @@ class ResidualMethods:
             if mode != "attn" and not (mlp_input and l == layer):
                 parts.append(self["mlp_out", l])
                 labels.append(f"{l}_mlp_out")
+            if mode == "all" and l < layer and l in self._vocab.injected_layers:  # Qwen3-VL's DeepStack
+                parts.append(self["deepstack", l])
+                labels.append(f"{l}_deepstack")
         stack = torch.stack([self._at(p, pos_slice) for p in parts])
         if apply_ln:
             stack = self.apply_ln_to_stack(stack, layer, mlp_input, pos_slice)
@@ -218,7 +222,8 @@ class ResidualMethods:
         """The residual entering ``layer`` (None: the final one; ``mlp_input``: layer's MLP input) as every head's
         write ("L{l}H{h}"), every neuron's ("L{l}N{i}"; ``expand_neurons=False``: each MLP's "{l}_mlp_out"), then
         "embed" and "bias" (the o_proj and down_proj biases, zeros where a family has none): the components sum to
-        that residual (TL's order and labels). Memory: with expanded neurons, layers x d_mlp x pos x d_model
+        that residual (TL's order and labels; "{l}_deepstack" before "embed" where the model adds visual features
+        between blocks). Memory: with expanded neurons, layers x d_mlp x pos x d_model
         floats: slice positions."""
         model = self._need_model()
         n = model.cfg.n_layers
@@ -235,6 +240,10 @@ class ResidualMethods:
                                                      return_labels=True)
             parts.append(mlps)
             labels += mlp_labels
+        injected = [l for l in self._vocab.injected_layers if l < layer]  # Qwen3-VL's DeepStack, between blocks
+        if injected:
+            parts.append(torch.stack([self._at(self["deepstack", l], pos_slice) for l in injected]))
+            labels += [f"{l}_deepstack" for l in injected]
         embed = self._at(self["embed"], pos_slice)
         bias = model.accumulated_bias(layer, mlp_input and layer < n, include_mlp_biases=expand_neurons) + torch.zeros_like(embed)
         if bias.abs().max() > 0 and any(k.endswith("_post_norm") for k in model.adapter.block):
