@@ -36,6 +36,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from vlm_lens import ActivationCache, HookedVLM, VLMInputs
+from vlm_lens.errors import DataError
 
 # A VQA answer counts as correct from this accuracy on: at least two of ten humans gave it
 # (leave-one-out average 0.6; one human gives 0.3). Exact-match scores are 0 or 1.
@@ -295,7 +296,8 @@ def reference_token_ids(tokenizer, golds: Sequence[str], closed_form: bool | Non
             if content and content[0] != tokenizer.unk_token_id and content[0] not in ids:
                 ids.append(content[0])
     if not ids:
-        raise ValueError(f"no reference token for golds {list(golds)}: all map to unknown or empty tokens")
+        raise DataError(f"no reference token for golds {list(golds)}: the tokenizer maps them all to unknown or empty "
+                        "tokens, so no truth margin can be read for this question; its vocabulary lacks the answer")
     return ids
 
 
