@@ -67,7 +67,7 @@ def pixel_mask(model: HookedVLM, inputs: VLMInputs, cells: list[list[int]]) -> V
     grey = _grey(model.processor).to(tensors["pixel_values"].dtype)
     for item, item_cells in enumerate(cells):
         fill_patches(model.hf_model.config, tensors, inputs.image_spans[item][0], item_cells, grey)
-    return VLMInputs(tensors, inputs.image_spans, inputs.padding_side, inputs.prompts, inputs.texts)
+    return VLMInputs(tensors, inputs.image_spans, inputs.padding_side, inputs.prompts, inputs.texts, inputs.tile_layout)
 
 
 @dataclass(frozen=True)

@@ -64,6 +64,9 @@ class Adapter:
     # config -> the language layers after which the model adds visual features at the image positions outside any
     # block (Qwen3-VL's DeepStack): each gets a blocks.{l}.hook_deepstack
     injected_layers: Callable[[Any], Sequence[int]] | None = None
+    # (image, processor) -> (rows, cols) of the crops the processor cuts it into, for families whose forward tensors
+    # do not say (InternVL); image_spans then takes a fourth argument, one (rows, cols) per image
+    tile_layout: Callable[[Any, Any], tuple[int, int]] | None = None
 
     def __post_init__(self):
         missing = [k for k in MODEL_KEYS if k not in self.modules] + [k for k in BLOCK_KEYS if k not in self.block]

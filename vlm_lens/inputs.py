@@ -29,6 +29,8 @@ class VLMInputs:
     padding_side: str = "right"
     prompts: list[str] | None = None
     texts: list[str] | None = field(default=None, repr=False)  # what the processor saw
+    # tiled families (InternVL): each image's (rows, cols) of crops, which the forward tensors do not hold
+    tile_layout: list[tuple[int, int]] | None = field(default=None, repr=False)
 
     @property
     def input_ids(self) -> torch.Tensor:
@@ -63,7 +65,7 @@ class VLMInputs:
             if dtype is not None and v.is_floating_point():
                 v = v.to(dtype)
             moved[k] = v
-        return VLMInputs(moved, self.image_spans, self.padding_side, self.prompts, self.texts)
+        return VLMInputs(moved, self.image_spans, self.padding_side, self.prompts, self.texts, self.tile_layout)
 
 
 def last_positions(attention_mask: torch.Tensor) -> torch.Tensor:

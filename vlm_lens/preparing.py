@@ -72,7 +72,8 @@ class Preparing:
         tensors = select_tensors(dict(encoded), self.adapter.forward_keys, self.adapter.drop_keys)
         if self.device.type != "meta":  # the model's device; pixels in its dtype (bfloat16 / float16 checkpoints)
             tensors = {k: v.to(self.device, self.dtype if v.is_floating_point() else None) for k, v in tensors.items()}
-        inputs = self.as_inputs(**tensors)
+        layout = [self.adapter.tile_layout(img, processor) for img in flat] if self.adapter.tile_layout else None
+        inputs = self.as_inputs(**tensors, tile_layout=layout)
         inputs.prompts, inputs.texts = prompts, texts
         self._warn_if_too_long(inputs)
         return inputs
@@ -85,8 +86,9 @@ class Preparing:
                           f"{limit} positions: results past position {limit} are extrapolation; shorten the prompt",
                           VLMLensWarning, stacklevel=3)
 
-    def as_inputs(self, inputs: VLMInputs | None = None, **tensors) -> VLMInputs:
-        """``VLMInputs`` from either a ``VLMInputs`` or the HF forward keyword tensors."""
+    def as_inputs(self, inputs: VLMInputs | None = None, *, tile_layout=None, **tensors) -> VLMInputs:
+        """``VLMInputs`` from either a ``VLMInputs`` or the HF forward keyword tensors (a tiled family's also need
+        ``tile_layout``, each image's (rows, cols) of crops: ``inputs.tile_layout`` of a prepared batch)."""
         if inputs is not None:
             if tensors:
                 raise InputError(f"pass either VLMInputs or forward tensors, not both (got {sorted(tensors)})")
@@ -109,9 +111,12 @@ class Preparing:
                 "pixel_values were given but input_ids hold no image tokens "
                 f"(id {self._cfg.image_token_id}): the prompt is missing its image placeholder"
             )
-        spans = self.adapter.image_spans(self.hf_model.config, ids, tensors)
+        if self.adapter.tile_layout is None:
+            spans = self.adapter.image_spans(self.hf_model.config, ids, tensors)
+        else:
+            spans = self.adapter.image_spans(self.hf_model.config, ids, tensors, tile_layout)
         mask = tensors.get("attention_mask", torch.ones_like(ids))
-        return VLMInputs(tensors, spans, padding_side_of(mask))
+        return VLMInputs(tensors, spans, padding_side_of(mask), tile_layout=tile_layout)
 
     def repeat(self, inputs: VLMInputs, n: int) -> VLMInputs:
         """The single item of ``inputs`` as a batch of ``n`` identical rows, its images repeated with it."""
@@ -125,7 +130,8 @@ class Preparing:
                 tensors[key] = value.expand(n, *value.shape[1:]).contiguous()
         per_item = len(inputs.image_spans[0])
         spans = [[replace(s, image=s.image + row * per_item) for s in inputs.image_spans[0]] for row in range(n)]
-        return VLMInputs(tensors, spans, inputs.padding_side)
+        layout = None if inputs.tile_layout is None else list(inputs.tile_layout) * n
+        return VLMInputs(tensors, spans, inputs.padding_side, tile_layout=layout)
 
     def _check_device(self, tensors: dict[str, Tensor]) -> None:
         device, dtype = self.device, self.dtype

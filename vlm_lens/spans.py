@@ -34,6 +34,8 @@ from torch import Tensor
 from vlm_lens.errors import ImageTokenMismatchError
 
 VIEW_KINDS = ("base", "tile", "highres")
+_UNKNOWN = ("how these tiles are arranged in the picture is unknown (spans read from forward tensors alone): "
+            "build the inputs with model.prepare(), or pass model.as_inputs(..., tile_layout=...)")
 
 
 @dataclass(frozen=True)
@@ -49,7 +51,7 @@ class View:
     positions: tuple[int, ...]
     grid: tuple[int, int]
     tile: tuple[int, int] = (0, 0)
-    tiles: tuple[int, int] = (1, 1)
+    tiles: tuple[int, int] | None = (1, 1)  # None: the arrangement is unknown (InternVL from forward tensors alone)
     separators: tuple[int, ...] = ()
 
     def __post_init__(self):
@@ -75,6 +77,8 @@ class View:
     @property
     def region(self) -> tuple[float, float, float, float]:
         """(top, left, bottom, right) of the original image this view covers, as fractions."""
+        if self.tiles is None:
+            raise ValueError(_UNKNOWN)
         (r, c), (rows, cols) = self.tile, self.tiles
         return r / rows, c / cols, (r + 1) / rows, (c + 1) / cols
 
@@ -139,6 +143,8 @@ class ImageSpan:
             raise ValueError(f"this image has no {kind!r} view; its views: {[v.kind for v in self.all_views]}")
         if len(views) == 1:
             return values[..., list(views[0].positions)].reshape(*values.shape[:-1], *views[0].grid)
+        if any(v.tiles is None for v in views):
+            raise ValueError(_UNKNOWN)
         (rows, cols), (tr, tc) = views[0].grid, views[0].tiles
         if any(v.grid != (rows, cols) or v.tiles != (tr, tc) for v in views):
             raise ValueError("tiles of different grids or tilings cannot be stitched into one grid")
