@@ -49,11 +49,6 @@ def image_spans(config, input_ids, tensors):
     return spans_from_runs(input_ids, config.image_token_id, [(side * side, (side, side))] * pixels.shape[0])
 
 
-def fill_pooled_patches(config, tensors, span, cells, fill) -> None:
-    """A pooled token covers a square block of the picture: the grid over pixel_values [image, channel, H, W]."""
-    fill_grid_patches(config, tensors, span, cells, fill)
-
-
 def template(prompt: str, n_images: int, processor) -> str:
     # google/gemma-3-4b-it chat template (the processor expands each <start_of_image>)
     return f"<start_of_turn>user\n{processor.boi_token * n_images}{prompt}<end_of_turn>\n<start_of_turn>model\n"
@@ -71,7 +66,7 @@ ADAPTER = register(
         load_processor=AutoProcessor.from_pretrained,
         forward_keys=("input_ids", "attention_mask", "pixel_values", "token_type_ids"),
         nested_images=True,
-        fill_patches=fill_pooled_patches,
+        fill_patches=fill_grid_patches,  # a pooled token covers a square block of the picture, as a patch does
     )
 )
 

@@ -25,7 +25,8 @@ from transformers import (
 from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import get_optimal_tiled_canvas
 
 from model_adapters.common import LANGUAGE_MODEL, PRE_NORM_BLOCK, image_only
-from model_adapters.testing import DEFAULT_WORDS, TOY_INIT, FamilySpec, RealSize, build, text_config, toy_text, word_tokenizer
+from model_adapters.llava import toy as llava_toy
+from model_adapters.testing import DEFAULT_WORDS, FamilySpec, RealSize, build, text_config, word_tokenizer
 from vlm_lens.adapter import Adapter, register
 from vlm_lens.errors import ImageTokenMismatchError, InputError
 from vlm_lens.spans import ImageSpan, View, spans_from_runs
@@ -147,15 +148,10 @@ def expected_views(image, processor) -> list[tuple[str, tuple[int, int]]]:
     return [] if n == 1 else [("tile", (side, side))] * (n - 1) + [("base", (side, side))]
 
 
-def toy(image_size: int) -> dict:
-    vision = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2, initializer_range=TOY_INIT)
-    return dict(text=toy_text(), vision=vision, image_size=image_size, patch_size=8, initializer_range=TOY_INIT)
-
-
 SPEC = FamilySpec(
     family="internvl",
     tiny=tiny,
-    toy=toy,
+    toy=llava_toy,  # the toys' tower and language model sizes
     expected_grid=lambda image, processor: (math.isqrt(processor.image_seq_length),) * 2,  # one tile's grid
     before_image="<img>",
     after_image="</img>",

@@ -25,16 +25,17 @@ from transformers.image_processing_utils import select_best_resolution
 from transformers.models.llava_next.modeling_llava_next import get_anyres_image_grid_shape, unpad_image
 
 from model_adapters.common import LANGUAGE_MODEL, PRE_NORM_BLOCK
-from model_adapters.testing import DEFAULT_WORDS, TOY_INIT, FamilySpec, RealSize, build, text_config, toy_text, word_tokenizer
+from model_adapters.llava import toy as llava_toy
+from model_adapters.testing import DEFAULT_WORDS, FamilySpec, RealSize, build, text_config, word_tokenizer
 from vlm_lens.adapter import Adapter, register
 from vlm_lens.errors import InputError
 from vlm_lens.spans import View, spans_from_runs
 
 
-def anyres_layout(config, image_size: tuple[int, int]) -> tuple[int, tuple[int, int]]:
-    """(base grid side, (rows, cols) of the unpadded high-resolution grid) for an image of (height, width) pixels,
-    by transformers' own pinpoint choice and unpadding; with LLaVA-OneVision's ``vision_aspect_ratio``
-    ("anyres_max_9"), the grid its bilinear downsampling leaves when it holds over 1.1^2 x 9 base grids."""
+def anyres_grid(config, image_size: tuple[int, int]) -> tuple[int, int]:
+    """(rows, cols) of the unpadded high-resolution grid for an image of (height, width) pixels, by transformers'
+    own pinpoint choice and unpadding; with LLaVA-OneVision's ``vision_aspect_ratio`` ("anyres_max_9"), the grid
+    its bilinear downsampling leaves when it holds over 1.1^2 x 9 base grids."""
     vision = config.vision_config
     side = vision.image_size // vision.patch_size
     crops_h, crops_w = get_anyres_image_grid_shape(list(image_size), config.image_grid_pinpoints, vision.image_size)
@@ -45,7 +46,7 @@ def anyres_layout(config, image_size: tuple[int, int]) -> tuple[int, tuple[int, 
         ratio = math.sqrt(rows * cols / (int(aspect.strip("anyres_max_")) * side**2))
         if ratio > 1.1:
             rows, cols = int(rows // ratio), int(cols // ratio)
-    return side, (rows, cols)
+    return rows, cols
 
 
 def image_spans(config, input_ids, tensors):
@@ -59,13 +60,12 @@ def image_spans(config, input_ids, tensors):
     # LLaVA-OneVision crops only an item's single image: in an item with several, each is its base view and a newline
     counts = tensors.get("batch_num_images")
     cropped = [True] * len(tensors["image_sizes"]) if counts is None else [int(n) == 1 for n in counts for _ in range(int(n))]
-    layouts = [anyres_layout(config, tuple(int(x) for x in size)) if crop else
-               ((config.vision_config.image_size // config.vision_config.patch_size), None)
-               for size, crop in zip(tensors["image_sizes"], cropped)]
-    runs = [(side * side + (rows * (cols + 1) if grid else 1), (side, side))
-            for side, grid in layouts for rows, cols in [grid or (0, 0)]]
+    side = config.vision_config.image_size // config.vision_config.patch_size
+    grids = [anyres_grid(config, tuple(int(x) for x in size)) if crop else None
+             for size, crop in zip(tensors["image_sizes"], cropped)]
+    runs = [(side * side + (1 if grid is None else grid[0] * (grid[1] + 1)), (side, side)) for grid in grids]
     spans = spans_from_runs(input_ids, config.image_token_id, runs)
-    return [[with_views(span, *layouts[span.image]) for span in item] for item in spans]
+    return [[with_views(span, side, grids[span.image]) for span in item] for item in spans]
 
 
 def with_views(span, side: int, highres: tuple[int, int] | None):
@@ -121,24 +121,23 @@ def tiny(words=DEFAULT_WORDS, *, seed=0, image_size=32, patch_size=8, text=None,
     return build(LlavaNextForConditionalGeneration, cfg, seed), processor
 
 
-def expected_views(image, processor) -> list[tuple[str, tuple[int, int]]]:
-    """The processor's own count of an image's tokens (its pinpoint choice and unpadding), as views."""
-    size = processor.image_processor.crop_size["height"]
-    side = size // processor.patch_size
+def anyres_views(image, processor, size: int, side: int) -> list[tuple[str, tuple[int, int]]]:
+    """The processor's own count of an image's tokens (its pinpoint choice, unpadding and, for LLaVA-OneVision,
+    anyres_max shrinking), as views: crops of ``size`` pixels, a ``side`` x ``side`` base grid."""
     best_h, best_w = select_best_resolution([image.height, image.width], processor.image_processor.image_grid_pinpoints)
     unpadded, rows = processor._get_unpadded_features(image.height, image.width, side, side, best_h // size, best_w // size)
     return [("base", (side, side)), ("highres", (rows, unpadded // rows))]
 
 
-def toy(image_size: int) -> dict:
-    vision = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2, initializer_range=TOY_INIT)
-    return dict(text=toy_text(), vision=vision, image_size=image_size, patch_size=8, initializer_range=TOY_INIT)
+def expected_views(image, processor) -> list[tuple[str, tuple[int, int]]]:
+    size = processor.image_processor.crop_size["height"]
+    return anyres_views(image, processor, size, size // processor.patch_size)
 
 
 SPEC = FamilySpec(
     family="llava_next",
     tiny=tiny,
-    toy=toy,
+    toy=llava_toy,  # the same CLIP tower and language model sizes as LLaVA-1.5's toy
     # the base view: the picture resized to the tower's square
     expected_grid=lambda image, processor: (processor.image_processor.crop_size["height"] // processor.patch_size,) * 2,
     before_image="[INST]",

@@ -17,8 +17,9 @@ from transformers import (
 )
 
 from model_adapters.common import LANGUAGE_MODEL, PRE_NORM_BLOCK, image_only
-from model_adapters.llava_next import image_spans
-from model_adapters.testing import DEFAULT_WORDS, TOY_INIT, FamilySpec, RealSize, build, text_config, toy_text, word_tokenizer
+from model_adapters.llava import toy as llava_toy
+from model_adapters.llava_next import anyres_views, image_spans
+from model_adapters.testing import DEFAULT_WORDS, FamilySpec, RealSize, build, text_config, word_tokenizer
 from vlm_lens.adapter import Adapter, register
 
 SPECIALS = ("<image>", "<video>", "<|im_start|>", "<|im_end|>")  # <video> its own id: the processor counts it
@@ -82,25 +83,13 @@ def tiny(words=DEFAULT_WORDS, *, seed=0, image_size=32, patch_size=8, text=None,
 
 
 def expected_views(image, processor) -> list[tuple[str, tuple[int, int]]]:
-    """The processor's own count of an image's tokens (pinpoint, unpadding, anyres_max shrinking), as views."""
-    from transformers.image_processing_utils import select_best_resolution
-
-    size = processor.image_processor.size["height"]
-    side = int(processor.num_image_tokens**0.5)
-    best_h, best_w = select_best_resolution([image.height, image.width], processor.image_processor.image_grid_pinpoints)
-    unpadded, rows = processor._get_unpadded_features(image.height, image.width, side, side, best_h // size, best_w // size)
-    return [("base", (side, side)), ("highres", (rows, unpadded // rows))]
-
-
-def toy(image_size: int) -> dict:
-    vision = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2, initializer_range=TOY_INIT)
-    return dict(text=toy_text(), vision=vision, image_size=image_size, patch_size=8, initializer_range=TOY_INIT)
+    return anyres_views(image, processor, processor.image_processor.size["height"], int(processor.num_image_tokens**0.5))
 
 
 SPEC = FamilySpec(
     family="llava_onevision",
     tiny=tiny,
-    toy=toy,
+    toy=llava_toy,
     expected_grid=lambda image, processor: (int(processor.num_image_tokens**0.5),) * 2,  # the base view
     before_image="user",
     expected_views=expected_views,

@@ -55,8 +55,7 @@ class HookPoint:
         self.model.add_hook(self.name, hook, dir=dir, is_permanent=True)
 
     def remove_hooks(self, dir: str = "fwd", including_permanent: bool = False, level=None) -> None:
-        self.model.reset_hooks(direction="both" if dir == "both" else dir, including_permanent=including_permanent,
-                               names={self.name})
+        self.model.reset_hooks(direction=dir, including_permanent=including_permanent, names={self.name})
 
     @property
     def fwd_hooks(self) -> list[Added]:
