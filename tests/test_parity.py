@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import torch
 
@@ -105,7 +107,8 @@ def test_final_norm_and_unembed_reproduce_logits(model, inputs):
 
 
 def test_vision_and_projector_hooks_match_hf(model, inputs):
-    image_tensors = {key: inputs.tensors[key] for key in model.adapter.image_keys}
+    takes = inspect.signature(model.hf_model.model.get_image_features).parameters
+    image_tensors = {key: value for key, value in inputs.tensors.items() if key in takes and key != "input_ids"}
     with torch.no_grad():
         _, cache = model.run_with_cache(inputs, names_filter=lambda n: n.startswith(("vision", "projector", "hook_embed"))
                                         or n.endswith("hook_deepstack"))
@@ -116,8 +119,9 @@ def test_vision_and_projector_hooks_match_hf(model, inputs):
         added = torch.cat([cache["deepstack", layer][i, inputs.image_positions(i)] for i in range(inputs.batch_size)])
         assert torch.allclose(added, torch.cat(list(output.deepstack_features[layer])), atol=ATOL)
     projected = cache["projector"].reshape(-1, cache["projector"].shape[-1])
-    # HF's image features are exactly what sits at the image tokens entering layer 0 (separators included)
-    at_images = torch.cat([cache["hook_embed"][i, s.start:s.end] for i in range(inputs.batch_size) for s in inputs.image_spans[i]])
+    # HF's image features are exactly what sits at the image tokens entering layer 0 (LLaVA-NeXT's newlines included)
+    image_token = inputs.input_ids == model.hf_model.config.image_token_id
+    at_images = torch.cat([cache["hook_embed"][i, image_token[i]] for i in range(inputs.batch_size)])
     assert torch.allclose(at_images, feats, atol=ATOL)
     if not any(s.views for spans in inputs.image_spans for s in spans):  # one view: the projector's output, as is
         assert torch.allclose(projected, feats, atol=ATOL)

@@ -166,7 +166,7 @@ def test_the_model_is_a_module_with_transformer_lens_config_fields(model, inputs
     tokens = model.to_str_tokens(inputs)
     assert len(tokens) == 2 and len(tokens[0]) == inputs.input_ids.shape[1]
     span = inputs.image_spans[0][0]
-    assert {tokens[0][i] for i in range(span.start, span.end)} == {model.tokenizer.convert_ids_to_tokens(cfg.image_token_id)}
+    assert {tokens[0][i] for i in span.positions} == {model.tokenizer.convert_ids_to_tokens(cfg.image_token_id)}
 
 
 def test_the_cache_as_an_analysis_api(model, inputs):
@@ -208,8 +208,8 @@ def test_the_cache_as_an_analysis_api(model, inputs):
             cache.accumulated_resid(pos_slice="image")  # two prompts of different lengths
         one = model.prepare(images=make_images()[:1], prompts=["how many"])
         _, single = model.run_with_cache(one)
-        span = one.image_spans[0][0]
+        image_tokens = one.input_ids[0] == model.cfg.image_token_id  # (LLaVA-NeXT's newlines are image tokens too)
         torch.testing.assert_close(single.accumulated_resid(pos_slice="image")[0],
-                                   single["resid_pre", 0][:, span.start:span.end], atol=0, rtol=0)
+                                   single["resid_pre", 0][:, image_tokens], atol=0, rtol=0)
         assert single.remove_batch_dim()["resid_post", 0].shape == single["resid_post", 0].shape[1:]
 
