@@ -117,32 +117,40 @@ class AttentionMaps:
         return np.diff(self.entropy(), axis=0)
 
 
-def image_grids(cache: ActivationCache, image: int = 0) -> list[Float[np.ndarray, "layer rows cols"]]:
+VIEWS = ("base", "stitched")
+
+
+def image_grids(cache: ActivationCache, image: int = 0, view: str = "base") -> list[Float[np.ndarray, "layer rows cols"]]:
     """Per item: attention from its query rows to its ``image``-th image's patch grid at every layer,
-    averaged over heads and rows (float32); a multi-crop image's base view (``span.stitch`` lays the
-    crops out instead). Needs ``attn.hook_pattern_rows`` of every layer in ``cache``.
+    averaged over heads and rows (float32). A multi-crop image gives its ``base`` view (the whole picture
+    on one low-resolution grid), or with ``view="stitched"`` its crops laid out where they sit in the
+    picture (``ImageSpan.stitch``: tiles side by side, or LLaVA-NeXT's high-resolution grid); a one-view
+    image gives its one grid either way. Needs ``attn.hook_pattern_rows`` of every layer in ``cache``.
 
     The one place the study, the CLI and the analyses turn attention rows into image grids."""
+    if view not in VIEWS:
+        raise ValueError(f"view must be one of {VIEWS}, got {view!r}")
     inputs = cache.inputs
     rows = [cache["pattern_rows", layer] for layer in range(cache.n_layers)]  # each batch head row key
     grids = []
     for item, spans in enumerate(inputs.image_spans):
         if image >= len(spans):
             raise ValueError(f"item {item} has {len(spans)} image(s); no image {image}")
-        view = spans[image].base  # a multi-crop image: its base view, the whole image on one grid
-        keys = list(view.positions)
-        per_layer = torch.stack([r[item, :, :, keys].float().mean(dim=(0, 1)) for r in rows])
-        grids.append(per_layer.reshape(len(rows), *view.grid).cpu().numpy())
+        span = spans[image]
+        per_layer = torch.stack([r[item, :, :, : span.end].float().mean(dim=(0, 1)) for r in rows])  # layer key
+        grids.append(span.stitch(per_layer, kind="base" if view == "base" else None).cpu().numpy())
     return grids
 
 
-def answer_token_attention(generated: GeneratedAnswers, image: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+def answer_token_attention(generated: GeneratedAnswers, image: int = 0, view: str = "base"
+                           ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Per item of a generation (``answers.generate_answers`` with every layer's ``attn.hook_pattern_rows``):
-    the image grids [layer, rows, cols] averaged over its T answer tokens, and H_s per layer averaged over
-    them (the study's Eq. 1: each answer token's spatial entropy, then their mean over the T tokens)."""
+    the image grids [layer, rows, cols] (``image_grids``' ``view``) averaged over its T answer tokens, and H_s
+    per layer averaged over them (the study's Eq. 1: each answer token's spatial entropy, then their mean over
+    the T tokens)."""
     inputs = generated.at_answer.inputs
     vocab = generated.at_answer.vocab
-    per_step = [image_grids(ActivationCache(step, vocab, inputs), image) for step in generated.attention]
+    per_step = [image_grids(ActivationCache(step, vocab, inputs), image, view) for step in generated.attention]
     out = []
     for i, length in enumerate(generated.lengths):
         grids = [per_step[t][i] for t in range(length)]
@@ -152,22 +160,24 @@ def answer_token_attention(generated: GeneratedAnswers, image: int = 0) -> list[
 
 
 @torch.no_grad()
-def item_grids(model: HookedVLM, inputs: VLMInputs, query_positions=None, image: int = 0) -> list[np.ndarray]:
+def item_grids(model: HookedVLM, inputs: VLMInputs, query_positions=None, image: int = 0, view: str = "base"
+               ) -> list[np.ndarray]:
     """Per item, [layer rows cols]: attention from the query rows (default: each item's last token) to its
-    ``image``-th image, averaged over heads and rows. Items keep their own grids (native-resolution towers
-    give images of different sizes different grids). Uses the row capture: the forward keeps its fast attention."""
+    ``image``-th image, averaged over heads and rows (a multi-crop image's ``view``: see ``image_grids``). Items
+    keep their own grids (native-resolution towers and tilings give images of different sizes different grids).
+    Uses the row capture: the forward keeps its fast attention."""
     _, cache = model.run_with_cache(
         inputs, names_filter=lambda n: n.endswith("attn.hook_pattern_rows"), query_positions=query_positions,
         logits_to_keep=1,
     )
-    return image_grids(cache, image)
+    return image_grids(cache, image, view)
 
 
 def image_attention(
-    model: HookedVLM, inputs: VLMInputs, query_positions=None, image: int = 0
+    model: HookedVLM, inputs: VLMInputs, query_positions=None, image: int = 0, view: str = "base"
 ) -> AttentionMaps:
     """``item_grids`` stacked [layer batch rows cols]: every item's image must have the same grid."""
-    grids = item_grids(model, inputs, query_positions, image)
+    grids = item_grids(model, inputs, query_positions, image, view)
     shapes = {g.shape for g in grids}
     if len(shapes) != 1:
         raise ValueError(f"images of different grids {sorted(s[1:] for s in shapes)} cannot be stacked; run them separately")

@@ -188,6 +188,8 @@ def vrp(
     max_new_tokens: int = typer.Option(None, min=1, help="longest answer, greedy and sampled (each stops at end of sequence); "
                                        "default: the model's own (1 for the toys, else 16)"),
     storage_dtype: str = typer.Option("float32", help="stored activations: float16 or bfloat16 halve the extraction"),
+    attention_view: str = typer.Option("base", help="a multi-crop image's attention map: base (its global view) or "
+                                       "stitched (its crops laid out where they sit in the picture)"),
     n_resamples: int = typer.Option(10_000, min=1, help="bootstrap resamples for every confidence interval"),
     config: str = typer.Option(None, help="a JSON file of study settings (any VRPConfig field); options given "
                                "on the command line override it"),
@@ -216,7 +218,7 @@ def vrp(
     benches = _benchmarks(benchmark, annotations or [], images or [], format or [])
     options = dict(n=n, k=k, seed=seed, device=device, dtype=dtype, device_map=device_map, batch_size=batch_size,
                    shard_size=shard_size, sample_rows=sample_rows, max_new_tokens=max_new_tokens,
-                   storage_dtype=storage_dtype, n_resamples=n_resamples)
+                   storage_dtype=storage_dtype, attention_view=attention_view, n_resamples=n_resamples)
     typed = lambda name: getattr(ctx.get_parameter_source(name), "name", "") == "COMMANDLINE"  # noqa: E731
     # (by name: typer may carry its own copy of click's ParameterSource enum)
     if config:  # the file's settings, overridden by the options typed on the command line

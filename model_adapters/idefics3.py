@@ -176,6 +176,7 @@ SPEC = FamilySpec(
     expected_grid=lambda image, processor: (math.isqrt(processor.image_seq_len),) * 2,  # one tile's grid
     after_image="<fake_token_around_image>",
     expected_views=expected_views,
+    crop_pixels=lambda processor: processor.image_processor.max_image_size["longest_edge"],
     real=(RealSize("idefics3-8b-llama3", 32, 27, 4096, 14336, 32, 128, 128259, 1152),
           # SmolVLM-2.2B (the first SmolVLM) is an Idefics3 checkpoint
           RealSize("smolvlm-instruct", 24, 27, 2048, 8192, 32, 64, 49155, 1152)),

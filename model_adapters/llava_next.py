@@ -142,5 +142,6 @@ SPEC = FamilySpec(
     expected_grid=lambda image, processor: (processor.image_processor.crop_size["height"] // processor.patch_size,) * 2,
     before_image="[INST]",
     expected_views=expected_views,
+    crop_pixels=lambda processor: processor.image_processor.crop_size["height"],
     real=(RealSize("llava-v1.6-mistral-7b-hf", 32, 24, 4096, 14336, 32, 128, 32064, 1024),),
 )

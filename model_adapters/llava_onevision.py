@@ -93,5 +93,6 @@ SPEC = FamilySpec(
     expected_grid=lambda image, processor: (int(processor.num_image_tokens**0.5),) * 2,  # the base view
     before_image="user",
     expected_views=expected_views,
+    crop_pixels=lambda processor: processor.image_processor.size["height"],
     real=(RealSize("llava-onevision-qwen2-7b-ov-hf", 28, 26, 3584, 18944, 28, 128, 152128, 1152),),
 )

@@ -50,5 +50,6 @@ SPEC = FamilySpec(
     expected_grid=lambda image, processor: (math.isqrt(processor.image_seq_len),) * 2,  # one tile's grid
     after_image="<fake_token_around_image>",
     expected_views=expected_views,
+    crop_pixels=lambda processor: processor.image_processor.max_image_size["longest_edge"],
     real=(RealSize("smolvlm2-2.2b-instruct", 24, 27, 2048, 8192, 32, 64, 49280, 1152),),
 )

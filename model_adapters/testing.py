@@ -64,6 +64,8 @@ class FamilySpec:
     real: tuple[RealSize, ...] = ()
     # multi-crop families: (image, processor) -> [(view kind, grid)] the processor's own arithmetic gives
     expected_views: Callable[[Image.Image, Any], list[tuple[str, tuple[int, int]]]] | None = None
+    # multi-crop families: processor -> the side in pixels of one crop (a picture of 1x2 crops is exactly 1x2 of them)
+    crop_pixels: Callable[[Any], int] | None = None
 
 
 def word_tokenizer(words: Sequence[str], specials: Sequence[str] = (), named: dict[str, str] | None = None

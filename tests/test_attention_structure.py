@@ -75,3 +75,26 @@ def test_image_attention_equals_eager_average(model, images, eager_hf):
             assert np.allclose(maps.grids[layer, item], expected.numpy(), atol=1e-6)
     assert maps.entropy().shape == (model.cfg.n_layers, 2)
     assert maps.delta_entropy().shape == (model.cfg.n_layers - 1, 2)
+
+
+def test_stitched_attention_lays_each_crop_where_it_sits(model, images, eager_hf):
+    inputs = model.prepare(images=images, prompts=["is there a red square in the image ?", "how many"])
+    grids = A.item_grids(model, inputs, view="stitched")
+    with torch.no_grad():
+        ref = eager_hf(**inputs.tensors, output_attentions=True).attentions
+    last = inputs.last_positions()
+    for item in range(2):
+        span = inputs.image_spans[item][0]
+        crops = [v for v in span.all_views if v.kind != "base"] or [span.base]  # one view: stitched is that grid
+        rows, cols = crops[0].grid
+        tiles = crops[0].tiles
+        assert grids[item].shape == (model.cfg.n_layers, tiles[0] * rows, tiles[1] * cols)
+        for layer in range(model.cfg.n_layers):
+            row = ref[layer][item, :, last[item]].mean(0)
+            for view in crops:  # each crop's patch (i, j) at (tile row * rows + i, tile col * cols + j), by hand
+                for k, position in enumerate(view.positions):
+                    i, j = divmod(k, cols)
+                    at = (view.tile[0] * rows + i, view.tile[1] * cols + j)
+                    assert abs(grids[item][layer][at] - float(row[position])) < 1e-6
+    with pytest.raises(ValueError, match="view must be one of"):
+        A.item_grids(model, inputs, view="tiles")

@@ -127,5 +127,27 @@ def test_fingerprint_covers_what_extraction_stores_only():
     assert VRPConfig(n=10, batch_size=7, n_resamples=50, ablation_ks=(3,)).fingerprint() == base.fingerprint()
     # where the data lives is not what it is: the data's digests guard a resume (tests/test_faults.py)
     assert VRPConfig(n=10, benchmark="x.json", images="elsewhere").fingerprint() == base.fingerprint()
-    for changed in (dict(k=4), dict(seed=1), dict(top_p=0.5), dict(format="pope"), dict(neuron_layers=(1,))):
+    for changed in (dict(k=4), dict(seed=1), dict(top_p=0.5), dict(format="pope"), dict(neuron_layers=(1,)),
+                    dict(attention_view="stitched")):
         assert VRPConfig(n=10, **changed).fingerprint() != base.fingerprint(), changed
+    assert "attention_view" not in base.extraction()  # added later: at its default, earlier extractions still resume
+
+
+def test_extraction_stores_stitched_maps_of_multi_crop_images(tmp_path):
+    """attention_view="stitched": each question's stored map is its image's crops laid out (the multi-crop family's
+    high-resolution grid), equal to item_grids(view="stitched") run on that question alone."""
+    from analyses.attention_structure import item_grids
+    from model_adapters import SPECS
+    from tests.conftest import FAMILIES, tiny
+
+    model = tiny(next(f for f in FAMILIES if SPECS[f].crop_pixels is not None))
+    examples = shapes_examples(3, seed=3)
+    cfg = VRPConfig("tiny", n=3, shard_size=3, batch_size=3, k=2, max_new_tokens=1, attention_view="stitched")
+    X.extract(model, examples, tmp_path, cfg, progress=False)
+    stored = X.load(tmp_path)
+    for example, row, attention in zip(examples, stored.rows, stored.attention):
+        inputs = model.prepare(images=[example.load_image()], prompts=[example.text])
+        alone = item_grids(model, inputs, view="stitched")[0]
+        base = item_grids(model, inputs)[0]
+        assert tuple(row["grid"]) == alone.shape[1:] != base.shape[1:]
+        np.testing.assert_allclose(attention.reshape(alone.shape), alone, atol=1e-5)

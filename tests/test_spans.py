@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
+from PIL import Image
 
 from tests.conftest import PROMPTS, make_images, tiny
 
@@ -85,3 +87,32 @@ def test_patch_position_lookup(model, inputs):
     assert span.position_of(rows - 1, cols - 1) == span.base.positions[-1]
     assert span.start == span.positions[0] and span.positions[-1] < span.end  # opens on a patch token
     assert span.views or span.base.positions == tuple(range(span.start, span.end))
+
+
+def test_each_crop_sits_where_its_pixels_came_from(model, spec):
+    """The arrangement, against the picture itself: a picture of exactly 1x2 (then 2x1) crops, black on the left
+    (top), white on the right (bottom). Each crop is then a plain black or white square, so its tokens entering the
+    language model must equal the base (whole-picture) view's tokens of a plain black or white picture (same pixels,
+    same tower): the stitched grid must show black where the picture is black."""
+    if spec.crop_pixels is None:
+        pytest.skip(f"{spec.family} does not cut an image into crops")
+    side = spec.crop_pixels(model.processor)
+
+    def embedded(picture, kind=None):  # [d, rows, cols] on the picture's stitched high-resolution grid (or a view)
+        inputs = model.prepare(images=[picture], prompts=["how many"])
+        with torch.no_grad():
+            _, cache = model.run_with_cache(inputs, names_filter="hook_embed")
+        return inputs.image_spans[0][0], inputs.image_spans[0][0].stitch(cache["hook_embed"][0].T, kind)
+
+    plain = {colour: embedded(Image.new("RGB", (side, side), colour), "base")[1] for colour in ("black", "white")}
+    for width, height in ((2 * side, side), (side, 2 * side)):
+        picture = Image.new("RGB", (width, height), "white")
+        picture.paste(Image.new("RGB", (side, side), "black"), (0, 0))
+        span, grid = embedded(picture)
+        assert [v.kind for v in span.views if v.kind != "base"], f"a {width}x{height} picture was not cut into crops"
+        one = plain["black"]  # [d, rows, cols] of one crop
+        rows, cols = one.shape[1:]
+        assert grid.shape[1:] == ((rows, 2 * cols) if width > height else (2 * rows, cols))
+        first, second = (grid[:, :, :cols], grid[:, :, cols:]) if width > height else (grid[:, :rows], grid[:, rows:])
+        torch.testing.assert_close(first, plain["black"], atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(second, plain["white"], atol=1e-5, rtol=1e-4)

@@ -73,6 +73,9 @@ class VRPConfig:
     neuron_layers: tuple[int, ...] | None = None  # MLP neurons stored at these layers (None: all)
     storage_dtype: str = "float32"  # stored activations: "float16" / "bfloat16" halve the extraction's size
     correct_threshold: float = CORRECT_AT  # answers.is_correct: credit needed to count as correct
+    # a multi-crop image's attention map: "base" (its global view) or "stitched" (its crops where they sit in the
+    # picture); one-view images have one grid either way
+    attention_view: str = "base"
     # predictors
     val_fraction: float = 0.2
     test_fraction: float = 0.2
@@ -96,6 +99,7 @@ class VRPConfig:
     EXTRACTION_FIELDS: ClassVar[tuple[str, ...]] = (
         "model", "benchmark", "annotations", "format", "images", "n", "seed", "dtype", "k", "top_p", "temperature", "max_new_tokens",
         "shard_size", "hidden_layers", "neuron_layers", "storage_dtype", "correct_threshold",
+        "attention_view",
     )
 
     def __post_init__(self):
@@ -119,6 +123,8 @@ class VRPConfig:
         parse_dtype(self.dtype)
         if self.storage_dtype not in ("float32", "float16", "bfloat16"):
             raise DataError(f"storage_dtype must be float32, float16 or bfloat16, got {self.storage_dtype!r}")
+        if self.attention_view not in ("base", "stitched"):
+            raise DataError(f"attention_view must be base or stitched, got {self.attention_view!r}")
 
     def _check_types(self) -> None:
         """Each setting of its declared type (a config file may hold "n": "600" or "k": true)."""
@@ -136,9 +142,14 @@ class VRPConfig:
             if wrong:
                 raise DataError(f"{name} must be {str(spec.type).replace(' | None', ' or null')}, got {value!r}")
 
+    # settings added since format 3, left out of extraction() at these defaults, so earlier extractions still resume
+    LATER_DEFAULTS: ClassVar[dict] = {"attention_view": "base"}
+
     def extraction(self) -> dict:
         """The settings that decide what extraction stores, and the version of what it stores."""
-        return {"extraction_format": EXTRACTION_FORMAT, **{name: getattr(self, name) for name in self.EXTRACTION_FIELDS}}
+        fields = {name: getattr(self, name) for name in self.EXTRACTION_FIELDS}
+        fields = {k: v for k, v in fields.items() if k not in self.LATER_DEFAULTS or v != self.LATER_DEFAULTS[k]}
+        return {"extraction_format": EXTRACTION_FORMAT, **fields}
 
     # where the data lives, not what it is: the data's own digests guard a resume (analyses.study.extract), so a
     # moved image folder or a relative path from another directory resumes, and changed contents do not

@@ -164,7 +164,7 @@ def _extract_batch(model: HookedVLM, examples: list[Example], inputs, start: int
     refs = [answers.reference_token_ids(model.tokenizer, [e.label]) for e in examples]
     resid = captured.stack("resid_post", range(n_layers))  # layer batch d_model
     margins = truth_margin(read_out(model, resid), refs)  # layer batch
-    attention = answer_token_attention(generated)
+    attention = answer_token_attention(generated, view=cfg.attention_view)
     storage = parse_dtype(cfg.storage_dtype)
     rows = []
     for i, example in enumerate(examples):
