@@ -43,7 +43,13 @@ def attention_grids(model: HookedVLM, inputs: VLMInputs) -> list[np.ndarray]:
 
 
 def token_mask(inputs: VLMInputs, cells: list[list[int]], fill: str = "mean", rank: str = "top") -> Intervention:
-    positions = [[inputs.image_spans[item][0].base.positions[c] for c in item_cells] for item, item_cells in enumerate(cells)]
+    """Hide the base-view ``cells`` of each item's first image at its tokens: a multi-crop image's every token, in
+    every view, that sees part of those cells' area (``ImageSpan.covering``), so no crop shows what was hidden."""
+    positions = []
+    for item, item_cells in enumerate(cells):
+        span = inputs.image_spans[item][0]
+        cols = span.grid[1]
+        positions.append(sorted({p for c in item_cells for p in span.covering(*divmod(int(c), cols))}))
     return image_embedding_edit(positions, fill, name=f"mask {rank} patches (tokens, {fill})")
 
 

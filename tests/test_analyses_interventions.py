@@ -148,11 +148,23 @@ def test_token_patch_mask_equals_raw_embedding_edit(model, inputs):
     cells = [[0, 3, 5], [1]]
     ours = I.apply(model, inputs, PM.token_mask(inputs, cells, fill="mean"))
 
+    def hidden(span, cell):  # the base cell's token, and every crop token over the same part of the picture
+        g_rows, g_cols = span.grid
+        r, c = divmod(cell, g_cols)
+        out = [span.base.positions[cell]]
+        if [v for v in span.views if v.kind != "base"]:  # crops, placed by stitch: a grid of each token's position
+            placed = span.stitch(torch.arange(span.end, dtype=torch.float64)).long()
+            R, C = placed.shape
+            rows = range(r * R // g_rows, -(-(r + 1) * R // g_rows))
+            cols = range(c * C // g_cols, -(-(c + 1) * C // g_cols))
+            out += [int(placed[i, j]) for i in rows for j in cols]
+        return out
+
     def edit(x):
         x = x.clone()
         for item, item_cells in enumerate(cells):
             span = inputs.image_spans[item][0]  # cells index the base view; the mean is over every patch token
-            x[item, [span.base.positions[c] for c in item_cells]] = x[item, span.positions].mean(0)
+            x[item, [p for c in item_cells for p in hidden(span, c)]] = x[item, span.positions].mean(0)
         return x
 
     assert torch.equal(ours, raw(model, inputs, block(model, 0), edit, pre=True))

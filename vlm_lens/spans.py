@@ -25,7 +25,9 @@ token of the image (separators included), ``positions`` every patch token, and `
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from fractions import Fraction
 
 import torch
 from jaxtyping import Float
@@ -123,6 +125,27 @@ class ImageSpan:
     def position_of(self, row: int, col: int) -> int:
         """The base view's patch (row, col)."""
         return self.base.position_of(row, col)
+
+    def covering(self, row: int, col: int) -> list[int]:
+        """Every patch token, in every view, that sees part of what the base view's patch (row, col) sees of the
+        picture: what must be hidden to hide that part of the picture (token masking of a multi-crop image). Views
+        are placed by ``region`` (a base or highres view spans the whole picture), exactly (fractions)."""
+        rows, cols = self.grid
+        if not (0 <= row < rows and 0 <= col < cols):
+            raise IndexError(f"patch ({row}, {col}) is outside the {rows}x{cols} grid")
+        if not self.views:
+            return [self.position_of(row, col)]
+        top, left, bottom, right = Fraction(row, rows), Fraction(col, cols), Fraction(row + 1, rows), Fraction(col + 1, cols)
+        out = []
+        for view in self.views:
+            if view.tiles is None:
+                raise ValueError(_UNKNOWN)
+            (tr, tc), (n_tr, n_tc), (vr, vc) = view.tile, view.tiles, view.grid
+            # the view's cells this area overlaps, in the view's own grid (rows i_lo..i_hi-1, cols j_lo..j_hi-1)
+            i_lo, i_hi = max(0, math.floor((top * n_tr - tr) * vr)), min(vr, math.ceil((bottom * n_tr - tr) * vr))
+            j_lo, j_hi = max(0, math.floor((left * n_tc - tc) * vc)), min(vc, math.ceil((right * n_tc - tc) * vc))
+            out += [view.positions[i * vc + j] for i in range(i_lo, i_hi) for j in range(j_lo, j_hi)]
+        return sorted(out)
 
     def locate(self, position: int) -> tuple[int, int, int]:
         """(view index, row, col) of a patch token; a separator or a position outside the image raises."""
