@@ -25,7 +25,7 @@ from scipy import ndimage
 from sklearn.cluster import DBSCAN
 
 from analyses.answers import GeneratedAnswers
-from vlm_lens import ActivationCache, HookedVLM, VLMInputs
+from vlm_lens import ActivationCache, HookedVLM, UnsupportedModelError, VLMInputs
 
 _FOUR_NEIGHBOURS = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]])
 
@@ -120,6 +120,15 @@ class AttentionMaps:
 VIEWS = ("base", "stitched")
 
 
+def cross_attention_reason(layers) -> str:
+    """Why image maps do not apply to a model whose image enters through cross-attention (Llama-3.2-Vision)."""
+    return (f"this model's image has no patch tokens in the sequence: its features are the keys of the "
+            f"cross-attention layers {list(layers)}, one <|image|> token stands in the text. Attention maps over the "
+            f"image's patches (and what builds on them: entropy, components, patch ranking and masking, the study's "
+            f"attention features) read image tokens in the sequence; read blocks.{{l}}.attn.hook_pattern_rows at "
+            f"those layers instead (keys: image, tile, patch)")
+
+
 def image_grids(cache: ActivationCache, image: int = 0, view: str = "base") -> list[Float[np.ndarray, "layer rows cols"]]:
     """Per item: attention from its query rows to its ``image``-th image's patch grid at every layer,
     averaged over heads and rows (float32). A multi-crop image gives its ``base`` view (the whole picture
@@ -130,6 +139,8 @@ def image_grids(cache: ActivationCache, image: int = 0, view: str = "base") -> l
     The one place the study, the CLI and the analyses turn attention rows into image grids."""
     if view not in VIEWS:
         raise ValueError(f"view must be one of {VIEWS}, got {view!r}")
+    if cache.cross_layers:
+        raise UnsupportedModelError(cross_attention_reason(cache.cross_layers))
     inputs = cache.inputs
     rows = [cache["pattern_rows", layer] for layer in range(cache.n_layers)]  # each batch head row key
     grids = []

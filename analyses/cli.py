@@ -102,9 +102,16 @@ def demo(
     with torch.no_grad():
         logits, cache = vlm.run_with_cache(inputs, names_filter=lambda n: n.endswith(("hook_resid_post", "pattern_rows")))
         lens = logit_lens(vlm, cache)[:, 0].argmax(-1).tolist()
-    to_image = image_grids(cache)[0].sum(axis=(1, 2))  # [layer]: share of the answer's attention on the image
     span = inputs.image_spans[0][0]
+    if vlm.cfg.cross_layers:  # the image is the keys of its cross-attention layers; elsewhere, its <|image|> token
+        to_image = [1.0 if l in vlm.cfg.cross_layers else float(cache["pattern_rows", l][0, :, -1, span.positions].sum(-1).mean())
+                    for l in range(vlm.cfg.n_layers)]
+    else:
+        to_image = image_grids(cache)[0].sum(axis=(1, 2))  # [layer]: share of the answer's attention on the image
     typer.echo(f"model: {vlm.cfg.family}, {vlm.cfg.n_layers} language layers, {vlm.cfg.n_vision_layers} vision layers")
+    if vlm.cfg.cross_layers:
+        typer.echo(f"the image enters through cross-attention at layers {list(vlm.cfg.cross_layers)} (all their "
+                   "attention is to it); at the other layers the column is attention to its <|image|> token")
     typer.echo(f"prompt tokens: {inputs.input_ids.shape[1]}; image tokens {span.start}..{span.end - 1} on a {span.grid[0]}x{span.grid[1]} grid")
     typer.echo(f"next token: {vlm.to_string(int(logits[0, -1].argmax()))!r}")
     typer.echo(f"{'layer':>5}  {'attention to image':>18}  logit-lens top token")

@@ -116,6 +116,9 @@ def sample_ids(
     ids, mask = inputs.input_ids, inputs.attention_mask
     config = GenerationConfig(max_new_tokens=max_new_tokens - 1, do_sample=False, eos_token_id=stops.tolist(),
                               pad_token_id=int(stops[0]))  # a clean config: no checkpoint defaults (penalties...)
+    # per-token tensors a continuation extends (Llama-3.2-Vision's cross_attention_mask): the sampled token's row too
+    extended = {key: torch.cat([inputs.tensors[key], inputs.tensors[key][:, -1:]], dim=1)
+                for key in model.adapter.repeat_last_keys if key in inputs.tensors}
     continuations = []
     for j in range(k):
         prompt = torch.cat([ids, first[:, j : j + 1]], dim=1)
@@ -123,7 +126,7 @@ def sample_ids(
         generated = model.hf_model.generate(
             input_ids=prompt, attention_mask=torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1),
             past_key_values=copy.deepcopy(out.past_key_values), generation_config=config,
-            logits_processor=LogitsProcessorList([sampler]),
+            logits_processor=LogitsProcessorList([sampler]), **extended,
         )
         continuations.append(generated[:, ids.shape[1] :])
     width = max(c.shape[1] for c in continuations)

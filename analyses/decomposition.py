@@ -19,7 +19,7 @@ from torch import Tensor
 
 from analyses.answers import AnswerActivations, answer_positions, at_answer
 from analyses.logit_lens import final_norm, unembed
-from vlm_lens.resid import norm_gain, norm_scale, through_post_norm
+from vlm_lens.resid import norm_gain, norm_scale, write_factor
 from vlm_lens import ActivationCache, HookedVLM
 from vlm_lens.adapter import get_module, layer_list
 
@@ -78,7 +78,7 @@ def margin_contributions(
 def output_projection(model: HookedVLM, layer: int) -> torch.nn.Linear:
     """The attention output projection of a language layer (W_O: [d_model, heads * d_head])."""
     block = layer_list(model.hf_model, model.adapter.modules["layers"])[layer]
-    return get_module(block, model.adapter.block["attn_o"])
+    return get_module(block, model.adapter.block_at(model.hf_model.config, layer)["attn_o"])
 
 
 @torch.no_grad()
@@ -103,7 +103,7 @@ def head_contributions(
         w_o = projection.weight.float()
         per_head = w_o.view(w_o.shape[0], z.shape[1], z.shape[2])  # d_model head d_head
         bias = projection.bias.float() if projection.bias is not None else 0.0
-        factor = through_post_norm(model, layer, "attn", torch.einsum("bhd,mhd->bm", z, per_head) + bias)  # Gemma 3
+        factor = write_factor(model, layer, "attn", torch.einsum("bhd,mhd->bm", z, per_head) + bias)  # post-norm, gate
         value = torch.einsum("bhd,mhd,bm->bh", z, per_head, (direction.to(z.device) * factor))
         frames.append(pd.DataFrame({"item": np.repeat(np.arange(z.shape[0]), z.shape[1]), "layer": layer,
                                     "head": np.tile(np.arange(z.shape[1]), z.shape[0]),

@@ -244,9 +244,13 @@ class AttentionKnockout(Intervention):
             cols = inputs.image_positions(item)
             blocked[item, torch.tensor(rows)[:, None], torch.tensor(cols)[None, :]] = True
 
+        rows_only = blocked.any(-1)  # batch query: the rows that read no image
+
         def knock(pattern, hook):
             if pattern.shape[-2] != blocked.shape[-2]:  # decode steps attend from a single new query
                 return None
+            if hook.layer() in model.cfg.cross_layers:  # every key is the image's: those rows read nothing at all
+                return pattern.masked_fill(rows_only[:, None, :, None].to(pattern.device), 0)
             kept = pattern.masked_fill(blocked[:, None].to(pattern.device), 0)
             return kept / kept.sum(-1, keepdim=True).clamp_min(torch.finfo(kept.dtype).tiny)
 

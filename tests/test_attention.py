@@ -24,11 +24,14 @@ def test_rows_equal_eager_attentions_at_image_columns(model, inputs, eager_hf):
     last = inputs.last_positions()
     for layer in range(model.cfg.n_layers):
         rows = cache["pattern_rows", layer]
-        assert rows.shape == (inputs.batch_size, model.cfg.n_heads, 1, inputs.input_ids.shape[1])
+        cross = layer in model.cfg.cross_layers  # keys: the image's tile patches, not the sequence's positions
+        keys = ref[layer].shape[-1] if cross else inputs.input_ids.shape[1]
+        assert rows.shape == (inputs.batch_size, model.cfg.n_heads, 1, keys) and (keys != inputs.input_ids.shape[1]) == cross
         for item in range(inputs.batch_size):
-            cols = inputs.image_positions(item)
-            expected = ref[layer][item, :, last[item], cols]
-            assert torch.allclose(rows[item, :, 0, cols], expected, atol=ATOL)
+            if not cross:
+                cols = inputs.image_positions(item)
+                expected = ref[layer][item, :, last[item], cols]
+                assert torch.allclose(rows[item, :, 0, cols], expected, atol=ATOL)
             assert torch.allclose(rows[item, :, 0], ref[layer][item, :, last[item]], atol=ATOL)
 
 

@@ -433,14 +433,17 @@ def test_a_session_entered_twice_is_refused_and_still_cleans_up(model, inputs):
 
 
 def test_an_edit_to_pattern_rows_is_applied_as_the_full_pattern_edit_would_be(model, inputs):
-    image = (inputs.input_ids == model.cfg.image_token_id)  # batch key
+    def image(keys: int):  # batch key: the image's tokens; at a cross-attention layer, the first half of its keys
+        if keys == inputs.input_ids.shape[1]:
+            return inputs.input_ids == model.cfg.image_token_id
+        return (torch.arange(keys) < keys // 2).expand(inputs.batch_size, keys)
 
     def rows_edit(rows, hook):
-        return rows.masked_fill(image[:, None, None, :], 0.0)  # the answer row stops reading the image
+        return rows.masked_fill(image(rows.shape[-1])[:, None, None, :], 0.0)  # the answer row stops reading the image
 
     def pattern_edit(pattern, hook):
         edited = pattern.clone()
-        edited[:, :, -1] = pattern[:, :, -1].masked_fill(image[:, None, :], 0.0)
+        edited[:, :, -1] = pattern[:, :, -1].masked_fill(image(pattern.shape[-1])[:, None, :], 0.0)
         return edited
 
     with torch.no_grad():

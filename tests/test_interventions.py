@@ -21,7 +21,7 @@ def raw_run(model, inputs, module_path, pre=False, fn=None):
 
 
 def layer_path(model, layer, key):
-    return f"{model.adapter.modules['layers']}.{layer}.{model.adapter.block[key]}"
+    return f"{model.adapter.modules['layers']}.{layer}.{model.adapter.block_at(model.hf_model.config, layer)[key]}"
 
 
 def test_zero_neurons_equals_raw_hook(model, inputs):

@@ -107,6 +107,15 @@ def test_final_norm_and_unembed_reproduce_logits(model, inputs):
 
 
 def test_vision_and_projector_hooks_match_hf(model, inputs):
+    if model.cfg.cross_layers:  # the projected features are the cross-attention's keys and values, not tokens
+        vision = model.hf_model.get_submodule(model.adapter.modules["vision_layers"].rsplit(".", 2)[0])
+        takes = inspect.signature(vision.forward).parameters
+        with torch.no_grad():
+            _, cache = model.run_with_cache(inputs, names_filter=lambda n: n.startswith(("vision", "projector")))
+            states = vision(**{k: v for k, v in inputs.tensors.items() if k in takes}).last_hidden_state
+            projected = model.hf_model.get_submodule(model.adapter.modules["projector"])(states)
+        assert torch.equal(cache["projector"], projected)
+        return
     takes = inspect.signature(model.hf_model.model.get_image_features).parameters
     image_tensors = {key: value for key, value in inputs.tensors.items() if key in takes and key != "input_ids"}
     with torch.no_grad():
@@ -144,8 +153,8 @@ def envoy(root, path: str):
 def test_nnsight_oracle_per_layer(model, inputs):
     nnsight = pytest.importorskip("nnsight")
     traced = nnsight.NNsight(model.hf_model)
-    modules, block_paths = model.adapter.modules, model.adapter.block
-    saved = {}
+    modules = model.adapter.modules
+    saved, cross = {}, {}
     with torch.no_grad(), traced.trace(**inputs.tensors):
         vision = envoy(traced, modules["vision_layers"])
         for layer in range(model.cfg.n_vision_layers):
@@ -153,17 +162,31 @@ def test_nnsight_oracle_per_layer(model, inputs):
             saved[f"vision.blocks.{layer}.hook_resid_post"] = (out[0] if isinstance(out, tuple) else out).save()
         layers = envoy(traced, modules["layers"])
         for layer in range(model.cfg.n_layers):
-            block = layers[layer]
+            block, block_paths = layers[layer], model.adapter.block_at(model.hf_model.config, layer)
             saved[f"blocks.{layer}.hook_resid_pre"] = block.input.save()
             attn_out = envoy(block, block_paths["attn_out"]).output  # attention's (out, weights), or a post-norm's tensor
-            saved[f"blocks.{layer}.hook_attn_out"] = (attn_out[0] if isinstance(attn_out, tuple) else attn_out).save()
+            attn_out = (attn_out[0] if isinstance(attn_out, tuple) else attn_out).save()
+            if layer in model.cfg.cross_layers:  # gated writes: what ln2 reads is resid_mid
+                cross[layer] = (attn_out, envoy(block, block_paths["ln2"]).input.save())
+            else:
+                saved[f"blocks.{layer}.hook_attn_out"] = attn_out
             saved[f"blocks.{layer}.mlp.hook_post"] = envoy(block, block_paths["mlp_down"]).input.save()
-            saved[f"blocks.{layer}.hook_mlp_out"] = envoy(block, block_paths["mlp_out"]).output.save()
+            if layer not in model.cfg.cross_layers:
+                saved[f"blocks.{layer}.hook_mlp_out"] = envoy(block, block_paths["mlp_out"]).output.save()
             saved[f"blocks.{layer}.hook_resid_post"] = block.output.save()
+    names = list(saved) + [f"blocks.{l}.{h}" for l in cross for h in ("hook_attn_out", "hook_cross_attn_out",
+                                                                       "hook_resid_mid", "hook_mlp_out")]
     with torch.no_grad():
-        _, cache = model.run_with_cache(inputs, names_filter=list(saved))
+        _, cache = model.run_with_cache(inputs, names_filter=names)
     for name, value in saved.items():
         assert torch.allclose(cache[name], value, atol=ATOL), name
+    for layer, (attn_out, mid) in cross.items():  # the residual's differences, and HF's own tanh gate on attention
+        gate = model.hf_model.get_parameter(f"{modules['layers']}.{layer}.{model.adapter.cross_block['attn_write_gate']}")
+        assert torch.equal(cache["resid_mid", layer], mid)
+        assert torch.equal(cache["attn_out", layer], mid - saved[f"blocks.{layer}.hook_resid_pre"])
+        assert torch.equal(cache["cross_attn_out", layer], cache["attn_out", layer])
+        assert torch.allclose(cache["attn_out", layer], gate.tanh() * attn_out, atol=ATOL)
+        assert torch.equal(cache["mlp_out", layer], saved[f"blocks.{layer}.hook_resid_post"] - mid)
 
 
 def test_editing_what_is_added_between_blocks(model, inputs):

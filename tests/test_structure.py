@@ -39,8 +39,9 @@ def test_real_sizes_on_meta(real):
         layers, vision, size.d_model, d_mlp, heads, d_head, size.d_vocab, d_vision)
     assert next(model.hf_model.parameters()).device.type == "meta"
     names = model.hook_names()
-    # 19 per block (7 of them opt-in), a DeepStack point after each injecting layer, vision, projector, embed, final x2
-    assert len(names) == layers * 19 + len(model.vocab.injected_layers) + vision + 4
+    # 19 per block (7 of them opt-in), a DeepStack point after each injecting layer, hook_cross_attn_out at each
+    # cross-attention layer, vision, projector, embed, final x2
+    assert len(names) == layers * 19 + len(model.vocab.injected_layers) + len(cfg.cross_layers) + vision + 4
     assert f"blocks.{layers - 1}.hook_resid_post" in names and f"blocks.{layers}.hook_resid_post" not in names
     assert model.hook_shape(f"blocks.{layers - 1}.mlp.hook_post") == ("batch", "pos", d_mlp)
     assert model.hook_shape("blocks.0.attn.hook_z") == ("batch", "pos", heads, d_head)
@@ -50,6 +51,9 @@ def test_real_sizes_on_meta(real):
     assert model.hook_shape("ln_final.hook_scale") == ("batch", "pos", 1)
     assert model.hook_shape("blocks.0.attn.hook_pattern") == ("batch", heads, "query", "key")
     assert model.hook_shape("vision.blocks.0.hook_resid_post")[-1] == d_vision
+    for layer in cfg.cross_layers:  # keys and values from the image: its tile patches, not the sequence
+        assert model.hook_shape(f"blocks.{layer}.attn.hook_k") == ("batch", "image_key", kv_heads, d_head)
+        assert model.hook_shape(f"blocks.{layer}.hook_cross_attn_out") == ("batch", "pos", size.d_model)
 
 
 def test_real_size_hooks_resolve_to_modules(real):

@@ -25,7 +25,7 @@ def module_outputs(model, keys: list[str], layer: int = LAYER) -> dict:
     block = layer_list(model.hf_model, model.adapter.modules["layers"])[layer]
     seen, handles = {}, []
     for key in keys:
-        handles.append(get_module(block, model.adapter.block[key]).register_forward_hook(
+        handles.append(get_module(block, model.adapter.block_at(model.hf_model.config, layer)[key]).register_forward_hook(
             lambda m, a, o, key=key: seen.__setitem__(key, o)))
     return seen, handles
 
@@ -53,22 +53,31 @@ def test_q_k_v_scores_result_and_scale_hook_points_against_the_hf_modules(model,
                          ("ln_final.hook_scale", f"blocks.{cfg.n_layers - 1}.hook_resid_post")):
         x = cache[resid].double()
         torch.testing.assert_close(cache[scale].double(), (x.pow(2).mean(-1, keepdim=True) + eps).sqrt(), atol=1e-6, rtol=1e-6)
-    # scores: their softmax is the pattern; masked keys hold the dtype's minimum
+    # scores: their softmax is the pattern; masked keys hold the dtype's minimum (a cross-attention layer's keys are
+    # the image's tile patches: its padded tiles, as the cross-attention mask says)
     scores, pattern = cache[names[3]], cache[names[4]]
     real = inputs.attention_mask.bool()
-    torch.testing.assert_close(torch.softmax(scores, -1)[real[:, None, :, None].expand_as(scores)],
-                               pattern[real[:, None, :, None].expand_as(pattern)], atol=1e-6, rtol=1e-5)
-    padded = int((~real).sum(-1).argmax())  # the item with padding: its real queries never see the padded keys
-    assert not bool(real[padded].all())
-    last = int(inputs.last_positions()[padded])
-    assert bool((scores[padded, :, last][:, ~real[padded]] == torch.finfo(scores.dtype).min).all())
+    if LAYER in cfg.cross_layers:
+        torch.testing.assert_close(torch.softmax(scores, -1), pattern, atol=1e-6, rtol=1e-5)
+        tiles = inputs.tensors["cross_attention_mask"][:, -1].flatten(1).bool()  # batch image*tile: the last token's
+        seen_keys = tiles.repeat_interleave(scores.shape[-1] // tiles.shape[1], 1)  # batch key
+        assert not bool(seen_keys.all())  # an image of fewer tiles: its padding tiles' keys are masked
+        last_row = scores[:, :, -1].transpose(1, 2)  # batch key head
+        assert bool((last_row[~seen_keys] == torch.finfo(scores.dtype).min).all())
+    else:
+        torch.testing.assert_close(torch.softmax(scores, -1)[real[:, None, :, None].expand_as(scores)],
+                                   pattern[real[:, None, :, None].expand_as(pattern)], atol=1e-6, rtol=1e-5)
+        padded = int((~real).sum(-1).argmax())  # the item with padding: its real queries never see the padded keys
+        assert not bool(real[padded].all())
+        last = int(inputs.last_positions()[padded])
+        assert bool((scores[padded, :, last][:, ~real[padded]] == torch.finfo(scores.dtype).min).all())
     # the heads' results sum (with o_proj's bias) to o_proj's output, which (through a post-norm) attention adds
     result = cache[names[5]]
     assert result.shape[-2:] == (cfg.n_heads, cfg.d_model)
     torch.testing.assert_close(result.sum(-2) + model.b_O[LAYER], seen["attn_o"], atol=1e-5, rtol=1e-4)
     block = layer_list(model.hf_model, model.adapter.modules["layers"])[LAYER]
-    torch.testing.assert_close(post_norm(model, block, "attn", seen["attn_o"]), cache[f"blocks.{LAYER}.hook_attn_out"],
-                               atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(post_norm(model, block, "attn", seen["attn_o"], LAYER),
+                               cache[f"blocks.{LAYER}.hook_attn_out"], atol=1e-5, rtol=1e-4)
 
 
 def test_edits_at_the_new_points_equal_the_same_edit_made_elsewhere(model, inputs):
@@ -292,13 +301,19 @@ def test_transformer_lens_patching_and_cache_run_on_hookedvlm_unchanged(model, i
     with torch.no_grad():
         baseline = metric(model(corrupted))
     torch.testing.assert_close(table[:, :first], baseline.expand(model.cfg.n_layers, first), atol=1e-6, rtol=1e-6)
-    assert (table - baseline).abs().max() > 1e-4  # somewhere, the clean image matters
+    if not model.cfg.cross_layers:
+        assert (table - baseline).abs().max() > 1e-4  # somewhere, the clean image matters
+    else:  # the image reaches the residual only through its first cross-attention layer: no resid_pre up to it knows
+        first_cross = min(model.cfg.cross_layers)
+        torch.testing.assert_close(table[: first_cross + 1], baseline.expand(first_cross + 1, table.shape[1]),
+                                   atol=1e-6, rtol=1e-6)
     # TL's own ActivationCache over ours: the stacks that need no folded weights agree
     tl = TLCache(dict(clean), model)
     ours, labels = clean.decompose_resid(return_labels=True)
     kept = [i for i, label in enumerate(labels) if not label.endswith("_deepstack")]  # TL knows no DeepStack
     torch.testing.assert_close(tl.decompose_resid(), ours[kept], atol=0, rtol=0)
-    if not any(key.endswith("_post_norm") for key in model.adapter.block):  # TL knows no norm after o_proj (Gemma 3)
+    # TL knows no norm after o_proj (Gemma 3), nor a gate on a cross-attention layer's write (Llama-3.2-Vision)
+    if not any(key.endswith("_post_norm") for key in model.adapter.block) and not model.cfg.cross_layers:
         torch.testing.assert_close(tl.stack_head_results(pos_slice=-1), clean.stack_head_results(pos_slice=-1),
                                    atol=1e-6, rtol=1e-5)
 

@@ -22,12 +22,22 @@ def labels_of(model, inputs) -> torch.Tensor:
     return labels
 
 
-def post_norm(model, block, kind: str, x: torch.Tensor) -> torch.Tensor:
-    """x through the block's own post-attention / post-MLP norm where the family has one (Gemma 3), else x."""
+def post_norm(model, block, kind: str, x: torch.Tensor, layer: int = 1, inputs=None) -> torch.Tensor:
+    """x (o_proj's or the MLP's output) as the residual receives it: through the block's own post-attention /
+    post-MLP norm where the family has one (Gemma 3); times a cross-attention layer's tanh gate, the MLP's only at
+    the rows whose cross-attention mask lets them see an image tile (Llama-3.2-Vision, as its decoder layer does)."""
     from vlm_lens.adapter import get_module
 
-    path = model.adapter.block.get(f"{kind}_post_norm")
-    return x if path is None else get_module(block, path)(x)
+    table = model.adapter.block_at(model.hf_model.config, layer)
+    path = table.get(f"{kind}_post_norm")
+    x = x if path is None else get_module(block, path)(x)
+    gate = table.get(f"{kind}_write_gate")
+    if gate is None:
+        return x
+    x = getattr(block, gate).tanh() * x
+    if kind == "mlp":
+        x = x * inputs.tensors["cross_attention_mask"].flatten(2).any(-1)[..., None]
+    return x
 
 
 def hf_gradients(model, eager_hf, inputs, layer: int) -> dict[str, torch.Tensor]:
@@ -37,10 +47,14 @@ def hf_gradients(model, eager_hf, inputs, layer: int) -> dict[str, torch.Tensor]
     block = layer_list(eager_hf, model.adapter.modules["layers"])[layer]
     seen, handles = {}, []
     grab = lambda key: lambda m, args, out=None: seen.__setitem__(key, args[0] if out is None else out[0] if isinstance(out, tuple) else out)  # noqa: E731
+    table = model.adapter.block_at(model.hf_model.config, layer)
     handles.append(block.register_forward_hook(grab("resid_post")))
-    handles.append(get_module(block, model.adapter.block["attn_out"]).register_forward_hook(grab("attn_out")))
-    handles.append(get_module(block, model.adapter.block["attn_o"]).register_forward_pre_hook(grab("z")))
-    handles.append(get_module(block, model.adapter.block["mlp_down"]).register_forward_pre_hook(grab("post")))
+    if layer in model.cfg.cross_layers:  # gated writes: ln2's input is the very tensor resid_mid (the residual too)
+        handles.append(get_module(block, table["ln2"]).register_forward_pre_hook(grab("attn_out")))
+    else:
+        handles.append(get_module(block, table["attn_out"]).register_forward_hook(grab("attn_out")))
+    handles.append(get_module(block, table["attn_o"]).register_forward_pre_hook(grab("z")))
+    handles.append(get_module(block, table["mlp_down"]).register_forward_pre_hook(grab("post")))
     try:
         with torch.enable_grad():
             out = eager_hf(**inputs.tensors, labels=labels_of(model, inputs), output_attentions=True)
@@ -127,7 +141,8 @@ def test_weights_reproduce_the_hf_projections_and_the_cache(model, inputs):
     layer, cfg = 1, model.cfg
     block = layer_list(model.hf_model, model.adapter.modules["layers"])[layer]
     q_out = {}
-    handle = get_module(block, model.adapter.block["attn_q"]).register_forward_hook(lambda m, a, o: q_out.setdefault("q", o))
+    table = model.adapter.block_at(model.hf_model.config, layer)
+    handle = get_module(block, table["attn_q"]).register_forward_hook(lambda m, a, o: q_out.setdefault("q", o))
     try:
         with torch.no_grad():
             logits, cache = model.run_with_cache(inputs)
@@ -139,15 +154,19 @@ def test_weights_reproduce_the_hf_projections_and_the_cache(model, inputs):
     assert model.W_O.shape == (cfg.n_layers, cfg.n_heads, cfg.d_head, cfg.d_model)
     q = torch.einsum("bpd,hde->bphe", ln1, model.W_Q[layer]) + model.b_Q[layer]
     torch.testing.assert_close(q.flatten(-2), q_out["q"], atol=1e-5, rtol=1e-5)
-    # the last position's z: its attention row (rows cache) over V built from W_V, per head
-    v = torch.einsum("bpd,hde->bhpe", ln1, w.attn.W_V) + w.attn.b_V[None, :, None]
+    # the last position's z: its attention row (rows cache) over V built from W_V, per head (a cross-attention
+    # layer's values are built from the projected image features, image by image, tile by tile)
+    source = ln1 if layer not in cfg.cross_layers else cache["projector"].reshape(ln1.shape[0], -1, cfg.d_model)
+    v = torch.einsum("bpd,hde->bhpe", source, w.attn.W_V) + w.attn.b_V[None, :, None]
     z_last = torch.einsum("bhk,bhke->bhe", cache["pattern_rows", layer][:, :, 0], v)
     torch.testing.assert_close(z_last, cache["z", layer][:, -1], atol=1e-5, rtol=1e-4)
     attn_out = torch.einsum("bphe,hed->bpd", cache["z", layer], w.attn.W_O) + w.attn.b_O
-    torch.testing.assert_close(post_norm(model, block, "attn", attn_out), cache["attn_out", layer], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(post_norm(model, block, "attn", attn_out, layer), cache["attn_out", layer], atol=1e-5,
+                               rtol=1e-4)
     torch.testing.assert_close(ln2 @ model.W_gate[layer], cache["pre", layer], atol=1e-5, rtol=1e-4)
     mlp_out = cache["post", layer] @ model.W_out[layer] + model.b_out[layer]
-    torch.testing.assert_close(post_norm(model, block, "mlp", mlp_out), cache["mlp_out", layer], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(post_norm(model, block, "mlp", mlp_out, layer, inputs), cache["mlp_out", layer], atol=1e-5,
+                               rtol=1e-4)
     if cfg.act_fn == "silu":  # LLaVA's and Qwen's MLP: silu(gate) * up
         torch.testing.assert_close(silu(cache["pre", layer]) * (ln2 @ model.W_in[layer]), cache["post", layer],
                                    atol=1e-5, rtol=1e-4)

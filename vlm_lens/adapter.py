@@ -22,6 +22,7 @@ from vlm_lens.errors import UnsupportedModelError
 # The keys every adapter maps. Model-level paths are relative to the HF model; block paths
 # are relative to one language-model layer.
 MODEL_KEYS = ("layers", "final_norm", "unembed", "embed", "vision_layers", "projector")
+CROSS_KEYS = ("attn_write_gate", "mlp_write_gate")
 BLOCK_KEYS = ("attn", "attn_q", "attn_k", "attn_v", "attn_o", "attn_out", "ln1", "ln2", "mlp_gate", "mlp_up", "mlp_down",
               "mlp_out")
 
@@ -61,17 +62,35 @@ class Adapter:
     # per-token type tensors (forward keys): the value a generated (answer) token takes, where it is not 0
     # (PaliGemma's token_type_ids: 1, the suffix); what extends such a tensor past the prompt, e.g. teacher forcing
     answer_token_types: Mapping[str, int] = field(default_factory=dict)
+    # per-token forward tensors ([batch, pos, ...]) that a continuation extends by repeating the last position, as
+    # HF's generate does (Llama-3.2-Vision's cross_attention_mask: generated tokens see the images the last one saw)
+    repeat_last_keys: tuple[str, ...] = ()
     # config -> the language layers after which the model adds visual features at the image positions outside any
     # block (Qwen3-VL's DeepStack): each gets a blocks.{l}.hook_deepstack
     injected_layers: Callable[[Any], Sequence[int]] | None = None
     # (image, processor) -> (rows, cols) of the crops the processor cuts it into, for families whose forward tensors
     # do not say (InternVL); image_spans then takes a fourth argument, one (rows, cols) per image
     tile_layout: Callable[[Any, Any], tuple[int, int]] | None = None
+    # config -> the language layers whose attention reads the image (keys and values from the vision tower) instead
+    # of the sequence, their writes gated (Llama-3.2-Vision); those layers' modules are mapped by ``cross_block``
+    # (BLOCK_KEYS plus CROSS_KEYS: the scalar gates, tanh-squashed, of the attention and MLP writes)
+    cross_layers: Callable[[Any], Sequence[int]] | None = None
+    cross_block: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self):
         missing = [k for k in MODEL_KEYS if k not in self.modules] + [k for k in BLOCK_KEYS if k not in self.block]
+        if self.cross_layers is not None:
+            missing += [f"cross_block.{k}" for k in BLOCK_KEYS + CROSS_KEYS if k not in self.cross_block]
         if missing:
             raise ValueError(f"adapter {self.family!r} does not map {missing}")
+
+    def crossing(self, config) -> frozenset[int]:
+        """The layers whose attention is cross-attention to the image (none for most families)."""
+        return frozenset(self.cross_layers(config)) if self.cross_layers is not None else frozenset()
+
+    def block_at(self, config, layer: int) -> Mapping[str, str]:
+        """Layer ``layer``'s block table: ``cross_block`` at a cross-attention layer, else ``block``."""
+        return self.cross_block if layer in self.crossing(config) else self.block
 
 
 def get_module(root: nn.Module, path: str) -> nn.Module:

@@ -56,6 +56,11 @@ class ActivationCache(ResidualMethods, Mapping):
         """Language-model layers of the model that filled the cache."""
         return self._vocab.n_layers
 
+    @property
+    def cross_layers(self) -> tuple[int, ...]:
+        """Layers whose attention is cross-attention to the image (Llama-3.2-Vision); () for most families."""
+        return self._vocab.cross_layers
+
     def stack(self, alias: str) -> Tensor:
         """One activation across all language (or vision) layers: [layer, ...]."""
         if alias not in ALIASES or "{l}" not in ALIASES[alias]:

@@ -24,6 +24,8 @@ class RunState:
     prefill_length: int | None = None  # the inputs' positions: forward k of a generation sees prefill_length + k keys
     resid_pre: dict[int, Tensor] = field(default_factory=dict)
     block_out: dict[int, Tensor] = field(default_factory=dict)  # block outputs, for hook_deepstack
+    cross_mid: dict[int, Tensor] = field(default_factory=dict)  # a cross-attention layer's resid_mid (vlm_lens.cross)
+    cross_delta: dict[int, Tensor | None] = field(default_factory=dict)  # and what its hooks changed it by
     ctx: dict = field(default_factory=dict)
 
 

@@ -69,6 +69,9 @@ class VLMConfig:
     act_fn: str | None = None  # the MLP's activation, as the HF config names it ("silu", "gelu_pytorch_tanh")
     attn_only: bool = False  # every block has an MLP
     positional_embedding_type: str = "rotary"  # RoPE (Qwen2-VL's multimodal RoPE included): no hook_pos_embed
+    # layers whose attention is cross-attention to the image (Llama-3.2-Vision): there the image's features are the
+    # attention's keys and values, and the image has no patch tokens in the sequence
+    cross_layers: tuple[int, ...] = ()
     device: torch.device | None = None  # where the model's embedding is now (updated by .to())
     dtype: torch.dtype | None = None
 
@@ -101,7 +104,7 @@ class HookedVLM(Preparing, Weights, PersistentHooks, SAESplicing, nn.Module):
         layers = layer_list(hf_model, adapter.modules["layers"])
         vision_layers = layer_list(hf_model, adapter.modules["vision_layers"])
         injected = adapter.injected_layers(hf_model.config) if adapter.injected_layers else ()
-        self.vocab = Vocabulary(len(layers), len(vision_layers), injected)
+        self.vocab = Vocabulary(len(layers), len(vision_layers), injected, adapter.crossing(hf_model.config))
         attn = get_module(layers[0], adapter.block["attn"])
         q_out = get_module(layers[0], adapter.block["attn_q"]).weight.shape[0]
         k_out = get_module(layers[0], adapter.block["attn_k"]).weight.shape[0]
@@ -120,6 +123,7 @@ class HookedVLM(Preparing, Weights, PersistentHooks, SAESplicing, nn.Module):
             image_token_id=hf_model.config.image_token_id,
             n_ctx=getattr(text, "max_position_embeddings", None),
             act_fn=getattr(text, "hidden_act", None) or getattr(text, "hidden_activation", None),
+            cross_layers=self.vocab.cross_layers,
         )
 
     @property

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from vlm_lens import attention
+from vlm_lens import cross as cross_hooks
 from vlm_lens.adapter import Adapter, get_module, layer_list
 from vlm_lens.errors import HookNameError, HookSessionError
 from vlm_lens.hook_calls import HookFn, RunState, check_result, on_gradient, per_head, run_chain, tl_calling
@@ -46,12 +47,15 @@ def site_module(hf_model: nn.Module, adapter: Adapter, info: HookInfo) -> nn.Mod
         return layers[info.layer + 1] if info.layer + 1 < len(layers) else get_module(hf_model, adapter.modules["final_norm"])
     if kind in ("pattern", "pattern_rows", "scores", "resid_mid"):
         key = "attn" if kind != "resid_mid" else "attn_out"
+    if kind in ("cross_write", "cross_mid"):  # read at ln2's input and the layer's output (vlm_lens.cross)
+        key = "block"
     if key == "block":
         return layer_list(hf_model, adapter.modules["layers"])[info.layer]
     if key == "vision_block":
         return layer_list(hf_model, adapter.modules["vision_layers"])[info.layer]
     if key in adapter.block:
-        return get_module(layer_list(hf_model, adapter.modules["layers"])[info.layer], adapter.block[key])
+        table = adapter.block_at(hf_model.config, info.layer)
+        return get_module(layer_list(hf_model, adapter.modules["layers"])[info.layer], table[key])
     return get_module(hf_model, adapter.modules[key])
 
 
@@ -135,7 +139,7 @@ class HookSession:
 
     def _attn_module(self, layer: int) -> nn.Module:
         block = layer_list(self.hf_model, self.adapter.modules["layers"])[layer]
-        return get_module(block, self.adapter.block["attn"])
+        return get_module(block, self.adapter.block_at(self.hf_model.config, layer)["attn"])
 
     def _head_dim(self, info: HookInfo) -> int | None:
         """d_head where a module's flat [.., head*d_head] tensor is seen per head (hook_z, hook_q/k/v)."""
@@ -164,6 +168,8 @@ class HookSession:
         self.sessions.leave(self)
         self.state.resid_pre.clear()
         self.state.block_out.clear()
+        self.state.cross_mid.clear()
+        self.state.cross_delta.clear()
 
     def _chains(self) -> list[tuple[HookInfo, HookFn]]:
         """Every hook as a forward one, in firing order; at one name, forward edits run before backward hooks
@@ -188,6 +194,7 @@ class HookSession:
         mids: dict[int, list] = defaultdict(list)
         views: dict[int, list] = defaultdict(list)  # computed per-module views: norm scales, head results
         attn: dict[int, dict[str, list]] = defaultdict(lambda: {"pattern": [], "pattern_rows": [], "scores": []})
+        cross: dict[int, dict[str, list]] = defaultdict(lambda: {"attn": [], "mid": [], "mlp": []})
 
         injected: set[int] = set()
         for info, fn in self._chains():
@@ -203,6 +210,8 @@ class HookSession:
                 {"in": ins, "out": outs}.get(site.kind, views)[id(module)].append((info, fn))
             elif site.kind == "resid_mid":
                 mids[info.layer].append((info, fn))
+            elif site.kind in ("cross_write", "cross_mid"):
+                cross[info.layer][site.key or "mid"].append((info, fn))
             elif site.kind == "sae":  # run by the SAE's splice at its host name, while this session lasts
                 self._handles.append(_Listed(self.sessions.sae_hooks[info.name], (info, fn, self.state)))
             else:
@@ -219,6 +228,16 @@ class HookSession:
             outs.setdefault(id(out_module), [])
             attn_out_modules[id(out_module)] = layer
 
+        # a cross-attention layer's writes: resid_pre stashed, read at ln2's input and the layer's output, before the
+        # layer's own output hooks (resid_post sees the edited writes)
+        for layer, chains in cross.items():
+            block = layer_list(self.hf_model, self.adapter.modules["layers"])[layer]
+            modules[id(block)] = block
+            ins[id(block)].append((None, layer))
+            ln2 = get_module(block, self.adapter.block_at(self.hf_model.config, layer)["ln2"])
+            self._handles.append(ln2.register_forward_pre_hook(
+                cross_hooks.mid_hook(self.state, layer, chains["attn"], chains["mid"]), with_kwargs=True))
+            self._handles.append(block.register_forward_hook(cross_hooks.out_hook(self.state, layer, chains["mlp"])))
         for key, chain in ins.items():
             self._handles.append(modules[key].register_forward_pre_hook(self._pre_hook(chain), with_kwargs=True))
         for key, chain in views.items():  # before the module's output hooks: hook_normalized sees a rescaled norm
@@ -342,13 +361,16 @@ class HookSession:
             self.sessions.route(module.config)
             pattern, rows, scores = chains["pattern"], chains["pattern_rows"], chains["scores"]
 
-            def inject(module, args, kwargs, pattern=pattern, rows=rows, scores=scores, differentiable=layer in grad_rows):
+            cross = layer in self.adapter.crossing(self.hf_model.config)  # keys: the image's, not positions
+
+            def inject(module, args, kwargs, pattern=pattern, rows=rows, scores=scores, differentiable=layer in grad_rows,
+                       cross=cross):
                 request = attention.AttentionRequest(
                     pattern=(lambda p: run_chain(pattern, p, state)) if pattern else None,
                     scores=(lambda s: run_chain(scores, s, state)) if scores else None,
                     rows=(lambda r: run_chain(rows, r, state)) if rows else None,
                     query_positions=state.query_positions if state.step == 0 else None,
-                    key_length=None if state.prefill_length is None else state.prefill_length + state.step,
+                    key_length=None if state.prefill_length is None or cross else state.prefill_length + state.step,
                     differentiable_rows=differentiable,
                 )
                 return args, {**kwargs, attention.REQUEST_KWARG: request}

@@ -64,6 +64,28 @@ BLOCK_HOOKS: tuple[HookSpec, ...] = (
     HookSpec("blocks.{l}.hook_resid_post", Site("out", "block"), "batch pos d_model"),
 )
 
+# A cross-attention layer (Llama-3.2-Vision): its attention reads the image's features, and what its attention and MLP
+# add to the residual is scaled by gates outside any module, so the writes are the residual's differences
+# (kind "cross_write": resid_mid - resid_pre, resid_post - resid_mid; "cross_mid": resid_mid), edited there; its
+# keys and values run over the image's tile patches. hook_cross_attn_out is a second name for its attention's write.
+_CROSS = {
+    "blocks.{l}.attn.hook_k": HookSpec("blocks.{l}.attn.hook_k", Site("out", "attn_k"), "batch image_key kv_head d_head"),
+    "blocks.{l}.attn.hook_v": HookSpec("blocks.{l}.attn.hook_v", Site("out", "attn_v"), "batch image_key kv_head d_head"),
+    "blocks.{l}.attn.hook_attn_scores": HookSpec("blocks.{l}.attn.hook_attn_scores", Site("scores"),
+                                                 "batch head query image_key"),
+    "blocks.{l}.attn.hook_pattern": HookSpec("blocks.{l}.attn.hook_pattern", Site("pattern"), "batch head query image_key"),
+    "blocks.{l}.attn.hook_pattern_rows": HookSpec("blocks.{l}.attn.hook_pattern_rows", Site("pattern_rows"),
+                                                  "batch head row image_key"),
+    "blocks.{l}.hook_attn_out": HookSpec("blocks.{l}.hook_attn_out", Site("cross_write", "attn"), "batch pos d_model"),
+    "blocks.{l}.hook_resid_mid": HookSpec("blocks.{l}.hook_resid_mid", Site("cross_mid"), "batch pos d_model"),
+    "blocks.{l}.hook_mlp_out": HookSpec("blocks.{l}.hook_mlp_out", Site("cross_write", "mlp"), "batch pos d_model"),
+}
+CROSS_ATTN_OUT = HookSpec("blocks.{l}.hook_cross_attn_out", Site("cross_write", "attn"), "batch pos d_model")
+CROSS_BLOCK_HOOKS: tuple[HookSpec, ...] = tuple(
+    spec for base in BLOCK_HOOKS
+    for spec in ((_CROSS.get(base.template, base),) + ((CROSS_ATTN_OUT,) if base.template.endswith("hook_attn_out") else ()))
+)
+
 # hook_embed is the tensor entering layer 0 (image features merged, any embedding scale
 # applied), i.e. the same tensor as blocks.0.hook_resid_pre; it fires first.
 EMBED_HOOK = HookSpec("hook_embed", Site("in", "block"), "batch pos d_model")
@@ -94,6 +116,7 @@ ALIASES: dict[str, str] = {
     "pattern": "blocks.{l}.attn.hook_pattern",
     "pattern_rows": "blocks.{l}.attn.hook_pattern_rows",
     "attn_out": "blocks.{l}.hook_attn_out",
+    "cross_attn_out": "blocks.{l}.hook_cross_attn_out",
     "resid_mid": "blocks.{l}.hook_resid_mid",
     "ln2": "blocks.{l}.ln2.hook_normalized",
     "pre": "blocks.{l}.mlp.hook_pre",
@@ -121,24 +144,26 @@ class HookInfo:
     order: float  # firing order within one forward; used to run a site's hooks in sequence
 
 
-def block_names(layer: int) -> list[str]:
-    return [spec.template.format(l=layer) for spec in BLOCK_HOOKS]
+def block_names(layer: int, cross: bool = False) -> list[str]:
+    return [spec.template.format(l=layer) for spec in (CROSS_BLOCK_HOOKS if cross else BLOCK_HOOKS)]
 
 
 class Vocabulary:
     """All hook names of one model, with the specs behind them."""
 
-    def __init__(self, n_layers: int, n_vision_layers: int, injected_layers=()):
+    def __init__(self, n_layers: int, n_vision_layers: int, injected_layers=(), cross_layers=()):
         self.n_layers = n_layers
         self.n_vision_layers = n_vision_layers
         self.injected_layers = tuple(injected_layers)  # layers followed by a hook_deepstack
+        self.cross_layers = tuple(sorted(cross_layers))  # layers whose attention is cross-attention to the image
         infos: list[HookInfo] = []
         for l in range(n_vision_layers):
             infos.append(HookInfo(VISION_BLOCK_HOOK.template.format(l=l), VISION_BLOCK_HOOK, l, len(infos)))
         infos.append(HookInfo(PROJECTOR_HOOK.template, PROJECTOR_HOOK, None, len(infos)))
         infos.append(HookInfo(EMBED_HOOK.template, EMBED_HOOK, 0, len(infos)))
         for l in range(n_layers):
-            for spec in BLOCK_HOOKS + ((INJECT_HOOK,) if l in self.injected_layers else ()):
+            block = CROSS_BLOCK_HOOKS if l in self.cross_layers else BLOCK_HOOKS
+            for spec in block + ((INJECT_HOOK,) if l in self.injected_layers else ()):
                 infos.append(HookInfo(spec.template.format(l=l), spec, l, len(infos)))
         infos.append(HookInfo(FINAL_SCALE_HOOK.template, FINAL_SCALE_HOOK, None, len(infos)))
         infos.append(HookInfo(FINAL_HOOK.template, FINAL_HOOK, None, len(infos)))
@@ -147,7 +172,8 @@ class Vocabulary:
             [VISION_BLOCK_HOOK.template.format(l=l) for l in range(n_vision_layers)]
             + [PROJECTOR_HOOK.template, EMBED_HOOK.template]
             + [name for l in range(n_layers)
-               for name in block_names(l) + ([INJECT_HOOK.template.format(l=l)] if l in self.injected_layers else [])]
+               for name in block_names(l, l in self.cross_layers)
+               + ([INJECT_HOOK.template.format(l=l)] if l in self.injected_layers else [])]
             + [FINAL_SCALE_HOOK.template, FINAL_HOOK.template]
         )
 

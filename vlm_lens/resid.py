@@ -49,18 +49,41 @@ def through_post_norm(model, layer: int, kind: str, total: Tensor) -> Tensor | f
     ``mlp_post_norm``) scales each part of ``total``, the sum it normalises (o_proj's or down_proj's output).
     Linear in the parts at the actual scale, so the parts' scaled writes sum to what the residual adds.
     1.0 for families without one."""
-    path = model.adapter.block.get(f"{kind}_post_norm")
+    path = model.adapter.block_at(model.hf_model.config, layer).get(f"{kind}_post_norm")
     if path is None:
         return 1.0
     norm = get_module(layer_list(model.hf_model, model.adapter.modules["layers"])[layer], path)
     return norm_gain(norm, total.shape[-1], total) / norm_scale(norm, total)
 
 
+def sees_image(cross_attention_mask: Tensor) -> Tensor:
+    """[batch pos]: the positions that attend to some image tile (Llama-3.2-Vision's unmasked text rows)."""
+    return cross_attention_mask.flatten(2).any(-1)
+
+
+def write_factor(model, layer: int, kind: str, total: Tensor, rows: Tensor | None = None) -> Tensor | float:
+    """What scales a part of layer ``layer``'s attention or MLP output (``kind``) on its way into the residual: a
+    post-norm (``through_post_norm``) and a cross-attention layer's tanh gate (Llama-3.2-Vision), whose MLP
+    writes only at the ``rows`` that see an image ([batch] or [batch pos], as ``total`` without d_model). 1.0 for a
+    plain pre-norm block. Linear in the parts, so the parts' scaled writes sum to what the residual adds."""
+    factor = through_post_norm(model, layer, kind, total)
+    gate = model.adapter.block_at(model.hf_model.config, layer).get(f"{kind}_write_gate")
+    if gate is None:
+        return factor
+    block = layer_list(model.hf_model, model.adapter.modules["layers"])[layer]
+    scale = torch.tanh(get_module(block, gate).detach().float()).to(total.device)
+    if kind == "mlp":
+        if rows is None:
+            raise InputError("a cross-attention layer's MLP writes only where the text sees an image: pass the rows")
+        scale = scale * rows.to(total.device)[..., None].float()
+    return scale * factor
+
+
 def _norm_at(model, layer: int | None, mlp_input: bool) -> nn.Module:
     if layer is None or layer == model.cfg.n_layers:
         return get_module(model.hf_model, model.adapter.modules["final_norm"])
     block = layer_list(model.hf_model, model.adapter.modules["layers"])[layer]
-    return get_module(block, model.adapter.block["ln2" if mlp_input else "ln1"])
+    return get_module(block, model.adapter.block_at(model.hf_model.config, layer)["ln2" if mlp_input else "ln1"])
 
 
 class ResidualMethods:
@@ -87,6 +110,12 @@ class ResidualMethods:
 
     def _at(self, tensor: Tensor, pos_slice) -> Tensor:
         return tensor[:, self._positions(pos_slice)]
+
+    def _write_factor(self, layer: int, kind: str, total: Tensor, pos_slice) -> Tensor | float:
+        rows = None
+        if kind == "mlp" and "cross_attention_mask" in self.inputs.tensors:
+            rows = self._at(sees_image(self.inputs.tensors["cross_attention_mask"]), pos_slice)
+        return write_factor(self.model, layer, kind, total, rows)
 
     def apply_ln_to_stack(self, residual_stack: Float[Tensor, "component batch ... d_model"], layer: int | None = None,
                           mlp_input: bool = False, pos_slice=None, recompute_ln: bool = False) -> Tensor:
@@ -185,7 +214,7 @@ class ResidualMethods:
             mlp = model.blocks[l].mlp
             post = self._at(self["post", l], pos_slice)  # batch pos neuron
             writes = torch.einsum("b...n,nd->nb...d", post[..., chosen], mlp.W_out[chosen])
-            factor = through_post_norm(model, l, "mlp", post @ mlp.W_out + mlp.b_out)  # 1.0 without a post-norm
+            factor = self._write_factor(l, "mlp", post @ mlp.W_out + mlp.b_out, pos_slice)
             parts.append(writes if isinstance(factor, float) else (writes.float() * factor).to(writes.dtype))
             labels += [f"L{l}N{i}" for i in (list(range(model.cfg.d_mlp))[chosen] if isinstance(chosen, slice) else chosen)]
         stack = torch.cat(parts) if parts else torch.empty(0)
@@ -206,7 +235,7 @@ class ResidualMethods:
             attn = model.blocks[l].attn
             z = self._at(self["z", l], pos_slice)  # batch pos head d_head
             writes = torch.einsum("b...he,hed->hb...d", z, attn.W_O)
-            factor = through_post_norm(model, l, "attn", writes.sum(0) + attn.b_O)  # 1.0 without a post-norm
+            factor = self._write_factor(l, "attn", writes.sum(0) + attn.b_O, pos_slice)
             parts.append(writes if isinstance(factor, float) else (writes.float() * factor).to(writes.dtype))
             labels += [f"L{l}H{h}" for h in range(model.cfg.n_heads)]
         stack = torch.cat(parts)

@@ -33,7 +33,7 @@ class BlockWeights:
 
     def __init__(self, model, layer: int):
         block = layer_list(model.hf_model, model.adapter.modules["layers"])[layer]
-        table, cfg = model.adapter.block, model.cfg
+        table, cfg = model.adapter.block_at(model.hf_model.config, layer), model.cfg
         part = lambda key: get_module(block, table[key])  # noqa: E731
         q, k, v, o = part("attn_q"), part("attn_k"), part("attn_v"), part("attn_o")
         group = cfg.n_heads // cfg.n_kv_heads
