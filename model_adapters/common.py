@@ -55,6 +55,18 @@ def square_grid_spans(config, input_ids: torch.Tensor, tensors: dict) -> list[li
     return spans_from_runs(input_ids, config.image_token_id, [(side * side, (side, side))] * n_images)
 
 
+def token_runs(ids: list[int], token_id: int) -> list[tuple[int, int]]:
+    """(start, end) of each run of ``token_id`` in one item's ids (one per image, or per tile where text parts them)."""
+    runs, start = [], None
+    for pos, token in enumerate([*ids, None]):
+        if token == token_id and start is None:
+            start = pos
+        elif token != token_id and start is not None:
+            runs.append((start, pos))
+            start = None
+    return runs
+
+
 def fill_grid_patches(config, tensors: dict, span: ImageSpan, cells, fill: torch.Tensor) -> None:
     """pixel_values [image, channel, H, W] whose patch grid tiles the picture (CLIP, SigLIP)."""
     pixels = tensors["pixel_values"]

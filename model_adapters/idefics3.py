@@ -22,7 +22,7 @@ import math
 
 from transformers import Idefics3Config, Idefics3ForConditionalGeneration, Idefics3ImageProcessorPil, Idefics3Processor
 
-from model_adapters.common import PRE_NORM_BLOCK
+from model_adapters.common import PRE_NORM_BLOCK, token_runs
 from model_adapters.llava import toy as llava_toy
 from model_adapters.testing import DEFAULT_WORDS, FamilySpec, RealSize, build, text_config, word_tokenizer
 from vlm_lens.adapter import Adapter, register
@@ -33,7 +33,7 @@ from vlm_lens.spans import ImageSpan, View
 # tokenizers keep it, so rows of tiles end as they do there
 SPECIALS = ("<image>", "<fake_token_around_image>", "<global-img>", "<end_of_utterance>", "\n",
             *(f"<row_{r}_col_{c}>" for r in range(1, 7) for c in range(1, 7)))
-TEMPLATE_WORDS = ("User", "Assistant")
+CHAT_WORDS = ("User", "Assistant")  # the chat template's roles, beside testing.TEMPLATE_WORDS
 
 # where the language model sits in Idefics3's and SmolVLM's ForConditionalGeneration classes
 MODULES = {
@@ -49,18 +49,6 @@ MODULES = {
 def tokens_per_tile(config) -> int:
     vision = config.vision_config
     return (vision.image_size // vision.patch_size // config.scale_factor) ** 2
-
-
-def _runs(ids: list[int], image_token_id: int) -> list[tuple[int, int]]:
-    """(start, end) of each run of image tokens in one item."""
-    runs, start = [], None
-    for pos, token in enumerate(ids + [None]):
-        if token == image_token_id and start is None:
-            start = pos
-        elif token != image_token_id and start is not None:
-            runs.append((start, pos))
-            start = None
-    return runs
 
 
 def real_tiles(tensors) -> list[int]:
@@ -79,7 +67,7 @@ def image_spans(config, input_ids, tensors) -> list[list[ImageSpan]]:
     tiles = real_tiles(tensors)
     spans, image = [], 0
     for item, ids in enumerate(input_ids.tolist()):
-        runs = _runs(ids, config.image_token_id)
+        runs = token_runs(ids, config.image_token_id)
         if len(runs) != tiles[item]:
             raise ImageTokenMismatchError(f"item {item}: input_ids hold {len(runs)} runs of image tokens (one per tile "
                                           f"or global view) but pixel_values hold {tiles[item]} tiles")
@@ -138,7 +126,7 @@ ADAPTER = register(adapter("idefics3", "Idefics3ForConditionalGeneration", Idefi
 
 def tiny_parts(config_class, image_processor_class, words, image_size, patch_size, text, vision, config, specials=()):
     """(tokenizer, config, image processor, tokens per tile) of a tiny Idefics3-style model."""
-    tokenizer = word_tokenizer((*TEMPLATE_WORDS, *words), (*SPECIALS, *specials))
+    tokenizer = word_tokenizer((*CHAT_WORDS, *words), (*SPECIALS, *specials))
     vision_config = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
                          image_size=image_size, patch_size=patch_size)
     cfg = config_class(
@@ -161,6 +149,15 @@ def tiny(words=DEFAULT_WORDS, *, seed=0, image_size=32, patch_size=4, text=None,
     return build(Idefics3ForConditionalGeneration, cfg, seed), processor
 
 
+def tile_grid(image, processor) -> tuple[int, int]:
+    """One tile's token grid (every view of an image has it)."""
+    return (math.isqrt(processor.image_seq_len),) * 2
+
+
+def tile_pixels(processor) -> int:
+    return processor.image_processor.max_image_size["longest_edge"]
+
+
 def expected_views(image, processor) -> list[tuple[str, tuple[int, int]]]:
     """The processor's own tiling of this image (its rows and cols), as views: tiles, then the global view."""
     out = processor.image_processor(images=[image], return_row_col_info=True)
@@ -173,10 +170,10 @@ SPEC = FamilySpec(
     family="idefics3",
     tiny=tiny,
     toy=llava_toy,
-    expected_grid=lambda image, processor: (math.isqrt(processor.image_seq_len),) * 2,  # one tile's grid
+    expected_grid=tile_grid,
     after_image="<fake_token_around_image>",
     expected_views=expected_views,
-    crop_pixels=lambda processor: processor.image_processor.max_image_size["longest_edge"],
+    crop_pixels=tile_pixels,
     real=(RealSize("idefics3-8b-llama3", 32, 27, 4096, 14336, 32, 128, 128259, 1152),
           # SmolVLM-2.2B (the first SmolVLM) is an Idefics3 checkpoint
           RealSize("smolvlm-instruct", 24, 27, 2048, 8192, 32, 64, 49155, 1152)),

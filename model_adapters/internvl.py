@@ -24,7 +24,7 @@ from transformers import (
 )
 from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import get_optimal_tiled_canvas
 
-from model_adapters.common import LANGUAGE_MODEL, PRE_NORM_BLOCK, image_only
+from model_adapters.common import LANGUAGE_MODEL, PRE_NORM_BLOCK, image_only, token_runs
 from model_adapters.llava import toy as llava_toy
 from model_adapters.testing import DEFAULT_WORDS, FamilySpec, RealSize, build, text_config, word_tokenizer
 from vlm_lens.adapter import Adapter, register
@@ -61,24 +61,12 @@ def tile_layout(image, processor) -> tuple[int, int]:
     return rows, cols
 
 
-def _runs(input_ids, image_token_id: int) -> list[int]:
-    """Lengths of the runs of image tokens, item by item: one per image (``<img>`` and ``</img>`` part them)."""
-    lengths = []
-    for row in (input_ids == image_token_id).tolist():
-        run = 0
-        for is_image in row + [False]:
-            if is_image:
-                run += 1
-            elif run:
-                lengths.append(run)
-                run = 0
-    return lengths
-
-
 def image_spans(config, input_ids, tensors, layout=None):
     per_tile = tokens_per_tile(config)
     side = math.isqrt(per_tile)
-    counts = [run // per_tile for run in _runs(input_ids, config.image_token_id)]  # tiles (a thumbnail included)
+    # one run per image (<img> and </img> part them): its tiles, a thumbnail included
+    counts = [(end - start) // per_tile for ids in input_ids.tolist()
+              for start, end in token_runs(ids, config.image_token_id)]
     if sum(counts) != tensors["pixel_values"].shape[0]:
         raise ImageTokenMismatchError(f"input_ids hold image tokens for {sum(counts)} tiles of {per_tile} tokens but "
                                       f"pixel_values hold {tensors['pixel_values'].shape[0]} tiles")

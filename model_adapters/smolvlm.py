@@ -8,12 +8,10 @@ runs on the Idefics3 adapter. Images only: the video path is not mapped.
 
 from __future__ import annotations
 
-import math
-
 from transformers import SmolVLMConfig, SmolVLMForConditionalGeneration, SmolVLMImageProcessorPil, SmolVLMProcessor
 
 from model_adapters.common import image_only
-from model_adapters.idefics3 import adapter, expected_views, tiny_parts
+from model_adapters.idefics3 import adapter, expected_views, tile_grid, tile_pixels, tiny_parts
 from model_adapters.llava import toy as llava_toy
 from model_adapters.testing import DEFAULT_WORDS, FamilySpec, RealSize, build
 from vlm_lens.adapter import register
@@ -47,9 +45,9 @@ SPEC = FamilySpec(
     family="smolvlm",
     tiny=tiny,
     toy=llava_toy,
-    expected_grid=lambda image, processor: (math.isqrt(processor.image_seq_len),) * 2,  # one tile's grid
+    expected_grid=tile_grid,
     after_image="<fake_token_around_image>",
     expected_views=expected_views,
-    crop_pixels=lambda processor: processor.image_processor.max_image_size["longest_edge"],
+    crop_pixels=tile_pixels,
     real=(RealSize("smolvlm2-2.2b-instruct", 24, 27, 2048, 8192, 32, 64, 49280, 1152),),
 )
