@@ -1,190 +1,37 @@
-"""Answers: where the model answers, what it answered, and whether that is right.
+"""Answers: where the model answers, and what it answered (whether it is right: ``analyses.data.scoring``).
 
-Every table, predictor, ablation and notebook goes through this module, so "correct" means
-one thing everywhere:
+Every table, predictor, ablation and notebook goes through this module and the scorer:
 
 - **where**: ``answer_positions(inputs)`` (each item's last real token, where the answer is
   read) and ``at_answer`` / ``stack_at_answer`` to gather ``[batch pos ...]`` activations there.
 - **what**: ``generate_answers(model, inputs, names, max_new_tokens)``, the greedy answer generated
-  to a stop token, with its confidence (the geometric mean of the answer tokens' probabilities),
-  activations at the answer position and the attention rows of every answer token;
-  ``greedy_answers(model, logits, inputs)`` is the one-token shortcut.
-- **right or wrong**: ``score(prediction, golds, metric)`` canonicalises the prediction (the
-  study's Eq. 4) and applies the benchmark's rule: ``"exact"`` compares canonical forms with
-  every gold; ``"vqa"`` is the official VQA accuracy (answer normalisation, min(#humans/3, 1),
-  leave-one-out); ``"count"`` compares the first integer; ``"relation"`` the first spatial
-  relation named; ``"open"`` (LLaVA-Bench) is not scored here: it needs a judge model. ``is_correct`` turns a score into the binary label; ``correctness`` does a list.
-- **which tokens are the gold**: ``reference_token_ids``, the tokens the truth margin follows.
+  to a stop token, with each answer token's probability, activations at the answer position and
+  the attention rows of every answer token; ``greedy_answers(model, logits, inputs)`` is the
+  one-token shortcut.
+- **how sure**: ``output_confidence``, the study's output confidence by question form: the
+  probability of the token that decides a closed-form answer ("no" in "There is no dog."), the
+  geometric mean of the tokens up to the first newline for a free-form one.
+- **which tokens are the gold**: ``reference_token_ids``, the tokens the truth margin follows:
+  the first token of every spelling of every gold that the benchmark's rule accepts.
 
-    >>> canonicalise("Yes, there is.")
-    'yes'
-    >>> score("Yes", ["yes "]), score("There are two dogs", ["2"]), score("no", ["Yes"])
-    (1.0, 1.0, 0.0)
-    >>> vqa_accuracy("two", ["2"] * 4 + ["3"] * 6), vqa_accuracy("two", ["2"] * 3 + ["3"] * 7)
+    >>> from analyses.data.scoring import score
+    >>> score("Yes, there is.", ["yes"], "yesno"), score("two", ["2"] * 3 + ["3"] * 7, "vqa")
     (1.0, 0.9)
 """
 
 from __future__ import annotations
 
-import itertools
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
 from vlm_lens import ActivationCache, HookedVLM, VLMInputs
-from vlm_lens.errors import DataError
-
-# A VQA answer counts as correct from this accuracy on: at least two of ten humans gave it
-# (leave-one-out average 0.6; one human gives 0.3). Exact-match scores are 0 or 1.
-CORRECT_AT = 0.5
-METRICS = ("exact", "vqa", "count", "relation", "open")
-
-# --- canonicalisation (Eq. 4) --------------------------------------------------------------------
-
-NUMBER_WORDS = {
-    "none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5", "six": "6",
-    "seven": "7", "eight": "8", "nine": "9", "ten": "10", "eleven": "11", "twelve": "12",
-}
-ARTICLES = ("a", "an", "the")
-_YES = {"yes", "yeah", "yep", "true", "correct"}
-_NO = {"no", "nope", "false", "incorrect"}
-
-
-def canonicalise(answer: str) -> str:
-    """Lower-case, strip punctuation and articles, collapse yes/no, extract integers (number words too)."""
-    text = re.sub(r"[^\w\s]", " ", answer.lower())
-    words = [w for w in text.split() if w not in ARTICLES]
-    if not words:
-        return ""
-    if words[0] in _YES:
-        return "yes"
-    if words[0] in _NO:
-        return "no"
-    numbers = [NUMBER_WORDS.get(w, w) for w in words if w.isdigit() or w in NUMBER_WORDS]
-    if numbers:
-        return str(int(numbers[0]))
-    return " ".join(words)
-
-
-# --- the official VQA answer normalisation and accuracy ----------------------------------------------
-
-_CONTRACTED = (
-    "ain't aren't can't could've couldn't couldn't've didn't doesn't don't hadn't hadn't've hasn't haven't he'd "
-    "he'd've he'll he's how'd how'll how's i'd i'd've i'm i've isn't it'd it'd've it'll it's let's ma'am mightn't "
-    "mightn't've might've mustn't must've needn't not've o'clock oughtn't 'ow's'at shan't she'd she'd've she'll "
-    "she's should've shouldn't shouldn't've somebody'd somebody'd've somebody'll somebody's someone'd someone'd've "
-    "someone'll someone's something'd something'd've something'll that's there'd there'd've there're there's "
-    "they'd they'd've they'll they're they've 'twas wasn't we'd we'd've we'll we're we've weren't what'll what're "
-    "what's what've when's where'd where's where've who'd who'd've who'll who's who've why'll why're why's won't "
-    "would've wouldn't wouldn't've y'all y'all'll y'all'd've you'd you'd've you'll you're you've"
-).split()
-
-
-def _contraction_map() -> dict[str, str]:
-    """Every spelling with some apostrophes dropped -> the proper contraction (as the VQA tools map them)."""
-    table = {}
-    for word in _CONTRACTED:
-        parts = word.split("'")
-        for keep in itertools.product((False, True), repeat=len(parts) - 1):
-            if all(keep):
-                continue
-            spelled = parts[0] + "".join(("'" if k else "") + p for k, p in zip(keep, parts[1:]))
-            table.setdefault(spelled, word)
-    return table
-
-
-CONTRACTIONS = _contraction_map()
-_PUNCT = [";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`", ",", "?", "!"]
-_PERIOD = re.compile(r"(?!<=\d)(\.)(?!\d)")
-_COMMA_DIGITS = re.compile(r"(\d)(,)(\d)")
-_DIGIT_MAP = {k: v for k, v in NUMBER_WORDS.items() if k not in ("eleven", "twelve")}
-
-
-def vqa_normalise(answer: str) -> str:
-    """The VQA evaluation's normalisation: punctuation, periods, number words, articles, contractions."""
-    text = answer.replace("\n", " ").replace("\t", " ").strip()
-    out = text
-    for p in _PUNCT:
-        if (p + " " in text or " " + p in text) or _COMMA_DIGITS.search(text) is not None:
-            out = out.replace(p, "")
-        else:
-            out = out.replace(p, " ")
-    out = _PERIOD.sub("", out)
-    words = [_DIGIT_MAP.get(w, w) for w in out.lower().split()]
-    words = [CONTRACTIONS.get(w, w) for w in words if w not in ARTICLES]
-    return " ".join(words)
-
-
-def vqa_accuracy(prediction: str, answers: list[str]) -> float:
-    """Official VQA accuracy: min(#matching humans / 3, 1), averaged over the 10 leave-one-out subsets."""
-    if not answers:
-        raise ValueError("VQA accuracy needs the human answers")
-    pred = vqa_normalise(prediction)
-    gold = [vqa_normalise(a) for a in answers]
-    scores = []
-    for i in range(len(gold)):
-        others = gold[:i] + gold[i + 1 :]
-        scores.append(min(1.0, sum(a == pred for a in others) / 3))
-    return sum(scores) / len(scores)
-
-
-# --- the one scorer ---------------------------------------------------------------------------------
-
-
-RELATIONS = ("in front of", "on top of", "next to", "left", "right", "above", "below", "under", "behind", "inside",
-             "on", "in")  # longer phrases first: "in front of" is not "in"
-_RELATION_WORDS = {"beneath": "below", "underneath": "under", "over": "above", "beside": "next to", "within": "inside"}
-OPEN_ENDED = "open"
-
-
-def relation(answer: str) -> str | None:
-    """The first spatial relation an answer names ("The cup is to the left of the plate" -> "left")."""
-    words = re.sub(r"[^\w\s]", " ", answer.lower()).split()
-    words = [_RELATION_WORDS.get(w, w) for w in words]
-    for start in range(len(words)):
-        for phrase in RELATIONS:
-            parts = phrase.split()
-            if words[start : start + len(parts)] == parts:
-                return phrase
-    return None
-
-
-def score(prediction: str, golds: Sequence[str] | str, metric: str = "exact") -> float:
-    """Credit for ``prediction``: 1.0 / 0.0 for ``"exact"``, ``"count"`` and ``"relation"``, the VQA accuracy
-    for ``"vqa"``. ``"open"`` answers (LLaVA-Bench) need a judge model and are refused."""
-    golds = [golds] if isinstance(golds, str) else list(golds)
-    if not golds:
-        raise ValueError("scoring needs at least one gold answer")
-    answer = canonicalise(prediction)
-    if metric == "exact":
-        return float(answer in {canonicalise(g) for g in golds})
-    if metric == "vqa":
-        return vqa_accuracy(answer, golds)
-    if metric == "count":
-        return float(answer.isdigit() and any(canonicalise(g) == answer for g in golds))
-    if metric == "relation":
-        named = relation(prediction)
-        return float(named is not None and named in {relation(g) for g in golds})
-    if metric == OPEN_ENDED:
-        raise ValueError("open-ended answers (LLaVA-Bench) are scored by a judge model, which vlm-lens does not run; "
-                         "the study reports their answers and judge-free metrics instead")
-    raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
-
-
-def is_correct(prediction: str, golds: Sequence[str] | str, metric: str = "exact", threshold: float = CORRECT_AT) -> bool:
-    return score(prediction, golds, metric) >= threshold
-
-
-def correctness(examples: Sequence, predictions: Sequence[str], threshold: float = CORRECT_AT) -> list[bool]:
-    """Binary correctness of each prediction against its example's golds and metric."""
-    if len(examples) != len(predictions):
-        raise ValueError(f"{len(predictions)} predictions for {len(examples)} examples")
-    return [is_correct(p, e.golds, e.metric, threshold) for p, e in zip(predictions, examples)]
-
+from analyses.data.scoring import decisive_span, gold_forms
+from vlm_lens.errors import DataError, InputError
 
 # --- where the answer is read, and what it is -------------------------------------------------------
 
@@ -276,37 +123,59 @@ def capture_at_answer(model: HookedVLM, inputs: VLMInputs, names: Sequence[str],
     return AnswerActivations(answer_logits(logits, inputs), store, inputs, model.vocab)
 
 
-def reference_token_ids(tokenizer, golds: Sequence[str], closed_form: bool | None = None) -> list[int]:
-    """The tokens that count as the gold answer for the truth margin.
+def reference_token_ids(tokenizer, golds: Sequence[str], metric: str = "exact") -> list[int]:
+    """The tokens that count as the gold answer for the truth margin (maximised over later).
 
-    Closed-form answers (yes/no, integers): the answer's token, in lower case and capitalised
-    (checkpoints differ in casing), maximised over later. Open-ended answers: the first content
-    token of each gold (leading whitespace-only tokens and BOS skipped).
+    For every gold and every spelling of it that ``metric``'s rule accepts (``scoring.gold_forms``: as
+    written, lower case, capitalised; a count in digits and in words), written alone and after a space
+    (tokenizers differ on a leading space): the first content token (whitespace-only tokens and BOS
+    skipped). Tokens the vocabulary lacks (unknown) are left out.
     """
     ids: list[int] = []
-    for gold in golds:
-        text = gold.strip()
-        if not text:
-            raise ValueError("an empty gold answer has no reference token")
-        is_closed = text.lower() in ("yes", "no") or text.isdigit() if closed_form is None else closed_form
-        variants = {text.lower(), text.capitalize()} if is_closed else {text}
-        for variant in sorted(variants):
-            tokens = tokenizer.encode(variant, add_special_tokens=False)
-            content = [t for t in tokens if t != tokenizer.bos_token_id and tokenizer.decode([t]).strip()]
-            if content and content[0] != tokenizer.unk_token_id and content[0] not in ids:
-                ids.append(content[0])
+    for gold in dict.fromkeys(golds):
+        for form in gold_forms(gold, metric):
+            for spelled in (form, " " + form):
+                tokens = tokenizer.encode(spelled, add_special_tokens=False)
+                content = [t for t in tokens if t != tokenizer.bos_token_id and tokenizer.decode([t]).strip()]
+                if content and content[0] != tokenizer.unk_token_id and content[0] not in ids:
+                    ids.append(content[0])
     if not ids:
-        raise DataError(f"no reference token for golds {list(golds)}: the tokenizer maps them all to unknown or empty "
-                        "tokens, so no truth margin can be read for this question; its vocabulary lacks the answer")
+        raise DataError(f"no reference token for golds {list(golds)}: the tokenizer maps every spelling of them to "
+                        "unknown or empty tokens, so no truth margin can be read for this question; its vocabulary "
+                        "lacks the answer")
     return ids
+
+
+def output_confidence(tokenizer, tokens: Sequence[int], probs: Sequence[float], metric: str = "exact",
+                      closed_form: bool = False) -> float:
+    """The study's output confidence of one generated answer (``probs[t]``: the probability of ``tokens[t]``).
+
+    Closed-form questions: the probability of the answer token, the token where the rule's reading is decided
+    (``scoring.decisive_span``: POPE's "no" in "There is no dog.", the number in "There are three."), else the
+    first token. Free-form questions: the geometric mean of the tokens' probabilities up to the first newline.
+    An empty answer has the stop token's probability (``probs`` holds that one value)."""
+    if not tokens:
+        return float(probs[0])
+    if len(probs) < len(tokens):
+        raise InputError(f"{len(probs)} probabilities for {len(tokens)} answer tokens: give one per token")
+    prefixes = [tokenizer.decode(list(tokens[: t + 1]), skip_special_tokens=True) for t in range(len(tokens))]
+    if closed_form:
+        span = decisive_span(prefixes[-1].strip(), metric)
+        start = span[0] if span else 0
+        lead = len(prefixes[-1]) - len(prefixes[-1].lstrip())  # the answer text is stripped; the prefixes are not
+        index = next((t for t, text in enumerate(prefixes) if len(text.rstrip()) > lead + start), 0)
+        return float(probs[index])
+    cut = next((t for t, text in enumerate(prefixes) if "\n" in text.lstrip()), len(tokens))
+    chosen = np.log(np.asarray(probs[: max(1, cut)], dtype=np.float64))
+    return float(np.exp(chosen.mean()))
 
 
 @dataclass
 class GeneratedAnswers:
     """Greedy answers generated to a stop token, and what their generation left behind.
 
-    ``tokens[i]`` are item i's answer tokens (the stop token excluded); ``confidence[i]`` the geometric
-    mean of their probabilities (the stop token's probability for an empty answer); ``at_answer``
+    ``tokens[i]`` are item i's answer tokens (the stop token excluded); ``probs[i]`` their probabilities
+    (the stop token's, for an empty answer: ``output_confidence`` reads them); ``at_answer``
     the named activations at the answer position (the prompt's last token) and the first token's
     logits; ``attention[t][name]`` the head-averaged attention row ``[batch, 1, 1, key]`` of
     the t-th generation step: the query that produced answer token t (steps beyond an item's
@@ -314,7 +183,7 @@ class GeneratedAnswers:
 
     tokens: list[list[int]]
     texts: list[str]
-    confidence: list[float]
+    probs: list[list[float]]
     at_answer: AnswerActivations
     attention: list[dict[str, Tensor]]
 
@@ -322,6 +191,12 @@ class GeneratedAnswers:
     def lengths(self) -> list[int]:
         """Answer tokens per item: the rows of ``attention`` that belong to it (at least the first)."""
         return [max(1, len(t)) for t in self.tokens]
+
+    @property
+    def geometric_mean(self) -> list[float]:
+        """Per item, the geometric mean of all its answer tokens' probabilities (not the study's confidence:
+        ``output_confidence`` is)."""
+        return [float(np.exp(np.log(np.asarray(p, dtype=np.float64)).mean())) for p in self.probs]
 
 
 def stop_token_ids(model: HookedVLM) -> list[int]:
@@ -347,7 +222,7 @@ def generate_answers(model: HookedVLM, inputs: VLMInputs, names: Sequence[str] =
     KV cache and ``max_new_tokens`` rows per layer.
     """
     if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+        raise InputError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
     stops = list(stop_ids) if stop_ids is not None else stop_token_ids(model)
     positions = answer_positions(inputs)
     store: dict[str, Tensor] = {}
@@ -366,12 +241,12 @@ def generate_answers(model: HookedVLM, inputs: VLMInputs, names: Sequence[str] =
                                return_dict_in_generate=True)
     new = generated.sequences[:, inputs.input_ids.shape[1] :].tolist()
     logprobs = torch.stack([torch.log_softmax(step.float(), -1) for step in generated.logits], 1)  # batch step vocab
-    tokens, texts, confidence = [], [], []
+    tokens, texts, probs = [], [], []
     for i, row in enumerate(new):
         length = next((t for t, token in enumerate(row) if token in stops), len(row))
         tokens.append(row[:length])
         texts.append(model.tokenizer.decode(row[:length], skip_special_tokens=True).strip())
         chosen = row[: max(1, length)]  # an empty answer: the stop token's own probability
-        confidence.append(float(logprobs[i, torch.arange(len(chosen)), torch.tensor(chosen)].mean().exp()))
+        probs.append(logprobs[i, torch.arange(len(chosen)), torch.tensor(chosen)].exp().tolist())
     first = AnswerActivations(generated.logits[0], store, inputs, model.vocab)
-    return GeneratedAnswers(tokens, texts, confidence, first, steps)
+    return GeneratedAnswers(tokens, texts, probs, first, steps)

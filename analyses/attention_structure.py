@@ -157,16 +157,15 @@ def answer_token_attention(generated: GeneratedAnswers, image: int = 0, view: st
                            ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Per item of a generation (``answers.generate_answers`` with every layer's ``attn.hook_pattern_rows``):
     the image grids [layer, rows, cols] (``image_grids``' ``view``) averaged over its T answer tokens, and H_s
-    per layer averaged over them (the study's Eq. 1: each answer token's spatial entropy, then their mean over
-    the T tokens)."""
+    per layer of that averaged map (the study's Eq. 1: attention averaged over heads and answer tokens, then
+    normalised over the grid; not the mean of per-token entropies, which differs once T > 1)."""
     inputs = generated.at_answer.inputs
     vocab = generated.at_answer.vocab
     per_step = [image_grids(ActivationCache(step, vocab, inputs), image, view) for step in generated.attention]
     out = []
     for i, length in enumerate(generated.lengths):
-        grids = [per_step[t][i] for t in range(length)]
-        entropy = np.mean([[spatial_entropy(layer) for layer in g] for g in grids], axis=0)
-        out.append((np.mean(grids, axis=0).astype(np.float32), entropy))
+        mean = np.mean([per_step[t][i] for t in range(length)], axis=0)
+        out.append((mean.astype(np.float32), np.array([spatial_entropy(layer) for layer in mean])))
     return out
 
 

@@ -27,7 +27,8 @@ import torch
 from torch import Tensor
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
-from analyses.answers import answer_logits, canonicalise
+from analyses.answers import answer_logits
+from analyses.data.scoring import reading
 from vlm_lens import HookedVLM, VLMInputs
 
 
@@ -160,10 +161,11 @@ def sample_batches(n_questions: int, k: int, rows: int, most: int | None = None)
     return [range(start, min(start + size, n_questions)) for start in range(0, n_questions, size)]
 
 
-def majority_support(answers: Sequence[str]) -> tuple[str, float]:
-    """The most common canonicalised answer and the share of samples that gave it."""
+def majority_support(answers: Sequence[str], metric: str = "exact") -> tuple[str, float]:
+    """The most common answer and the share of samples that gave it, answers grouped by what ``metric``'s rule
+    reads from them (``scoring.reading``: "Yes." and "Yes, there is one." are one vote under "yesno")."""
     if not answers:
         raise ValueError("no answers to vote over")
-    counts = Counter(canonicalise(a) for a in answers)
+    counts = Counter(reading(a, metric) for a in answers)
     answer, n = max(counts.items(), key=lambda kv: (kv[1], kv[0]))
     return answer, n / len(answers)

@@ -1,7 +1,7 @@
 """Running a model over a dataset, with and without an intervention, and comparing accuracy.
 
 Predictions are greedy answers after the templated prompt, one token (as the toy zoo answers) or
-generated to a stop token, scored by ``analyses.answers`` like every other table.
+generated to a stop token, scored by the benchmark's own rule (``analyses.data.scoring``) like every other table.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 
 from analyses import answers
 from analyses.data.examples import Example
+from analyses.data.scoring import correctness
 from analyses.interventions import NOTHING, Intervention, apply
 from analyses.stats import paired_bootstrap_diff
 from vlm_lens import HookedVLM
@@ -52,8 +53,8 @@ def predict(
 
 
 def correct(model: HookedVLM, examples: Sequence[Example], intervention: Intervention = NOTHING, **kwargs) -> list[bool]:
-    """Whether each greedy answer is right (``answers.correctness``), under ``intervention``."""
-    return answers.correctness(examples, predict(model, examples, intervention, **kwargs))
+    """Whether each greedy answer is right (``scoring.correctness``), under ``intervention``."""
+    return correctness(examples, predict(model, examples, intervention, **kwargs))
 
 
 def compare(

@@ -22,8 +22,8 @@ from jaxtyping import Float
 from scipy import stats
 from torch import Tensor
 
-from analyses import answers
 from analyses.answers import answer_positions, at_answer, greedy_answers, reference_token_ids, stack_at_answer
+from analyses.data.scoring import correctness
 from analyses.evaluation import batches
 from vlm_lens import ActivationCache, HookedVLM
 
@@ -111,11 +111,17 @@ def dataset_margins(model: HookedVLM, examples, batch_size: int = 100) -> tuple[
     margins, correct, competitors = [], [], []
     for chunk, inputs in batches(model, examples, batch_size):
         logits, cache = model.run_with_cache(inputs, names_filter=lambda n: n.endswith("hook_resid_post"))
-        refs = [reference_token_ids(model.tokenizer, [e.label]) for e in chunk]
+        refs = [reference_token_ids(model.tokenizer, e.golds, e.metric) for e in chunk]
         margins.append(truth_margin(logit_lens(model, cache), refs).cpu().numpy())
-        correct += answers.correctness(chunk, greedy_answers(model, logits, inputs)[1])
+        correct += correctness(chunk, greedy_answers(model, logits, inputs)[1])
         competitors += competitor_ids(at_answer(logits, answer_positions(inputs)), refs)
     return np.concatenate(margins, axis=1), np.array(correct), np.array(competitors)
+
+
+def best_references(logits: Float[Tensor, "batch vocab"], reference_ids: Sequence[Sequence[int]]) -> list[int]:
+    """Per item, its reference token with the largest logit: the one the truth margin's maximum follows (the
+    margin direction a decomposition projects on)."""
+    return [max(refs, key=lambda r: float(logits[item, r])) for item, refs in enumerate(reference_ids)]
 
 
 def competitor_ids(logits: Float[Tensor, "batch vocab"], reference_ids: Sequence[Sequence[int]]) -> list[int]:

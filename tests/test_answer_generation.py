@@ -57,13 +57,14 @@ def test_generated_answers_match_hf_and_a_teacher_forced_forward(model, images):
         rows = list(range(last, last + len(tokens)))
         logits, cache = model.run_with_cache(forced, names_filter=names, query_positions=torch.tensor(rows))
         logprobs = torch.log_softmax(logits[0, rows].float(), -1)[torch.arange(len(tokens)), torch.tensor(tokens)]
-        assert generated.confidence[item] == pytest.approx(float(logprobs.mean().exp()), rel=1e-4)
+        np.testing.assert_allclose(generated.probs[item], logprobs.exp().numpy(), rtol=1e-4)
+        assert generated.geometric_mean[item] == pytest.approx(float(logprobs.mean().exp()), rel=1e-4)
         if maps is None:
             continue
         span = single.image_spans[0][0]
         keys = list(span.base.positions)  # a multi-crop image: its base view
-        entropy = [np.mean([spatial_entropy(cache["pattern_rows", l][0, :, r, keys].float().mean(0)
-                                            .reshape(span.base.grid).numpy()) for r in range(len(tokens))])
+        # Eq. 1: the map averaged over heads and the answer tokens, then its entropy
+        entropy = [spatial_entropy(cache["pattern_rows", l][0][:, :, keys].float().mean((0, 1)).reshape(span.base.grid).numpy())
                    for l in range(model.cfg.n_layers)]
         np.testing.assert_allclose(maps[item][1], entropy, rtol=1e-4)
 
@@ -80,4 +81,26 @@ def test_an_answer_stops_at_its_stop_token_and_is_scored_whole():
     assert [t[:1] for t in three.tokens] == one.tokens and all(len(t) == 3 for t in three.tokens)
     assert three.texts[0] == model.tokenizer.decode(three.tokens[0]).strip()
     probs = torch.softmax(one.at_answer.logits.float(), -1).max(-1).values.tolist()
-    assert one.confidence == pytest.approx(probs)  # one token: the geometric mean is its probability
+    assert [p[0] for p in one.probs] == pytest.approx(probs) and one.geometric_mean == pytest.approx(probs)
+
+
+def test_spatial_entropy_of_the_answer_tokens_mean_map_by_hand():
+    """Two answer tokens, each all on a different patch: Eq. 1 reads the averaged map (two patches, log 2), where
+    the mean of per-token entropies would read 0."""
+    from vlm_lens import HookedVLM
+    from analyses.data.examples import shapes_examples
+
+    model = HookedVLM.from_pretrained("toy-llava")
+    example = shapes_examples(1, 3)[0]
+    inputs = model.prepare(images=[example.load_image()], prompts=[example.text])
+    span = inputs.image_spans[0][0]
+    steps = []
+    for patch in (0, 5):
+        row = torch.zeros(1, 1, 1, inputs.input_ids.shape[1])
+        row[..., span.start + patch] = 1.0
+        steps.append({f"blocks.{l}.attn.hook_pattern_rows": row for l in range(model.cfg.n_layers)})
+    at = answers.AnswerActivations(torch.zeros(1, 8), {}, inputs, model.vocab)
+    generated = answers.GeneratedAnswers([[11, 12]], ["two tokens"], [[0.5, 0.5]], at, steps)
+    (grid, entropy), = answer_token_attention(generated)
+    np.testing.assert_allclose(entropy, np.log(2), rtol=1e-6)
+    assert grid[0].ravel()[[0, 5]].tolist() == [0.5, 0.5]

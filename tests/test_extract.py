@@ -101,7 +101,9 @@ def test_rows_hold_what_the_study_needs(uninterrupted):
     assert len(row["samples"]) == 3 and 0 < row["consistency"] <= 1
     assert uninterrupted.hidden.shape[:2] == (2, 60) and uninterrupted.neurons.shape[:2] == (2, 60)
     assert uninterrupted.attention[0].shape == (2, 16)
-    assert np.array_equal(uninterrupted.margins[-1] > 0, uninterrupted.correct)  # one-token answers: the sign decides
+    positive, correct = uninterrupted.margins[-1] > 0, uninterrupted.correct
+    worded = np.array([r["metric"] != "yesno" for r in uninterrupted.rows])  # POPE reads any non-"no" token as yes
+    assert correct[positive].all() and np.array_equal(positive[worded], correct[worded])  # one-token answers
 
 
 def test_other_config_or_format_is_refused_naming_what_changed(tmp_path, full):

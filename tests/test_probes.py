@@ -81,3 +81,15 @@ def test_penalty_names_any_case_and_refuse_unknown(planted):
     assert (P.fit_probe(features[2], correct, 2, penalty="l2", C=0.05).coef == 0).sum() == 0
     with pytest.raises(ValueError, match="penalty"):
         P.fit_probe(features[2], correct, 2, penalty="elasticnet")
+
+
+def test_the_sparse_probe_is_sparse():
+    """L1 really is L1 (scikit-learn before 1.8 ignored l1_ratio without penalty="l1" and kept every coefficient):
+    3 informative of 128 features, and most coefficients exactly zero; the dense probe keeps them all."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 128))
+    y = (x[:, :3].sum(1) + 0.3 * rng.normal(size=300)) > 0
+    sparse = P.fit_probe(x, y, layer=0, penalty="l1", C=0.05)
+    dense = P.fit_probe(x, y, layer=0, penalty="l2", C=0.05)
+    assert np.count_nonzero(sparse.coef) < 32 and set(np.argsort(-np.abs(sparse.coef))[:3]) == {0, 1, 2}
+    assert np.count_nonzero(dense.coef) == 128

@@ -104,10 +104,14 @@ def test_ablations_zero_the_probe_units_and_match_random_controls(study):
         assert len(controls) == cfg.random_controls
         assert all(len(c.intervention.indices) == probe.k and not set(c.intervention.indices) & set(kept[:k])
                    for c in controls)
-    assert {r.acc_before for r in ablations.rows} == {ablations.rows[0].acc_before}  # one baseline for every condition
+    unedited = [r for r in ablations.rows if not r.condition.startswith("top minus random")]  # those are paired rows
+    assert {r.acc_before for r in unedited} == {ablations.rows[0].acc_before}  # one baseline for every condition
+    frame = ablations.frame(("escalating random", "probe units")).set_index("condition")
+    assert frame.loc["top-5 probe units", "% of width"] == pytest.approx(100 * 5 / 128)  # the toy's 128 units
+    assert frame.loc["random 500 units", "% of width"] == pytest.approx(100 * 500 / 128)
     skipped = [r for r in ablations.group("escalating random") if r.note]
     assert [r.k_requested for r in skipped] == [s for s in cfg.random_sizes if s >= 128]  # the toy's d_model
-    assert len(ablations.group("mlp bypass")) == 4 and len(ablations.group("patch masking")) == 4
+    assert len(ablations.group("mlp bypass")) == 4 and len(ablations.group("patch masking")) == 6
 
 
 def test_causal_conditions_recomputed_by_hand(study):
@@ -171,10 +175,12 @@ def test_rerun_resumes_a_lost_shard_and_agrees(study):
 
 
 def test_labels_in_any_case_give_the_same_tables(study, tmp_path):
-    """A POPE file whose labels read "Yes"/"No"/"yes " scores exactly as the lower-case Shapes run."""
+    """A Shapes file whose labels read "Yes"/"No"/"yes " and "Green"/"green "/"GREEN" scores exactly as the
+    lower-case run: the truth margin's reference tokens are read from every spelling the rule accepts (a capital
+    gold once stopped the study: the toy's vocabulary is lower case)."""
     _, results = study
     path = shapes.write_benchmark(tmp_path / "bench", SMALL["n"], seed=SHAPES_EVAL_SEED)
-    variants = {"yes": ["Yes", "yes ", "YES"], "no": ["No", "no ", "NO"]}
+    variants = {w: [w.capitalize(), w + " ", w.upper()] for w in ("yes", "no", *shapes.COLOURS)}
     lines = []
     for i, line in enumerate(path.read_text().splitlines()):
         record = json.loads(line)
@@ -309,6 +315,35 @@ def test_strength_in_words():
     assert strength(Estimate(0.65, (0.55, 0.75), 100)) == "weakly predicts"
     assert strength(Estimate(0.85, (0.78, 0.91), 100)) == "predicts"
     assert strength(Estimate(0.39, (0.29, 0.49), 100)) == "weakly predicts, inversely,"
+    assert strength(Estimate(0.70, (0.52, 0.86), 150)).startswith("is not shown")  # a CI that decides nothing
+
+
+def test_masking_finding_reads_the_paired_difference(study):
+    """Two marginal CIs that overlap while the paired top-minus-random difference excludes 0 (issue 22's token-level
+    case, -0.083 [-0.158, -0.008]): the sentence follows the paired test; and the paired row is top minus random."""
+    from dataclasses import replace
+
+    from analyses.stats import Estimate
+    from analyses.study.findings import masking
+
+    _, results = study
+    rows = {r.condition: r for r in results.ablations.group("patch masking")}
+    for level in ("token", "pixel"):
+        top, rand = (next(r for c, r in rows.items() if c.startswith(f"mask {k}") and c.endswith(f"({level})"))
+                     for k in ("top", "random"))
+        paired = rows[f"top minus random ({level})"]
+        assert paired.change.value == pytest.approx(top.acc_after - rand.acc_after)
+        assert paired.change.n == top.change.n == len(top.after)
+    made = [replace(r, change=Estimate(-0.05, (-0.12, 0.02), 120)) if r.condition.startswith("mask top") else
+            replace(r, change=Estimate(0.03, (-0.04, 0.10), 120)) if r.condition.startswith("mask random") else
+            replace(r, change=Estimate(-0.083, (-0.158, -0.008), 120)) for r in results.ablations.rows
+            if r.group == "patch masking"]
+    text = masking(replace(results, ablations=replace(results.ablations, rows=made))).answer
+    assert "hurts more" in text and "no clear difference" not in text
+    made = [replace(r, change=Estimate(-0.02, (-0.09, 0.05), 120)) if r.condition.startswith("top minus") else r
+            for r in made]
+    text = masking(replace(results, ablations=replace(results.ablations, rows=made))).answer
+    assert "no clear difference" in text and "hurts more" not in text
 
 
 def test_token_f1_by_hand():
@@ -320,7 +355,7 @@ def test_token_f1_by_hand():
 
 def test_an_open_ended_benchmark_reports_answers_and_says_what_is_not_scored(tmp_path):
     """LLaVA-Bench files built from Shapes questions: answers and judge-free metrics, no right/wrong tables."""
-    from analyses.answers import vqa_normalise
+    from analyses.data.scoring import vqa_normalise
 
     bench = shapes.write_benchmark(tmp_path / "shapes", 20, seed=SHAPES_EVAL_SEED)
     records = [json.loads(line) for line in bench.read_text().splitlines()]
@@ -368,8 +403,8 @@ def test_circuit_detachment_and_monitor_by_hand(study):
     assert monitor["precision@tau"] == pytest.approx((flagged & wrong).sum() / flagged.sum())
     # detachment: criterion 1 from the per-question entropies, criterion 3 from Table 3 and the stored maps
     rows = results.detachment.set_index("criterion")
-    third = max(1, h.shape[1] // 3)
-    assert rows.loc["entropy collapse", "value"] == pytest.approx((h[:, -third:].mean(1) - h[:, :third].mean(1)).mean())
+    lock = 1 + int(np.argmin(h[:, 1 : max(2, (h.shape[1] + 1) // 2)].mean(0)))
+    assert rows.loc["early entropy collapse", "value"] == pytest.approx((h[:, lock] - h[:, 0]).mean())
     share = np.array([[a.sum() for a in attn] for attn in ex.attention]).mean(0)
     half = h.shape[1] // 2
     reengage = half + int(np.argmax(share[half:]))

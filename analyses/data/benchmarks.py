@@ -1,7 +1,7 @@
 """Benchmark loaders: every one returns ``Record``s, turned into ``Example``s for the model.
 
 A record is the image file name, the question, the gold answers, the scoring rule (``metric``,
-applied by ``analyses.answers.score``) and whether the answer is closed-form. Files are read
+applied by ``analyses.data.scoring.score``) and whether the answer is closed-form. Files are read
 whole and checked record by record before any model work: a record that cannot be scored is
 reported with its file and line (``DataError``), and so are duplicate question ids. Images come
 from a folder the user names; ``check_images`` refuses paths that leave it and reports every
@@ -21,7 +21,7 @@ from pathlib import Path
 from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
-from analyses.answers import canonicalise, relation
+from analyses.data.scoring import relation, whole_integer
 from analyses.data.examples import Example
 from vlm_lens.errors import DataError
 
@@ -33,7 +33,7 @@ class Record:
     text: str
     golds: tuple[str, ...]
     type: str = "all"
-    metric: str = "exact"  # how analyses.answers.score credits an answer: exact, vqa, count, relation, open
+    metric: str = "exact"  # the rule analyses.data.scoring.score applies: yesno, vqa, count, relation, exact, open
     closed_form: bool = True
     extra: dict = field(default_factory=dict, compare=False, hash=False)
     source: str = field(default="", compare=False)  # "file.jsonl line 17": where error messages point
@@ -133,10 +133,11 @@ def load_pope(path: str | Path) -> list[Record]:
     records = []
     for where, r in _read_json_records(path):
         label = _field(r, "label", where, "answer")
-        if canonicalise(str(label)) not in ("yes", "no"):
+        if str(label).strip().lower() not in ("yes", "no"):
             raise DataError(f"{where}: label {json.dumps(label)} is not yes or no, the only POPE answers; "
                             "a counting/spatial suite takes --format counting")
-        records.append(Record(**_base(r, where), golds=(str(label),), type=str(r.get("type", path.stem))))
+        records.append(Record(**_base(r, where), golds=(str(label).strip(),), type=str(r.get("type", path.stem)),
+                              metric="yesno"))
     return _unique(records, path)
 
 
@@ -212,21 +213,24 @@ def load_llava_bench(questions: str | Path, answers: str | Path) -> list[Record]
 
 
 def _kind_of_label(label: str) -> str:
-    """count (an integer), spatial (a relation word) or other (yes/no, attributes)."""
-    if label.isdigit():
+    """count (an integer), spatial (a relation), yesno or other (attributes)."""
+    if label.lower() in ("yes", "no"):
+        return "yesno"
+    if whole_integer(label) is not None:
         return "count"
-    return "spatial" if canonicalise(label) not in ("yes", "no") and relation(label) is not None else "other"
+    return "spatial" if relation(label) is not None else "other"
 
 
 def load_counting_spatial(path: str | Path) -> list[Record]:
-    """A counting + spatial suite: JSON lines with integer labels (scored by the integer), relation labels
-    ("left", "above", ...: scored by the relation named) or other labels (yes/no, attributes: exact)."""
+    """A counting + spatial suite: JSON lines with integer labels (in digits or words: scored by the integer),
+    relation labels ("left", "on top of", ...: scored by the relation named), yes/no labels (POPE's reading)
+    or other labels (attributes: ``"exact"``). Every record is closed-form."""
     path = Path(path)
     records = []
     for where, r in _read_json_records(path):
         label = str(_field(r, "label", where, "answer")).strip()
         kind = _kind_of_label(label)
-        metric = {"count": "count", "spatial": "relation", "other": "exact"}[kind]
+        metric = {"count": "count", "spatial": "relation", "yesno": "yesno", "other": "exact"}[kind]
         records.append(Record(**_base(r, where), golds=(label,), type=str(r.get("type", "count" if kind == "count" else "spatial")),
                               metric=metric))
     return _unique(records, path)
@@ -258,7 +262,7 @@ def detect_format(path: str | Path) -> str:
         return "llava_bench"
     if "label" in first:
         kinds = {_kind_of_label(str(r.get("label", "")).strip()) for r in records}
-        return "counting" if kinds & {"count", "spatial"} else "pope"
+        return "counting" if kinds - {"yesno"} else "pope"
     raise DataError(f"{path}: records hold {sorted(first)}; expected POPE's question_id, image, text, label "
                     f"or another format: pass --format one of {FORMATS}")
 
@@ -335,4 +339,5 @@ def shown(items: list, most: int = 5) -> str:
 
 def to_examples(records: list[Record], folder: str | Path) -> list[Example]:
     """Examples whose images are opened (RGB) batch by batch (``check_images`` first, to fail before the model)."""
-    return [Example(Path(folder) / r.image, r.text, r.golds, r.type, r.metric, r.question_id) for r in records]
+    return [Example(Path(folder) / r.image, r.text, r.golds, r.type, r.metric, r.question_id, r.closed_form)
+            for r in records]

@@ -1,8 +1,8 @@
 """``Example``: one question, its image, its gold answers and the rule that scores it.
 
     >>> example = Example("cat.jpg", "Is there a cat?", "yes")
-    >>> example.golds, example.label, example.metric
-    (('yes',), 'yes', 'exact')
+    >>> example.golds, example.label, example.metric, example.closed_form
+    (('yes',), 'yes', 'exact', False)
 """
 
 from __future__ import annotations
@@ -12,16 +12,18 @@ from pathlib import Path
 
 from PIL import Image
 
-from analyses.answers import METRICS
+from analyses.data.scoring import CLOSED_FORM, METRICS
 from analyses.data import shapes
 
 
 
 @dataclass(frozen=True)
 class Example:
-    """``metric``: how ``analyses.answers.score`` credits an answer: "exact" (canonical match with any gold),
-    "vqa" (official VQA accuracy over the golds), "count" (the integer), "relation" (the spatial relation)
-    or "open" (open-ended: not scored without a judge)."""
+    """``metric``: the rule ``analyses.data.scoring.score`` credits an answer by: "yesno" (POPE's reading),
+    "vqa" (the official VQA accuracy over the golds), "count" (the integer), "relation" (the spatial
+    relation), "exact" (the normalised gold, also inside a phrase) or "open" (not scored without a judge).
+    ``closed_form``: whether the answer is one of a closed set (the output confidence is then the answer
+    token's probability); by default, whether the metric is "yesno", "count" or "relation"."""
 
     image: Image.Image | Path | str  # a path is opened (RGB) when its batch runs
     text: str
@@ -29,6 +31,7 @@ class Example:
     type: str = "all"
     metric: str = "exact"
     question_id: int | str | None = None
+    closed_form: bool | None = None
 
     def __post_init__(self):
         golds = (self.golds,) if isinstance(self.golds, str) else tuple(self.golds)
@@ -37,6 +40,8 @@ class Example:
         if self.metric not in METRICS:
             raise ValueError(f"metric must be one of {METRICS}, got {self.metric!r}")
         object.__setattr__(self, "golds", golds)
+        if self.closed_form is None:
+            object.__setattr__(self, "closed_form", self.metric in CLOSED_FORM)
 
     @property
     def label(self) -> str:
@@ -50,6 +55,7 @@ class Example:
 def shapes_examples(n: int, seed: int, size: int = 32) -> list[Example]:
     """``n`` Shapes questions drawn with ``seed``, images rendered in memory."""
     return [
-        Example(Image.fromarray(shapes.image_of(s, seed, size)), s.text, s.label, s.type, question_id=s.question_id)
+        Example(Image.fromarray(shapes.image_of(s, seed, size)), s.text, s.label, s.type, shapes.metric_of(s.type),
+                s.question_id, closed_form=True)
         for s in shapes.generate(n, seed, size)
     ]

@@ -166,6 +166,11 @@ def ask(rng: np.random.Generator, shapes: tuple[Shape, ...], kind: str, size: in
     raise ValueError(f"unknown question family {kind!r}; one of {TYPES}")
 
 
+def metric_of(kind: str) -> str:
+    """The scoring rule of a question family: POPE's yes/no reading, the integer, or the colour named."""
+    return "count" if kind == "count" else "exact" if kind == "attribute" else "yesno"
+
+
 def generate(n: int, seed: int, size: int = 32, types: tuple[str, ...] = TYPES) -> list[Sample]:
     """n questions, one scene each, deterministic in (n, seed, size, types)."""
     rng = np.random.default_rng(seed)

@@ -37,11 +37,12 @@ def margin_building(model, examples: list[Example], ex: Extraction, cfg: VRPConf
     for start, (chunk, inputs) in zip(range(0, len(subset), cfg.batch_size), batches(model, subset, cfg.batch_size)):
         at_image = decomposition.image_update_norm_hooks(model, inputs, visual)  # Figure 5, reduced inside the hooks
         captured = answers.capture_at_answer(model, inputs, names, at_image)  # rows at the answer only: one batch
-        refs = [answers.reference_token_ids(model.tokenizer, [e.label]) for e in chunk]
+        refs = [answers.reference_token_ids(model.tokenizer, e.golds, e.metric) for e in chunk]
         competitors = logit_lens.competitor_ids(captured.logits, refs)
-        table = decomposition.margin_contributions(model, captured, [r[0] for r in refs], competitors)
+        best = logit_lens.best_references(captured.logits, refs)
+        table = decomposition.margin_contributions(model, captured, best, competitors)
         frames.append(table.assign(item=table.item + start))
-        per_head = decomposition.head_contributions(model, captured, [r[0] for r in refs], competitors)
+        per_head = decomposition.head_contributions(model, captured, best, competitors)
         heads.append(per_head.assign(item=per_head.item + start))
         norms.append(decomposition.update_norms_at_answer(model, captured))
     contributions = pd.concat(frames, ignore_index=True)
@@ -74,7 +75,15 @@ class _TestSplit:
         after = self.correct(intervention or interventions.NOTHING, transform)
         change = stats.paired_bootstrap_diff(self.before, after, self.cfg.n_resamples, self.cfg.seed)
         by_type = {t: float(after[self.types == t].mean() - self.before[self.types == t].mean()) for t in sorted(set(self.types))}
-        return Ablation(group, condition, float(self.before.mean()), float(after.mean()), change, by_type, intervention, **extra)
+        return Ablation(group, condition, float(self.before.mean()), float(after.mean()), change, by_type, intervention,
+                        after=after, **extra)
+
+    def paired(self, group: str, condition: str, base: Ablation, other: Ablation) -> Ablation:
+        """``other`` against ``base`` on the same questions: the paired-bootstrap CI of other's accuracy minus
+        base's (a difference between two conditions, which their two marginal CIs cannot decide)."""
+        change = stats.paired_bootstrap_diff(base.after, other.after, self.cfg.n_resamples, self.cfg.seed)
+        by_type = {t: other.by_type[t] - base.by_type[t] for t in base.by_type}
+        return Ablation(group, condition, base.acc_after, other.acc_after, change, by_type)
 
     def not_run(self, group: str, condition: str, note: str, **extra) -> Ablation:
         """A row for a condition that could not run, saying why (no change, no CI)."""
@@ -138,9 +147,11 @@ def _masking_rows(split: _TestSplit, cfg: VRPConfig) -> list[Ablation]:
     for level in ("token", "pixel"):
         if level == "pixel" and split.model.adapter.fill_patches is None:
             continue  # the adapter does not say where patch pixels lie: token level only
+        pair = []
         for rank in ("top", "random"):
             transform, intervention = patch_masking(cfg.mask_fraction, rank, level, seed=cfg.seed)
-            rows.append(split.row("patch masking", f"mask {rank} {share} patches ({level})", intervention, transform))
+            pair.append(split.row("patch masking", f"mask {rank} {share} patches ({level})", intervention, transform))
+        rows += [*pair, split.paired("patch masking", f"top minus random ({level})", pair[1], pair[0])]
     return rows
 
 
@@ -148,4 +159,4 @@ def ablation_table(model, examples: list[Example], ex: Extraction, predictors: P
     """Every causal check on the test split, each with the paired-bootstrap CI of its accuracy change."""
     split = _TestSplit(model, examples, cfg, predictors.split.test)
     layer, kept, rows = _unit_rows(split, ex, predictors, cfg)
-    return Ablations(layer, kept, rows + _bypass_rows(split, cfg) + _masking_rows(split, cfg))
+    return Ablations(layer, kept, rows + _bypass_rows(split, cfg) + _masking_rows(split, cfg), model.cfg.d_model)

@@ -5,13 +5,20 @@ Symbolic detachment is the study's account of a confident wrong answer: the mode
 and answers from its language prior. vlm-lens tests it by three criteria, each from this run's
 numbers (the operationalisation is this project's; thresholds are settings):
 
-1. **entropy collapse**: H_s over the last third of layers is lower than over the first third
-   (the paired per-question difference, its bootstrap CI entirely below 0);
-2. **visual-stream stagnation**: the writes to the image tokens (attention + MLP norms, Figure 5)
-   in the last third fall below ``stagnation_ratio`` of the first third's;
+1. **early entropy collapse**: attention sharpens early: H_s at the first half's sharpest layer
+   (lowest mean H_s) is below H_s at layer 0 (the paired per-question difference, its bootstrap
+   CI entirely below 0), whatever H_s does afterwards (the paper's lock-then-diffuse curve
+   collapses early and diffuses late);
+2. **dormant middle, late surge**: the writes to the image tokens (attention + MLP norms,
+   Figure 5) in the middle third fall below ``STAGNATION_RATIO`` of the first third's, and the
+   last third's rise above the middle's by at least its inverse (LLaVA's visual stream is quiet
+   mid-network and surges in the last layers);
 3. **commitment before re-engagement**: the layer where right and wrong margins first separate
    (Table 3's separation layer) comes before the layer where attention to the image is highest
    in the second half of the network.
+
+``detachment_criteria`` computes them from the curves alone (tested on synthetic curves shaped like
+the paper's LLaVA, which meets all three, and PaliGemma, which meets none).
 """
 
 from __future__ import annotations
@@ -67,30 +74,34 @@ def delta_entropy(features: AttentionFeatures, correct: np.ndarray, cfg: VRPConf
     return pd.DataFrame(rows)
 
 
-def _thirds(n_layers: int) -> tuple[slice, slice]:
+def _thirds(n_layers: int) -> tuple[slice, slice, slice]:
     third = max(1, n_layers // 3)
-    return slice(0, third), slice(n_layers - third, n_layers)
+    return slice(0, third), slice(third, max(third + 1, n_layers - third)), slice(n_layers - third, n_layers)
 
 
-def symbolic_detachment(ex: Extraction, features: AttentionFeatures, margins: MarginBuilding, cfg: VRPConfig) -> pd.DataFrame:
-    """The three criteria (module docstring), each with its measure and whether it holds, and the verdict."""
-    n_layers = features.entropy.shape[1]
-    early, late = _thirds(n_layers)
-    # per question: H_s over the last third minus the first third, its mean and paired-bootstrap CI
-    change = stats.paired_bootstrap_diff(features.entropy[:, early].mean(1), features.entropy[:, late].mean(1),
-                                         cfg.n_resamples, cfg.seed)
-    visual = margins.visual_updates.set_index("layer")
-    writes = (visual["attn_norm"] + visual["mlp_norm"]).to_numpy()
-    ratio = float(writes[late].mean() / writes[early].mean())
-    image_share = np.array([[a.sum() for a in attn] for attn in ex.attention])  # question layer: attention on the image
+def detachment_criteria(entropy: np.ndarray, writes: np.ndarray, image_share: np.ndarray,
+                        separation_layer: int | None, n_resamples: int = 10_000, seed: int = 0) -> pd.DataFrame:
+    """The three criteria (module docstring) from per-question H_s ``entropy`` [n, layer], the image-token writes
+    per layer ``writes`` [layer], per-question attention mass on the image ``image_share`` [n, layer] and the
+    separation layer; each with its measure and whether it holds, and the verdict."""
+    n_layers = entropy.shape[1]
+    early, middle, late = _thirds(n_layers)
+    first_half = np.arange(1, max(2, (n_layers + 1) // 2)) if n_layers > 1 else np.arange(1)
+    lock = int(first_half[np.argmin(entropy[:, first_half].mean(0))])
+    collapse = stats.paired_bootstrap_diff(entropy[:, 0], entropy[:, lock], n_resamples, seed)
+    dormant = float(writes[middle].mean() / writes[early].mean())
+    surge = float(writes[late].mean() / writes[middle].mean())
     second = np.arange(n_layers // 2, n_layers)
     reengage = int(second[np.argmax(image_share[:, second].mean(0))])
-    commit = margins.separation_layer
+    commit = separation_layer
     rows = [
-        {"criterion": "entropy collapse", "measure": "mean H_s (last third) - H_s (first third)",
-         "value": change.value, "ci_low": change.ci[0], "ci_high": change.ci[1], "holds": bool(change.ci[1] < 0)},
-        {"criterion": "visual-stream stagnation", "measure": f"image-token writes, last third / first third (< {STAGNATION_RATIO})",
-         "value": ratio, "ci_low": None, "ci_high": None, "holds": bool(ratio < STAGNATION_RATIO)},
+        {"criterion": "early entropy collapse", "measure": f"mean H_s (layer {lock}, sharpest of the first half) - H_s (layer 0)",
+         "value": collapse.value, "ci_low": collapse.ci[0], "ci_high": collapse.ci[1], "holds": bool(collapse.ci[1] < 0)},
+        {"criterion": "dormant middle, late surge",
+         "measure": f"image-token writes: middle / first third {dormant:.3f} (< {STAGNATION_RATIO}), "
+                    f"last / middle third {surge:.3f} (> {1 / STAGNATION_RATIO:g})",
+         "value": dormant, "ci_low": None, "ci_high": None,
+         "holds": bool(dormant < STAGNATION_RATIO and surge > 1 / STAGNATION_RATIO)},
         {"criterion": "commitment before re-engagement",
          "measure": f"separation layer {commit} vs layer {reengage} of most attention to the image (second half)",
          "value": float("nan") if commit is None else float(reengage - commit), "ci_low": None, "ci_high": None,
@@ -99,6 +110,14 @@ def symbolic_detachment(ex: Extraction, features: AttentionFeatures, margins: Ma
     rows.append({"criterion": "symbolic detachment", "measure": "all three criteria hold", "value": None, "ci_low": None,
                  "ci_high": None, "holds": all(r["holds"] for r in rows)})
     return pd.DataFrame(rows)
+
+
+def symbolic_detachment(ex: Extraction, features: AttentionFeatures, margins: MarginBuilding, cfg: VRPConfig) -> pd.DataFrame:
+    """``detachment_criteria`` on this run's H_s, image-token writes (Figure 5), maps and separation layer."""
+    visual = margins.visual_updates.set_index("layer")
+    writes = (visual["attn_norm"] + visual["mlp_norm"]).to_numpy()
+    image_share = np.array([[a.sum() for a in attn] for attn in ex.attention])  # question layer: attention on the image
+    return detachment_criteria(features.entropy, writes, image_share, margins.separation_layer, cfg.n_resamples, cfg.seed)
 
 
 def monitor_precision(predictors: Predictors, correct: np.ndarray, tau: float) -> dict:

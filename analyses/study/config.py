@@ -15,13 +15,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import ClassVar
 
-from analyses.answers import CORRECT_AT
+from analyses.data.scoring import CORRECT_AT
 from vlm_lens import zoo
 from vlm_lens.errors import DataError
 from vlm_lens.loading import parse_dtype
 
 
-EXTRACTION_FORMAT = 3  # 2: generated answers, H_s over the answer tokens; 3: data digests and shard sha256s.
+EXTRACTION_FORMAT = 4  # 2: generated answers, H_s over the answer tokens; 3: data digests and shard sha256s;
+# 4: each benchmark's own scoring rule, H_s of the mean map, confidence by question form, margins over every gold.
 # A folder of another format is not resumed.
 MIN_TEST = 100  # a test split below this many questions gives AUROC CIs too wide to compare predictors
 ANSWER_TOKENS = 16  # enough for the short answers the benchmarks ask for ("Yes", "two", "the red one")
@@ -72,7 +73,7 @@ class VRPConfig:
     hidden_layers: tuple[int, ...] | None = None  # residual stream stored at these layers (None: all)
     neuron_layers: tuple[int, ...] | None = None  # MLP neurons stored at these layers (None: all)
     storage_dtype: str = "float32"  # stored activations: "float16" / "bfloat16" halve the extraction's size
-    correct_threshold: float = CORRECT_AT  # answers.is_correct: credit needed to count as correct
+    correct_threshold: float = CORRECT_AT  # scoring.is_correct: credit needed to count as correct
     # a multi-crop image's attention map: "base" (its global view) or "stitched" (its crops where they sit in the
     # picture); one-view images have one grid either way
     attention_view: str = "base"

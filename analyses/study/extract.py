@@ -1,11 +1,12 @@
 """Per-question extraction over a benchmark, in shards, resumable after any interruption.
 
 For each question: the greedy answer generated to a stop token and whether it is right
-(``analyses.answers``), its confidence (geometric mean of the answer tokens' probabilities) and
-the first token's logit entropy, the truth margin at every layer, the answer position's residual
+(``analyses.data.scoring``: the benchmark's own rule), its output confidence (``answers.output_confidence``:
+by question form) and each answer token's probability, the first token's logit entropy, the truth margin
+(maximised over every gold and its accepted spellings) at every layer, the answer position's residual
 stream and MLP neurons at the configured layers, its attention to the image per layer (the patch
-grid averaged over the T answer tokens, flattened, and H_s averaged over them) and K
-self-consistency samples of up to ``max_new_tokens`` tokens.
+grid averaged over the T answer tokens, flattened, and H_s of that averaged map, Eq. 1) and K
+self-consistency samples of up to ``max_new_tokens`` tokens, voted by the benchmark's reading.
 
 **Memory is one batch.** Activations are cut to the answer position inside their hooks
 (``answers.capture_at_answer``) and only the last position's logits are computed, so a forward
@@ -48,6 +49,7 @@ from analyses.attention_structure import answer_token_attention
 from analyses.consistency import majority_support, sample_answers, sample_batches
 from analyses.data.benchmarks import shown
 from analyses.data.examples import Example
+from analyses.data.scoring import OPEN_ENDED, is_correct
 from analyses.evaluation import batches
 from analyses.logit_lens import read_out, truth_margin
 from analyses.study.config import EXTRACTION_FORMAT, VRPConfig
@@ -145,9 +147,9 @@ def _layers(chosen: Sequence[int] | None, n_layers: int) -> list[int]:
 
 def _correct(prediction: str, example: Example, cfg: VRPConfig) -> bool | None:
     """Whether the answer is right; None for an open-ended question (no judge model)."""
-    if example.metric == answers.OPEN_ENDED:
+    if example.metric == OPEN_ENDED:
         return None
-    return answers.is_correct(prediction, example.golds, example.metric, cfg.correct_threshold)
+    return is_correct(prediction, example.golds, example.metric, cfg.correct_threshold)
 
 
 @torch.no_grad()
@@ -161,7 +163,7 @@ def _extract_batch(model: HookedVLM, examples: list[Example], inputs, start: int
     generated = answers.generate_answers(model, inputs, names, cfg.max_new_tokens)
     captured = generated.at_answer
     probs = torch.softmax(captured.logits.float(), -1)
-    refs = [answers.reference_token_ids(model.tokenizer, [e.label]) for e in examples]
+    refs = [answers.reference_token_ids(model.tokenizer, e.golds, e.metric) for e in examples]
     resid = captured.stack("resid_post", range(n_layers))  # layer batch d_model
     margins = truth_margin(read_out(model, resid), refs)  # layer batch
     attention = answer_token_attention(generated, view=cfg.attention_view)
@@ -173,10 +175,12 @@ def _extract_batch(model: HookedVLM, examples: list[Example], inputs, start: int
             "index": start + i, "type": example.type, "label": example.label, "golds": list(example.golds),
             "metric": example.metric, "prediction": prediction, "answer_tokens": len(generated.tokens[i]),
             "correct": _correct(prediction, example, cfg),
-            "confidence": generated.confidence[i],  # geometric mean of the answer tokens' probabilities
+            "confidence": answers.output_confidence(model.tokenizer, generated.tokens[i], generated.probs[i],
+                                                    example.metric, example.closed_form),
+            "closed_form": example.closed_form, "token_probs": generated.probs[i],
             "entropy": float(-(probs[i] * torch.log(probs[i].clamp_min(1e-30))).sum()),  # of the first token
             "margins": margins[:, i].tolist(), "grid": list(attention[i][0].shape[1:]),
-            "attention_entropy": attention[i][1].tolist(),  # H_s per layer, mean over the answer tokens
+            "attention_entropy": attention[i][1].tolist(),  # H_s per layer of the answer tokens' mean map
         })
     arrays = {
         "hidden": resid[hidden_layers].transpose(0, 1).to("cpu", storage).contiguous(),
@@ -205,8 +209,8 @@ def _extract_shard(model: HookedVLM, chunk: list[Example], start: int, cfg: VRPC
         part_rows, part_arrays = _extract_batch(model, part, inputs, start + offset, cfg)
         rows += part_rows
         parts.append(part_arrays)
-    for row, samples in zip(rows, _self_consistency(model, chunk, start, cfg)):
-        majority, support = majority_support(samples)
+    for row, example, samples in zip(rows, chunk, _self_consistency(model, chunk, start, cfg)):
+        majority, support = majority_support(samples, "exact" if example.metric == OPEN_ENDED else example.metric)
         row.update(samples=samples, majority=majority, consistency=support)
     arrays = {key: torch.cat([p[key] for p in parts]) for key in ("hidden", "neurons")}
     for part in parts:

@@ -30,7 +30,10 @@ def _excludes_chance(estimate: Estimate) -> bool:
 
 
 def strength(estimate: Estimate) -> str:
-    """How well a score predicts correctness, in words: by |AUROC - 0.5| and whether the CI leaves chance."""
+    """How well a score predicts correctness, in words: by |AUROC - 0.5| and whether the CI leaves chance; a CI
+    wider than ``WIDE_CI`` decides nothing (the warnings say so), and the words claim nothing either."""
+    if estimate.ci[1] - estimate.ci[0] > WIDE_CI:
+        return "is not shown (the CI is too wide) to predict"
     if not _excludes_chance(estimate) or abs(estimate.value - 0.5) < 0.1:
         return "barely predicts"
     word = "weakly predicts" if abs(estimate.value - 0.5) < 0.2 else "predicts"
@@ -61,22 +64,25 @@ def concentration(results: StudyResults) -> str:
 
 
 def masking(results: StudyResults) -> Finding:
+    """Read from the paired difference (top minus random, on the same questions), never from two marginal CIs."""
     rows = {r.condition: r for r in results.ablations.group("patch masking")}
     parts = []
     for level in ("token", "pixel"):
         top = next((r for c, r in rows.items() if c.startswith("mask top") and c.endswith(f"({level})")), None)
         rand = next((r for c, r in rows.items() if c.startswith("mask random") and c.endswith(f"({level})")), None)
-        if top is None or rand is None:
+        paired = rows.get(f"top minus random ({level})")
+        if top is None or rand is None or paired is None:
             continue
-        if top.change.ci[1] < rand.change.ci[0]:
-            verdict = "the attended patches matter more."
-        elif top.change.ci[1] < 0 <= rand.change.ci[1]:
-            verdict = ("only masking the attended patches clearly hurts, but the two CIs overlap: the difference itself "
-                       "is not established.")
+        low, high = paired.change.ci
+        if high < 0:
+            verdict = "masking the attended patches hurts more (the paired difference's CI lies below 0)."
+        elif low > 0:
+            verdict = "masking random patches hurts more (the paired difference's CI lies above 0)."
         else:
-            verdict = "no clear difference."
+            verdict = "no clear difference (the paired difference's CI holds 0)."
         parts.append(f"At {level} level, masking the most-attended {results.config.mask_fraction:.0%} of patches changes test "
-                     f"accuracy by {_change(top.change)}, random patches by {_change(rand.change)}: {verdict}")
+                     f"accuracy by {_change(top.change)}, random patches by {_change(rand.change)}; top minus random, "
+                     f"paired on the same questions, is {_change(paired.change)}: {verdict}")
     return Finding("Does masking the most-attended patches hurt more than masking random ones?",
                    " ".join(parts) or "Not measured: no patch-masking condition ran.")
 
@@ -101,11 +107,11 @@ def findings(results: StudyResults) -> list[Finding]:
            if strongest is not None else "."),
     )]
     ranked = sorted((r for r in p.rows if r.key != "truth_margin"), key=lambda r: -r.estimate.value)
-    best = [r for r in ranked if r.estimate.ci[0] > 0.5][:3]
+    best = [r for r in ranked if r.estimate.ci[0] > 0.5 and r.estimate.ci[1] - r.estimate.ci[0] <= WIDE_CI][:3]
     out.append(Finding(
         "Which signals predict correctness?",
         ("The strongest monitors are " + "; ".join(f"{r.method}, AUROC {_ci(r.estimate)}" for r in best) + ". "
-         if best else "No predictor's test AUROC CI lies above chance. ")
+         if best else f"No predictor's test AUROC CI lies above chance and is narrower than {WIDE_CI}. ")
         + f"The truth margin at layer {p.margin_layer} reaches {_ci(p['truth_margin'].estimate)}, but it needs the gold "
           "answer: a diagnostic, not a monitor.",
     ))

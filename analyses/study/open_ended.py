@@ -3,8 +3,8 @@
 LLaVA-Bench scores answers with a judge model (GPT-4 rates each answer against a reference);
 vlm-lens runs no judge, so no answer is called right or wrong and no table that needs
 correctness (AUROC, R_pb, ablations) is made. What is reported: every answer beside its
-reference, and per category the answer length, the output confidence (geometric mean of the
-answer tokens' probabilities), self-consistency over K samples and the token-level F1 overlap
+reference, and per category the answer length, the output confidence (free form: the geometric
+mean of the answer tokens' probabilities up to the first newline), self-consistency over K samples and the token-level F1 overlap
 with the reference (lexical, as SQuAD computes it: a judge-free proxy, not the judge's score).
 """
 
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from analyses.answers import vqa_normalise
+from analyses.data.scoring import vqa_normalise
 from analyses.study.extract import Extraction
 from analyses.study.results import Setup
 

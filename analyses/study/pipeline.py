@@ -20,9 +20,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from analyses import answers, stats
+from analyses import stats
 from analyses.data import benchmarks
 from analyses.data.examples import Example
+from analyses.data.scoring import OPEN_ENDED
 from analyses.study import circuit, validate
 from analyses.study.causal import ablation_table, margin_building
 from analyses.study.config import VRPConfig
@@ -40,9 +41,9 @@ MIN_PER_CLASS = 5  # right and wrong answers each: fewer cannot be split three w
 def is_open(ex: Extraction) -> bool:
     """An open-ended benchmark (LLaVA-Bench): no answer can be called right or wrong without a judge model."""
     metrics = {r["metric"] for r in ex.rows}
-    if answers.OPEN_ENDED in metrics and len(metrics) > 1:
+    if OPEN_ENDED in metrics and len(metrics) > 1:
         raise ValueError(f"a run mixes open-ended questions with scored ones ({sorted(metrics)}): run them separately")
-    return metrics == {answers.OPEN_ENDED}
+    return metrics == {OPEN_ENDED}
 
 
 def accuracy_table(ex: Extraction) -> Accuracy:
@@ -130,7 +131,7 @@ def run(cfg: VRPConfig, out: str | Path, progress: bool = True, allow_outside_im
     out = Path(out)
     data = data or validate.prepare(cfg, out, allow_outside_images, progress)  # (given: checked by the caller)
     examples, questions = data.examples, data.questions
-    if any(e.metric != answers.OPEN_ENDED for e in examples):  # open-ended runs have no splits
+    if any(e.metric != OPEN_ENDED for e in examples):  # open-ended runs have no splits
         for message in cfg.size_warnings():
             warnings.warn(message, VLMLensWarning, stacklevel=2)
     ranks = Ranks.from_env(cfg.device)

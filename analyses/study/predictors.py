@@ -25,8 +25,8 @@ def common_grid(ex: Extraction, cfg: VRPConfig) -> tuple[int, int]:
 
 
 def attention_features(ex: Extraction, cfg: VRPConfig) -> AttentionFeatures:
-    """Per question: H_s per layer (each answer token's spatial entropy, averaged over the T answer tokens:
-    the study's Eq. 1), C_k per layer on its own grid (of the token-averaged map), and its per-layer maps on
+    """Per question: H_s per layer (of the attention averaged over the T answer tokens, normalised over the
+    grid: the study's Eq. 1), C_k per layer on its own grid (of the token-averaged map), and its per-layer maps on
     the common grid (``attention_structure.resample_grid``: mass-preserving; unchanged when every image has
     that grid)."""
     shape = common_grid(ex, cfg)
@@ -54,7 +54,8 @@ def predictor_table(ex: Extraction, features: AttentionFeatures, cfg: VRPConfig)
         scores = np.asarray(scores, dtype=float)[test]
         rows.append(Predictor(key, method, signal, passes, stats.auroc(scores, correct[test], cfg.n_resamples, cfg.seed), scores))
 
-    add("confidence", "output confidence", "geometric mean of answer-token probabilities", "1", [r["confidence"] for r in ex.rows])
+    add("confidence", "output confidence", "answer-token probability (closed form) or geometric mean to the first "
+        "newline (free form)", "1", [r["confidence"] for r in ex.rows])
     add("entropy", "logit entropy", "-entropy", "1", [-r["entropy"] for r in ex.rows])
     # The margin needs the gold answer, and at the last layer its sign *is* correctness: choose among the
     # earlier layers (on validation), and read it as a diagnostic of where the answer forms, not a monitor.

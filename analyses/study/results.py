@@ -139,6 +139,7 @@ class Ablation:
     k: int | None = None  # units edited
     k_requested: int | None = None
     note: str = ""  # why a condition was cut short or skipped
+    after: np.ndarray | None = field(default=None, repr=False, compare=False)  # per test question: right (1) or wrong (0)
 
 
 @dataclass
@@ -151,12 +152,15 @@ class Ablations:
     layer: int
     neurons: list[int]  # the probe's units, strongest first (all it kept)
     rows: list[Ablation]
+    width: int | None = None  # the layer's residual units: each unit ablation's size is also given as a share of it
 
     def frame(self, groups: tuple[str, ...] | None = None) -> pd.DataFrame:
         rows = [r for r in self.rows if groups is None or r.group in groups]
         types = sorted({t for r in rows for t in r.by_type})
         return pd.DataFrame([{"group": r.group, "condition": r.condition, "layer": r.layer, "k": r.k,
-                              "k_requested": r.k_requested, "acc_before": r.acc_before, "acc_after": r.acc_after,
+                              "k_requested": r.k_requested,
+                              "% of width": 100 * r.k_requested / self.width
+                              if self.width and r.k_requested and r.group in UNIT_GROUPS else None, "acc_before": r.acc_before, "acc_after": r.acc_after,
                               "diff": r.change.value, "ci_low": r.change.ci[0], "ci_high": r.change.ci[1], "n": r.change.n,
                               **{f"diff ({t})": r.by_type.get(t) for t in types}, "note": r.note} for r in rows])
 
