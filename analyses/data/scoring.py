@@ -40,6 +40,8 @@ import itertools
 import re
 from collections.abc import Sequence
 
+from num2words import num2words
+
 from vlm_lens.errors import DataError, InputError
 
 # A VQA answer counts as correct from this accuracy on: at least two of ten humans gave it
@@ -307,8 +309,6 @@ def gold_forms(gold: str, metric: str = "exact") -> list[str]:
         raise DataError("an empty gold answer has no spelling to read a truth margin from")
     forms = [text]
     if metric == "count" and integer(text) is not None:
-        from num2words import num2words  # a dependency already (SmolVLM's processor)
-
         value = integer(text)
         forms += [str(value), num2words(value)]
     out: list[str] = []
