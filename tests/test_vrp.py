@@ -389,6 +389,13 @@ def test_circuit_detachment_and_monitor_by_hand(study):
     delta = results.delta_entropy
     assert delta.delta_h_s.to_numpy() == pytest.approx(h[correct].mean(0) - h[~correct].mean(0))
     assert (delta.ci_low <= delta.delta_h_s).all() and (delta.delta_h_s <= delta.ci_high).all()
+    change = results.entropy_change  # the paper's Delta H_s: layer l minus layer l-1
+    steps = np.diff(h, axis=1)
+    assert change.layer.tolist() == list(range(1, h.shape[1]))
+    assert change.delta_h_s.to_numpy() == pytest.approx(steps.mean(0))
+    assert change["delta_h_s (wrong)"].to_numpy() == pytest.approx(steps[~correct].mean(0))
+    assert (change.ci_low <= change.delta_h_s).all() and (change.delta_h_s <= change.ci_high).all()
+    assert "delta_h_s_by_layer" in json.loads((out / "tables.json").read_text())
     circuit = results.circuit
     values = ex.hidden[int(results.predictors.sparse.probe.layer)]
     unit = circuit.unit.iloc[0]

@@ -74,6 +74,24 @@ def delta_entropy(features: AttentionFeatures, correct: np.ndarray, cfg: VRPConf
     return pd.DataFrame(rows)
 
 
+def entropy_change(features: AttentionFeatures, correct: np.ndarray, cfg: VRPConfig) -> pd.DataFrame:
+    """The paper's Delta H_s: per layer l >= 1, H_s at layer l minus layer l-1 (negative: attention sharpens
+    there), its mean over all questions with a bootstrap 95% CI, and its mean over right and over wrong answers."""
+    change = np.diff(features.entropy, axis=1)  # question, layer - 1
+    rows = []
+    for index in range(change.shape[1]):
+        values = change[:, index]
+        if cfg.n_resamples:
+            ci = scipy_stats.bootstrap((values,), np.mean, n_resamples=cfg.n_resamples, method="percentile",
+                                       rng=cfg.seed).confidence_interval
+            low, high = float(ci.low), float(ci.high)
+        else:
+            low = high = float("nan")
+        rows.append({"layer": index + 1, "delta_h_s": float(values.mean()), "ci_low": low, "ci_high": high,
+                     "delta_h_s (right)": float(values[correct].mean()), "delta_h_s (wrong)": float(values[~correct].mean())})
+    return pd.DataFrame(rows)
+
+
 def _thirds(n_layers: int) -> tuple[slice, slice, slice]:
     third = max(1, n_layers // 3)
     return slice(0, third), slice(third, max(third + 1, n_layers - third)), slice(n_layers - third, n_layers)

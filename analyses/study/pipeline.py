@@ -94,6 +94,7 @@ def analyse(model: HookedVLM, examples: list[Example], ex: Extraction, cfg: VRPC
         circuit=circuit.circuit_table(ex, predictors, ablations),
         delta_entropy=circuit.delta_entropy(features, ex.correct, cfg),
         detachment=circuit.symbolic_detachment(ex, features, margins, cfg),
+        entropy_change=circuit.entropy_change(features, ex.correct, cfg),
         case=circuit.case_study(ex, features, predictors),
     )
 

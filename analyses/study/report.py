@@ -47,7 +47,8 @@ TITLES = {
     "table9_methods": "Table 9. Method comparison",
     "margin_curves": "Truth margin by layer (correct vs incorrect)",
     "table10_circuit": "Table 10. Circuit summary: the probe's units and their activation shifts",
-    "figure4_delta_entropy": "Figure 4 data. Delta H_s by layer",
+    "figure4_delta_entropy": "Figure 4 data. H_s of right minus wrong answers by layer",
+    "delta_h_s_by_layer": "Delta H_s by layer (the paper's: H_s at layer l minus layer l-1)",
     "figure5_visual_updates": "Figure 5 data. Writes to the image tokens by layer",
     "symbolic_detachment": "Symbolic detachment: the three criteria",
     "open_ended_summary": "Open-ended answers: judge-free metrics by category",
@@ -91,6 +92,9 @@ NOTES = {
                        "the shift and its effect size. A large shift with no ablation effect is a marker, not a cause.",
     "figure4_delta_entropy": "Mean H_s of right answers minus wrong ones per layer, with a 95% CI. Bands that hold 0 "
                              "everywhere say sharpness does not separate right from wrong.",
+    "delta_h_s_by_layer": "How much the attention map's entropy changes from one layer to the next, over all questions "
+                          "(with a 95% CI) and over right and wrong answers. Negative values are layers where attention "
+                          "sharpens; an early dip is the entropy collapse symbolic detachment looks for.",
     "figure5_visual_updates": "How much attention and the MLPs write into the image tokens at each layer. A fall to "
                               "near zero late in the network is the visual stream going quiet.",
     "symbolic_detachment": "The three criteria of symbolic detachment, each from this run's numbers. All three must "
@@ -178,7 +182,10 @@ def _sections(results: StudyResults, extraction: Extraction, examples: list[Exam
         (TITLES["table2_accuracy"], NOTES["table2_accuracy"],
          [t["table2_accuracy"], plots.reliability_diagram(results.accuracy.calibration_bins, results.accuracy.ece)]),
         (TITLES["table2_attention_rpb"], NOTES["table2_attention_rpb"], [t["table2_attention_rpb"]]),
-        ("Figure 4. Delta H_s across layers (right minus wrong)", NOTES["figure4_delta_entropy"],
+        (TITLES["delta_h_s_by_layer"], NOTES["delta_h_s_by_layer"],
+         [plots.layer_difference(t["delta_h_s_by_layer"], "delta_h_s", "Delta H_s: layer l minus layer l-1", "Delta H_s (nats)"),
+          t["delta_h_s_by_layer"]]),
+        ("Figure 4. H_s across layers: right minus wrong answers", NOTES["figure4_delta_entropy"],
          [plots.layer_difference(t["figure4_delta_entropy"], "delta_h_s", "Delta H_s: right minus wrong answers", "Delta H_s (nats)"),
           plots.entropy_and_components(features.entropy.mean(0), features.components.mean(0)), *maps]),
         (TITLES["table2_top_heads"], NOTES["table2_top_heads"], [t["table2_top_heads"]]),

@@ -222,6 +222,7 @@ class StudyResults:
     circuit: pd.DataFrame  # Table 10
     delta_entropy: pd.DataFrame  # Figure 4: H_s of right minus wrong answers per layer
     detachment: pd.DataFrame  # the symbolic-detachment criteria
+    entropy_change: pd.DataFrame  # the paper's Delta H_s: H_s at layer l minus layer l-1
     case: int | None  # Figure 6's question (index), if the probe flags a wrong answer
 
     def tables(self) -> dict[str, pd.DataFrame]:
@@ -239,6 +240,7 @@ class StudyResults:
             "table9_methods": self.predictors.methods(),
             "table10_circuit": self.circuit,
             "figure4_delta_entropy": self.delta_entropy,
+            "delta_h_s_by_layer": self.entropy_change,
             "figure5_visual_updates": self.margins.visual_updates,
             "symbolic_detachment": self.detachment,
             "margin_curves": self.margins.curves,
