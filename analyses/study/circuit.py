@@ -57,18 +57,22 @@ def circuit_table(ex: Extraction, predictors: Predictors, ablations: Ablations, 
     return pd.DataFrame(rows)
 
 
+def _bootstrap_ci(samples: tuple[np.ndarray, ...], statistic, cfg: VRPConfig) -> tuple[float, float]:
+    """The percentile bootstrap 95% CI of ``statistic`` over ``samples`` (NaNs when ``cfg.n_resamples`` is 0)."""
+    if not cfg.n_resamples:
+        return float("nan"), float("nan")
+    ci = scipy_stats.bootstrap(samples, statistic, vectorized=True, n_resamples=cfg.n_resamples, method="percentile",
+                               rng=cfg.seed).confidence_interval
+    return float(ci.low), float(ci.high)
+
+
 def delta_entropy(features: AttentionFeatures, correct: np.ndarray, cfg: VRPConfig) -> pd.DataFrame:
     """Figure 4: per layer, mean H_s of right answers minus wrong answers, with a bootstrap 95% CI."""
     rows = []
     for layer in range(features.entropy.shape[1]):
         right, wrong = features.entropy[correct, layer], features.entropy[~correct, layer]
         diff = float(right.mean() - wrong.mean())
-        if cfg.n_resamples:
-            ci = scipy_stats.bootstrap((right, wrong), lambda a, b, axis: a.mean(axis) - b.mean(axis), vectorized=True,
-                                       n_resamples=cfg.n_resamples, method="percentile", rng=cfg.seed).confidence_interval
-            low, high = float(ci.low), float(ci.high)
-        else:
-            low = high = float("nan")
+        low, high = _bootstrap_ci((right, wrong), lambda a, b, axis: a.mean(axis) - b.mean(axis), cfg)
         rows.append({"layer": layer, "h_s right": float(right.mean()), "h_s wrong": float(wrong.mean()), "delta_h_s": diff,
                      "ci_low": low, "ci_high": high})
     return pd.DataFrame(rows)
@@ -81,12 +85,7 @@ def entropy_change(features: AttentionFeatures, correct: np.ndarray, cfg: VRPCon
     rows = []
     for index in range(change.shape[1]):
         values = change[:, index]
-        if cfg.n_resamples:
-            ci = scipy_stats.bootstrap((values,), np.mean, n_resamples=cfg.n_resamples, method="percentile",
-                                       rng=cfg.seed).confidence_interval
-            low, high = float(ci.low), float(ci.high)
-        else:
-            low = high = float("nan")
+        low, high = _bootstrap_ci((values,), np.mean, cfg)
         rows.append({"layer": index + 1, "delta_h_s": float(values.mean()), "ci_low": low, "ci_high": high,
                      "delta_h_s (right)": float(values[correct].mean()), "delta_h_s (wrong)": float(values[~correct].mean())})
     return pd.DataFrame(rows)
