@@ -140,14 +140,17 @@ def train_toy(
     steps: int = typer.Option(12_000, help="optimiser steps of 32 fresh questions"),
     seed: int = typer.Option(0, help="initialisation and data seed"),
     device: str = typer.Option("cpu", help="cpu or cuda: a GPU is faster; bytes then differ from a CPU run"),
+    answers: str = typer.Option("token", help="'token': the label as one token; 'words': the answer in words "
+                                "(\"yes , there is a red circle .\") to end of sequence, on the shapes-words benchmark"),
 ) -> None:
     """Train a toy model of FAMILY on Shapes and write weights, processor and model card."""
     from pathlib import Path
 
     from analyses.training import TrainConfig, train_and_save
 
-    target = Path(out or f"runs/toy-{family.replace('_', '-')}")
-    card = train_and_save(TrainConfig(family=family, steps=steps, seed=seed, device=device), target)
+    suffix = "-words" if answers == "words" else ""
+    target = Path(out or f"runs/toy-{family.replace('_', '-')}{suffix}")
+    card = train_and_save(TrainConfig(family=family, steps=steps, seed=seed, device=device, answers=answers), target)
     typer.echo(json.dumps(card["held_out"], indent=2))
 
 
@@ -174,7 +177,7 @@ def vrp(
     ctx: typer.Context,
     model: list[str] = typer.Option(["toy-llava"], help="a zoo name, a hub id or a local checkpoint; repeat for "
                                     "several models (cross-family tables)"),
-    benchmark: list[str] = typer.Option(["shapes"], help="'shapes' or a questions file: POPE, VQAv2, TextVQA, LLaVA-Bench, "
+    benchmark: list[str] = typer.Option(["shapes"], help="'shapes', 'shapes-words' (a family answered by a relation phrase added) or a questions file: POPE, VQAv2, TextVQA, LLaVA-Bench, "
                                         "counting/spatial or Shapes (format read from the content); repeat for several "
                                         "(Table 7)"),
     annotations: list[str] = typer.Option(None, help="VQAv2's annotations file, or LLaVA-Bench's reference answers "

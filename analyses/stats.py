@@ -124,6 +124,24 @@ def permutation_test(x, y, n_resamples: int = 10_000, seed: int = 0, chunk: int 
     return float((hits + 1) / (n_resamples + 1))
 
 
+def sign_flip_test(differences, n_resamples: int = 10_000, seed: int = 0, chunk: int = 1000) -> float:
+    """Two-sided permutation p-value that paired differences (after - before on the same items) have mean 0:
+    the share of random sign flips of the pairs (plus the observed one) whose |mean| reaches the observed
+    (the paired-samples permutation test; scipy's ``permutation_test(permutation_type="samples")``)."""
+    d = np.asarray(differences, dtype=float)
+    if d.ndim != 1 or len(d) == 0:
+        raise ValueError(f"a sign-flip test needs a non-empty 1-D sample of paired differences, got shape {d.shape}")
+    observed = abs(d.mean())
+    rng = np.random.default_rng(seed)
+    hits, done = 0, 0
+    while done < n_resamples:
+        size = min(chunk, n_resamples - done)
+        signs = rng.choice(np.array([-1.0, 1.0]), size=(size, len(d)))
+        hits += int((np.abs((signs * d).mean(1)) >= observed - 1e-12).sum())
+        done += size
+    return float((hits + 1) / (n_resamples + 1))
+
+
 def bonferroni(p_values) -> np.ndarray:
     p = np.asarray(p_values, dtype=float)
     return np.minimum(p * len(p), 1.0)

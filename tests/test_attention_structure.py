@@ -49,6 +49,15 @@ def test_dbscan_matches_sklearn():
     assert A.dbscan_clusters(grid, top_mass=0.6, eps=1.5, min_samples=2) == expected
 
 
+def test_dbscan_at_the_study_settings_disagrees_with_c_k_by_hand():
+    # two diagonal neighbours and a lone patch, each of the three holding a third of the mass
+    grid = np.full((5, 5), 1e-9)
+    grid[0, 0] = grid[1, 1] = grid[4, 4] = 1.0
+    assert A.component_count(grid, top_mass=0.99) == 3  # four-neighbour components: diagonals apart
+    assert A.dbscan_clusters(grid, top_mass=0.99, eps=1.5, min_samples=2) == 1  # diagonal pair joined, lone one noise
+    assert A.dbscan_clusters(grid, top_mass=0.99, eps=1.0, min_samples=1) == 3  # the old defaults: C_k again
+
+
 @pytest.mark.parametrize("bad", [[1, 2, 3], [[0, 0], [0, 0]], [[-1, 2], [1, 1]], [[np.nan, 1], [1, 1]]])
 def test_bad_grids_are_refused(bad):
     with pytest.raises(ValueError):

@@ -12,7 +12,7 @@ from PIL import Image
 from scipy import ndimage
 from typer.testing import CliRunner
 
-from analyses.data import shapes
+from analyses.data import scoring, shapes
 from analyses.cli import app
 
 
@@ -76,8 +76,11 @@ def answer_from_pixels(text: str, objects) -> str:
         return str(sum(k == singular for _, k, _, _ in objects))
     if words[:2] == ["what", "colour"]:
         return next(c for c, k, _, _ in objects if k == words[4])
-    # "is the red circle left of the blue square ?" / "is the red circle above the blue square ?"
     first = next(o for o in objects if o[:2] == (words[2], words[3]))
+    if words[4:9] == ["on", "the", "left", "or", "on"]:  # "is the red circle on the left or on the right of the blue square ?"
+        second = next(o for o in objects if o[:2] == (words[-3], words[-2]))
+        return "left" if first[2] < second[2] else "right"
+    # "is the red circle left of the blue square ?" / "is the red circle above the blue square ?"
     rest = words[6:] if words[4] == "left" else words[5:]
     second = next(o for o in objects if o[:2] == (rest[1], rest[2]))
     if words[4] == "left":
@@ -85,12 +88,33 @@ def answer_from_pixels(text: str, objects) -> str:
     return "yes" if first[3] < second[3] else "no"
 
 
-def test_answers_match_an_independent_reading_of_the_pixels():
-    samples = shapes.generate(400, seed=5)
+@pytest.mark.parametrize("types", [shapes.TYPES, shapes.WORD_TYPES])
+def test_answers_match_an_independent_reading_of_the_pixels(types):
+    samples = shapes.generate(400, seed=5, types=types)
+    assert {s.type for s in samples} == set(types)
     for s in samples:
         objects = objects_from_pixels(shapes.image_of(s, 5))
         assert len(objects) == len(s.shapes), s
         assert answer_from_pixels(s.text, objects) == s.label, (s.text, s.label, objects)
+
+
+def test_spoken_answers_score_right_by_their_benchmark_rule_and_the_opposite_wrong():
+    samples = shapes.generate(3000, seed=6, types=shapes.WORD_TYPES)
+    opposite = {"yes": "no", "no": "yes", "left": "right", "right": "left"}
+    for s in samples:
+        said = shapes.spoken(s)
+        assert set(said.split()) <= set(shapes.SPOKEN_WORDS), said  # the words toy's vocabulary says it
+        metric = shapes.metric_of(s.type)
+        assert scoring.score(said, s.label, metric) == 1.0, (said, s.label, metric)
+        wrong = opposite.get(s.label) or (str((int(s.label) + 1) % 6) if s.type == "count" else
+                                          next(c for c in shapes.COLOURS if c != s.label))
+        assert scoring.score(said, wrong, metric) == 0.0, (said, wrong, metric)
+    by_hand = {("count", "0"): "there are no circles .", ("count", "1"): "there is one circle .",
+               ("count", "3"): "there are three circles ."}
+    for (kind, label), said in by_hand.items():
+        sample = shapes.Sample(0, "0.png", "how many circles are there ?", label, kind, ())
+        assert shapes.spoken(sample) == said
+    assert shapes.metric_of("spatial_side") == "relation" and shapes.metric_of("attribute") == "exact"
 
 
 def test_cli_writes_pope_format(tmp_path):

@@ -44,6 +44,18 @@ def test_permutation_test_against_scipy():
     assert stats.permutation_test(x, y, n_resamples=5000) == pytest.approx(ref, abs=0.02)
 
 
+@pytest.mark.parametrize("shift", [0.0, 0.15, 0.4])
+def test_sign_flip_test_is_scipys_paired_permutation_test(shift):
+    rng = np.random.default_rng(2)
+    before = (rng.random(60) < 0.7).astype(float)  # right/wrong on the same questions, as an ablation gives
+    after = np.where(rng.random(60) < shift, 0.0, before)
+    ref = sps.permutation_test((after, before), lambda a, b: np.mean(a - b), permutation_type="samples",
+                               n_resamples=5000, alternative="two-sided", random_state=0).pvalue
+    assert stats.sign_flip_test(after - before, n_resamples=5000) == pytest.approx(ref, abs=0.02)
+    with pytest.raises(ValueError, match="non-empty 1-D"):
+        stats.sign_flip_test([])
+
+
 def test_multiple_comparisons_against_scipy():
     p = np.array([0.001, 0.02, 0.03, 0.2, 0.5, 0.04])
     assert np.allclose(stats.benjamini_hochberg(p), sps.false_discovery_control(p, method="bh"))

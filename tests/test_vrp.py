@@ -122,11 +122,26 @@ def test_causal_conditions_recomputed_by_hand(study):
     out, results = study
     ex = load(out / "extraction")
     ablations, split = results.ablations, results.predictors.split
-    wrong, right = ablations.group("single-unit clamp")
+    wrong, extreme_wrong, right, extreme_right = ablations.group("single-unit clamp")
     unit = ablations.neurons[0]
-    values = ex.hidden[ablations.layer][split.train, unit]
-    assert wrong.intervention.value == pytest.approx(values[~ex.correct[split.train]].mean())
-    assert right.intervention.value == pytest.approx(values[ex.correct[split.train]].mean())
+    values = ex.hidden[ablations.layer][split.train, unit].astype(np.float64)
+    on_right = ex.correct[split.train]
+    assert wrong.intervention.value == pytest.approx(values[~on_right].mean())
+    assert right.intervention.value == pytest.approx(values[on_right].mean())
+    # the extreme clamp: 10 sd beyond the training mean, on the side where wrong (right) answers sit
+    towards_right = np.sign(values[on_right].mean() - values[~on_right].mean())
+    spread = results.config.extreme_clamp * values.std()
+    assert extreme_right.intervention.value == pytest.approx(values.mean() + towards_right * spread, rel=1e-5)
+    assert extreme_wrong.intervention.value == pytest.approx(values.mean() - towards_right * spread, rel=1e-5)
+    singles = ablations.group("single units")
+    assert [list(r.intervention.indices) for r in singles] == [[u] for u in ablations.neurons[: min(results.config.ablation_ks)]]
+    for row in ablations.group("other layers"):
+        if row.condition.startswith("top-") and row.intervention is not None:
+            position = ex.stored_layers("hidden").index(row.layer)
+            refit = probes.fit_probe(ex.hidden[position][split.train], ex.correct[split.train], position, "l1",
+                                     results.config.sparse_C, results.config.seed)
+            chosen = probes.selected_neurons(refit)["index"].tolist()[: max(results.config.ablation_ks)]
+            assert list(row.intervention.indices) == chosen and row.layer != ablations.layer
     model = HookedVLM.from_pretrained(results.config.model)
     test = [shapes_examples(results.config.n, SHAPES_EVAL_SEED)[i] for i in split.test]
     before = np.array(answered(model, test), float)
@@ -136,6 +151,63 @@ def test_causal_conditions_recomputed_by_hand(study):
     types = np.array([e.type for e in test])
     for t, diff in row.by_type.items():
         assert diff == pytest.approx(after[types == t].mean() - before[types == t].mean())
+
+
+def test_headline_comparisons_recomputed(study):
+    """The six headline numbers and their adjustment over the six, recomputed with scipy from the extraction."""
+    from analyses import stats
+
+    out, results = study
+    ex, cfg = load(out / "extraction"), results.config
+    frame = results.headline
+    assert len(frame) == 6 and frame.p_perm.notna().all()
+    ck = results.features.components.mean(1) - 1
+    assert frame.value[0] == pytest.approx(scipy_stats.pointbiserialr(ex.correct, ck).statistic)
+    assert frame.value[1] == pytest.approx(scipy_stats.pointbiserialr(ex.correct, results.features.entropy.mean(1)).statistic)
+    consistency = np.array([r["consistency"] for r in ex.rows])
+    assert frame.value[2] == pytest.approx(scipy_stats.pointbiserialr(ex.correct, consistency).statistic)
+    assert frame.value[3] == results.predictors["dense_probe"].estimate.value
+    top = [r for r in results.ablations.group("patch masking") if r.condition.startswith("mask top")][-1]
+    assert frame.value[4] == top.change.value == pytest.approx(top.after.mean() - results.ablations.before.mean())
+    assert frame.p_perm[4] == stats.sign_flip_test(top.after - results.ablations.before, cfg.n_resamples, cfg.seed)
+    assert frame.p_bonferroni.tolist() == pytest.approx(np.minimum(frame.p_perm * 6, 1).tolist())
+    assert frame.p_bh.tolist() == pytest.approx(scipy_stats.false_discovery_control(frame.p_perm, method="bh").tolist())
+    assert "headline_comparisons" in json.loads((out / "tables.json").read_text())
+
+
+def test_dbscan_rerun_recounted_with_sklearn_and_can_disagree(study):
+    from sklearn.cluster import DBSCAN
+
+    from analyses.attention_structure import top_mass_mask
+
+    out, results = study
+    ex, cfg = load(out / "extraction"), results.config
+    table = results.dbscan.set_index("layer")
+    counts = np.array([[len(set(DBSCAN(eps=cfg.dbscan_eps, min_samples=cfg.dbscan_min_samples).fit(
+        np.argwhere(top_mass_mask(g.reshape(r["grid"]), cfg.top_mass))).labels_) - {-1}) for g in attn]
+        for attn, r in zip(ex.attention, ex.rows)])
+    for layer in range(counts.shape[1]):
+        agree = np.mean(counts[:, layer] == results.features.components[:, layer])
+        assert table.loc[str(layer), "agreement with C_k"] == pytest.approx(agree)
+        assert table.loc[str(layer), "mean DBSCAN clusters"] == pytest.approx(counts[:, layer].mean())
+    assert table.loc["all", "r_pb (DBSCAN)"] == pytest.approx(scipy_stats.pointbiserialr(ex.correct, counts.mean(1)).statistic)
+    assert table.loc["all", "agreement with C_k"] < 1  # at these settings the re-count is a real check
+
+
+def test_probe_seeds_and_table9_floor(study):
+    out, results = study
+    ex, cfg = load(out / "extraction"), results.config
+    seeds = results.probe_seeds.set_index("probe")
+    dense = seeds.loc["dense probe (L2)"]
+    assert dense.seeds == cfg.probe_seeds == len(dense["per seed"])
+    assert dense["per seed"][0] == pytest.approx(results.predictors["dense_probe"].estimate.value, abs=1e-4)  # seed 0: Table 6's
+    assert dense.se == pytest.approx(np.std(dense["per seed"], ddof=1) / np.sqrt(cfg.probe_seeds), rel=1e-3)
+    test = results.predictors.split.test
+    noise = np.random.default_rng(cfg.seed).random(len(ex.rows))[test]
+    assert results.predictors["random"].estimate.value == pytest.approx(roc_auc_score(ex.correct[test], noise))
+    components = results.predictors["attention_components"].estimate.value
+    assert components == pytest.approx(roc_auc_score(ex.correct[test], -results.features.components.mean(1)[test]))
+    assert {"random", "attention_components"} <= set(results.predictors.methods().key)
 
 
 def test_attention_table_p_values_and_stress_accuracy(study):
@@ -425,6 +497,9 @@ def test_circuit_detachment_and_monitor_by_hand(study):
 def test_several_models_and_benchmarks_give_cross_family_tables(tmp_path):
     """Two toys x two benchmarks: four runs, Table 7 for every pair, and R_pb pooled over the runs against scipy
     on the concatenated per-question sharpness (H_s / log patches, mean over layers) and correctness."""
+    from scipy import ndimage
+
+    from analyses.attention_structure import top_mass_mask
     from analyses.study.many import normalised_sharpness
 
     bench = shapes.write_benchmark(tmp_path / "pope", 40, seed=SHAPES_EVAL_SEED + 1)
@@ -444,10 +519,27 @@ def test_several_models_and_benchmarks_give_cross_family_tables(tmp_path):
         labels.append(ex.correct)
         grid = np.prod(ex.rows[0]["grid"])
         assert scores[-1][0] == pytest.approx(np.mean(ex.rows[0]["attention_entropy"]) / np.log(grid))
-    pooled = data["table2_attention_rpb_pooled"][-1]
+    rows = {(r["run"], r["measure"]): r for r in data["table2_attention_rpb_pooled"]}
+    pooled = rows["pooled", "H_s / log patches"]
     expected = scipy_stats.pointbiserialr(np.concatenate(labels), np.concatenate(scores)).statistic
-    assert pooled["run"] == "pooled" and pooled["n"] == 160 and pooled["r_pb"] == pytest.approx(expected)
+    assert pooled["n"] == 160 and pooled["r_pb"] == pytest.approx(expected)
     assert pooled["ci_low"] <= pooled["r_pb"] <= pooled["ci_high"]
+    # the paper's first headline number: R_pb(C_k, y) pooled, C_k re-counted here with scipy's labelling
+    components = []
+    for run_name in runs:
+        ex = load(tmp_path / "out" / run_name / "extraction")
+        four = ndimage.generate_binary_structure(2, 1)
+        components.append([np.mean([ndimage.label(top_mass_mask(g.reshape(r["grid"]), 0.5), four)[1] for g in attn]) - 1
+                           for attn, r in zip(ex.attention, ex.rows)])
+    expected = scipy_stats.pointbiserialr(np.concatenate(labels), np.concatenate(components)).statistic
+    assert rows["pooled", "C_k - 1"]["r_pb"] == pytest.approx(expected) and rows["pooled", "C_k - 1"]["n"] == 160
+    # Table 7 as the paper's: confidence and probe AUROC per model x benchmark, from each run's Table 6
+    table7 = {r["run"]: r for r in data["table7_confidence_vs_probe"]}
+    assert list(table7) == runs
+    for run_name in runs:
+        own = {r["key"]: r for r in json.loads((tmp_path / "out" / run_name / "tables.json").read_text())["table6_predictors"]}
+        assert table7[run_name]["confidence auroc"] == own["confidence"]["auroc"]
+        assert table7[run_name]["probe auroc"] == own["dense_probe"]["auroc"]
     assert (tmp_path / "out" / "compare.html").exists()
 
 

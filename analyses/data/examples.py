@@ -52,10 +52,11 @@ class Example:
         return self.image if isinstance(self.image, Image.Image) else Image.open(self.image).convert("RGB")
 
 
-def shapes_examples(n: int, seed: int, size: int = 32) -> list[Example]:
-    """``n`` Shapes questions drawn with ``seed``, images rendered in memory."""
+def shapes_examples(n: int, seed: int, size: int = 32, types: tuple[str, ...] = shapes.TYPES) -> list[Example]:
+    """``n`` Shapes questions drawn with ``seed``, images rendered in memory; ``types=shapes.WORD_TYPES`` is the
+    words benchmark (``shapes-words``: the same families plus one answered by a relation phrase)."""
     return [
         Example(Image.fromarray(shapes.image_of(s, seed, size)), s.text, s.label, s.type, shapes.metric_of(s.type),
                 s.question_id, closed_form=True)
-        for s in shapes.generate(n, seed, size)
+        for s in shapes.generate(n, seed, size, types)
     ]

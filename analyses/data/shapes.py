@@ -10,8 +10,12 @@ Deterministic by seed. Question families (the ``type`` field):
 - ``spatial_left`` / ``spatial_above``: "is the red circle left of the blue square ?", half yes,
   only asked when both objects are unique and clearly apart.
 - ``attribute``: "what colour is the circle ?", only asked when that shape is unique.
+- ``spatial_side`` (only in ``WORD_TYPES``): "is the red circle on the left or on the right of the
+  blue square ?" -> "left" / "right", scored by the relation the answer names.
 
-``label`` is the exact answer word the toy models are trained to emit.
+``label`` is the gold answer word (the one-token toys emit it). ``spoken(sample)`` is the same answer
+in words, as the words toy is trained to say it: "yes , there is a red circle .", "there are two
+circles .", "the blue one .", "on the left .".
 
     >>> samples = generate(4, seed=0)
     >>> [s.type for s in samples] == [s.type for s in generate(4, seed=0)]
@@ -30,6 +34,7 @@ from PIL import Image, ImageDraw
 COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (230, 200, 30)}
 SHAPES = ("square", "circle", "triangle")
 PLURAL = {"square": "squares", "circle": "circles", "triangle": "triangles"}
+SINGULAR = {plural: shape for shape, plural in PLURAL.items()}
 NUMBERS = ("0", "1", "2", "3", "4", "5")
 # Skewed prior over objects, so "popular" negatives mean something: earlier colours/shapes are commoner.
 _COLOUR_P = np.array([0.4, 0.3, 0.2, 0.1])
@@ -39,12 +44,16 @@ POPULARITY = sorted(OBJECTS, key=lambda o: -_COLOUR_P[list(COLOURS).index(o[0])]
 
 # Question-family mixture (existence split evenly over its three negative kinds).
 TYPES = ("exist_random", "exist_popular", "exist_adversarial", "count", "spatial_left", "spatial_above", "attribute")
-_TYPE_P = np.array([0.15, 0.15, 0.15, 0.2, 0.1, 0.1, 0.15])
+WORD_TYPES = (*TYPES, "spatial_side")  # the words benchmark adds a question whose answer is a relation phrase
+_TYPE_P = {"exist_random": 0.15, "exist_popular": 0.15, "exist_adversarial": 0.15, "count": 0.2, "spatial_left": 0.1,
+           "spatial_above": 0.1, "attribute": 0.15, "spatial_side": 0.1}
 
 WORDS = (
     *COLOURS, *SHAPES, *PLURAL.values(), *NUMBERS, "yes", "no", "is", "there", "a", "in", "the", "image", "?",
     "how", "many", "are", "what", "colour", "left", "of", "above",
 )
+NUMBER_WORDS = ("no", "one", "two", "three", "four", "five")  # a count in words ("there are no circles .")
+SPOKEN_WORDS = (*WORDS, ",", ".", "it", "on", "or", "right", "below", "one", "two", "three", "four", "five")
 
 
 @dataclass(frozen=True)
@@ -134,12 +143,18 @@ def _spatial(rng, shapes, relation: str, size: int) -> tuple[str, str] | None:
     for s in shapes:
         counts[(s.colour, s.shape)] = counts.get((s.colour, s.shape), 0) + 1
     unique = [s for s in shapes if counts[(s.colour, s.shape)] == 1]
-    axis = 0 if relation == "left" else 1
+    axis = 0 if relation in ("left", "side") else 1
     margin = size / 8
     pairs = [(a, b) for a in unique for b in unique if b.centre[axis] - a.centre[axis] >= margin]
     if not pairs:
         return None
     a, b = pairs[int(rng.integers(len(pairs)))]  # a is left of / above b
+    if relation == "side":
+        if rng.random() < 0.5:
+            a, b, answer = b, a, "right"
+        else:
+            answer = "left"
+        return f"is the {a.colour} {a.shape} on the left or on the right of the {b.colour} {b.shape} ?", answer
     if rng.random() < 0.5:
         a, b, answer = b, a, "no"
     else:
@@ -163,18 +178,40 @@ def ask(rng: np.random.Generator, shapes: tuple[Shape, ...], kind: str, size: in
             return None
         s = singles[int(rng.integers(len(singles)))]
         return f"what colour is the {s.shape} ?", s.colour
-    raise ValueError(f"unknown question family {kind!r}; one of {TYPES}")
+    raise ValueError(f"unknown question family {kind!r}; one of {WORD_TYPES}")
 
 
 def metric_of(kind: str) -> str:
-    """The scoring rule of a question family: POPE's yes/no reading, the integer, or the colour named."""
-    return "count" if kind == "count" else "exact" if kind == "attribute" else "yesno"
+    """The scoring rule of a question family: POPE's yes/no reading, the integer, the relation named, or the
+    colour named."""
+    return {"count": "count", "attribute": "exact", "spatial_side": "relation"}.get(kind, "yesno")
+
+
+def spoken(sample: Sample) -> str:
+    """The sample's answer in words, one fixed phrasing per family (what the words toy is trained to say):
+    "yes , there is a red circle .", "no , it is on the right .", "there are no circles .", "the blue one .",
+    "on the left ."; every phrasing is scored right by ``metric_of(sample.type)`` against ``sample.label``."""
+    words = sample.text.split()
+    if sample.type.startswith("exist_"):
+        obj = " ".join(words[3:5])
+        return f"yes , there is a {obj} ." if sample.label == "yes" else f"no , there is no {obj} ."
+    if sample.type in ("spatial_left", "spatial_above"):
+        where = {"spatial_left": ("on the left", "on the right"), "spatial_above": ("above", "below")}[sample.type]
+        return f"yes , it is {where[0]} ." if sample.label == "yes" else f"no , it is {where[1]} ."
+    if sample.type == "count":
+        n, plural = int(sample.label), words[2]
+        return f"there is one {SINGULAR[plural]} ." if n == 1 else f"there are {NUMBER_WORDS[n]} {plural} ."
+    if sample.type == "attribute":
+        return f"the {sample.label} one ."
+    if sample.type == "spatial_side":
+        return f"on the {sample.label} ."
+    raise ValueError(f"unknown question family {sample.type!r}; one of {WORD_TYPES}")
 
 
 def generate(n: int, seed: int, size: int = 32, types: tuple[str, ...] = TYPES) -> list[Sample]:
     """n questions, one scene each, deterministic in (n, seed, size, types)."""
     rng = np.random.default_rng(seed)
-    weights = np.array([_TYPE_P[TYPES.index(t)] for t in types])
+    weights = np.array([_TYPE_P[t] for t in types])
     samples: list[Sample] = []
     while len(samples) < n:
         kind = types[int(rng.choice(len(types), p=weights / weights.sum()))]

@@ -2,9 +2,9 @@
 MLP bypass by layer and patch masking.
 
 Cost: every causal condition re-answers the test split once (``n * test_fraction`` questions):
-with the defaults, 2 probe sizes x (1 + 3 random controls) + 2 clamps + 3 escalating sizes +
-one bypass per layer + 4 masking conditions, so a 32-layer model re-answers the test split 49
-times. Memory stays one batch."""
+with the defaults, 2 probe sizes x (1 + 3 random controls) + 5 single units + 4 clamps (2 to class
+means, 2 extreme) + 2 other layers x 2 + 3 escalating sizes + one bypass per layer + 4 masking
+conditions, so a 32-layer model re-answers the test split 62 times. Memory stays one batch."""
 
 from __future__ import annotations
 
@@ -115,15 +115,13 @@ def _unit_rows(split: _TestSplit, ex: Extraction, predictors: Predictors, cfg: V
                                                    site="resid")
             rows.append(split.row("random units", f"random control {seed} (k={len(chosen)})", control, layer=layer,
                                   k=len(chosen), k_requested=k))
+    if cfg.single_units and kept:
+        for rank, unit in enumerate(kept[: min(cfg.ablation_ks)]):
+            rows.append(split.row("single units", f"zero unit {unit} alone (probe rank {rank + 1})",
+                                  interventions.neurons(layer, [unit], "zero", site="resid"), layer=layer, k=1, k_requested=1))
     if cfg.clamp_unit and kept:
-        unit, train = kept[0], predictors.split.train
-        values = ex.hidden[position][train, unit]
-        right = ex.correct[train]
-        for side, mask in (("wrong", ~right), ("right", right)):
-            value = float(values[mask].mean())
-            clamp = interventions.neurons(layer, [unit], "clamp", value=value, site="resid")
-            rows.append(split.row("single-unit clamp", f"clamp unit {unit} to its mean on {side} answers ({value:+.3f})",
-                                  clamp, layer=layer, k=1, k_requested=1))
+        rows += _clamp_rows(split, ex, predictors, cfg, position, layer, kept[0])
+    rows += _other_layer_rows(split, ex, predictors, cfg, position)
     for size in cfg.random_sizes:
         if size >= width:
             rows.append(split.not_run("escalating random", f"random {size} units",
@@ -133,6 +131,57 @@ def _unit_rows(split: _TestSplit, ex: Extraction, predictors: Predictors, cfg: V
         control = interventions.random_neurons(split.model, layer, size, seed=cfg.seed, site="resid")
         rows.append(split.row("escalating random", f"random {size} units", control, layer=layer, k=size, k_requested=size))
     return layer, kept, rows
+
+
+def _clamp_rows(split: _TestSplit, ex: Extraction, predictors: Predictors, cfg: VRPConfig, position: int, layer: int,
+                unit: int) -> list[Ablation]:
+    """The strongest unit clamped to its mean on wrong (and right) training answers, and to the extreme clamp:
+    ``cfg.extreme_clamp`` standard deviations beyond its training mean, towards wrong (and right) answers."""
+    train = predictors.split.train
+    values = ex.hidden[position][train, unit].astype(np.float64)
+    right = ex.correct[train]
+    towards_right = 1.0 if values[right].mean() >= values[~right].mean() else -1.0
+    rows = []
+    for side, mask, sign in (("wrong", ~right, -towards_right), ("right", right, towards_right)):
+        value = float(values[mask].mean())
+        rows.append(split.row("single-unit clamp", f"clamp unit {unit} to its mean on {side} answers ({value:+.3f})",
+                              interventions.neurons(layer, [unit], "clamp", value=value, site="resid"), layer=layer, k=1,
+                              k_requested=1))
+        extreme = float(values.mean() + sign * cfg.extreme_clamp * values.std())
+        rows.append(split.row("single-unit clamp", f"extreme clamp unit {unit}: {cfg.extreme_clamp:g} sd towards {side} "
+                              f"answers ({extreme:+.3f})", interventions.neurons(layer, [unit], "clamp", value=extreme,
+                              site="resid"), layer=layer, k=1, k_requested=1))
+    return rows
+
+
+def _other_layer_rows(split: _TestSplit, ex: Extraction, predictors: Predictors, cfg: VRPConfig, position: int
+                      ) -> list[Ablation]:
+    """The top-k ablation (the largest k) replicated at other stored layers: each layer's own sparse probe (fitted on
+    the training split) gives its units; one random control of the same size beside each."""
+    stored, k = ex.stored_layers("hidden"), max(cfg.ablation_ks)
+    train, correct = predictors.split.train, ex.correct
+    rows = []
+    for offset in cfg.replicate_layers:
+        other = position + offset
+        if offset == 0 or not 0 <= other < len(stored):
+            rows.append(split.not_run("other layers", f"top-{k} probe units at stored layer {other}",
+                                      f"skipped: no stored layer {offset:+d} from the probe's", k=0, k_requested=k))
+            continue
+        layer = stored[other]
+        probe = probes.fit_probe(ex.hidden[other][train], correct[train], other, "l1", cfg.sparse_C, cfg.seed)
+        chosen = probes.selected_neurons(probe)["index"].tolist()[:k]
+        if not chosen:
+            rows.append(split.not_run("other layers", f"top-{k} probe units @L{layer}", "untested: the L1 probe kept no units",
+                                      layer=layer, k=0, k_requested=k))
+            continue
+        note = "" if len(chosen) == k else f"the L1 probe kept only {len(chosen)} units"
+        rows.append(split.row("other layers", f"top-{k} probe units @L{layer}",
+                              interventions.neurons(layer, chosen, "zero", site="resid"), layer=layer, k=len(chosen),
+                              k_requested=k, note=note))
+        control = interventions.random_neurons(split.model, layer, len(chosen), seed=cfg.seed, exclude=chosen, site="resid")
+        rows.append(split.row("other layers", f"random control @L{layer} (k={len(chosen)})", control, layer=layer,
+                              k=len(chosen), k_requested=k))
+    return rows
 
 
 def _bypass_rows(split: _TestSplit, cfg: VRPConfig) -> list[Ablation]:
@@ -159,4 +208,5 @@ def ablation_table(model, examples: list[Example], ex: Extraction, predictors: P
     """Every causal check on the test split, each with the paired-bootstrap CI of its accuracy change."""
     split = _TestSplit(model, examples, cfg, predictors.split.test)
     layer, kept, rows = _unit_rows(split, ex, predictors, cfg)
-    return Ablations(layer, kept, rows + _bypass_rows(split, cfg) + _masking_rows(split, cfg), model.cfg.d_model)
+    return Ablations(layer, kept, rows + _bypass_rows(split, cfg) + _masking_rows(split, cfg), model.cfg.d_model,
+                     split.before)

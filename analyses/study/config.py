@@ -50,7 +50,7 @@ def default_answer_tokens(model: str) -> int:
 class VRPConfig:
     # what to run
     model: str = "toy-llava"
-    benchmark: str = "shapes"  # "shapes", or a questions file of any supported format (analyses.data.benchmarks)
+    benchmark: str = "shapes"  # "shapes", "shapes-words", or a questions file of any supported format (analyses.data.benchmarks)
     annotations: str | None = None  # VQAv2's annotations / LLaVA-Bench's reference answers
     format: str | None = None  # force a format (pope, counting, vqav2, textvqa, llava_bench); None: detected
     images: str | None = None  # image folder for a benchmark file
@@ -84,6 +84,11 @@ class VRPConfig:
     sparse_C: float = 0.1  # inverse L1 strength of the sparse probes
     stacked_layers: int = 5  # the stacked probe reads this many last layers
     top_mass: float = 0.5  # C_k: components of the patches holding this share of attention
+    # the DBSCAN re-run of C_k on the top-mass patches' grid coordinates: eps 1.5 joins diagonal neighbours (C_k
+    # joins only the four sides) and min_samples 2 leaves lone patches as noise, so the two counts can disagree
+    dbscan_eps: float = 1.5
+    dbscan_min_samples: int = 2
+    probe_seeds: int = 5  # the dense and sparse probes refitted on this many splits: their AUROCs' standard error
     attention_grid: tuple[int, int] | None = None  # common grid for attention features; None: the smallest grid
     # causal checks
     margin_items: int = 100  # questions whose margin is decomposed for Table 3 (and the top heads)
@@ -92,6 +97,13 @@ class VRPConfig:
     random_controls: int = 3  # random-unit controls of each size
     random_sizes: tuple[int, ...] = (500, 1000, 2000)  # escalating random ablations (sizes >= d_model are skipped)
     clamp_unit: bool = True  # clamp the probe's strongest unit to its mean over wrong (and right) answers
+    # ... and to this many standard deviations (over the training split) beyond its mean, on the side of wrong (and
+    # of right) answers: the extreme clamp
+    extreme_clamp: float = 10.0
+    single_units: bool = True  # zero each of the top-k probe units alone (the largest k)
+    # the top-k probe-unit ablation replicated at these other stored layers, each with its own sparse probe's units
+    # (relative to the probe's layer: -1 the layer before); () skips it
+    replicate_layers: tuple[int, ...] = (-1, 1)
     bypass_layers: tuple[int, ...] | None = None  # MLP bypass at these layers (None: every layer)
     mask_fraction: float = 0.3  # patch masking: the most-attended (and as many random) patches hidden
     flag_tau: float = 0.5  # the monitor flags an answer when the dense probe's p(right) falls below this (Table 8)
@@ -108,7 +120,7 @@ class VRPConfig:
         if self.max_new_tokens is None:
             object.__setattr__(self, "max_new_tokens", default_answer_tokens(self.model))
         for name in ("n", "k", "max_new_tokens", "shard_size", "batch_size", "sample_rows", "stacked_layers",
-                     "margin_items", "top_heads"):
+                     "margin_items", "top_heads", "dbscan_min_samples", "probe_seeds"):
             if getattr(self, name) < 1:
                 raise DataError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not (0 < self.val_fraction and 0 < self.test_fraction and self.val_fraction + self.test_fraction < 1):
@@ -117,6 +129,10 @@ class VRPConfig:
         for name in ("ablation_ks", "random_sizes"):
             if any(int(v) < 1 for v in getattr(self, name)):
                 raise DataError(f"{name} must be positive unit counts, got {getattr(self, name)}")
+        if not self.dbscan_eps > 0:
+            raise DataError(f"dbscan_eps is a distance between patch centres, positive; got {self.dbscan_eps}")
+        if not self.extreme_clamp > 0:
+            raise DataError(f"extreme_clamp is a number of standard deviations, positive; got {self.extreme_clamp}")
         if not 0 < self.mask_fraction <= 1:
             raise DataError(f"mask_fraction is a share of the patches in (0, 1], got {self.mask_fraction}")
         if self.device is not None and self.device_map is not None:

@@ -106,7 +106,7 @@ def findings(results: StudyResults) -> list[Finding]:
            f"R = {strongest.r_pb:.3f} [{strongest.ci_low:.3f}, {strongest.ci_high:.3f}] (n = {results.accounting.extracted})."
            if strongest is not None else "."),
     )]
-    ranked = sorted((r for r in p.rows if r.key != "truth_margin"), key=lambda r: -r.estimate.value)
+    ranked = sorted((r for r in p.rows if r.key not in ("truth_margin", "random")), key=lambda r: -r.estimate.value)
     best = [r for r in ranked if r.estimate.ci[0] > 0.5 and r.estimate.ci[1] - r.estimate.ci[0] <= WIDE_CI][:3]
     out.append(Finding(
         "Which signals predict correctness?",

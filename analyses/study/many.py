@@ -5,11 +5,12 @@ that span them.
 
 Each pair runs into its own folder (``<out>/<model>__<benchmark>``, resumable as any run) and
 ``<out>`` gets ``tables.json`` / ``tables.md`` / ``compare.html`` with Table 1 (every model),
-Table 7 (every benchmark, with each model's accuracy) and the cross-family attention result:
-the point-biserial R between attention sharpness and correctness pooled over all runs, with its
+every benchmark with each model's accuracy, Table 7 as the paper's (output confidence beside the
+dense probe's AUROC per model and benchmark) and the cross-family attention result: the
+point-biserial R between attention structure and correctness pooled over all runs, with its
 bootstrap CI, beside each run's own. Sharpness is pooled as normalised spatial entropy,
-H_s / log(patches), averaged over layers, so grids of different sizes (576 LLaVA patches, 256
-PaliGemma, a varying number for Qwen2-VL) share one scale.
+H_s / log(patches), and C_k - 1 as a count, each averaged over layers, so grids of different sizes
+(576 LLaVA patches, 256 PaliGemma, a varying number for Qwen2-VL) share one scale.
 """
 
 from __future__ import annotations
@@ -21,8 +22,10 @@ import numpy as np
 import pandas as pd
 
 from analyses import stats
+from analyses.attention_structure import component_count
 from analyses.study import report
 from analyses.study import validate
+from analyses.study.validate import BUILT_IN
 from analyses.study.config import VRPConfig
 from analyses.study.files import write_atomic
 from analyses.study.extract import Extraction, load
@@ -30,7 +33,7 @@ from vlm_lens.errors import DataError
 
 
 def run_name(model: str, benchmark: str) -> str:
-    return f"{Path(model).name}__{Path(benchmark).stem if benchmark != 'shapes' else 'shapes'}"
+    return f"{Path(model).name}__{benchmark if benchmark in BUILT_IN else Path(benchmark).stem}"
 
 
 def normalised_sharpness(ex: Extraction) -> np.ndarray:
@@ -38,21 +41,52 @@ def normalised_sharpness(ex: Extraction) -> np.ndarray:
     return np.array([np.mean(r["attention_entropy"]) / np.log(r["grid"][0] * r["grid"][1]) for r in ex.rows])
 
 
+def mean_components(ex: Extraction, top_mass: float) -> np.ndarray:
+    """Per question: C_k - 1 averaged over layers (a count, on each question's own grid)."""
+    return np.array([np.mean([component_count(g.reshape(r["grid"]), top_mass) for g in attn]) - 1
+                     for attn, r in zip(ex.attention, ex.rows)])
+
+
 def pooled_attention(folders: dict[str, Path], cfg: VRPConfig) -> pd.DataFrame:
-    """R_pb between normalised H_s and correctness per run and pooled over every run, with bootstrap CIs."""
-    rows, scores, labels = [], [], []
+    """R_pb between attention structure and correctness per run and pooled over every run, with bootstrap CIs:
+    normalised H_s and C_k - 1 (the paper's R_pb(C_k, y), its first headline number), each averaged over layers."""
+    rows, pooled = [], {"H_s / log patches": ([], []), "C_k - 1": ([], [])}
     for name, folder in folders.items():
         ex = load(folder / "extraction")
         if any(r["correct"] is None for r in ex.rows):
             continue  # an open-ended benchmark: no labels
-        s, c = normalised_sharpness(ex), ex.correct
-        scores.append(s)
-        labels.append(c)
-        est = stats.point_biserial(s, c, cfg.n_resamples, cfg.seed)
-        rows.append({"run": name, "r_pb": est.value, "ci_low": est.ci[0], "ci_high": est.ci[1], "n": est.n})
-    if len(scores) > 1:
-        est = stats.point_biserial(np.concatenate(scores), np.concatenate(labels), cfg.n_resamples, cfg.seed)
-        rows.append({"run": "pooled", "r_pb": est.value, "ci_low": est.ci[0], "ci_high": est.ci[1], "n": est.n})
+        for measure, values in (("H_s / log patches", normalised_sharpness(ex)), ("C_k - 1", mean_components(ex, cfg.top_mass))):
+            pooled[measure][0].append(values)
+            pooled[measure][1].append(ex.correct)
+            rows.append({"run": name, "measure": measure, **_rpb(values, ex.correct, cfg)})
+    for measure, (scores, labels) in pooled.items():
+        if len(scores) > 1:
+            rows.append({"run": "pooled", "measure": measure, **_rpb(np.concatenate(scores), np.concatenate(labels), cfg)})
+    return pd.DataFrame(rows)
+
+
+def _rpb(values: np.ndarray, correct: np.ndarray, cfg: VRPConfig) -> dict:
+    if np.std(values) == 0:
+        return {"r_pb": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"), "n": len(values)}
+    est = stats.point_biserial(values, correct, cfg.n_resamples, cfg.seed)
+    return {"r_pb": est.value, "ci_low": est.ci[0], "ci_high": est.ci[1], "n": est.n}
+
+
+def confidence_vs_probe(data: dict[str, dict]) -> pd.DataFrame:
+    """Table 7 as the paper's: per model x benchmark, accuracy, and the test AUROC (95% CI) of output confidence
+    beside the dense probe's: where the cheap signal falls short of the hidden state."""
+    rows = []
+    for name, d in data.items():
+        if "table6_predictors" not in d:
+            continue  # open-ended: nothing scored
+        by_key = {r["key"]: r for r in d["table6_predictors"]}
+        conf, probe = by_key["confidence"], by_key["dense_probe"]
+        rows.append({"model": d["config"]["model"], "benchmark": d["table7_benchmarks"][0]["benchmark"], "run": name,
+                     "accuracy": d["table7_benchmarks"][0]["accuracy"], "confidence auroc": conf["auroc"],
+                     "confidence ci_low": conf["ci_low"], "confidence ci_high": conf["ci_high"],
+                     "probe": probe["method"], "probe auroc": probe["auroc"], "probe ci_low": probe["ci_low"],
+                     "probe ci_high": probe["ci_high"], "probe minus confidence": probe["auroc"] - conf["auroc"],
+                     "n_test": probe["n_test"]})
     return pd.DataFrame(rows)
 
 
@@ -60,7 +94,7 @@ def _cross_tables(folders: dict[str, Path], data: dict[str, dict], cfg: VRPConfi
     models = pd.DataFrame([d["table1_models"][0] for d in data.values()]).drop_duplicates(subset=["model"])
     benchmarks = pd.DataFrame([{"run": name, "model": d["config"]["model"], **d["table7_benchmarks"][0]}
                                for name, d in data.items()])
-    return {"table1_models": models, "table7_benchmarks": benchmarks,
+    return {"table1_models": models, "table7_benchmarks": benchmarks, "table7_confidence_vs_probe": confidence_vs_probe(data),
             "table2_attention_rpb_pooled": pooled_attention(folders, cfg)}
 
 

@@ -24,7 +24,8 @@ from analyses import stats
 from analyses.data import benchmarks
 from analyses.data.examples import Example
 from analyses.data.scoring import OPEN_ENDED
-from analyses.study import circuit, validate
+from analyses.study import circuit, headline, validate
+from analyses.study.validate import BUILT_IN
 from analyses.study.causal import ablation_table, margin_building
 from analyses.study.config import VRPConfig
 from analyses.study.distributed import Ranks
@@ -64,8 +65,9 @@ def setup_tables(model: HookedVLM, examples: list[Example], ex: Extraction, cfg:
         "language_layers": c.n_layers, "d_model": c.d_model, "d_mlp": c.d_mlp, "heads": c.n_heads,
         "vision_layers": c.n_vision_layers, "image_tokens (first image)": grid[0] * grid[1],
     }
-    benchmark = "shapes" if cfg.benchmark == "shapes" else Path(cfg.benchmark).name
-    form = "shapes" if cfg.benchmark == "shapes" else cfg.format or benchmarks.detect_format(cfg.benchmark)
+    built_in = cfg.benchmark in BUILT_IN
+    benchmark = cfg.benchmark if built_in else Path(cfg.benchmark).name
+    form = cfg.benchmark if built_in else cfg.format or benchmarks.detect_format(cfg.benchmark)
     metrics = sorted({e.metric for e in examples})
     return Setup(described, {"benchmark": benchmark, "format": form, "questions in file": questions,
                              "questions used": len(ex.rows), "metric": ", ".join(metrics),
@@ -96,6 +98,9 @@ def analyse(model: HookedVLM, examples: list[Example], ex: Extraction, cfg: VRPC
         detachment=circuit.symbolic_detachment(ex, features, margins, cfg),
         entropy_change=circuit.entropy_change(features, ex.correct, cfg),
         case=circuit.case_study(ex, features, predictors),
+        headline=headline.comparisons(ex, features, predictors, ablations, cfg),
+        dbscan=headline.dbscan_robustness(ex, features, cfg),
+        probe_seeds=headline.probe_seeds(ex, cfg),
     )
 
 

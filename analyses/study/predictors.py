@@ -84,6 +84,9 @@ def predictor_table(ex: Extraction, features: AttentionFeatures, cfg: VRPConfig)
     add("self_consistency", f"self-consistency (K={cfg.k})", "majority support", f"1 + {cfg.k} decodes",
         [r["consistency"] for r in ex.rows])
     add("attention_entropy", "attention entropy (mean over layers)", "-H_s", "1", -features.entropy.mean(1))
+    add("attention_components", "attention components (mean over layers)", "-C_k", "1", -features.components.mean(1))
+    # Table 9's floor: a score that knows nothing (seeded uniform noise), with the CI chance gives on this test split
+    add("random", "random baseline", "uniform noise", "0", np.random.default_rng(cfg.seed).random(len(correct)))
     summary = np.concatenate([features.vectors, features.entropy, features.components], axis=1)
     for key, kind, label, x in (("attention_mlp", "mlp", "ensemble attention probe (MLP)", features.vectors),
                                 ("attention_gbt", "gbt", "attention stress test (GBT)", summary),

@@ -31,11 +31,16 @@ STYLE = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto
 
 TITLES = {
     "table1_models": "Table 1. The model studied",
-    "table7_benchmarks": "Table 7. The benchmark",
+    "table7_benchmarks": "The benchmark (the questions asked)",
     "table2_accuracy": "Table 2a. Task accuracy",
-    "table2_attention_rpb": "Table 2b. Attention sharpness vs correctness (point-biserial R, 95% CI)",
-    "table2_attention_rpb_pooled": "Table 2b (pooled). Attention sharpness (H_s / log patches) vs correctness, "
-                                   "per run and pooled over every run",
+    "headline_comparisons": "The paper's headline comparisons (95% CI, permutation p, adjusted over the six)",
+    "table2_attention_rpb": "Table 2b. Attention sharpness vs correctness by layer (point-biserial R, 95% CI; "
+                            "p adjusted over layers: an extension)",
+    "dbscan_robustness": "C_k re-counted by DBSCAN on the top-mass patches (robustness)",
+    "probe_seeds": "Probe AUROC over several splits: mean and standard error",
+    "table2_attention_rpb_pooled": "Table 2b (pooled). Attention sharpness (H_s / log patches) and C_k vs "
+                                   "correctness, per run and pooled over every run",
+    "table7_confidence_vs_probe": "Table 7. Output confidence vs probe AUROC, per model and benchmark",
     "table2_top_heads": "Table 2c. Attention heads with the largest direct logit contribution to the truth margin",
     "table3_logit_lens": "Table 3. Logit-lens peak, separation and MLP share of the margin",
     "table4_5_ablations": "Tables 4-5. Probe-unit ablations vs random units, single-unit clamp, escalating random "
@@ -64,6 +69,15 @@ NOTES = {
                          "The accuracy here is the share of answers the benchmark's own metric calls right.",
     "table2_accuracy": "Accuracy overall and per question type, with the expected calibration error of the output "
                        "confidence. A low accuracy on a type means the later tables are mostly about that type's errors.",
+    "headline_comparisons": "The study's six headline tests on this run: attention structure (C_k, H_s) and "
+                            "self-consistency against correctness, the dense probe against chance, and the accuracy cost "
+                            "of masking the most-attended patches and of zeroing the probe's units. Read p_bonferroni "
+                            "and p_bh, adjusted over these six.",
+    "dbscan_robustness": "C_k counted again by DBSCAN with settings that join diagonal neighbours and drop lone patches. "
+                         "High agreement and a DBSCAN R_pb like C_k's mean the attention result does not hang on how "
+                         "components are counted.",
+    "probe_seeds": "The dense and sparse probes refitted on fresh stratified splits (layer chosen on each split's "
+                   "validation). A small standard error means Table 6's probe AUROC is not the luck of one split.",
     "table2_attention_rpb": "Point-biserial R between attention sharpness (H_s, C_k - 1) and correctness per layer; "
                             "a CI that holds 0 means no relation. The p-values are permutation tests, adjusted across "
                             "layers (Bonferroni, Benjamini-Hochberg): read the adjusted ones.",
@@ -76,7 +90,8 @@ NOTES = {
     "margin_curves": "Mean truth margin per layer for right and wrong answers, with 95% CIs. Where the bands part, "
                      "the model's internal state already knows whether it will be right.",
     "table4_5_ablations": "Zeroing the sparse probe's strongest units versus random units of the same layer and size, "
-                          "a single unit clamped, and escalating random ablations. Reliability is concentrated only "
+                          "each unit alone, the strongest clamped (to class means and to the extreme clamp), the same "
+                          "ablation at neighbouring layers, and escalating random ablations. Reliability is concentrated only "
                           "if the probe units hurt clearly more than random ones.",
     "mlp_bypass": "Each layer's MLP write removed in turn. A layer whose bypass costs much accuracy is a bottleneck; "
                   "small costs everywhere mean the work is spread out.",
@@ -181,7 +196,9 @@ def _sections(results: StudyResults, extraction: Extraction, examples: list[Exam
         (TITLES["table7_benchmarks"], NOTES["table7_benchmarks"], [t["table7_benchmarks"]]),
         (TITLES["table2_accuracy"], NOTES["table2_accuracy"],
          [t["table2_accuracy"], plots.reliability_diagram(results.accuracy.calibration_bins, results.accuracy.ece)]),
+        (TITLES["headline_comparisons"], NOTES["headline_comparisons"], [t["headline_comparisons"]]),
         (TITLES["table2_attention_rpb"], NOTES["table2_attention_rpb"], [t["table2_attention_rpb"]]),
+        (TITLES["dbscan_robustness"], NOTES["dbscan_robustness"], [t["dbscan_robustness"]]),
         (TITLES["delta_h_s_by_layer"], NOTES["delta_h_s_by_layer"],
          [plots.layer_difference(t["delta_h_s_by_layer"], "delta_h_s", "Delta H_s: layer l minus layer l-1", "Delta H_s (nats)"),
           t["delta_h_s_by_layer"]]),
@@ -196,6 +213,7 @@ def _sections(results: StudyResults, extraction: Extraction, examples: list[Exam
         (TITLES["symbolic_detachment"], NOTES["symbolic_detachment"], [t["symbolic_detachment"]]),
         (TITLES["table6_predictors"], NOTES["table6_predictors"],
          [t["table6_predictors"], roc_figure(results, correct[results.predictors.split.test])]),
+        (TITLES["probe_seeds"], NOTES["probe_seeds"], [t["probe_seeds"]]),
         (TITLES["table9_methods"], NOTES["table9_methods"], [t["table9_methods"]]),
         (TITLES["table4_5_ablations"], NOTES["table4_5_ablations"],
          [t["table4_5_ablations"], *effects("table4_5_ablations", "Accuracy change: probe units vs random units")]),

@@ -128,7 +128,7 @@ class Ablation:
     change, and the change per question type (on POPE / Shapes the existence types are the object-ID
     questions)."""
 
-    group: str  # "probe units", "random units", "single-unit clamp", "escalating random", "mlp bypass", "patch masking"
+    group: str  # one of UNIT_GROUPS, "mlp bypass" or "patch masking"
     condition: str  # what was done, in words
     acc_before: float
     acc_after: float
@@ -153,6 +153,7 @@ class Ablations:
     neurons: list[int]  # the probe's units, strongest first (all it kept)
     rows: list[Ablation]
     width: int | None = None  # the layer's residual units: each unit ablation's size is also given as a share of it
+    before: np.ndarray | None = field(default=None, repr=False, compare=False)  # per test question, unedited: right (1) or wrong (0)
 
     def frame(self, groups: tuple[str, ...] | None = None) -> pd.DataFrame:
         rows = [r for r in self.rows if groups is None or r.group in groups]
@@ -172,7 +173,7 @@ class Ablations:
         return [r for r in self.rows if r.group == name]
 
 
-UNIT_GROUPS = ("probe units", "random units", "single-unit clamp", "escalating random")
+UNIT_GROUPS = ("probe units", "random units", "single units", "single-unit clamp", "other layers", "escalating random")
 
 
 @dataclass
@@ -223,6 +224,9 @@ class StudyResults:
     delta_entropy: pd.DataFrame  # Figure 4: H_s of right minus wrong answers per layer
     detachment: pd.DataFrame  # the symbolic-detachment criteria
     entropy_change: pd.DataFrame  # the paper's Delta H_s: H_s at layer l minus layer l-1
+    headline: pd.DataFrame  # the paper's six headline comparisons, adjusted over the six (analyses.study.headline)
+    dbscan: pd.DataFrame  # C_k re-counted by DBSCAN: agreement and R_pb per layer
+    probe_seeds: pd.DataFrame  # the probes' test AUROC over several splits: mean and standard error
     case: int | None  # Figure 6's question (index), if the probe flags a wrong answer
 
     def tables(self) -> dict[str, pd.DataFrame]:
@@ -230,11 +234,14 @@ class StudyResults:
         return {
             "table1_models": self.setup.models(),
             "table2_accuracy": self.accuracy.frame(),
+            "headline_comparisons": self.headline,
             "table2_attention_rpb": self.attention.frame(),
+            "dbscan_robustness": self.dbscan,
             "table2_top_heads": self.margins.top_heads,
             "table3_logit_lens": self.margins.frame(),
             **self.ablations.tables(),
             "table6_predictors": self.predictors.frame(),
+            "probe_seeds": self.probe_seeds,
             "table7_benchmarks": self.setup.benchmarks(),
             "table8_accounting": self.accounting.frame(),
             "table9_methods": self.predictors.methods(),

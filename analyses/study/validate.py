@@ -21,6 +21,7 @@ from pathlib import Path
 from PIL import Image
 
 from analyses.data import benchmarks
+from analyses.data import shapes
 from analyses.data.examples import Example, shapes_examples
 from analyses.study.config import VRPConfig
 from analyses.study.files import sha256
@@ -28,6 +29,9 @@ from vlm_lens.errors import DataError
 from vlm_lens.loading import check_name
 
 SHAPES_EVAL_SEED = 123  # the default benchmark: Shapes questions no toy model trained on
+# the benchmarks built in, by name: Shapes, and Shapes with a family answered by a relation phrase (for toys that
+# answer in words; its other questions are Shapes' own)
+BUILT_IN = {"shapes": shapes.TYPES, "shapes-words": shapes.WORD_TYPES}
 
 
 @dataclass
@@ -74,8 +78,8 @@ def digests(examples: list[Example]) -> list[list[str]]:
 
 def load_benchmark(cfg: VRPConfig, allow_outside_images: bool = False, progress: bool = True) -> Dataset:
     """The benchmark's first ``n`` questions, every record and image checked."""
-    if cfg.benchmark == "shapes":
-        examples = shapes_examples(cfg.n, SHAPES_EVAL_SEED)
+    if cfg.benchmark in BUILT_IN:
+        examples = shapes_examples(cfg.n, SHAPES_EVAL_SEED, types=BUILT_IN[cfg.benchmark])
         return Dataset(examples, cfg.n, digests(examples), {})
     if cfg.images is None:
         raise DataError(f"--benchmark {cfg.benchmark} needs --images, the folder holding its images")

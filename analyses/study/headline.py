@@ -1,0 +1,119 @@
+"""The paper's headline numbers for one run, and the checks of their robustness.
+
+- ``comparisons``: the six headline comparisons, each with its estimate, 95% CI, permutation p-value and
+  the Bonferroni and Benjamini-Hochberg adjustments over those six: the paper's comparison family (the
+  per-layer attention R_pb of Table 2b is adjusted over layers, a labelled extension). As this project
+  reads the paper, the six are R_pb(C_k, y) and R_pb(H_s, y) pooled over layers, R_pb(self-consistency,
+  y), the dense probe's test AUROC, top-share patch masking and the top-k probe-unit ablation (the
+  largest k), each of the last two against the unedited model on the same questions.
+- ``dbscan_robustness``: C_k re-counted by DBSCAN on the top-mass patches' grid coordinates, at settings
+  that can disagree with 4-neighbour components (``cfg.dbscan_eps``, ``cfg.dbscan_min_samples``), with
+  the share of maps on which the two agree and DBSCAN's own R_pb.
+- ``probe_seeds``: the dense and sparse probes refitted on ``cfg.probe_seeds`` stratified splits (layer
+  chosen on each split's validation), their test AUROC per seed, mean and standard error.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from analyses import probes, stats
+from analyses.attention_structure import dbscan_clusters
+from analyses.study.config import VRPConfig
+from analyses.study.extract import Extraction
+from analyses.study.results import Ablations, AttentionFeatures, Predictors
+
+NAN = float("nan")
+
+
+def _rpb(name: str, values: np.ndarray, correct: np.ndarray, cfg: VRPConfig) -> dict:
+    if np.std(values) == 0:  # a constant measure: no correlation, nothing to test
+        return {"comparison": name, "statistic": "R_pb", "value": NAN, "ci_low": NAN, "ci_high": NAN, "n": len(values),
+                "p_perm": NAN}
+    est = stats.point_biserial(values, correct, cfg.n_resamples, cfg.seed)
+    p = stats.permutation_test(values[correct], values[~correct], cfg.n_resamples, cfg.seed)
+    return {"comparison": name, "statistic": "R_pb", "value": est.value, "ci_low": est.ci[0], "ci_high": est.ci[1],
+            "n": est.n, "p_perm": p}
+
+
+def _change(name: str, row, before: np.ndarray, cfg: VRPConfig) -> dict:
+    if row is None or row.after is None or before is None:
+        return {"comparison": name, "statistic": "accuracy change", "value": NAN, "ci_low": NAN, "ci_high": NAN,
+                "n": 0, "p_perm": NAN}
+    return {"comparison": name, "statistic": "accuracy change", "value": row.change.value, "ci_low": row.change.ci[0],
+            "ci_high": row.change.ci[1], "n": row.change.n,
+            "p_perm": stats.sign_flip_test(row.after - before, cfg.n_resamples, cfg.seed)}
+
+
+def comparisons(ex: Extraction, features: AttentionFeatures, predictors: Predictors, ablations: Ablations,
+                cfg: VRPConfig) -> pd.DataFrame:
+    """The six headline comparisons with their p-values adjusted over the six (Bonferroni, BH)."""
+    correct = ex.correct
+    test = predictors.split.test
+    dense = predictors["dense_probe"]
+    scores = dense.scores
+    rows = [
+        _rpb("C_k - 1 (mean over layers) vs correctness", features.components.mean(1) - 1, correct, cfg),
+        _rpb("H_s (mean over layers) vs correctness", features.entropy.mean(1), correct, cfg),
+        _rpb(f"self-consistency (K={cfg.k}) vs correctness", np.array([r["consistency"] for r in ex.rows]), correct, cfg),
+        {"comparison": f"{dense.method}: test AUROC vs chance", "statistic": "AUROC", "value": dense.estimate.value,
+         "ci_low": dense.estimate.ci[0], "ci_high": dense.estimate.ci[1], "n": dense.estimate.n,
+         "p_perm": stats.permutation_test(scores[correct[test]], scores[~correct[test]], cfg.n_resamples, cfg.seed)
+         if 0 < correct[test].sum() < len(test) else NAN},
+    ]
+    before = ablations.before  # the unedited model's answers on the test split, as the ablations scored them
+    masked = [r for r in ablations.group("patch masking") if r.condition.startswith("mask top") and r.after is not None]
+    top = masked[-1] if masked else None  # pixel level where the adapter has it, else token level
+    level = top.condition[top.condition.rfind("(") :] if top else ""
+    rows.append(_change(f"mask top {cfg.mask_fraction:.0%} patches {level} vs unmasked".replace("  ", " "), top, before, cfg))
+    probe = [r for r in ablations.group("probe units") if r.k and r.after is not None]
+    largest = max(probe, key=lambda r: r.k) if probe else None
+    rows.append(_change(f"top-{largest.k if largest else max(cfg.ablation_ks)} probe units zeroed vs unedited", largest,
+                        before, cfg))
+    frame = pd.DataFrame(rows)
+    tested = frame.p_perm.notna()
+    frame["p_bonferroni"], frame["p_bh"] = NAN, NAN
+    if tested.any():
+        frame.loc[tested, "p_bonferroni"] = stats.bonferroni(frame.p_perm[tested])
+        frame.loc[tested, "p_bh"] = stats.benjamini_hochberg(frame.p_perm[tested])
+    frame["family"] = f"the paper's {int(tested.sum())} headline comparisons"
+    return frame
+
+
+def dbscan_robustness(ex: Extraction, features: AttentionFeatures, cfg: VRPConfig) -> pd.DataFrame:
+    """Per layer (and pooled over layers): DBSCAN's cluster count beside C_k, the share of maps on which they
+    agree, and DBSCAN's R_pb with correctness (its 95% CI)."""
+    counts = np.array([[dbscan_clusters(grid.reshape(row["grid"]), cfg.top_mass, cfg.dbscan_eps, cfg.dbscan_min_samples)
+                        for grid in attn] for attn, row in zip(ex.attention, ex.rows)])
+    correct = ex.correct
+    rows = []
+    for layer in [*range(counts.shape[1]), None]:
+        ours = features.components.mean(1) if layer is None else features.components[:, layer]
+        theirs = counts.mean(1) if layer is None else counts[:, layer]
+        agree = float(np.mean(features.components == counts)) if layer is None else float(np.mean(ours == theirs))
+        rpb = _rpb("", theirs.astype(float), correct, cfg)
+        rows.append({"layer": "all" if layer is None else str(layer), "mean C_k": float(ours.mean()),
+                     "mean DBSCAN clusters": float(theirs.mean()), "agreement with C_k": agree,
+                     "r_pb (DBSCAN)": rpb["value"], "ci_low": rpb["ci_low"], "ci_high": rpb["ci_high"],
+                     "eps": cfg.dbscan_eps, "min_samples": cfg.dbscan_min_samples})
+    return pd.DataFrame(rows)
+
+
+def probe_seeds(ex: Extraction, cfg: VRPConfig) -> pd.DataFrame:
+    """The dense and sparse probes on ``cfg.probe_seeds`` splits (seeds ``cfg.seed`` onward): test AUROC per
+    seed, with the mean and its standard error (NaN for one seed)."""
+    correct = ex.correct
+    rows = []
+    for name, penalty, C in (("dense probe (L2)", "l2", cfg.dense_C), ("sparse probe (L1)", "l1", cfg.sparse_C)):
+        values, layers = [], []
+        for s in range(cfg.probe_seeds):
+            split = probes.stratified_split(correct, cfg.seed + s, cfg.val_fraction, cfg.test_fraction)
+            fitted = probes.layerwise_probe(ex.hidden, correct, penalty, C=C, seed=cfg.seed + s, n_resamples=0, split=split)
+            values.append(fitted.test.value)
+            layers.append(ex.stored_layers("hidden")[fitted.best_layer])
+        se = float(np.std(values, ddof=1) / np.sqrt(len(values))) if len(values) > 1 else NAN
+        rows.append({"probe": name, "seeds": len(values), "mean test AUROC": float(np.mean(values)), "se": se,
+                     "min": float(np.min(values)), "max": float(np.max(values)), "per seed": [round(v, 4) for v in values],
+                     "layer per seed": layers})
+    return pd.DataFrame(rows)
