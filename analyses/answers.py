@@ -22,7 +22,7 @@ Every table, predictor, ablation and notebook goes through this module and the s
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -186,6 +186,8 @@ class GeneratedAnswers:
     probs: list[list[float]]
     at_answer: AnswerActivations
     attention: list[dict[str, Tensor]]
+    # per ``attn.hook_pattern_rows`` name: [batch, head, 1, key], the first answer token's row of every head
+    first_heads: dict[str, Tensor] = field(default_factory=dict)
 
     @property
     def lengths(self) -> list[int]:
@@ -227,12 +229,15 @@ def generate_answers(model: HookedVLM, inputs: VLMInputs, names: Sequence[str] =
     positions = answer_positions(inputs)
     store: dict[str, Tensor] = {}
     steps: list[dict[str, Tensor]] = []
+    heads: dict[str, Tensor] = {}
 
     def keep(activation: Tensor, hook) -> None:
         if hook.name.endswith("hook_pattern_rows"):
             while len(steps) <= hook.step:
                 steps.append({})
             steps[hook.step][hook.name] = activation.detach().float().mean(1, keepdim=True)
+            if hook.step == 0:  # the row that produced the first answer token, every head
+                heads[hook.name] = activation[:, :, -1:].detach().float().clone()
         elif hook.step == 0:
             store[hook.name] = at_answer(activation, positions).detach().clone()
 
@@ -249,4 +254,4 @@ def generate_answers(model: HookedVLM, inputs: VLMInputs, names: Sequence[str] =
         chosen = row[: max(1, length)]  # an empty answer: the stop token's own probability
         probs.append(logprobs[i, torch.arange(len(chosen)), torch.tensor(chosen)].exp().tolist())
     first = AnswerActivations(generated.logits[0], store, inputs, model.vocab)
-    return GeneratedAnswers(tokens, texts, probs, first, steps)
+    return GeneratedAnswers(tokens, texts, probs, first, steps, heads)

@@ -104,3 +104,24 @@ def test_spatial_entropy_of_the_answer_tokens_mean_map_by_hand():
     (grid, entropy), = answer_token_attention(generated)
     np.testing.assert_allclose(entropy, np.log(2), rtol=1e-6)
     assert grid[0].ravel()[[0, 5]].tolist() == [0.5, 0.5]
+
+
+@torch.no_grad()
+def test_first_token_head_entropy_is_each_heads_map_from_a_plain_forward(model, images):
+    from analyses.attention_structure import first_token_head_entropy
+
+    if model.cfg.cross_layers:
+        pytest.skip("the image enters through cross-attention: no patch tokens in the sequence")
+    inputs = model.prepare(images=images, prompts=PROMPTS)
+    names = [f"blocks.{l}.attn.hook_pattern_rows" for l in range(model.cfg.n_layers)]
+    generated = answers.generate_answers(model, inputs, names, 2)
+    entropy = first_token_head_entropy(generated)
+    last = inputs.input_ids.shape[1] - 1
+    _, cache = model.run_with_cache(inputs, names_filter=names, query_positions=torch.tensor([last]))
+    for item, spans in enumerate(inputs.image_spans):
+        base = spans[0].base
+        for layer in range(model.cfg.n_layers):
+            rows = cache["pattern_rows", layer][item, :, 0].float()  # head key
+            for head in range(model.cfg.n_heads):
+                grid = rows[head, list(base.positions)].reshape(base.grid).numpy()
+                assert entropy[item][layer, head] == pytest.approx(spatial_entropy(grid), rel=1e-4, abs=1e-5)

@@ -175,6 +175,19 @@ def test_headline_comparisons_recomputed(study):
     assert "headline_comparisons" in json.loads((out / "tables.json").read_text())
 
 
+def test_top_heads_attention_rpb_recomputed(study):
+    out, results = study
+    ex = load(out / "extraction")
+    top = results.margins.top_heads
+    assert len(top) == results.config.top_heads
+    per_head = np.array([r["head_entropy"] for r in ex.rows])
+    assert per_head.shape[1:] == (4, results.setup.model["heads"])  # layer head, for every question
+    values = [np.mean([r["head_entropy"][int(l)][int(h)] for l, h in zip(top["layer"], top["head"])]) for r in ex.rows]
+    table = results.top_heads_attention
+    assert table.r_pb[0] == pytest.approx(scipy_stats.pointbiserialr(ex.correct, values).statistic)
+    assert table.ci_low[0] <= table.r_pb[0] <= table.ci_high[0] and table.n[0] == len(ex.rows)
+
+
 def test_dbscan_rerun_recounted_with_sklearn_and_can_disagree(study):
     from sklearn.cluster import DBSCAN
 
@@ -546,3 +559,26 @@ def test_several_models_and_benchmarks_give_cross_family_tables(tmp_path):
 def test_annotations_must_pair_with_benchmarks():
     result = CliRunner().invoke(app, ["vrp", "--benchmark", "a.json", "--benchmark", "b.json", "--annotations", "x.json"])
     assert result.exit_code != 0 and "1 --annotations for 2 --benchmark" in result.output
+
+
+WORD_TOYS = [n for n in zoo.names() if zoo.get(n).card.get("answers") == "words"]
+
+
+@pytest.mark.parametrize("name", WORD_TOYS)
+def test_the_study_on_a_toy_that_answers_in_words(name, tmp_path):
+    """The whole study to its report on answers of several tokens, each scored by its family's own rule."""
+    from analyses.data.scoring import is_correct
+
+    result = CliRunner().invoke(app, ["vrp", "--model", name, "--benchmark", "shapes-words", "--n", "150", "--k", "3",
+                                      "--n-resamples", "200", "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    ex = load(tmp_path / "out" / "extraction")
+    assert ex.config["max_new_tokens"] == zoo.get(name).card["answer_tokens"] > 5  # the card's answer length
+    lengths = np.array([r["answer_tokens"] for r in ex.rows])
+    assert lengths.mean() > 3 and (lengths < ex.config["max_new_tokens"]).all()  # phrases, each ended by the model
+    assert all(r["correct"] == is_correct(r["prediction"], r["golds"], r["metric"]) for r in ex.rows)
+    assert {r["metric"] for r in ex.rows} == {"yesno", "count", "exact", "relation"}
+    assert 0.5 < ex.correct.mean() < 0.98
+    data = json.loads((tmp_path / "out" / "tables.json").read_text())
+    assert data["table7_benchmarks"][0]["benchmark"] == "shapes-words"
+    assert len(data["headline_comparisons"]) == 6 and (tmp_path / "out" / "report.html").exists()

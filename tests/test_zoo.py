@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -14,6 +15,8 @@ from tests.conftest import FAMILIES
 from vlm_lens import HookedVLM, UnknownToyError, zoo
 
 NAMES = zoo.names()
+TOKEN_TOYS = [n for n in NAMES if zoo.get(n).card.get("answers", "token") == "token"]  # the label as one token
+WORD_TOYS = [n for n in NAMES if zoo.get(n).card.get("answers") == "words"]  # the answer in words, to end of sequence
 FRESH_SEED = 11  # never used in training (training seeds start at training.TRAIN_SEED_OFFSET) nor by the cards
 
 
@@ -49,7 +52,7 @@ def test_toy_loads_offline_with_its_processor(toy):
 def test_toy_scores_within_two_points_of_its_card(toy):
     name, model = toy
     torch.set_num_threads(1)
-    fresh = training.evaluate(model, n=card(name)["held_out"]["n"], seed=FRESH_SEED)
+    fresh = training.evaluate(model, n=card(name)["held_out"]["n"], seed=FRESH_SEED, answers=card(name).get("answers", "token"))
     claimed = card(name)["held_out"]["accuracy"]
     assert abs(fresh["all"] - claimed["all"]) <= 2.0, (fresh, claimed)
     # neither chance nor perfect, and wrong answers in every question family
@@ -59,6 +62,8 @@ def test_toy_scores_within_two_points_of_its_card(toy):
 
 def test_questions_file_answer_is_the_next_token(toy, tmp_path):
     name, model = toy
+    if name not in TOKEN_TOYS:
+        pytest.skip(f"{name} answers in words: test_words_toy_says_its_answer_in_words reads it")
     path = shapes.write_benchmark(tmp_path, 40, seed=FRESH_SEED)
     records = [json.loads(line) for line in path.read_text().splitlines()]
     from PIL import Image
@@ -82,3 +87,25 @@ def test_short_training_run_is_deterministic(family):
     a, b = first.hf_model.state_dict(), second.hf_model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert losses_a[-1] < losses_a[0]
+
+
+@pytest.mark.parametrize("name", WORD_TOYS)
+def test_words_toy_says_its_answer_in_words(name):
+    """Generated to its end of sequence, the answer is a phrase of several tokens, the scoring rule of each
+    family (scoring.score, tested against each benchmark's published evaluator) marks most of them right, and
+    the card gives the study's answer length: the longest spoken answer and its stop."""
+    from analyses import evaluation
+    from analyses.data import scoring
+    from analyses.data.examples import shapes_examples
+
+    torch.set_num_threads(1)
+    model = HookedVLM.from_pretrained(name)
+    examples = shapes_examples(120, FRESH_SEED, types=shapes.WORD_TYPES)
+    said = evaluation.predict(model, examples, max_new_tokens=card(name)["answer_tokens"])
+    lengths = [len(model.tokenizer(s, add_special_tokens=False)["input_ids"]) for s in said]
+    assert np.mean(lengths) > 3 and max(lengths) < card(name)["answer_tokens"]  # phrases, each ended by the model
+    right = [scoring.score(s, e.golds, e.metric) == 1 for s, e in zip(said, examples)]
+    assert np.mean(right) > 0.6
+    assert {e.metric for e in examples} == {"yesno", "count", "exact", "relation"}
+    assert card(name)["answer_tokens"] == training.longest_answer(shapes.WORD_TYPES, model.tokenizer)
+    assert {"metric:yesno", "metric:count", "metric:exact", "metric:relation"} <= set(card(name)["held_out"]["accuracy"])

@@ -165,7 +165,8 @@ def _other_layer_rows(split: _TestSplit, ex: Extraction, predictors: Predictors,
         other = position + offset
         if offset == 0 or not 0 <= other < len(stored):
             rows.append(split.not_run("other layers", f"top-{k} probe units at stored layer {other}",
-                                      f"skipped: no stored layer {offset:+d} from the probe's", k=0, k_requested=k))
+                                      f"skipped: the probe reads stored layer {position}; there is no stored layer {other}", k=0,
+                                      k_requested=k))
             continue
         layer = stored[other]
         probe = probes.fit_probe(ex.hidden[other][train], correct[train], other, "l1", cfg.sparse_C, cfg.seed)

@@ -45,7 +45,7 @@ from safetensors.torch import save
 from tqdm.auto import tqdm
 
 from analyses import answers
-from analyses.attention_structure import answer_token_attention
+from analyses.attention_structure import answer_token_attention, first_token_head_entropy
 from analyses.consistency import majority_support, sample_answers, sample_batches
 from analyses.data.benchmarks import shown
 from analyses.data.examples import Example
@@ -167,6 +167,7 @@ def _extract_batch(model: HookedVLM, examples: list[Example], inputs, start: int
     resid = captured.stack("resid_post", range(n_layers))  # layer batch d_model
     margins = truth_margin(read_out(model, resid), refs)  # layer batch
     attention = answer_token_attention(generated, view=cfg.attention_view)
+    head_entropy = first_token_head_entropy(generated, view=cfg.attention_view)
     storage = parse_dtype(cfg.storage_dtype)
     rows = []
     for i, example in enumerate(examples):
@@ -181,6 +182,7 @@ def _extract_batch(model: HookedVLM, examples: list[Example], inputs, start: int
             "entropy": float(-(probs[i] * torch.log(probs[i].clamp_min(1e-30))).sum()),  # of the first token
             "margins": margins[:, i].tolist(), "grid": list(attention[i][0].shape[1:]),
             "attention_entropy": attention[i][1].tolist(),  # H_s per layer of the answer tokens' mean map
+            "head_entropy": np.round(head_entropy[i], 5).tolist(),  # [layer][head]: H_s of each head, first answer token
         })
     arrays = {
         "hidden": resid[hidden_layers].transpose(0, 1).to("cpu", storage).contiguous(),

@@ -9,6 +9,8 @@
 - ``dbscan_robustness``: C_k re-counted by DBSCAN on the top-mass patches' grid coordinates, at settings
   that can disagree with 4-neighbour components (``cfg.dbscan_eps``, ``cfg.dbscan_min_samples``), with
   the share of maps on which the two agree and DBSCAN's own R_pb.
+- ``top_heads_attention``: Table 2's top-k-heads attention R_pb: H_s of the first answer token's map,
+  averaged over the heads with the largest direct logit contribution (Table 2c), against correctness.
 - ``probe_seeds``: the dense and sparse probes refitted on ``cfg.probe_seeds`` stratified splits (layer
   chosen on each split's validation), their test AUROC per seed, mean and standard error.
 """
@@ -22,7 +24,7 @@ from analyses import probes, stats
 from analyses.attention_structure import dbscan_clusters
 from analyses.study.config import VRPConfig
 from analyses.study.extract import Extraction
-from analyses.study.results import Ablations, AttentionFeatures, Predictors
+from analyses.study.results import Ablations, AttentionFeatures, MarginBuilding, Predictors
 
 NAN = float("nan")
 
@@ -116,4 +118,23 @@ def probe_seeds(ex: Extraction, cfg: VRPConfig) -> pd.DataFrame:
         rows.append({"probe": name, "seeds": len(values), "mean test AUROC": float(np.mean(values)), "se": se,
                      "min": float(np.min(values)), "max": float(np.max(values)), "per seed": [round(v, 4) for v in values],
                      "layer per seed": layers})
+    return pd.DataFrame(rows)
+
+
+def top_heads_attention(ex: Extraction, margins: MarginBuilding, cfg: VRPConfig) -> pd.DataFrame:
+    """R_pb between correctness and H_s averaged over the top heads (Table 2c's, by direct logit contribution on
+    the first ``cfg.margin_items`` questions), beside all heads' mean, on every question; one row saying why when
+    the extraction holds no per-head entropies (made before they were stored)."""
+    if any("head_entropy" not in r for r in ex.rows):
+        return pd.DataFrame([{"measure": "H_s over the top heads", "note": "not in this extraction (made by an earlier "
+                              "vlm-lens): extract again into a new --out to add per-head entropies"}])
+    heads = np.array([r["head_entropy"] for r in ex.rows])  # question layer head
+    top = list(zip(margins.top_heads["layer"].astype(int), margins.top_heads["head"].astype(int)))
+    named = ", ".join(f"L{l}H{h}" for l, h in top)
+    rows = []
+    for measure, values in ((f"H_s over the top-{len(top)} heads ({named})", heads[:, [l for l, _ in top], [h for _, h in top]].mean(1)),
+                            ("H_s over every head", heads.mean((1, 2)))):
+        row = _rpb(measure, values, ex.correct, cfg)
+        rows.append({"measure": measure, "r_pb": row["value"], "ci_low": row["ci_low"], "ci_high": row["ci_high"],
+                     "p_perm": row["p_perm"], "n": row["n"], "note": "first answer token's map, per head"})
     return pd.DataFrame(rows)

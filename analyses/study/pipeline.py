@@ -101,6 +101,7 @@ def analyse(model: HookedVLM, examples: list[Example], ex: Extraction, cfg: VRPC
         headline=headline.comparisons(ex, features, predictors, ablations, cfg),
         dbscan=headline.dbscan_robustness(ex, features, cfg),
         probe_seeds=headline.probe_seeds(ex, cfg),
+        top_heads_attention=headline.top_heads_attention(ex, margins, cfg),
     )
 
 

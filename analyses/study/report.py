@@ -42,6 +42,7 @@ TITLES = {
                                    "correctness, per run and pooled over every run",
     "table7_confidence_vs_probe": "Table 7. Output confidence vs probe AUROC, per model and benchmark",
     "table2_top_heads": "Table 2c. Attention heads with the largest direct logit contribution to the truth margin",
+    "table2_top_heads_attention_rpb": "Table 2d. Attention sharpness of the top heads vs correctness (point-biserial R)",
     "table3_logit_lens": "Table 3. Logit-lens peak, separation and MLP share of the margin",
     "table4_5_ablations": "Tables 4-5. Probe-unit ablations vs random units, single-unit clamp, escalating random "
                           "(test split, paired bootstrap 95% CI; per-type columns: the object-ID questions among them)",
@@ -84,6 +85,9 @@ NOTES = {
     "table2_top_heads": "The attention heads whose direct write at the answer position most raises the gold answer's "
                         "logit over its strongest competitor. A head near the top with a large std helps some "
                         "questions and hurts others.",
+    "table2_top_heads_attention_rpb": "H_s of the first answer token's map averaged over the heads of Table 2c, "
+                                      "against correctness, beside every head's mean. If even the heads that write the "
+                                      "answer show no relation, sharpness is not where reliability lives.",
     "table3_logit_lens": "l* is where right and wrong answers' truth margins are furthest apart; the separation layer "
                          "is where their CIs stop overlapping. The MLP share is the MLP's part of the residual "
                          "update's magnitude at l*.",
@@ -206,6 +210,7 @@ def _sections(results: StudyResults, extraction: Extraction, examples: list[Exam
          [plots.layer_difference(t["figure4_delta_entropy"], "delta_h_s", "Delta H_s: right minus wrong answers", "Delta H_s (nats)"),
           plots.entropy_and_components(features.entropy.mean(0), features.components.mean(0)), *maps]),
         (TITLES["table2_top_heads"], NOTES["table2_top_heads"], [t["table2_top_heads"]]),
+        (TITLES["table2_top_heads_attention_rpb"], NOTES["table2_top_heads_attention_rpb"], [t["table2_top_heads_attention_rpb"]]),
         (TITLES["table3_logit_lens"], NOTES["table3_logit_lens"], [t["table3_logit_lens"]]),
         (TITLES["margin_curves"], NOTES["margin_curves"],
          [plots.margin_curves({results.config.model: m.curves}), plots.margin_contributions(m.contributions)]),

@@ -227,6 +227,7 @@ class StudyResults:
     headline: pd.DataFrame  # the paper's six headline comparisons, adjusted over the six (analyses.study.headline)
     dbscan: pd.DataFrame  # C_k re-counted by DBSCAN: agreement and R_pb per layer
     probe_seeds: pd.DataFrame  # the probes' test AUROC over several splits: mean and standard error
+    top_heads_attention: pd.DataFrame  # Table 2's top-k-heads attention R_pb
     case: int | None  # Figure 6's question (index), if the probe flags a wrong answer
 
     def tables(self) -> dict[str, pd.DataFrame]:
@@ -238,6 +239,7 @@ class StudyResults:
             "table2_attention_rpb": self.attention.frame(),
             "dbscan_robustness": self.dbscan,
             "table2_top_heads": self.margins.top_heads,
+            "table2_top_heads_attention_rpb": self.top_heads_attention,
             "table3_logit_lens": self.margins.frame(),
             **self.ablations.tables(),
             "table6_predictors": self.predictors.frame(),
