@@ -56,12 +56,22 @@ def main(argv: list[str] | None = None) -> int:
         with warnings.catch_warnings():  # restored on return: main() may be called in a longer-lived process
             warnings.simplefilter("default", VLMLensWarning)  # the command always says what may mislead
             warnings.showwarning = _warning_printer(warnings.showwarning)
-            app(args=args, prog_name="vlm-lens")
-    except SystemExit as e:  # click's own exit: usage errors (2), --help (0)
+            code = app(args=args, prog_name="vlm-lens", standalone_mode=False)  # errors reach the handlers below
+        return code if isinstance(code, int) else 0  # --help, or a command's own exit code
+    except SystemExit as e:
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    except KeyboardInterrupt:
+    except typer.Exit as e:
+        return e.exit_code
+    except (KeyboardInterrupt, typer.Abort):  # click turns Ctrl-C into Abort
         typer.echo("interrupted: run the same command again to resume where it stopped", err=True)
         return 130
+    except typer.TyperException as e:  # a usage error: an unknown option, a value of the wrong type or range
+        command = next((a for a in args if not a.startswith("-")), None)
+        commands = typer.main.get_command(app).commands  # type: ignore[attr-defined]
+        where = f"vlm-lens {command} --help lists its options" if command in commands else "vlm-lens --help lists the commands"
+        message = " ".join(e.format_message().split()) if hasattr(e, "format_message") else str(e)
+        typer.echo(f"error: {message} ({where})", err=True)
+        return getattr(e, "exit_code", 2)
     except (VLMLensError, OSError) as e:
         if debug:
             traceback.print_exc()
@@ -92,7 +102,7 @@ def demo(
     family: str = typer.Option("llava", help="tiny random model of this family (any of model_adapters.SPECS)"),
     model: str = typer.Option(None, help="a hub id or local checkpoint instead of the tiny model"),
     prompt: str = typer.Option("is there a red square in the image ?", help="the question"),
-    seed: int = typer.Option(0, help="seed of the random test image"),
+    seed: int = typer.Option(0, min=0, help="seed of the random test image"),
 ) -> None:
     """Run one image and question through a hooked model: spans, attention to the image, logit lens."""
     vlm = _demo_model(family, model)
@@ -123,7 +133,7 @@ def demo(
 def shapes(
     out: str = typer.Option(..., help="folder for questions.jsonl and images/"),
     n: int = typer.Option(1000, min=1, help="number of questions (one scene each)"),
-    seed: int = typer.Option(0, help="seed: the same seed writes the same benchmark"),
+    seed: int = typer.Option(0, min=0, help="seed: the same seed writes the same benchmark"),
     size: int = typer.Option(32, min=16, help="image side in pixels"),
 ) -> None:
     """Write the Shapes benchmark in POPE's JSON-lines format (plus a ``type`` field)."""

@@ -36,6 +36,7 @@ from analyses.data.examples import shapes_examples
 from model_adapters import SPECS
 from vlm_lens import HookedVLM
 from vlm_lens.errors import InputError
+from vlm_lens.loading import check_device
 
 TRAIN_SEED_OFFSET = 1_000  # step k trains on shapes.generate(batch, seed=TRAIN_SEED_OFFSET + k)
 HELD_OUT_SEED = 7  # the model cards' held-out set (training never draws seeds below the offset)
@@ -58,6 +59,15 @@ class TrainConfig:
     def __post_init__(self):
         if self.answers not in ANSWER_STYLES:
             raise InputError(f"answers must be one of {ANSWER_STYLES}, got {self.answers!r}")
+        if self.family not in SPECS:
+            raise InputError(f"no family {self.family!r}; the adapters have {sorted(SPECS)}")
+        for name, low in (("steps", 1), ("batch_size", 1), ("warmup", 1), ("seed", 0), ("image_size", 16), ("eval_n", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise InputError(f"{name} must be an integer of at least {low}, got {value!r}")
+        if not (isinstance(self.lr, (int, float)) and 0 < self.lr < float("inf")):
+            raise InputError(f"lr must be a positive learning rate, got {self.lr!r}")
+        check_device(self.device)
 
     @property
     def types(self) -> tuple[str, ...]:

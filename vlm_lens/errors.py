@@ -1,4 +1,17 @@
-"""Exceptions raised by vlm-lens. Each says what was wrong and what would be right."""
+"""Exceptions raised by vlm-lens, and the error contract they keep.
+
+The contract, for the Python API and the command line alike:
+
+- Every error a user can cause (a setting, an option, a file, a folder, an image, a model name, a tensor, an
+  index) is a ``VLMLensError`` subclass, raised before any model load or long work wherever the input can be
+  checked then, with one line that names the input, says what was wrong and what would be right.
+- Settings are checked where they are defined, once: ``VRPConfig`` (its ``RULES``, one per numeric setting) and
+  ``TrainConfig`` validate themselves, so the command line, config files and Python give the same error.
+- The command line prints that line as ``error: ...`` and exits 2; a usage error (an unknown option, a value
+  of the wrong type) is one line too. Only an unexpected exception prints the "this is a bug" line (exit 1);
+  Ctrl-C prints how to resume and exits 130.
+- Nothing returns a silently wrong number: an input that cannot give a correct result is refused.
+"""
 
 from __future__ import annotations
 

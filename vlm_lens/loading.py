@@ -14,7 +14,7 @@ from torch import nn
 
 from vlm_lens import zoo
 from vlm_lens.adapter import REGISTRY, Adapter
-from vlm_lens.errors import ModelLoadError
+from vlm_lens.errors import InputError, ModelLoadError
 
 
 def _adapter_and_class(config) -> tuple[Adapter, type]:
@@ -53,16 +53,48 @@ def _config(source: str):
 
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
-          "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+          "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16,
+          "float": torch.float32, "half": torch.float16}  # (torch's own aliases)
+FLOATS = (torch.float32, torch.float16, torch.bfloat16)
 
 
 def parse_dtype(dtype: torch.dtype | str | None) -> torch.dtype | str | None:
-    """A torch dtype from its name ("bfloat16", "bf16", ...); ``None`` and "auto" mean the checkpoint's own."""
-    if dtype is None or isinstance(dtype, torch.dtype) or dtype == "auto":
+    """A torch dtype from its name ("bfloat16", "bf16", "half", ...); ``None`` and "auto" mean the checkpoint's
+    own. Anything else (float8, an integer dtype, a typo) is an ``InputError`` naming the choices."""
+    if dtype is None or dtype == "auto":
         return dtype
-    if dtype not in DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(DTYPES)} or 'auto' (the checkpoint's)")
+    if isinstance(dtype, torch.dtype):
+        if dtype not in FLOATS:
+            raise InputError(f"dtype {dtype} cannot run a model: use float32, float16 or bfloat16")
+        return dtype
+    if not isinstance(dtype, str) or dtype not in DTYPES:
+        raise InputError(f"unknown dtype {dtype!r}; use one of {sorted(DTYPES)} or 'auto' (the checkpoint's)")
     return DTYPES[dtype]
+
+
+DEVICE_TYPES = ("cpu", "cuda", "mps", "meta", "xpu")
+
+
+def check_device(device: torch.device | str | None) -> None:
+    """Refuse a device this torch cannot use, before any model loads: an unknown name ("gpu"), or CUDA / MPS
+    asked of a torch without it (an ``InputError`` saying which device would work)."""
+    if device is None or isinstance(device, torch.device):
+        return
+    if not isinstance(device, str):
+        raise InputError(f"device must be a name such as 'cpu', 'cuda' or 'cuda:1', got {device!r}")
+    try:
+        parsed = torch.device(device)
+    except RuntimeError:
+        raise InputError(f"unknown device {device!r}; use one of {list(DEVICE_TYPES)}, with an index where it "
+                         "has several ('cuda:1')") from None
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device {device!r}: this torch sees no CUDA GPU (torch {torch.__version__}, "
+                         f"built for CUDA {torch.version.cuda}); use device 'cpu', or install a CUDA build of torch")
+    if parsed.type == "cuda" and parsed.index is not None and parsed.index >= torch.cuda.device_count():
+        raise InputError(f"device {device!r}: there are {torch.cuda.device_count()} CUDA GPUs (cuda:0.."
+                         f"cuda:{torch.cuda.device_count() - 1})")
+    if parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise InputError(f"device {device!r}: this machine has no MPS (Apple GPU); use device 'cpu'")
 
 
 def load_pretrained(
@@ -82,7 +114,9 @@ def load_pretrained(
     visible GPUs through accelerate, for models larger than one card. Give one or the other.
     """
     if device is not None and device_map is not None:
-        raise ValueError("give device (the whole model on one device) or device_map (sharded), not both")
+        raise InputError("give device (the whole model on one device) or device_map (sharded), not both")
+    parse_dtype(dtype)
+    check_device(device)
     source = zoo.resolve(name_or_path)
     config = _config(source)
     adapter, cls = _adapter_and_class(config)

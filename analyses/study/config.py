@@ -13,12 +13,12 @@ import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import Callable, ClassVar
 
 from analyses.data.scoring import CORRECT_AT
 from vlm_lens import zoo
-from vlm_lens.errors import DataError
-from vlm_lens.loading import parse_dtype
+from vlm_lens.errors import DataError, InputError
+from vlm_lens.loading import check_device, parse_dtype
 
 
 EXTRACTION_FORMAT = 4  # 2: generated answers, H_s over the answer tokens; 3: data digests and shard sha256s;
@@ -44,6 +44,40 @@ def smallest_n(test_fraction: float, minimum: int = MIN_TEST) -> int:
 def default_answer_tokens(model: str) -> int:
     """The longest answer to generate for ``model``: a zoo toy's card says (its training answers), else 16."""
     return int(zoo.get(model).card.get("answer_tokens", ANSWER_TOKENS)) if model in zoo.names() else ANSWER_TOKENS
+
+
+@dataclass(frozen=True)
+class Rule:
+    """What a numeric setting accepts: ``holds(value)``, said in words, and values that break it (the tests walk
+    them: every numeric setting has a rule, so a new one cannot go unchecked)."""
+
+    holds: Callable[[float], bool]
+    says: str
+    breaks: tuple
+
+
+def at_least(low: int) -> Rule:
+    return Rule(lambda v: v >= low, f"at least {low}", (low - 1, low - 5))
+
+
+POSITIVE = Rule(lambda v: v > 0 and math.isfinite(v), "positive and finite", (0, -1.0, float("inf")))
+SHARE = Rule(lambda v: 0 < v <= 1, "in (0, 1]", (0, 1.5, -0.1))
+OPEN_SHARE = Rule(lambda v: 0 < v < 1, "in (0, 1)", (0, 1, 2.0))
+ANY_OFFSET = Rule(lambda v: v != 0, "a non-zero layer offset", (0,))
+
+# one validation for the command line, config files and the Python API (layers are checked against the model
+# once it loads: ``check_against``)
+RULES: dict[str, Rule] = {
+    "n": at_least(1), "seed": at_least(0), "k": at_least(1), "top_p": SHARE, "temperature": POSITIVE,
+    "max_new_tokens": at_least(1), "shard_size": at_least(1), "batch_size": at_least(1), "sample_rows": at_least(1),
+    "hidden_layers": at_least(0), "neuron_layers": at_least(0), "correct_threshold": SHARE,
+    "val_fraction": OPEN_SHARE, "test_fraction": OPEN_SHARE, "dense_C": POSITIVE, "sparse_C": POSITIVE,
+    "stacked_layers": at_least(1), "top_mass": SHARE, "attention_grid": at_least(1), "dbscan_eps": POSITIVE,
+    "dbscan_min_samples": at_least(1), "probe_seeds": at_least(1), "margin_items": at_least(1), "top_heads": at_least(1),
+    "ablation_ks": at_least(1), "random_controls": at_least(0), "random_sizes": at_least(1), "extreme_clamp": POSITIVE,
+    "replicate_layers": ANY_OFFSET, "bypass_layers": at_least(0), "mask_fraction": SHARE, "flag_tau": OPEN_SHARE,
+    "n_resamples": at_least(1),
+}
 
 
 @dataclass(frozen=True)
@@ -119,29 +153,35 @@ class VRPConfig:
         self._check_types()
         if self.max_new_tokens is None:
             object.__setattr__(self, "max_new_tokens", default_answer_tokens(self.model))
-        for name in ("n", "k", "max_new_tokens", "shard_size", "batch_size", "sample_rows", "stacked_layers",
-                     "margin_items", "top_heads", "dbscan_min_samples", "probe_seeds"):
-            if getattr(self, name) < 1:
-                raise DataError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if not (0 < self.val_fraction and 0 < self.test_fraction and self.val_fraction + self.test_fraction < 1):
-            raise DataError(f"val_fraction and test_fraction must be positive and leave a training split, "
+        for name, rule in RULES.items():
+            value = getattr(self, name)
+            values = value if isinstance(value, tuple) else (value,)
+            if value is not None and not all(rule.holds(v) for v in values):
+                raise DataError(f"{name} must be {rule.says}{' (each)' if isinstance(value, tuple) else ''}, got {value!r}")
+        if self.val_fraction + self.test_fraction >= 1:
+            raise DataError(f"val_fraction and test_fraction must leave a training split (sum below 1), "
                              f"got {self.val_fraction} and {self.test_fraction}")
-        for name in ("ablation_ks", "random_sizes"):
-            if any(int(v) < 1 for v in getattr(self, name)):
-                raise DataError(f"{name} must be positive unit counts, got {getattr(self, name)}")
-        if not self.dbscan_eps > 0:
-            raise DataError(f"dbscan_eps is a distance between patch centres, positive; got {self.dbscan_eps}")
-        if not self.extreme_clamp > 0:
-            raise DataError(f"extreme_clamp is a number of standard deviations, positive; got {self.extreme_clamp}")
-        if not 0 < self.mask_fraction <= 1:
-            raise DataError(f"mask_fraction is a share of the patches in (0, 1], got {self.mask_fraction}")
         if self.device is not None and self.device_map is not None:
             raise DataError("give device (one device) or device_map (sharded across GPUs), not both")
-        parse_dtype(self.dtype)
+        try:
+            parse_dtype(self.dtype)
+            check_device(self.device)
+        except InputError as e:
+            raise DataError(str(e)) from None
+        if self.device_map not in (None, "auto", "balanced", "balanced_low_0", "sequential"):
+            raise DataError(f"device_map must be auto, balanced, balanced_low_0 or sequential, got {self.device_map!r}")
         if self.storage_dtype not in ("float32", "float16", "bfloat16"):
             raise DataError(f"storage_dtype must be float32, float16 or bfloat16, got {self.storage_dtype!r}")
         if self.attention_view not in ("base", "stitched"):
             raise DataError(f"attention_view must be base or stitched, got {self.attention_view!r}")
+
+    def check_against(self, n_layers: int) -> None:
+        """The layer settings against the loaded model's language layers (before any extraction)."""
+        for name in ("hidden_layers", "neuron_layers", "bypass_layers"):
+            outside = [l for l in getattr(self, name) or () if l >= n_layers]
+            if outside:
+                raise DataError(f"{name} {outside} outside the model's {n_layers} language layers: give layers "
+                                f"0..{n_layers - 1} (or leave {name} unset for all)")
 
     def _check_types(self) -> None:
         """Each setting of its declared type (a config file may hold "n": "600" or "k": true)."""

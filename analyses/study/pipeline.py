@@ -108,7 +108,7 @@ def analyse(model: HookedVLM, examples: list[Example], ex: Extraction, cfg: VRPC
 def load_model(cfg: VRPConfig, ranks: Ranks) -> HookedVLM:
     """The study's model on its device and in its dtype (each torchrun rank on its own GPU)."""
     if cfg.device_map is not None and ranks.world_size > 1:
-        raise ValueError("--device-map spreads one model over all GPUs; under torchrun each rank has its own GPU: "
+        raise DataError("--device-map spreads one model over all GPUs; under torchrun each rank has its own GPU: "
                          "use --device cuda with torchrun, or --device-map without it")
     return HookedVLM.from_pretrained(cfg.model, dtype=cfg.dtype, device=ranks.device(cfg.device), device_map=cfg.device_map)
 
@@ -150,6 +150,7 @@ def run(cfg: VRPConfig, out: str | Path, progress: bool = True, allow_outside_im
                               "resuming where it stopped", VLMLensWarning, stacklevel=2)
             check_resumable(out / "extraction", cfg, data.digests)  # other settings or data: refused before the model loads
             model = load_model(cfg, ranks)
+            cfg.check_against(model.cfg.n_layers)
             folder = extract(model, examples, out / "extraction", cfg, progress, ranks, data.digests, data.files)
             if not ranks.is_main:
                 return None
