@@ -9,7 +9,7 @@ import pytest
 
 from analyses.data import scoring as A
 from analyses.data import benchmarks as B
-from vlm_lens.errors import DataError
+from vlm_lens.errors import DataError, InputError
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "pope"
 EXCERPTS = Path(__file__).parent / "data" / "pope"
@@ -168,3 +168,63 @@ def test_format_can_be_forced_and_annotations_are_checked(tmp_path):
         B.load(files["pope"][0], annotations=files["vqav2"][1])
     with pytest.raises(ValueError, match="unknown benchmark format"):
         B.load(files["pope"][0], format="gqa")
+
+
+def _png_claiming(width: int, height: int) -> bytes:
+    """A 1x1 PNG whose header (IHDR, CRC fixed) claims width x height pixels: what a decompression bomb looks like."""
+    import io
+    import struct
+    import zlib
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("L", (1, 1)).save(buffer, "PNG")
+    data = bytearray(buffer.getvalue())
+    start = data.index(b"IHDR")
+    data[start + 4 : start + 12] = struct.pack(">II", width, height)
+    data[start + 17 : start + 21] = struct.pack(">I", zlib.crc32(bytes(data[start : start + 17])))
+    return bytes(data)
+
+
+def test_an_image_header_claiming_too_many_pixels_is_refused_in_one_line(tmp_path):
+    (tmp_path / "bomb.png").write_bytes(_png_claiming(30_000, 30_000))
+    with pytest.raises(DataError, match=r"1 image\(s\) .* cannot be decoded: bomb.png \(its header claims more pixels") as e:
+        B.check_images([B.Record(0, "bomb.png", "q", ("yes",))], tmp_path)
+    assert "\n" not in str(e.value)
+
+
+def test_a_16_bit_image_is_scaled_not_saturated(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from analyses.data.examples import Example
+    from vlm_lens import to_rgb
+
+    values = (np.arange(1024).reshape(16, 64) * 64).astype(np.uint16)  # 0 .. 65472, a ramp
+    Image.fromarray(values).save(tmp_path / "deep.png")
+    assert Image.open(tmp_path / "deep.png").mode == "I;16"
+    assert len(np.unique(np.asarray(Image.open(tmp_path / "deep.png").convert("RGB")))) < 10  # PIL's own: saturated
+    B.check_images([B.Record(0, "deep.png", "q", ("yes",))], tmp_path)  # readable
+    rgb = np.asarray(Example(tmp_path / "deep.png", "q", "yes").load_image())
+    assert rgb.shape == (16, 64, 3) and rgb.dtype == np.uint8
+    np.testing.assert_array_equal(rgb[..., 0], np.rint(values / 257).astype(np.uint8))  # by hand: 65535 -> 255
+    assert (rgb[..., 0] == rgb[..., 2]).all()
+    with pytest.raises(InputError, match="mode 'F' has no faithful 8-bit RGB form"):
+        to_rgb(Image.fromarray(np.zeros((2, 2), np.float32)))
+
+
+def test_a_symlink_inside_the_folder_to_an_image_outside_it_is_refused(tmp_path):
+    from PIL import Image
+
+    (tmp_path / "elsewhere").mkdir()
+    Image.new("RGB", (4, 4)).save(tmp_path / "elsewhere" / "secret.png")
+    folder = tmp_path / "images"
+    folder.mkdir()
+    Image.new("RGB", (4, 4)).save(folder / "inside.png")
+    (folder / "link.png").symlink_to(tmp_path / "elsewhere" / "secret.png")
+    (folder / "alias.png").symlink_to(folder / "inside.png")  # a link that stays inside is fine
+    records = [B.Record(0, "link.png", "q", ("yes",)), B.Record(1, "alias.png", "q", ("yes",))]
+    with pytest.raises(DataError, match=r"1 image path\(s\) leave the image folder .*link.png"):
+        B.check_images(records, folder)
+    assert set(B.check_images(records, folder, allow_outside=True)) == {"link.png", "alias.png"}

@@ -8,7 +8,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -20,12 +19,20 @@ from analyses.study.config import VRPConfig
 from vlm_lens.errors import DataError
 
 SCRIPT = """
-import sys, torch
+import os, signal, sys, torch
 torch.set_num_threads(1)
 from analyses.data.examples import shapes_examples
+from analyses.study import extract as X
 from analyses.study.config import VRPConfig
 from analyses.study.extract import extract
 from tests.conftest import FAMILIES, tiny
+if len(sys.argv) > 2:  # stop (SIGSTOP) once the manifest lists this many shards: the parent kills it there
+    write, stop_after = X._write_manifest, int(sys.argv[2])
+    def _write_then_stop(folder, manifest):
+        write(folder, manifest)
+        if len(manifest["shards"]) >= stop_after:
+            os.kill(os.getpid(), signal.SIGSTOP)
+    X._write_manifest = _write_then_stop
 model = tiny(FAMILIES[0])
 examples = shapes_examples(60, seed=3)
 extract(model, examples, sys.argv[1], VRPConfig("tiny", n=60, shard_size=4, batch_size=3, k=3, max_new_tokens=1), progress=False)
@@ -33,8 +40,9 @@ extract(model, examples, sys.argv[1], VRPConfig("tiny", n=60, shard_size=4, batc
 CONFIG = VRPConfig("tiny", n=60, shard_size=4, batch_size=3, k=3, max_new_tokens=1)  # what SCRIPT runs
 
 
-def run(folder: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", SCRIPT, str(folder)], cwd=Path(__file__).parents[1],
+def run(folder: Path, stop_after: int | None = None) -> subprocess.Popen:
+    extra = [] if stop_after is None else [str(stop_after)]
+    return subprocess.Popen([sys.executable, "-c", SCRIPT, str(folder), *extra], cwd=Path(__file__).parents[1],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
@@ -66,15 +74,14 @@ def uninterrupted(full):
 
 
 def test_kill_minus_nine_then_resume(tmp_path, uninterrupted):
-    process = run(tmp_path)
-    deadline = time.time() + 120
-    while shards_done(tmp_path) < 3 and time.time() < deadline and process.poll() is None:
-        time.sleep(0.005)
-    assert process.poll() is None, "the run finished before it could be killed"
+    # the run stops itself once its manifest lists 3 of 15 shards (an event, not a deadline: a busy machine
+    # only makes it slower), and is killed there with SIGKILL
+    process = run(tmp_path, stop_after=3)
+    _, status = os.waitpid(process.pid, os.WUNTRACED)
+    assert os.WIFSTOPPED(status), f"the run ended before its third shard: {process.stderr.read().decode()}"
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
-    partial = shards_done(tmp_path)
-    assert 3 <= partial < 15
+    assert shards_done(tmp_path) == 3
     with pytest.raises(ValueError, match="incomplete"):
         X.load(tmp_path)
     resumed = run(tmp_path)
@@ -122,6 +129,26 @@ def test_other_config_or_format_is_refused_naming_what_changed(tmp_path, full):
         X.extract(model, examples, folder, CONFIG, progress=False)
     with pytest.raises(DataError, match="another format"):
         X.load(folder)
+
+
+@pytest.mark.parametrize("content, says", [("[1]", "a JSON list, not an object"), ('"x"', "a JSON str"),
+                                           ('{"fingerprint": "a", "config": {}, "shards": []}', "no 'data' dict"),
+                                           ('{"fingerprint": "a", "config": {}, "data": {"examples": []}, "shards": [3]}',
+                                            "a shard entry 3")])
+def test_a_manifest_of_another_shape_is_refused_in_one_line(tmp_path, content, says):
+    (tmp_path / "manifest.json").write_text(content)
+    with pytest.raises(DataError, match="not a vlm-lens extraction manifest") as raised:
+        X.check_resumable(tmp_path, CONFIG, [])
+    assert says in str(raised.value) and "\n" not in str(raised.value)
+
+
+@pytest.mark.parametrize("content", ["[1]", '"x"', "3", "{garbage"])
+def test_a_lock_file_of_another_shape_is_nobodys(tmp_path, content):
+    from analyses.study.files import RunLock
+
+    (tmp_path / RunLock.NAME).write_text(content)
+    with RunLock(tmp_path) as lock:
+        assert lock.stale is None
 
 
 def test_fingerprint_covers_what_extraction_stores_only():

@@ -78,6 +78,30 @@ def padding_side_of(attention_mask: torch.Tensor) -> str:
     return "left" if bool((attention_mask[:, 0] == 0).any()) else "right"
 
 
+SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N")
+CONVERTIBLE = ("RGB", "RGBA", "RGBX", "RGBa", "L", "LA", "La", "P", "PA", "1", "CMYK", "YCbCr", "LAB", "HSV")
+
+
+def to_rgb(image: Image.Image, where: str = "image") -> Image.Image:
+    """An 8-bit RGB copy of ``image`` with its values kept: 8-bit and palette modes by PIL's own conversion, 16-bit
+    greyscale (``I;16``, or ``I`` holding values up to 65535) scaled to 0..255 (PIL's ``convert("RGB")`` would
+    saturate every pixel to 0 or 255). Float images, or ``I`` values past 16 bits, are an ``InputError``."""
+    if image.mode == "RGB":
+        return image
+    if image.mode in CONVERTIBLE:
+        return image.convert("RGB")
+    if image.mode in SIXTEEN_BIT or image.mode == "I":
+        values = np.asarray(image).astype(np.int64)
+        if values.min(initial=0) < 0 or values.max(initial=0) > 65535:
+            raise InputError(f"{where}: a 32-bit image (mode 'I') with values {values.min()}..{values.max()}, past "
+                             "16 bits: scale it to 8-bit RGB yourself")
+        scaled = np.rint(values / 257).astype(np.uint8) if image.mode in SIXTEEN_BIT or values.max(initial=0) > 255 \
+            else values.astype(np.uint8)
+        return Image.fromarray(scaled, mode="L").convert("RGB")
+    raise InputError(f"{where}: image mode {image.mode!r} has no faithful 8-bit RGB form (float or multi-band "
+                     "data): convert it to 8-bit RGB yourself")
+
+
 def check_image(image, where: str) -> Image.Image:
     """A PIL RGB image, or a clear error. Arrays of shape (H, W, 3) uint8 are accepted."""
     if isinstance(image, np.ndarray):
@@ -89,7 +113,8 @@ def check_image(image, where: str) -> Image.Image:
     if image.width == 0 or image.height == 0:
         raise InputError(f"{where}: the image has size {image.width}x{image.height}; it needs at least one pixel")
     if image.mode != "RGB":
-        raise InputError(f"{where}: image mode is {image.mode!r}, expected 'RGB' (use image.convert('RGB'))")
+        raise InputError(f"{where}: image mode is {image.mode!r}, expected 'RGB' (use vlm_lens.to_rgb(image): 16-bit "
+                         "images scaled, not saturated as image.convert('RGB') does)")
     return image
 
 

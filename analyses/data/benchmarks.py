@@ -14,6 +14,7 @@ import hashlib
 import io
 import json
 import os
+import warnings
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,7 @@ from tqdm.auto import tqdm
 from analyses.data.scoring import relation, whole_integer
 from analyses.data.examples import Example
 from vlm_lens.errors import DataError
+from vlm_lens.inputs import to_rgb
 
 
 @dataclass(frozen=True)
@@ -286,21 +288,30 @@ def load(path: str | Path, annotations: str | Path | None = None, format: str | 
 # --- images -----------------------------------------------------------------------------------------------
 
 def _inside(folder: Path, name: str) -> bool:
-    """Whether ``folder / name`` stays inside ``folder`` as written (no absolute path, no ``..`` out of it)."""
+    """Whether ``folder / name`` stays inside ``folder``: as written (no absolute path, no ``..`` out of it), and
+    once symbolic links are resolved (a link inside the folder to a file outside it leaves it too)."""
     if os.path.isabs(name):
         return False
     base = os.path.normpath(folder)
-    return os.path.normpath(os.path.join(base, name)).startswith(base + os.sep)
+    if not os.path.normpath(os.path.join(base, name)).startswith(base + os.sep):
+        return False
+    real = os.path.realpath(folder)
+    return os.path.realpath(os.path.join(base, name)).startswith(real + os.sep)
 
 
 def _decode_error(data: bytes) -> str | None:
     """Why these bytes are not a readable image, or None. JPEGs decode at reduced scale (draft): fast, and a
     truncated or corrupt file still fails."""
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            image.draft("RGB", (64, 64))
-            image.load()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)  # past PIL's limit: refused, not decoded
+            with Image.open(io.BytesIO(data)) as image:
+                image.draft("RGB", (64, 64))
+                image.load()
+                to_rgb(image)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        return f"its header claims more pixels than PIL decodes safely ({e})".replace("\n", " ")
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:  # InputError: a mode with no RGB form
         return str(e) or type(e).__name__
     return None
 

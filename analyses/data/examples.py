@@ -12,6 +12,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from vlm_lens.inputs import to_rgb
+
 from analyses.data.scoring import CLOSED_FORM, METRICS
 from analyses.data import shapes
 
@@ -49,7 +51,11 @@ class Example:
         return self.golds[0]
 
     def load_image(self) -> Image.Image:
-        return self.image if isinstance(self.image, Image.Image) else Image.open(self.image).convert("RGB")
+        """The image as 8-bit RGB (``vlm_lens.to_rgb``: a 16-bit PNG scaled, not saturated)."""
+        if isinstance(self.image, Image.Image):
+            return to_rgb(self.image, "the example's image")
+        with Image.open(self.image) as image:
+            return to_rgb(image, str(self.image)).copy()
 
 
 def shapes_examples(n: int, seed: int, size: int = 32, types: tuple[str, ...] = shapes.TYPES) -> list[Example]:

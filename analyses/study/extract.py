@@ -66,9 +66,31 @@ def _manifest(folder: Path) -> dict:
     if not path.exists():
         return {}
     try:
-        return json.loads(path.read_text())
+        manifest = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise DataError(f"{path} is damaged (not valid JSON): this folder cannot be resumed; use a new --out") from None
+    problem = _manifest_problem(manifest)
+    if problem:
+        raise DataError(f"{path} is not a vlm-lens extraction manifest ({problem}): this folder cannot be resumed; "
+                        "use a new --out")
+    return manifest
+
+
+def _manifest_problem(manifest) -> str | None:
+    """What is missing from a manifest's shape, or None: a JSON object with its config and fingerprint, the data's
+    digests and the list of complete shards (start, end, name)."""
+    if not isinstance(manifest, dict):
+        return f"a JSON {type(manifest).__name__}, not an object"
+    for key, kind in (("fingerprint", str), ("config", dict), ("data", dict), ("shards", list)):
+        if not isinstance(manifest.get(key), kind):
+            return f"no {key!r} {kind.__name__}"
+    if not isinstance(manifest["data"].get("examples"), list):
+        return "no data.examples list"
+    for shard in manifest["shards"]:
+        if not (isinstance(shard, dict) and isinstance(shard.get("start"), int) and isinstance(shard.get("end"), int)
+                and isinstance(shard.get("name"), str)):
+            return f"a shard entry {shard!r} without start, end and name"
+    return None
 
 
 def _write_manifest(folder: Path, manifest: dict) -> None:

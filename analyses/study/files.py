@@ -108,9 +108,10 @@ class RunLock:
     def _owner(handle) -> dict:
         handle.seek(0)
         try:
-            return json.loads(handle.read() or "{}")
-        except json.JSONDecodeError:
+            owner = json.loads(handle.read() or "{}")
+        except (json.JSONDecodeError, UnicodeDecodeError):
             return {}
+        return owner if isinstance(owner, dict) else {}  # valid JSON of another shape: nobody's, overwritten
 
     def __exit__(self, *exc) -> None:
         if self._handle is not None:
