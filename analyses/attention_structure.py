@@ -172,7 +172,8 @@ def answer_token_attention(generated: GeneratedAnswers, image: int = 0, view: st
 def first_token_head_entropy(generated: GeneratedAnswers, image: int = 0, view: str = "base"
                              ) -> list[Float[np.ndarray, "layer head"]]:
     """Per item: H_s [layer, head] of each head's map from the first answer token to the image grid (Eq. 1 for one
-    head at one token; what ranks heads, e.g. the top heads' attention R_pb of the study's Table 2)."""
+    head at one token; what ranks heads, e.g. the top heads' attention R_pb of the study's Table 2). NaN for a head
+    whose attention to the image is exactly zero (nothing to normalise)."""
     inputs, vocab = generated.at_answer.inputs, generated.at_answer.vocab
     rows = generated.first_heads
     if not rows:
@@ -180,7 +181,10 @@ def first_token_head_entropy(generated: GeneratedAnswers, image: int = 0, view: 
     n_heads = next(iter(rows.values())).shape[1]
     per_head = [image_grids(ActivationCache({k: v[:, h : h + 1] for k, v in rows.items()}, vocab, inputs), image, view)
                 for h in range(n_heads)]
-    return [np.array([[spatial_entropy(per_head[h][i][layer]) for h in range(n_heads)]
+    def entropy(grid) -> float:  # a head with no attention on the image (or all of it underflowed in float16): NaN
+        return spatial_entropy(grid) if float(np.sum(grid)) > 0 else float("nan")
+
+    return [np.array([[entropy(per_head[h][i][layer]) for h in range(n_heads)]
                       for layer in range(per_head[0][i].shape[0])], dtype=np.float32) for i in range(len(per_head[0]))]
 
 

@@ -55,8 +55,9 @@ def test_toy_scores_within_two_points_of_its_card(toy):
     fresh = training.evaluate(model, n=card(name)["held_out"]["n"], seed=FRESH_SEED, answers=card(name).get("answers", "token"))
     claimed = card(name)["held_out"]["accuracy"]
     assert abs(fresh["all"] - claimed["all"]) <= 2.0, (fresh, claimed)
-    # neither chance nor perfect, and wrong answers in every question family
-    assert 70 <= fresh["all"] <= 95
+    # neither chance (about 40-50% on these mixtures of yes/no, counts, colours) nor perfect, and wrong answers in
+    # every question family
+    assert 65 <= fresh["all"] <= 95
     assert all(v < 100 for v in fresh.values())
 
 

@@ -204,7 +204,8 @@ def _extract_batch(model: HookedVLM, examples: list[Example], inputs, start: int
             "entropy": float(-(probs[i] * torch.log(probs[i].clamp_min(1e-30))).sum()),  # of the first token
             "margins": margins[:, i].tolist(), "grid": list(attention[i][0].shape[1:]),
             "attention_entropy": attention[i][1].tolist(),  # H_s per layer of the answer tokens' mean map
-            "head_entropy": np.round(head_entropy[i], 5).tolist(),  # [layer][head]: H_s of each head, first answer token
+            # [layer][head]: H_s of each head, first answer token (None: no attention to the image)
+            "head_entropy": [[None if np.isnan(v) else round(float(v), 5) for v in layer] for layer in head_entropy[i]],
         })
     arrays = {
         "hidden": resid[hidden_layers].transpose(0, 1).to("cpu", storage).contiguous(),

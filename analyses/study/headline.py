@@ -17,6 +17,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 
@@ -128,13 +130,21 @@ def top_heads_attention(ex: Extraction, margins: MarginBuilding, cfg: VRPConfig)
     if any("head_entropy" not in r for r in ex.rows):
         return pd.DataFrame([{"measure": "H_s over the top heads", "note": "not in this extraction (made by an earlier "
                               "vlm-lens): extract again into a new --out to add per-head entropies"}])
-    heads = np.array([r["head_entropy"] for r in ex.rows])  # question layer head
+    heads = np.array([r["head_entropy"] for r in ex.rows], dtype=float)  # question layer head (NaN: no image attention)
     top = list(zip(margins.top_heads["layer"].astype(int), margins.top_heads["head"].astype(int)))
     named = ", ".join(f"L{l}H{h}" for l, h in top)
     rows = []
-    for measure, values in ((f"H_s over the top-{len(top)} heads ({named})", heads[:, [l for l, _ in top], [h for _, h in top]].mean(1)),
-                            ("H_s over every head", heads.mean((1, 2)))):
-        row = _rpb(measure, values, ex.correct, cfg)
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a question none of whose heads sees the image: left out
+        chosen = np.nanmean(heads[:, [l for l, _ in top], [h for _, h in top]], axis=1)
+        every = np.nanmean(heads, axis=(1, 2))
+    for measure, values in ((f"H_s over the top-{len(top)} heads ({named})", chosen), ("H_s over every head", every)):
+        seen = ~np.isnan(values)
+        if len(set(ex.correct[seen])) < 2:  # no head saw the image, or only right (wrong) answers remain
+            rows.append({"measure": measure, "r_pb": NAN, "ci_low": NAN, "ci_high": NAN, "p_perm": NAN,
+                         "n": int(seen.sum()), "note": "too few questions whose heads attend to the image"})
+            continue
+        row = _rpb(measure, values[seen], ex.correct[seen], cfg)
         rows.append({"measure": measure, "r_pb": row["value"], "ci_low": row["ci_low"], "ci_high": row["ci_high"],
                      "p_perm": row["p_perm"], "n": row["n"], "note": "first answer token's map, per head"})
     return pd.DataFrame(rows)
