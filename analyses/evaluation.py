@@ -12,6 +12,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from analyses import answers
+from vlm_lens.errors import InputError
 from analyses.data.examples import Example
 from analyses.data.scoring import correctness
 from analyses.interventions import NOTHING, Intervention, apply
@@ -21,8 +22,12 @@ from vlm_lens import HookedVLM
 
 def batches(model: HookedVLM, examples: Sequence[Example], batch_size: int):
     """(examples, prepared inputs) in chunks of ``batch_size``; images are opened chunk by chunk."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise InputError(f"batch_size must be an integer of at least 1, got {batch_size!r}")
+    return _batches(model, examples, batch_size)
+
+
+def _batches(model: HookedVLM, examples: Sequence[Example], batch_size: int):
     for start in range(0, len(examples), batch_size):
         chunk = examples[start : start + batch_size]
         yield chunk, model.prepare(images=[e.load_image() for e in chunk], prompts=[e.text for e in chunk])

@@ -24,12 +24,34 @@ import torch
 from torch import Tensor
 
 from vlm_lens import HookedVLM, VLMInputs
+from vlm_lens.errors import InputError
 
 Hooks = list[tuple[str, Callable]]
 
 # Units an intervention on "neurons" can address: MLP neurons or residual-stream dimensions.
 NEURON_SITES = {"mlp": "blocks.{l}.mlp.hook_post", "resid": "blocks.{l}.hook_resid_post"}
 NEURON_MODES = ("zero", "mean", "clamp", "scale")
+
+
+def whole_numbers(values, what: str) -> tuple[int, ...]:
+    """``values`` as non-negative ints, or an ``InputError`` naming ``what``: a float such as 1.7 is refused, not
+    truncated, and a negative index is refused, not read from the end."""
+    out = []
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) and not (
+                isinstance(v, (float, np.floating)) and float(v).is_integer()):
+            raise InputError(f"{what} must be whole numbers, got {v!r} in {list(values)}")
+        if int(v) < 0:
+            raise InputError(f"{what} must be non-negative (counted from 0), got {int(v)} in {list(values)}")
+        out.append(int(v))
+    return tuple(out)
+
+
+def check_below(values, limit: int, what: str, size: str) -> None:
+    """Every index in ``values`` below ``limit`` (the model's size, named by ``size``), or an ``InputError``."""
+    outside = [v for v in values if v >= limit]
+    if outside:
+        raise InputError(f"{what} {outside} outside the model's {limit} {size} (0..{limit - 1})")
 
 
 class Intervention(ABC):
@@ -84,7 +106,7 @@ def _position_mask(inputs: VLMInputs, where: str) -> Tensor:
         image[item, inputs.image_positions(item)] = True
     masks = {"all": real, "image": image & real, "text": ~image & real}
     if where not in masks:
-        raise ValueError(f"where must be one of {sorted(masks)}, got {where!r}")
+        raise InputError(f"where must be one of {sorted(masks)}, got {where!r}")
     return masks[where]
 
 
@@ -106,15 +128,17 @@ class Neurons(Intervention):
     label: str | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self):
-        object.__setattr__(self, "indices", tuple(int(i) for i in self.indices))
+        (layer,) = whole_numbers([self.layer], "layer")
+        object.__setattr__(self, "layer", layer)
+        object.__setattr__(self, "indices", whole_numbers(self.indices, "neuron indices"))
         if self.mode not in NEURON_MODES:
-            raise ValueError(f"mode must be one of {NEURON_MODES}; got {self.mode!r}")
+            raise InputError(f"mode must be one of {NEURON_MODES}; got {self.mode!r}")
         if self.mode in ("clamp", "scale") and self.value is None:
-            raise ValueError(f"mode {self.mode!r} needs a value")
+            raise InputError(f"mode {self.mode!r} needs a value")
         if self.mode == "mean" and self.means is None:
-            raise ValueError("mode 'mean' needs means (see neuron_means)")
+            raise InputError("mode 'mean' needs means (see neuron_means)")
         if self.site not in NEURON_SITES:
-            raise ValueError(f"site must be one of {sorted(NEURON_SITES)}; got {self.site!r}")
+            raise InputError(f"site must be one of {sorted(NEURON_SITES)}; got {self.site!r}")
 
     @property
     def name(self) -> str:
@@ -122,6 +146,9 @@ class Neurons(Intervention):
         return self.label or f"{self.mode} {len(self.indices)} {unit} @L{self.layer}"
 
     def hooks(self, model, inputs) -> Hooks:
+        check_below([self.layer], model.cfg.n_layers, "layer", "language layers")
+        width = model.cfg.d_mlp if self.site == "mlp" else model.cfg.d_model
+        check_below(self.indices, width, "neuron indices", "MLP neurons" if self.site == "mlp" else "residual units")
         index = list(self.indices)
 
         def edit(act: Tensor, hook) -> Tensor:
@@ -148,7 +175,7 @@ def random_neurons(model: HookedVLM, layer: int, k: int, seed: int, exclude: Seq
     width = model.cfg.d_mlp if site == "mlp" else model.cfg.d_model
     pool = np.setdiff1d(np.arange(width), np.asarray(exclude, dtype=int))
     if k > len(pool):
-        raise ValueError(f"cannot draw {k} units from the {len(pool)} available at layer {layer}")
+        raise InputError(f"cannot draw {k} units from the {len(pool)} available at layer {layer}")
     chosen = sorted(np.random.default_rng(seed).choice(pool, size=k, replace=False).tolist())
     control = Neurons(layer, chosen, site=site, **kwargs)
     return replace(control, label=f"random {control.name} (seed {seed})")
@@ -178,6 +205,7 @@ class MLPBypass(Intervention):
         return f"bypass MLP @L{self.layer} ({self.where})"
 
     def hooks(self, model, inputs) -> Hooks:
+        check_below(whole_numbers([self.layer], "layer"), model.cfg.n_layers, "layer", "language layers")
         mask = _position_mask(inputs, self.where)
 
         def bypass(act, hook):
@@ -199,13 +227,17 @@ class HeadAblation(Intervention):
     heads: tuple[int, ...]
 
     def __post_init__(self):
-        object.__setattr__(self, "heads", tuple(int(h) for h in self.heads))
+        (layer,) = whole_numbers([self.layer], "layer")
+        object.__setattr__(self, "layer", layer)
+        object.__setattr__(self, "heads", whole_numbers(self.heads, "heads"))
 
     @property
     def name(self) -> str:
         return f"ablate heads {list(self.heads)} @L{self.layer}"
 
     def hooks(self, model, inputs) -> Hooks:
+        check_below([self.layer], model.cfg.n_layers, "layer", "language layers")
+        check_below(self.heads, model.cfg.n_heads, "heads", "attention heads")
         heads = list(self.heads)
 
         def zero(act, hook):
@@ -228,16 +260,23 @@ class AttentionKnockout(Intervention):
     query_positions: tuple[int, ...] = (-1,)
 
     def __post_init__(self):
-        object.__setattr__(self, "layers", tuple(int(x) for x in self.layers))
-        object.__setattr__(self, "query_positions", tuple(int(q) for q in self.query_positions))
+        object.__setattr__(self, "layers", whole_numbers(self.layers, "layers"))
+        positions = tuple(self.query_positions)
+        whole_numbers([abs(q) for q in positions], "query positions")  # negative ones count back from the last token
+        object.__setattr__(self, "query_positions", tuple(int(q) for q in positions))
 
     @property
     def name(self) -> str:
         return f"knock out attention to image @L{list(self.layers)}"
 
     def hooks(self, model, inputs) -> Hooks:
+        check_below(self.layers, model.cfg.n_layers, "layers", "language layers")
         last = inputs.last_positions()
         seq = inputs.input_ids.shape[1]
+        reach = [q for q in self.query_positions if (q >= seq if q >= 0 else -q > int(last.min()) + 1)]
+        if reach:
+            raise InputError(f"query positions {reach} fall outside the shortest item's {int(last.min()) + 1} tokens "
+                             "(negative positions count back from each item's last token)")
         blocked = torch.zeros(inputs.batch_size, seq, seq, dtype=torch.bool)
         for item in range(inputs.batch_size):
             rows = [int(last[item]) + 1 + q if q < 0 else q for q in self.query_positions]
@@ -271,14 +310,18 @@ class EmbeddingEdit(Intervention):
 
     def __post_init__(self):
         if self.fill not in ("mean", "zero"):
-            raise ValueError(f"fill must be 'mean' or 'zero', got {self.fill!r}")
-        object.__setattr__(self, "positions", tuple(tuple(int(p) for p in pos) for pos in self.positions))
+            raise InputError(f"fill must be 'mean' or 'zero', got {self.fill!r}")
+        object.__setattr__(self, "positions", tuple(whole_numbers(pos, "positions") for pos in self.positions))
 
     @property
     def name(self) -> str:
         return self.label
 
     def hooks(self, model, inputs) -> Hooks:
+        if len(self.positions) != inputs.batch_size:
+            raise InputError(f"positions for {len(self.positions)} items, but the batch has {inputs.batch_size}")
+        check_below([p for pos in self.positions for p in pos], inputs.input_ids.shape[1], "positions", "token positions")
+
         def edit(embed, hook):
             if hook.step > 0:  # generation: later steps carry no image tokens
                 return None

@@ -21,6 +21,7 @@ from sklearn.model_selection import train_test_split
 from sklearn.neural_network import MLPClassifier
 
 from analyses.stats import Estimate, auroc
+from vlm_lens.errors import InputError
 
 
 @dataclass(frozen=True)
@@ -30,8 +31,29 @@ class Split:
     test: np.ndarray
 
 
+def _labels(labels, rows: int | None = None, what: str = "the features") -> np.ndarray:
+    """Binary labels with both classes, one per feature row, or an ``InputError`` saying what is wrong."""
+    labels = np.asarray(labels)
+    if labels.ndim != 1:
+        raise InputError(f"labels must be 1-D (one per question), got shape {labels.shape}")
+    if labels.size and set(np.unique(labels).tolist()) - {0, 1}:
+        raise InputError(f"labels must be binary (0/1 or bool), got values {sorted(set(np.unique(labels).tolist()))[:5]}")
+    if rows is not None and len(labels) != rows:
+        raise InputError(f"{len(labels)} labels for {rows} rows of {what}: give one label per row")
+    labels = labels.astype(int)
+    if len(labels) == 0 or labels.min() == labels.max():
+        raise InputError(f"labels hold one class only ({len(labels)} of them): a probe needs right and wrong answers")
+    return labels
+
+
 def stratified_split(labels, seed: int = 0, val: float = 0.2, test: float = 0.2) -> Split:
-    labels = np.asarray(labels).astype(int)
+    labels = _labels(labels)
+    fewest = int(min(labels.sum(), len(labels) - labels.sum()))
+    if fewest < 3:
+        raise InputError(f"only {fewest} answer(s) of one class among {len(labels)}: a stratified train/val/test split "
+                         "needs at least 3 of each")
+    if not (0 < val and 0 < test and val + test < 1):
+        raise InputError(f"val and test must be positive shares leaving a training split, got {val} and {test}")
     index = np.arange(len(labels))
     rest, test_idx = train_test_split(index, test_size=test, stratify=labels, random_state=seed)
     train_idx, val_idx = train_test_split(rest, test_size=val / (1 - test), stratify=labels[rest], random_state=seed)
@@ -79,6 +101,13 @@ def fit_probe(features: np.ndarray, labels, layer, penalty: str = "l2", C: float
     """A logistic probe on [n, d] features; ``penalty`` "l1" (sparse) or "l2" (dense), any case."""
     penalty = _penalty(penalty)
     features = np.asarray(features, dtype=np.float64)
+    if features.ndim != 2:
+        raise InputError(f"features must be [n, d], got shape {features.shape}")
+    if not np.isfinite(features).all():
+        raise InputError(f"features hold {int((~np.isfinite(features)).sum())} NaN or infinite value(s)")
+    labels = _labels(labels, len(features))
+    if not (isinstance(C, (int, float)) and 0 < C < float("inf")):
+        raise InputError(f"C must be a positive inverse regularisation strength, got {C!r}")
     mean, scale = features.mean(0), features.std(0)
     scale[scale == 0] = 1.0
     solver = "liblinear" if penalty == "l1" else "lbfgs"
@@ -89,7 +118,7 @@ def fit_probe(features: np.ndarray, labels, layer, penalty: str = "l2", C: float
 
 def _penalty(penalty: str) -> str:
     if not isinstance(penalty, str) or penalty.lower() not in PENALTIES:
-        raise ValueError(f"penalty must be 'l1' or 'l2', got {penalty!r}")
+        raise InputError(f"penalty must be 'l1' or 'l2', got {penalty!r}")
     return penalty.lower()
 
 
@@ -113,7 +142,9 @@ def layerwise_probe(
 
     ``split`` defaults to ``stratified_split(correct, seed)``; pass the study's to share one test set."""
     penalty = _penalty(penalty)
-    labels = np.asarray(correct).astype(int)
+    if len(features) == 0:
+        raise InputError("features hold no layers: give [layer, n, d]")
+    labels = _labels(correct, len(features[0]), "each layer's features")
     split = split or stratified_split(labels, seed)
     probes, val = [], []
     for layer in range(len(features)):  # one layer in memory at a time (an extraction's LayerStack reads lazily)
@@ -169,9 +200,12 @@ def classifier_probe(features: np.ndarray, correct, kind: str = "mlp", seed: int
 
     Fitted on train + validation (no layer to choose), scored once on test."""
     if kind not in CLASSIFIERS:
-        raise ValueError(f"kind must be one of {sorted(CLASSIFIERS)}, got {kind!r}")
+        raise InputError(f"kind must be one of {sorted(CLASSIFIERS)}, got {kind!r}")
     x = np.asarray(features, dtype=np.float64)
-    labels = np.asarray(correct).astype(int)
+    if x.ndim != 2 or not np.isfinite(x).all():
+        raise InputError(f"features must be a finite [n, d] array, got shape {x.shape}"
+                         + (" with NaN or infinite values" if x.ndim == 2 else ""))
+    labels = _labels(correct, len(x))
     split = split or stratified_split(labels, seed)
     fit_idx = np.concatenate([split.train, split.val])
     mean, scale = x[fit_idx].mean(0), x[fit_idx].std(0)

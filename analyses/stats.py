@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from vlm_lens.errors import InputError
+
 
 @dataclass(frozen=True)
 class Estimate:
@@ -27,9 +29,10 @@ def paired_bootstrap_diff(
     before: Sequence[float], after: Sequence[float], n_resamples: int = 10_000, seed: int = 0, confidence: float = 0.95
 ) -> Estimate:
     """mean(after) - mean(before) over paired items, with a percentile bootstrap CI (items resampled together)."""
-    before, after = np.asarray(before, dtype=float), np.asarray(after, dtype=float)
+    _resamples(n_resamples)
+    before, after = _finite(before, "before"), _finite(after, "after")
     if before.shape != after.shape or before.ndim != 1 or len(before) == 0:
-        raise ValueError(f"before and after must be paired 1-D samples, got {before.shape} and {after.shape}")
+        raise InputError(f"before and after must be paired 1-D samples, got {before.shape} and {after.shape}")
     diff = after - before
     rng = np.random.default_rng(seed)
     means = np.empty(n_resamples)
@@ -59,17 +62,34 @@ def _bootstrap(statistic, arrays: tuple[np.ndarray, ...], n_resamples: int, seed
     return float(low), float(high)
 
 
+def _finite(values, what: str) -> np.ndarray:
+    values = np.asarray(values, dtype=float)
+    if not np.isfinite(values).all():
+        bad = int((~np.isfinite(values)).sum())
+        raise InputError(f"{what} hold {bad} NaN or infinite value(s) of {values.size}: drop or fill them first")
+    return values
+
+
+def _binary(labels, what: str = "labels") -> np.ndarray:
+    labels = np.asarray(labels)
+    if labels.size and set(np.unique(labels).tolist()) - {0, 1}:
+        raise InputError(f"{what} must be binary (0/1 or bool), got values {sorted(set(np.unique(labels).tolist()))[:5]}")
+    return labels.astype(int)
+
+
+def _resamples(n_resamples: int, least: int = 1) -> None:
+    if isinstance(n_resamples, bool) or not isinstance(n_resamples, (int, np.integer)) or n_resamples < least:
+        raise InputError(f"n_resamples must be an integer of at least {least}, got {n_resamples!r}")
+
+
 def _scores_labels(scores, labels) -> tuple[np.ndarray, np.ndarray]:
     scores, labels = np.asarray(scores, dtype=float), np.asarray(labels)
     if scores.shape != labels.shape or scores.ndim != 1:
-        raise ValueError(f"scores and labels must be 1-D and the same length, got {scores.shape} and {labels.shape}")
-    if not np.isfinite(scores).all():
-        raise ValueError("scores must be finite")
-    if set(np.unique(labels).tolist()) - {0, 1}:
-        raise ValueError("labels must be binary (0/1 or bool)")
-    labels = labels.astype(int)
-    if labels.min() == labels.max():
-        raise ValueError("labels hold one class only; AUROC and point-biserial need both")
+        raise InputError(f"scores and labels must be 1-D and the same length, got {scores.shape} and {labels.shape}")
+    scores = _finite(scores, "scores")
+    labels = _binary(labels)
+    if len(labels) == 0 or labels.min() == labels.max():
+        raise InputError("labels hold one class only; AUROC and point-biserial need both")
     return scores, labels
 
 
@@ -108,9 +128,10 @@ def permutation_test(x, y, n_resamples: int = 10_000, seed: int = 0, chunk: int 
     """Two-sided permutation p-value for a difference in means between samples x and y: the share of random
     relabellings (plus the observed one) whose |mean difference| reaches the observed. For a binary label
     this is also the permutation test of the point-biserial R, a monotone function of that difference."""
-    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    _resamples(n_resamples)
+    x, y = _finite(x, "the first sample"), _finite(y, "the second sample")
     if len(x) == 0 or len(y) == 0:
-        raise ValueError(f"a permutation test needs both samples non-empty, got {len(x)} and {len(y)}")
+        raise InputError(f"a permutation test needs both samples non-empty, got {len(x)} and {len(y)}")
     observed = abs(x.mean() - y.mean())
     pooled = np.concatenate([x, y])
     rng = np.random.default_rng(seed)
@@ -128,9 +149,10 @@ def sign_flip_test(differences, n_resamples: int = 10_000, seed: int = 0, chunk:
     """Two-sided permutation p-value that paired differences (after - before on the same items) have mean 0:
     the share of random sign flips of the pairs (plus the observed one) whose |mean| reaches the observed
     (the paired-samples permutation test; scipy's ``permutation_test(permutation_type="samples")``)."""
-    d = np.asarray(differences, dtype=float)
+    _resamples(n_resamples)
+    d = _finite(differences, "the paired differences")
     if d.ndim != 1 or len(d) == 0:
-        raise ValueError(f"a sign-flip test needs a non-empty 1-D sample of paired differences, got shape {d.shape}")
+        raise InputError(f"a sign-flip test needs a non-empty 1-D sample of paired differences, got shape {d.shape}")
     observed = abs(d.mean())
     rng = np.random.default_rng(seed)
     hits, done = 0, 0
@@ -142,14 +164,21 @@ def sign_flip_test(differences, n_resamples: int = 10_000, seed: int = 0, chunk:
     return float((hits + 1) / (n_resamples + 1))
 
 
+def _p_values(p_values) -> np.ndarray:
+    p = _finite(p_values, "p-values")
+    if ((p < 0) | (p > 1)).any():
+        raise InputError(f"p-values must lie in [0, 1], got {p[(p < 0) | (p > 1)][:3].tolist()}")
+    return p
+
+
 def bonferroni(p_values) -> np.ndarray:
-    p = np.asarray(p_values, dtype=float)
+    p = _p_values(p_values)
     return np.minimum(p * len(p), 1.0)
 
 
 def benjamini_hochberg(p_values) -> np.ndarray:
     """BH-adjusted p-values (step-up, monotone)."""
-    p = np.asarray(p_values, dtype=float)
+    p = _p_values(p_values)
     n = len(p)
     order = np.argsort(p)
     adjusted = p[order] * n / np.arange(1, n + 1)
@@ -161,10 +190,12 @@ def benjamini_hochberg(p_values) -> np.ndarray:
 
 def expected_calibration_error(confidence, correct, n_bins: int = 10) -> tuple[float, list[dict]]:
     """ECE with equal-width bins over [0, 1], and the reliability-diagram bins (confidence vs accuracy)."""
-    confidence = np.asarray(confidence, dtype=float)
-    correct = np.asarray(correct, dtype=float)
+    confidence = _finite(confidence, "confidences")
+    correct = _binary(correct, "correct").astype(float)
+    if confidence.shape != correct.shape or confidence.ndim != 1:
+        raise InputError(f"confidence and correct must be 1-D and the same length, got {confidence.shape} and {correct.shape}")
     if ((confidence < 0) | (confidence > 1)).any():
-        raise ValueError("confidences must lie in [0, 1]")
+        raise InputError("confidences must lie in [0, 1]")
     edges = np.linspace(0, 1, n_bins + 1)
     index = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, n_bins - 1)
     bins, ece = [], 0.0

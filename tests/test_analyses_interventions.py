@@ -12,7 +12,7 @@ from analyses.data.examples import shapes_examples
 from analyses import interventions as I
 from analyses import patch_masking as PM
 from analyses import patching as P
-from vlm_lens.errors import UnsupportedModelError
+from vlm_lens.errors import InputError, UnsupportedModelError
 from analyses.stats import paired_bootstrap_diff
 from tests.conftest import PROMPTS, make_images
 
@@ -245,3 +245,30 @@ def test_causal_trace_restoring_the_last_state_gives_the_clean_answer(model):
     assert np.allclose(silent.effects, 0, atol=1e-6)
     spans = P.causal_trace(model, inputs, by="span")
     assert spans.effects.shape == (model.cfg.n_layers, 1)
+
+
+@pytest.mark.parametrize("make, says", [
+    (lambda m: I.neurons(0, [m.cfg.d_mlp], "zero"), r"neuron indices \[\d+\] outside the model's \d+ MLP neurons"),
+    (lambda m: I.neurons(0, [m.cfg.d_model], "zero", site="resid"), r"outside the model's \d+ residual units"),
+    (lambda m: I.neurons(m.cfg.n_layers, [0], "zero"), r"layer \[\d+\] outside the model's \d+ language layers"),
+    (lambda m: I.HeadAblation(0, (m.cfg.n_heads,)), r"heads \[\d+\] outside the model's \d+ attention heads"),
+    (lambda m: I.mlp_bypass(m.cfg.n_layers), r"outside the model's \d+ language layers"),
+    (lambda m: I.attention_knockout([0], query_positions=[-10_000]), r"query positions \[-10000\] fall outside"),
+    (lambda m: I.image_embedding_edit([[0]]), r"positions for 1 items, but the batch has 2"),
+])
+def test_indices_outside_the_model_are_refused_before_a_hook_runs(model, inputs, make, says):
+    with pytest.raises(InputError, match=says):
+        make(model).hooks(model, inputs)
+
+
+@pytest.mark.parametrize("make, says", [
+    (lambda: I.neurons(0, [-1], "zero"), "must be non-negative"),
+    (lambda: I.neurons(0, [1.7], "zero"), "must be whole numbers, got 1.7"),
+    (lambda: I.HeadAblation(0, (-2,)), "heads must be non-negative"),
+    (lambda: I.image_embedding_edit([[-1]]), "positions must be non-negative"),
+    (lambda: I.neurons(0, [1], "clamp"), "needs a value"),
+])
+def test_negative_or_fractional_indices_are_refused_not_reinterpreted(make, says):
+    with pytest.raises(InputError, match=says):
+        make()
+    assert I.neurons(0, [np.int64(3), 2.0], "zero").indices == (3, 2)  # numpy ints and whole floats are fine

@@ -99,3 +99,11 @@ def test_generate_refuses_right_padding(model, images):
     inputs = model.prepare(images=images, prompts=["is there a red square in the image ?", "how many"], padding_side="right")
     with pytest.raises(InputError, match="padding_side='left'"):
         model.generate(inputs, max_new_tokens=2)
+
+
+@pytest.mark.parametrize("cut", ["batch", "pos"])
+def test_attention_mask_of_another_shape_is_refused(model, inputs, cut):
+    mask = inputs.tensors["attention_mask"]
+    wrong = mask[:1] if cut == "batch" else mask[:, 1:]
+    with pytest.raises(InputError, match=r"attention_mask has shape .* but input_ids .*one attention_mask entry per token"):
+        model.as_inputs(**{**inputs.tensors, "attention_mask": wrong})

@@ -482,3 +482,70 @@ def test_empty_prompts_and_prompts_past_the_positions(model, images):
     with warnings.catch_warnings():
         warnings.simplefilter("error", VLMLensWarning)
         model.prepare(images=images, prompts=PROMPTS)  # ordinary prompts: no warning
+
+
+def test_a_checkpoint_without_or_with_truncated_weights_is_a_model_load_error(tmp_path):
+    import shutil
+
+    from vlm_lens import HookedVLM, zoo
+    from vlm_lens.errors import ModelLoadError
+
+    source = zoo.get("toy-llava").path
+    empty, cut = tmp_path / "empty", tmp_path / "cut"
+    shutil.copytree(source, empty)
+    (empty / "model.safetensors").unlink()
+    shutil.copytree(source, cut)
+    (cut / "model.safetensors").write_bytes((source / "model.safetensors").read_bytes()[:100_000])
+    for folder in (empty, cut):
+        with pytest.raises(ModelLoadError, match=f"cannot load the weights of model '{folder}'") as raised:
+            HookedVLM.from_pretrained(str(folder))
+        assert "\n" not in str(raised.value)
+
+
+@pytest.mark.parametrize("content", [b"", b"\x89PNG\r\n\x1a\n\x00\x00"])
+def test_a_zero_byte_or_truncated_image_read_directly_is_a_data_error(tmp_path, content):
+    from analyses.data.examples import Example
+    from vlm_lens.errors import DataError
+
+    (tmp_path / "x.png").write_bytes(content)
+    with pytest.raises(DataError, match="x.png cannot be read"):
+        Example(tmp_path / "x.png", "q", "yes").load_image()
+
+
+def test_an_image_the_processor_refuses_is_an_input_error():
+    from PIL import Image
+
+    from tests.conftest import tiny
+    from vlm_lens.errors import InputError
+
+    model = tiny("qwen2_vl")
+    with pytest.raises(InputError, match=r"the qwen2_vl processor refused the images \(4000x16\): absolute aspect ratio"):
+        model.prepare(images=[Image.new("RGB", (4000, 16))], prompts=["q"])
+
+
+@pytest.mark.parametrize("call", ["generate", "device", "dtype", "batch"])
+def test_python_api_settings_out_of_range_are_input_errors(call):
+    import torch
+
+    from analyses import answers, evaluation
+    from analyses.data.examples import shapes_examples
+    from tests.conftest import FAMILIES, tiny
+    from vlm_lens import HookedVLM
+    from vlm_lens.errors import InputError
+
+    if call == "device":
+        with pytest.raises(InputError, match="unknown device 'gpu'"):
+            HookedVLM.from_pretrained("toy-llava", device="gpu")
+    elif call == "dtype":
+        with pytest.raises(InputError, match="cannot run a model"):
+            HookedVLM.from_pretrained("toy-llava", dtype=torch.int8)
+    else:
+        model = tiny(FAMILIES[0])
+        examples = shapes_examples(2, seed=0)
+        if call == "batch":
+            with pytest.raises(InputError, match="batch_size must be an integer of at least 1"):
+                evaluation.predict(model, examples, batch_size=0)
+        else:
+            inputs = model.prepare(images=[e.load_image() for e in examples], prompts=[e.text for e in examples])
+            with pytest.raises(InputError, match="max_new_tokens must be at least 1"):
+                answers.generate_answers(model, inputs, max_new_tokens=0)

@@ -93,3 +93,21 @@ def test_the_sparse_probe_is_sparse():
     dense = P.fit_probe(x, y, layer=0, penalty="l2", C=0.05)
     assert np.count_nonzero(sparse.coef) < 32 and set(np.argsort(-np.abs(sparse.coef))[:3]) == {0, 1, 2}
     assert np.count_nonzero(dense.coef) == 128
+
+
+def test_probe_inputs_that_would_fit_on_a_subset_or_one_class_are_refused():
+    from analyses import probes as P
+    from vlm_lens.errors import InputError
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(3, 40, 5)), rng.random(40) < 0.5
+    with pytest.raises(InputError, match="30 labels for 40 rows"):
+        P.layerwise_probe(x, y[:30])
+    with pytest.raises(InputError, match="one class only"):
+        P.layerwise_probe(x, np.ones(40, bool))
+    with pytest.raises(InputError, match="needs at least 3 of each"):
+        P.stratified_split(np.array([1] * 38 + [0] * 2))
+    with pytest.raises(InputError, match="NaN or infinite"):
+        P.fit_probe(np.where(np.eye(40, 5) > 0, np.nan, 1.0), y, 0)
+    with pytest.raises(InputError, match="C must be a positive"):
+        P.fit_probe(x[0], y, 0, C=0)

@@ -73,3 +73,20 @@ def test_ece_by_hand():
 def test_bad_input(scores, labels):
     with pytest.raises(ValueError):
         stats.auroc(scores, labels)
+
+
+@pytest.mark.parametrize("call, says", [
+    (lambda: stats.permutation_test([1.0, np.nan, 2.0], [0.5, 0.1]), "NaN or infinite"),
+    (lambda: stats.expected_calibration_error([0.2, np.nan], [1, 0]), "NaN or infinite"),
+    (lambda: stats.expected_calibration_error([0.2, 0.4], [1, 2]), "must be binary"),
+    (lambda: stats.expected_calibration_error([0.2, 0.4], [1, 0, 1]), "the same length"),
+    (lambda: stats.paired_bootstrap_diff([1, 0], [0, 0], n_resamples=0), "n_resamples must be an integer of at least 1"),
+    (lambda: stats.auroc([0.1, 0.2], [1, 1]), "one class only"),
+    (lambda: stats.benjamini_hochberg([0.01, np.nan]), "NaN or infinite"),
+    (lambda: stats.bonferroni([0.01, 1.5]), r"must lie in \[0, 1\]"),
+])
+def test_bad_statistics_inputs_are_refused_not_given_a_number(call, says):
+    from vlm_lens.errors import InputError
+
+    with pytest.raises(InputError, match=says):
+        call()

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 import transformers
+from safetensors import SafetensorError
 from torch import nn
 
 from vlm_lens import zoo
@@ -125,7 +126,12 @@ def load_pretrained(
         kwargs["device_map"] = device_map
     if attn_implementation is not None:
         kwargs["attn_implementation"] = attn_implementation
-    model = cls.from_pretrained(source, config=config, **kwargs)
+    try:
+        model = cls.from_pretrained(source, config=config, **kwargs)
+    except (OSError, SafetensorError) as e:  # no weights file, or a truncated one
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelLoadError(f"cannot load the weights of model {name_or_path!r}: {first} (a checkpoint folder needs "
+                             "complete model.safetensors or pytorch_model.bin files; copy or download it again)") from e
     if device is not None:
         model = model.to(device)
     if processor is None:

@@ -68,7 +68,13 @@ class Preparing:
                 texts.append(prompt)
         flat = [img for imgs in per_prompt for img in imgs]
         images_arg = per_prompt if self.adapter.nested_images else flat
-        encoded = processor(images=images_arg, text=texts, return_tensors="pt", padding=True, padding_side=padding_side)
+        try:
+            encoded = processor(images=images_arg, text=texts, return_tensors="pt", padding=True, padding_side=padding_side)
+        except ValueError as e:  # e.g. Qwen-VL's aspect-ratio limit, or an image smaller than a patch
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            sizes = ", ".join(f"{img.width}x{img.height}" for img in flat[:4])
+            raise InputError(f"the {self.adapter.family} processor refused the images ({sizes}{' ...' if len(flat) > 4 else ''})"
+                             f": {first}") from e
         tensors = select_tensors(dict(encoded), self.adapter.forward_keys, self.adapter.drop_keys)
         if self.device.type != "meta":  # the model's device; pixels in its dtype (bfloat16 / float16 checkpoints)
             tensors = {k: v.to(self.device, self.dtype if v.is_floating_point() else None) for k, v in tensors.items()}
@@ -103,6 +109,11 @@ class Preparing:
         ids = tensors["input_ids"]
         if ids.ndim != 2:
             raise InputError(f"input_ids must be [batch, pos], got shape {tuple(ids.shape)}")
+        for key in ("attention_mask", "token_type_ids", "mm_token_type_ids"):  # one entry per token of input_ids
+            value = tensors.get(key)
+            if value is not None and tuple(value.shape) != tuple(ids.shape):
+                raise InputError(f"{key} has shape {tuple(value.shape)} but input_ids {tuple(ids.shape)}: give one "
+                                 f"{key} entry per token (the same [batch, pos])")
         n_image_tokens = int((ids == self._cfg.image_token_id).sum())
         if "pixel_values" not in tensors:
             raise InputError("no pixel_values: a VLM forward needs the images (prepare() builds them)")

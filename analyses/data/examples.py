@@ -12,6 +12,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from vlm_lens.errors import DataError, InputError
 from vlm_lens.inputs import to_rgb
 
 from analyses.data.scoring import CLOSED_FORM, METRICS
@@ -54,8 +55,14 @@ class Example:
         """The image as 8-bit RGB (``vlm_lens.to_rgb``: a 16-bit PNG scaled, not saturated)."""
         if isinstance(self.image, Image.Image):
             return to_rgb(self.image, "the example's image")
-        with Image.open(self.image) as image:
-            return to_rgb(image, str(self.image)).copy()
+        try:
+            with Image.open(self.image) as image:
+                return to_rgb(image, str(self.image)).copy()
+        except (OSError, SyntaxError, ValueError) as e:  # missing, zero bytes, truncated, not an image
+            if isinstance(e, InputError):
+                raise
+            raise DataError(f"image {self.image} cannot be read: {str(e).strip() or type(e).__name__} (check the file; "
+                            "vlm-lens vrp checks every image before it starts)") from None
 
 
 def shapes_examples(n: int, seed: int, size: int = 32, types: tuple[str, ...] = shapes.TYPES) -> list[Example]:
