@@ -47,6 +47,10 @@ def _warning_printer(python_show):
     return show
 
 
+INTERRUPTED = 130  # the shell's code for a process stopped by SIGINT
+RESUME = "interrupted: run the same command again to resume where it stopped"
+
+
 def main(argv: list[str] | None = None) -> int:
     """The ``vlm-lens`` entry point: the exit status (0, 2 for a fixable error, 1 for a bug, 130 when interrupted)."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -57,14 +61,16 @@ def main(argv: list[str] | None = None) -> int:
             warnings.simplefilter("default", VLMLensWarning)  # the command always says what may mislead
             warnings.showwarning = _warning_printer(warnings.showwarning)
             code = app(args=args, prog_name="vlm-lens", standalone_mode=False)  # errors reach the handlers below
+        if code == INTERRUPTED:  # typer turns Ctrl-C (KeyboardInterrupt) into this return code, silently
+            typer.echo(RESUME, err=True)
         return code if isinstance(code, int) else 0  # --help, or a command's own exit code
     except SystemExit as e:
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     except typer.Exit as e:
         return e.exit_code
-    except (KeyboardInterrupt, typer.Abort):  # click turns Ctrl-C into Abort
-        typer.echo("interrupted: run the same command again to resume where it stopped", err=True)
-        return 130
+    except (KeyboardInterrupt, typer.Abort):  # Ctrl-C outside the command itself
+        typer.echo(RESUME, err=True)
+        return INTERRUPTED
     except typer.TyperException as e:  # a usage error: an unknown option, a value of the wrong type or range
         command = next((a for a in args if not a.startswith("-")), None)
         commands = typer.main.get_command(app).commands  # type: ignore[attr-defined]

@@ -99,7 +99,14 @@ def test_residual_unit_edits_equal_raw_hooks(model, inputs):
 
 @pytest.mark.parametrize("where", ["all", "image", "text"])
 def test_mlp_bypass_equals_raw(model, inputs, where):
-    mask = I._position_mask(inputs, where)
+    # the positions by hand, not by the code under test: image tokens from the spans, text = the other real tokens
+    real = inputs.tensors["attention_mask"].bool()
+    image = torch.zeros_like(real)
+    for item, spans in enumerate(inputs.image_spans):
+        for span in spans:
+            image[item, list(span.positions)] = True
+    mask = {"all": real, "image": image & real, "text": real & ~image}[where]
+    assert image.any() and (real & ~image).any()
     ours = I.apply(model, inputs, I.mlp_bypass(0, where))
     expected = raw(model, inputs, block(model, 0, "mlp_out"), lambda x: x * (~mask).unsqueeze(-1))
     assert torch.equal(ours, expected)

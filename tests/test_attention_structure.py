@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 from scipy import ndimage, stats
-from sklearn.cluster import DBSCAN
 
 from analyses import attention_structure as A
 from vlm_lens.errors import UnsupportedModelError
@@ -41,12 +40,17 @@ def test_component_counts_by_hand_and_against_scipy():
         assert A.component_count(grid, 0.5) == ndimage.label(mask)[1]  # default structure = 4-neighbours
 
 
-def test_dbscan_matches_sklearn():
-    rng = np.random.default_rng(2)
+@pytest.mark.parametrize("seed", range(5))
+def test_dbscan_counts_are_eight_neighbour_components_by_scipy(seed):
+    # on grid coordinates, DBSCAN with eps 1.5 links exactly the 8 neighbours: with min_samples 1 its clusters are
+    # scipy's 8-connected components; with min_samples 2 the lone patches are noise
+    rng = np.random.default_rng(seed)
     grid = rng.random((10, 10)) ** 6
-    points = np.argwhere(A.top_mass_mask(grid, 0.6))
-    expected = len(set(DBSCAN(eps=1.5, min_samples=2).fit(points).labels_) - {-1})
-    assert A.dbscan_clusters(grid, top_mass=0.6, eps=1.5, min_samples=2) == expected
+    mask = A.top_mass_mask(grid, 0.6)
+    labels, n = ndimage.label(mask, structure=np.ones((3, 3)))
+    sizes = np.bincount(labels.ravel())[1:]
+    assert A.dbscan_clusters(grid, top_mass=0.6, eps=1.5, min_samples=1) == n
+    assert A.dbscan_clusters(grid, top_mass=0.6, eps=1.5, min_samples=2) == int((sizes >= 2).sum())
 
 
 def test_dbscan_at_the_study_settings_disagrees_with_c_k_by_hand():

@@ -29,8 +29,16 @@ def test_readme_quickstart_runs():
 
 
 def test_readme_test_command_is_what_ci_runs():
-    ci = (Path(__file__).parents[1] / ".ci" / "run").read_text()
-    assert "python -m pytest -q" in README.read_text() and "python -m pytest -q" in ci
+    """The README's set-up block is two lines: install-and-run, then the tests; CI's last command is that test line
+    exactly, and CI installs what the first line installs."""
+    setup = re.search(r"```bash\n(.*?)```", README.read_text(), flags=re.S).group(1).strip().splitlines()
+    assert len(setup) == 2, setup
+    install, tests = setup
+    ci = [line for line in (Path(__file__).parents[1] / ".ci" / "run").read_text().splitlines()
+          if line.strip() and not line.lstrip().startswith("#")]
+    assert ci[-1].strip() == tests.strip() and tests.startswith("python -m pytest")
+    assert 'pip install -e ".[all]"' in install and any('pip install -q -e ".[all]"' in line for line in ci)
+    assert install.rstrip().endswith("vlm-lens vrp")  # the main job on the built-in default
 
 
 @pytest.mark.parametrize("family", FAMILIES)

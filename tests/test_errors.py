@@ -67,8 +67,12 @@ def test_unsupported_architecture_names_the_supported_ones():
 
 
 def test_unknown_hook_name_lists_closest(model, inputs):
-    with pytest.raises(HookNameError, match="blocks.1.hook_resid_post"):
+    with pytest.raises(HookNameError) as raised:
         model.run_with_hooks(inputs, fwd_hooks=[("blocks.1.hook_resid_pots", lambda a, h: None)])
+    message = str(raised.value)
+    assert message.startswith("unknown hook name 'blocks.1.hook_resid_pots'")
+    assert "Closest valid names: ['blocks.1.hook_resid_post'," in message  # the nearest name first
+    assert message.endswith("model.hook_names() lists them all.")
 
 
 def test_layer_out_of_range(model, inputs):

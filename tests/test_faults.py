@@ -549,3 +549,38 @@ def test_python_api_settings_out_of_range_are_input_errors(call):
             inputs = model.prepare(images=[e.load_image() for e in examples], prompts=[e.text for e in examples])
             with pytest.raises(InputError, match="max_new_tokens must be at least 1"):
                 answers.generate_answers(model, inputs, max_new_tokens=0)
+
+
+def test_ctrl_c_in_a_terminal_says_how_to_resume_and_exits_130(tmp_path):
+    """Ctrl-C typed in a real pseudo-terminal (the terminal sends SIGINT to the foreground process): the run
+    prints how to resume and exits 130. Waits for the extraction's progress bar to appear (an event), then types it."""
+    import fcntl
+    import pty
+    import select
+    import struct
+    import termios
+
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: the command line, on the terminal
+        os.environ["OMP_NUM_THREADS"] = "1"
+        os.execvp(sys.executable, [sys.executable, "-m", "analyses.cli", "vrp", "--n", "600", "--out", str(tmp_path / "run")])
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))  # a terminal's size: progress bars draw
+    seen, typed = b"", False
+    while True:
+        select.select([fd], [], [])
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:  # the terminal closed: the child is gone
+            break
+        if not chunk:
+            break
+        seen += chunk
+        if not typed and b"extract:" in seen:
+            os.write(fd, b"\x03")  # Ctrl-C
+            typed = True
+    _, status = os.waitpid(pid, 0)
+    text = seen.decode(errors="replace")
+    assert typed, f"the run ended before its extraction started: {text[-500:]}"
+    assert os.waitstatus_to_exitcode(status) == 130, text[-500:]
+    assert "interrupted: run the same command again to resume where it stopped" in text
+    assert "this is a bug" not in text and "Traceback" not in text
