@@ -67,7 +67,7 @@ def answer_logits(logits: Float[Tensor, "batch pos vocab"], inputs: VLMInputs) -
         return at_answer(logits, positions)
     if bool((positions == seq - 1).all()):
         return logits[:, -1]
-    raise ValueError(f"logits cover {logits.shape[1]} of {seq} positions but some answers are read before the end "
+    raise InputError(f"logits cover {logits.shape[1]} of {seq} positions but some answers are read before the end "
                      "(right padding): pass the full logits, or pad on the left")
 
 
@@ -208,7 +208,7 @@ def stop_token_ids(model: HookedVLM) -> list[int]:
     if model.tokenizer.eos_token_id is not None and model.tokenizer.eos_token_id not in ids:
         ids.append(model.tokenizer.eos_token_id)
     if not ids:
-        raise ValueError("the model declares no end-of-sequence token: pass stop_ids")
+        raise InputError("the model declares no end-of-sequence token: pass stop_ids")
     return ids
 
 

@@ -26,6 +26,7 @@ from sklearn.cluster import DBSCAN
 
 from analyses.answers import GeneratedAnswers
 from vlm_lens import ActivationCache, HookedVLM, UnsupportedModelError, VLMInputs
+from vlm_lens.errors import InputError
 
 _FOUR_NEIGHBOURS = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]])
 
@@ -33,12 +34,12 @@ _FOUR_NEIGHBOURS = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]])
 def _grid(grid) -> np.ndarray:
     array = np.asarray(grid, dtype=np.float64)
     if array.ndim != 2:
-        raise ValueError(f"an attention grid is 2-D (rows, cols), got shape {array.shape}")
+        raise InputError(f"an attention grid is 2-D (rows, cols), got shape {array.shape}")
     if not np.isfinite(array).all() or (array < 0).any():
-        raise ValueError("attention over the patch grid must be finite and non-negative")
+        raise InputError("attention over the patch grid must be finite and non-negative")
     total = array.sum()
     if total <= 0:
-        raise ValueError("attention over the patch grid sums to zero; nothing to normalise (a sliding-window layer, as "
+        raise InputError("attention over the patch grid sums to zero; nothing to normalise (a sliding-window layer, as "
                          "in Gemma 3, whose window ends before the image cannot see it from this query)")
     return array / total
 
@@ -53,7 +54,7 @@ def spatial_entropy(grid) -> float:
 def top_mass_mask(grid, top_mass: float = 0.5) -> np.ndarray:
     """The smallest set of highest-attention patches whose total mass reaches ``top_mass``."""
     if not 0 < top_mass <= 1:
-        raise ValueError(f"top_mass is a fraction in (0, 1], got {top_mass}")
+        raise InputError(f"top_mass is a fraction in (0, 1], got {top_mass}")
     p = _grid(grid)
     order = np.argsort(-p, axis=None, kind="stable")
     cumulative = np.cumsum(p.ravel()[order])
@@ -93,10 +94,10 @@ def resample_grid(grid, shape: tuple[int, int]) -> Float[np.ndarray, "rows cols"
     """
     array = np.asarray(grid, dtype=np.float64)
     if array.ndim != 2:
-        raise ValueError(f"an attention grid is 2-D (rows, cols), got shape {array.shape}")
+        raise InputError(f"an attention grid is 2-D (rows, cols), got shape {array.shape}")
     rows, cols = shape
     if rows < 1 or cols < 1:
-        raise ValueError(f"the target grid needs at least one cell, got {shape}")
+        raise InputError(f"the target grid needs at least one cell, got {shape}")
     return _overlap(rows, array.shape[0]) @ array @ _overlap(cols, array.shape[1]).T
 
 
@@ -138,7 +139,7 @@ def image_grids(cache: ActivationCache, image: int = 0, view: str = "base") -> l
 
     The one place the study, the CLI and the analyses turn attention rows into image grids."""
     if view not in VIEWS:
-        raise ValueError(f"view must be one of {VIEWS}, got {view!r}")
+        raise InputError(f"view must be one of {VIEWS}, got {view!r}")
     if cache.cross_layers:
         raise UnsupportedModelError(cross_attention_reason(cache.cross_layers))
     inputs = cache.inputs
@@ -146,7 +147,7 @@ def image_grids(cache: ActivationCache, image: int = 0, view: str = "base") -> l
     grids = []
     for item, spans in enumerate(inputs.image_spans):
         if image >= len(spans):
-            raise ValueError(f"item {item} has {len(spans)} image(s); no image {image}")
+            raise InputError(f"item {item} has {len(spans)} image(s); no image {image}")
         span = spans[image]
         per_layer = torch.stack([r[item, :, :, : span.end].float().mean(dim=(0, 1)) for r in rows])  # layer key
         grids.append(span.stitch(per_layer, kind="base" if view == "base" else None).cpu().numpy())
@@ -177,7 +178,7 @@ def first_token_head_entropy(generated: GeneratedAnswers, image: int = 0, view: 
     inputs, vocab = generated.at_answer.inputs, generated.at_answer.vocab
     rows = generated.first_heads
     if not rows:
-        raise ValueError("no per-head rows: generate with every layer's attn.hook_pattern_rows among the names")
+        raise InputError("no per-head rows: generate with every layer's attn.hook_pattern_rows among the names")
     n_heads = next(iter(rows.values())).shape[1]
     per_head = [image_grids(ActivationCache({k: v[:, h : h + 1] for k, v in rows.items()}, vocab, inputs), image, view)
                 for h in range(n_heads)]
@@ -209,7 +210,7 @@ def image_attention(
     grids = item_grids(model, inputs, query_positions, image, view)
     shapes = {g.shape for g in grids}
     if len(shapes) != 1:
-        raise ValueError(f"images of different grids {sorted(s[1:] for s in shapes)} cannot be stacked; run them separately")
+        raise InputError(f"images of different grids {sorted(s[1:] for s in shapes)} cannot be stacked; run them separately")
     return AttentionMaps(np.stack(grids, axis=1))
 
 
@@ -220,7 +221,7 @@ def early_lock_then_diffusion(entropy: Float[np.ndarray, " layer"], margin: floa
     """
     h = np.asarray(entropy, dtype=float)
     if h.ndim != 1 or len(h) < 3:
-        raise ValueError("needs a 1-D entropy curve over at least 3 layers")
+        raise InputError("needs a 1-D entropy curve over at least 3 layers")
     lock = int(np.argmin(h[: max(2, (len(h) + 1) // 2)]))
     later = lock + int(np.argmax(h[lock:]))
     span = float(h.max() - h.min()) or 1.0

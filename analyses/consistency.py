@@ -30,14 +30,15 @@ from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 from analyses.answers import answer_logits
 from analyses.data.scoring import reading
 from vlm_lens import HookedVLM, VLMInputs
+from vlm_lens.errors import InputError
 
 
 def nucleus_probs(logits: Tensor, temperature: float = 1.0, top_p: float = 0.9) -> Tensor:
     """The distribution nucleus sampling draws from: softmax(logits / T) cut to the smallest top-p set."""
     if temperature <= 0:
-        raise ValueError("temperature must be positive (use greedy decoding for T -> 0)")
+        raise InputError("temperature must be positive (use greedy decoding for T -> 0)")
     if not 0 < top_p <= 1:
-        raise ValueError(f"top_p is in (0, 1], got {top_p}")
+        raise InputError(f"top_p is in (0, 1], got {top_p}")
     probs = torch.softmax(logits.float() / temperature, dim=-1)
     sorted_probs, order = probs.sort(dim=-1, descending=True)
     before = sorted_probs.cumsum(-1) - sorted_probs  # mass of the tokens ranked above each one
@@ -98,13 +99,13 @@ def sample_ids(
     tokenizer's end of sequence) and repeats it afterwards.
     """
     if k < 1 or max_new_tokens < 1:
-        raise ValueError(f"k and max_new_tokens must be at least 1, got {k} and {max_new_tokens}")
+        raise InputError(f"k and max_new_tokens must be at least 1, got {k} and {max_new_tokens}")
     batch = inputs.batch_size
     if inputs.padding_side != "left" and bool((inputs.attention_mask[:, -1] == 0).any()):
-        raise ValueError("sampling continues after each prompt's last token: pad on the left (model.prepare's default)")
+        raise InputError("sampling continues after each prompt's last token: pad on the left (model.prepare's default)")
     seeds = [seed + i for i in range(batch)] if isinstance(seed, int) else list(seed)
     if len(seeds) != batch:
-        raise ValueError(f"{len(seeds)} seeds for a batch of {batch} questions")
+        raise InputError(f"{len(seeds)} seeds for a batch of {batch} questions")
     generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
     stops = torch.tensor(list(stop_ids) if stop_ids is not None else [model.tokenizer.eos_token_id], device=model.device)
 
@@ -165,7 +166,7 @@ def majority_support(answers: Sequence[str], metric: str = "exact") -> tuple[str
     """The most common answer and the share of samples that gave it, answers grouped by what ``metric``'s rule
     reads from them (``scoring.reading``: "Yes." and "Yes, there is one." are one vote under "yesno")."""
     if not answers:
-        raise ValueError("no answers to vote over")
+        raise InputError("no answers to vote over")
     counts = Counter(reading(a, metric) for a in answers)
     answer, n = max(counts.items(), key=lambda kv: (kv[1], kv[0]))
     return answer, n / len(answers)

@@ -22,6 +22,7 @@ from analyses.logit_lens import final_norm, unembed
 from vlm_lens.resid import norm_gain, norm_scale, write_factor
 from vlm_lens import ActivationCache, HookedVLM
 from vlm_lens.adapter import get_module, layer_list
+from vlm_lens.errors import InputError
 
 
 def _rows_at(cache: ActivationCache | AnswerActivations, positions: Tensor | None = None):
@@ -29,7 +30,7 @@ def _rows_at(cache: ActivationCache | AnswerActivations, positions: Tensor | Non
     full cache (rows picked at ``positions``, default the answer positions) or what ``capture_at_answer`` kept."""
     if isinstance(cache, AnswerActivations):
         if positions is not None:
-            raise ValueError("answer activations hold one position per item already; positions cannot be chosen")
+            raise InputError("answer activations hold one position per item already; positions cannot be chosen")
         return lambda t: t.float()
     positions = answer_positions(cache.inputs) if positions is None else positions
     return lambda t: at_answer(t, positions).float()

@@ -26,6 +26,7 @@ from analyses.answers import answer_positions, at_answer, greedy_answers, refere
 from analyses.data.scoring import correctness
 from analyses.evaluation import batches
 from vlm_lens import ActivationCache, HookedVLM
+from vlm_lens.errors import InputError
 
 
 def final_norm(model: HookedVLM) -> torch.nn.Module:
@@ -54,11 +55,11 @@ def truth_margin(logits: Float[Tensor, "... vocab"], reference_ids: Sequence[Seq
     ``reference_ids[i]`` lists item i's reference tokens; logits are [..., batch, vocab].
     """
     if logits.shape[-2] != len(reference_ids):
-        raise ValueError(f"{len(reference_ids)} reference lists for a batch of {logits.shape[-2]}")
+        raise InputError(f"{len(reference_ids)} reference lists for a batch of {logits.shape[-2]}")
     out = torch.full(logits.shape[:-1], float("-inf"), dtype=logits.dtype, device=logits.device)
     for item, refs in enumerate(reference_ids):
         if not refs:
-            raise ValueError(f"item {item} has no reference token")
+            raise InputError(f"item {item} has no reference token")
         row = logits[..., item, :]
         for ref in refs:
             others = row.clone()
@@ -72,7 +73,7 @@ def margin_curves(margins: Float[np.ndarray, "layer n"], correct: Sequence[bool]
     margins = np.asarray(margins, dtype=float)
     correct = np.asarray(correct, dtype=bool)
     if margins.ndim != 2 or margins.shape[1] != len(correct):
-        raise ValueError(f"margins must be [layer, n] with n = {len(correct)} answers, got {margins.shape}")
+        raise InputError(f"margins must be [layer, n] with n = {len(correct)} answers, got {margins.shape}")
     rows = []
     for group, mask in (("correct", correct), ("incorrect", ~correct)):
         n = int(mask.sum())
@@ -96,7 +97,7 @@ def peak_and_separation(curves: pd.DataFrame, margins: Float[np.ndarray, "layer 
     incorrect = curves[curves.group == "incorrect"].set_index("layer")
     gap = correct["mean"] - incorrect["mean"]
     if gap.isna().all():
-        raise ValueError("the margin curves need both correct and incorrect answers to find where they separate")
+        raise InputError("the margin curves need both correct and incorrect answers to find where they separate")
     peak = int(gap.idxmax())
     apart = correct.ci_low > incorrect.ci_high
     separation = int(apart.idxmax()) if apart.any() else None

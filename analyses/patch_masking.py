@@ -16,13 +16,14 @@ import torch
 from analyses.attention_structure import item_grids
 from analyses.interventions import Intervention, image_embedding_edit
 from vlm_lens import HookedVLM, UnsupportedModelError, VLMInputs
+from vlm_lens.errors import InputError
 
 
 def choose_cells(grids, fraction: float = 0.3, rank: str = "top", seed: int = 0) -> list[list[int]]:
     """Per item, row-major indices of ``round(fraction * cells)`` of its grid's patches: the most attended, or
     random ones. ``grids``: one grid per item (items may have grids of different sizes)."""
     if not 0 < fraction <= 1:
-        raise ValueError(f"fraction is in (0, 1], got {fraction}")
+        raise InputError(f"fraction is in (0, 1], got {fraction}")
     rng = np.random.default_rng(seed)
     cells = []
     for grid in map(np.asarray, grids):
@@ -32,7 +33,7 @@ def choose_cells(grids, fraction: float = 0.3, rank: str = "top", seed: int = 0)
         elif rank == "random":
             cells.append(sorted(rng.choice(grid.size, size=k, replace=False).tolist()))
         else:
-            raise ValueError(f"rank must be 'top' or 'random', got {rank!r}")
+            raise InputError(f"rank must be 'top' or 'random', got {rank!r}")
     return cells
 
 
@@ -98,7 +99,7 @@ class PatchMask(Intervention):
 def patch_masking(fraction: float = 0.3, rank: str = "top", level: str = "token", fill: str = "mean", seed: int = 0):
     """A (transform, intervention) pair for ``evaluation.predict``: ranks patches per batch, then masks them."""
     if level not in ("token", "pixel"):
-        raise ValueError(f"level must be 'token' or 'pixel', got {level!r}")
+        raise InputError(f"level must be 'token' or 'pixel', got {level!r}")
     if level == "pixel":
         def transform(model, inputs):
             return pixel_mask(model, inputs, choose_cells(attention_grids(model, inputs), fraction, rank, seed))

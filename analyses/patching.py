@@ -20,6 +20,7 @@ import torch
 from jaxtyping import Float
 
 from vlm_lens import HookedVLM, VLMInputs
+from vlm_lens.errors import InputError
 
 
 @dataclass
@@ -44,7 +45,7 @@ def causal_trace(
 ) -> TraceResult:
     """Indirect effect of restoring each (layer, position) - ``by="position"`` - or each (layer, image span)."""
     if by not in ("position", "span"):
-        raise ValueError(f"by must be 'position' or 'span', got {by!r}")
+        raise InputError(f"by must be 'position' or 'span', got {by!r}")
     clean_logits, cache = model.run_with_cache(inputs, names_filter=lambda n: n.endswith("hook_resid_post") or n == "hook_embed")
     if answer_id is None:
         answer_id = int(clean_logits[0, -1].argmax())

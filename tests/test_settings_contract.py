@@ -116,3 +116,30 @@ def test_usage_errors_are_one_line_and_exit_2(args, capsys):
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and len(err.splitlines()) == 1 and "--help" in err, err
+
+
+# Where a built-in exception is still raised on purpose: an adapter author's mistake (a module map or
+# registration that cannot work, found when the adapter is registered), never a user's input.
+ADAPTER_AUTHORS = {"vlm_lens/adapter.py", "model_adapters/__init__.py", "vlm_lens/hooks.py"}
+BUILT_IN = {"ValueError", "TypeError", "RuntimeError", "KeyError", "IndexError", "Exception", "AssertionError", "OSError"}
+
+
+def test_user_reachable_code_raises_only_the_projects_own_exceptions():
+    """Every ``raise`` of a built-in exception in the packages, outside the adapter-author checks, would print as a
+    bug on the command line: there should be none (the project's errors subclass the built-ins they refine)."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).parents[1]
+    found = []
+    for package in ("vlm_lens", "model_adapters", "analyses"):
+        for path in sorted((root / package).rglob("*.py")):
+            where = str(path.relative_to(root))
+            if where in ADAPTER_AUTHORS:
+                continue
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Raise) and node.exc is not None:
+                    call = node.exc.func if isinstance(node.exc, ast.Call) else node.exc
+                    if isinstance(call, ast.Name) and call.id in BUILT_IN:
+                        found.append(f"{where}:{node.lineno} raises {call.id}")
+    assert not found, found

@@ -46,6 +46,21 @@ class InputError(VLMLensError, ValueError):
     """Inputs that cannot mean what the caller intended (images, prompts, tensors)."""
 
 
+class InputIndexError(InputError, IndexError):
+    """An index outside what it indexes (a patch outside its grid, a layer past the model's)."""
+
+
+class InputTypeError(InputError, TypeError):
+    """A value of the wrong kind (a hook function that returns something other than a tensor of the activation's shape)."""
+
+
+class InputKeyError(InputError, KeyError):
+    """A name that is not among those there are (the message lists them)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
 class ImageTokenMismatchError(InputError):
     """The prompt's image placeholders and the images given do not match."""
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from torch import Tensor
 
 from vlm_lens.names import HookInfo
+from vlm_lens.errors import InputError, InputTypeError
 
 HookFn = Callable[[Tensor, "Hook"], Tensor | None]
 
@@ -56,11 +57,11 @@ class Hook:
 
 def check_result(name: str, result: Tensor, tensor: Tensor) -> None:
     if not isinstance(result, Tensor):
-        raise TypeError(f"hook on {name} returned {type(result).__name__}; return a Tensor or None")
+        raise InputTypeError(f"hook on {name} returned {type(result).__name__}; return a Tensor or None")
     if result.shape != tensor.shape:
-        raise ValueError(f"hook on {name} returned shape {tuple(result.shape)}, expected {tuple(tensor.shape)}")
+        raise InputError(f"hook on {name} returned shape {tuple(result.shape)}, expected {tuple(tensor.shape)}")
     if result.dtype != tensor.dtype or result.device != tensor.device:
-        raise TypeError(f"hook on {name} returned a {result.dtype} tensor on {result.device}; the activation is "
+        raise InputTypeError(f"hook on {name} returned a {result.dtype} tensor on {result.device}; the activation is "
                         f"{tensor.dtype} on {tensor.device}: return result.to(activation.device, activation.dtype)")
 
 

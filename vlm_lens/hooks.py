@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from vlm_lens import attention
 from vlm_lens import cross as cross_hooks
 from vlm_lens.adapter import Adapter, get_module, layer_list
-from vlm_lens.errors import HookNameError, HookSessionError
+from vlm_lens.errors import HookNameError, HookSessionError, InputTypeError
 from vlm_lens.hook_calls import HookFn, RunState, check_result, on_gradient, per_head, run_chain, tl_calling
 from vlm_lens.names import HookInfo, Vocabulary
 from vlm_lens.resid import norm_scale
@@ -130,7 +130,7 @@ class HookSession:
         self.bwd_hooks = [(vocab.info(name), fn) for name, fn in bwd_hooks]
         for info, fn in self.hooks + self.bwd_hooks:
             if not callable(fn):
-                raise TypeError(f"the hook for {info.name} is not callable: {fn!r}")
+                raise InputTypeError(f"the hook for {info.name} is not callable: {fn!r}")
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
 
     # -- module resolution -------------------------------------------------------------

@@ -21,7 +21,7 @@ from vlm_lens.errors import InputError, ModelLoadError
 def _adapter_and_class(config) -> tuple[Adapter, type]:
     archs = getattr(config, "architectures", None) or []
     if not archs:
-        raise ValueError(f"config of model_type {config.model_type!r} names no architectures; cannot pick a class")
+        raise ModelLoadError(f"config of model_type {config.model_type!r} names no architectures; cannot pick a class")
     adapter = REGISTRY.lookup(archs[0])
     return adapter, getattr(transformers, archs[0])
 

@@ -23,13 +23,13 @@ from jaxtyping import Float
 from torch import Tensor, nn
 
 from vlm_lens.adapter import get_module, layer_list
-from vlm_lens.errors import InputError
+from vlm_lens.errors import InputError, UnsupportedModelError
 
 
 def norm_eps(norm: nn.Module) -> float:
     eps = getattr(norm, "variance_epsilon", getattr(norm, "eps", None))
     if eps is None:
-        raise TypeError(f"{type(norm).__name__} is not an RMSNorm with an eps; it cannot be linearised")
+        raise UnsupportedModelError(f"{type(norm).__name__} is not an RMSNorm with an eps; it cannot be linearised")
     return float(eps)
 
 

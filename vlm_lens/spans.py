@@ -33,7 +33,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from vlm_lens.errors import ImageTokenMismatchError
+from vlm_lens.errors import ImageTokenMismatchError, InputError, InputIndexError
 
 VIEW_KINDS = ("base", "tile", "highres")
 _UNKNOWN = ("how these tiles are arranged in the picture is unknown (spans read from forward tensors alone): "
@@ -58,7 +58,7 @@ class View:
 
     def __post_init__(self):
         if self.kind not in VIEW_KINDS:
-            raise ValueError(f"view kind must be one of {VIEW_KINDS}, got {self.kind!r}")
+            raise InputError(f"view kind must be one of {VIEW_KINDS}, got {self.kind!r}")
         if len(self.positions) != self.grid[0] * self.grid[1]:
             raise ImageTokenMismatchError(f"a {self.grid[0]}x{self.grid[1]} {self.kind} view needs "
                                           f"{self.grid[0] * self.grid[1]} patch tokens, got {len(self.positions)}")
@@ -66,7 +66,7 @@ class View:
     def position_of(self, row: int, col: int) -> int:
         rows, cols = self.grid
         if not (0 <= row < rows and 0 <= col < cols):
-            raise IndexError(f"patch ({row}, {col}) is outside the {rows}x{cols} grid")
+            raise InputIndexError(f"patch ({row}, {col}) is outside the {rows}x{cols} grid")
         return self.positions[row * cols + col]
 
     def cell_of(self, position: int) -> tuple[int, int] | None:
@@ -80,7 +80,7 @@ class View:
     def region(self) -> tuple[float, float, float, float]:
         """(top, left, bottom, right) of the original image this view covers, as fractions."""
         if self.tiles is None:
-            raise ValueError(_UNKNOWN)
+            raise InputError(_UNKNOWN)
         (r, c), (rows, cols) = self.tile, self.tiles
         return r / rows, c / cols, (r + 1) / rows, (c + 1) / cols
 
@@ -132,14 +132,14 @@ class ImageSpan:
         are placed by ``region`` (a base or highres view spans the whole picture), exactly (fractions)."""
         rows, cols = self.grid
         if not (0 <= row < rows and 0 <= col < cols):
-            raise IndexError(f"patch ({row}, {col}) is outside the {rows}x{cols} grid")
+            raise InputIndexError(f"patch ({row}, {col}) is outside the {rows}x{cols} grid")
         if not self.views:
             return [self.position_of(row, col)]
         top, left, bottom, right = Fraction(row, rows), Fraction(col, cols), Fraction(row + 1, rows), Fraction(col + 1, cols)
         out = []
         for view in self.views:
             if view.tiles is None:
-                raise ValueError(_UNKNOWN)
+                raise InputError(_UNKNOWN)
             (tr, tc), (n_tr, n_tc), (vr, vc) = view.tile, view.tiles, view.grid
             # the view's cells this area overlaps, in the view's own grid (rows i_lo..i_hi-1, cols j_lo..j_hi-1)
             i_lo, i_hi = max(0, math.floor((top * n_tr - tr) * vr)), min(vr, math.ceil((bottom * n_tr - tr) * vr))
@@ -154,7 +154,7 @@ class ImageSpan:
             if cell is not None:
                 return (k, *cell)
         what = "a separator token" if self.start <= position < self.end else "outside the image"
-        raise IndexError(f"position {position} is {what} (image tokens {self.start}..{self.end - 1}), not a patch")
+        raise InputIndexError(f"position {position} is {what} (image tokens {self.start}..{self.end - 1}), not a patch")
 
     def stitch(self, values: Float[Tensor, "... seq"], kind: str | None = None) -> Float[Tensor, "... rows cols"]:
         """A per-position quantity (e.g. an attention row over keys) on the image's grid: the high-resolution
@@ -163,14 +163,14 @@ class ImageSpan:
         views = [v for v in self.all_views if v.kind == kind] if kind else (
             [v for v in self.all_views if v.kind != "base"] or [self.base])
         if not views:
-            raise ValueError(f"this image has no {kind!r} view; its views: {[v.kind for v in self.all_views]}")
+            raise InputError(f"this image has no {kind!r} view; its views: {[v.kind for v in self.all_views]}")
         if len(views) == 1:
             return values[..., list(views[0].positions)].reshape(*values.shape[:-1], *views[0].grid)
         if any(v.tiles is None for v in views):
-            raise ValueError(_UNKNOWN)
+            raise InputError(_UNKNOWN)
         (rows, cols), (tr, tc) = views[0].grid, views[0].tiles
         if any(v.grid != (rows, cols) or v.tiles != (tr, tc) for v in views):
-            raise ValueError("tiles of different grids or tilings cannot be stitched into one grid")
+            raise InputError("tiles of different grids or tilings cannot be stitched into one grid")
         out = values.new_zeros(*values.shape[:-1], tr * rows, tc * cols)
         for v in views:
             r, c = v.tile

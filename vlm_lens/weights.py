@@ -22,6 +22,7 @@ from jaxtyping import Float
 from torch import Tensor, nn
 
 from vlm_lens.adapter import get_module, layer_list
+from vlm_lens.errors import LayerIndexError
 
 
 def _bias(linear: nn.Module, size: int, like: Tensor) -> Tensor:
@@ -72,7 +73,7 @@ class Blocks(Sequence):
             return [self[l] for l in range(len(self))[layer]]
         n = len(self)
         if not -n <= layer < n:
-            raise IndexError(f"layer {layer} is out of range: the model has {n} layers")
+            raise LayerIndexError(f"layer {layer} is out of range: the model has {n} layers")
         return BlockWeights(self.model, layer % n)
 
 

@@ -39,9 +39,9 @@ class Example:
     def __post_init__(self):
         golds = (self.golds,) if isinstance(self.golds, str) else tuple(self.golds)
         if not golds or not all(isinstance(g, str) for g in golds):
-            raise ValueError(f"an example needs its gold answer(s) as strings, got {self.golds!r}")
+            raise InputError(f"an example needs its gold answer(s) as strings, got {self.golds!r}")
         if self.metric not in METRICS:
-            raise ValueError(f"metric must be one of {METRICS}, got {self.metric!r}")
+            raise InputError(f"metric must be one of {METRICS}, got {self.metric!r}")
         object.__setattr__(self, "golds", golds)
         if self.closed_form is None:
             object.__setattr__(self, "closed_form", self.metric in CLOSED_FORM)

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
+from vlm_lens.errors import InputError
 
 COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (230, 200, 30)}
 SHAPES = ("square", "circle", "triangle")
@@ -178,7 +179,7 @@ def ask(rng: np.random.Generator, shapes: tuple[Shape, ...], kind: str, size: in
             return None
         s = singles[int(rng.integers(len(singles)))]
         return f"what colour is the {s.shape} ?", s.colour
-    raise ValueError(f"unknown question family {kind!r}; one of {WORD_TYPES}")
+    raise InputError(f"unknown question family {kind!r}; one of {WORD_TYPES}")
 
 
 def metric_of(kind: str) -> str:
@@ -205,7 +206,7 @@ def spoken(sample: Sample) -> str:
         return f"the {sample.label} one ."
     if sample.type == "spatial_side":
         return f"on the {sample.label} ."
-    raise ValueError(f"unknown question family {sample.type!r}; one of {WORD_TYPES}")
+    raise InputError(f"unknown question family {sample.type!r}; one of {WORD_TYPES}")
 
 
 def generate(n: int, seed: int, size: int = 32, types: tuple[str, ...] = TYPES) -> list[Sample]:

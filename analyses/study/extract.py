@@ -57,7 +57,7 @@ from analyses.study.distributed import Ranks
 from analyses.study.files import manifest_lock, sha256, write_atomic
 from analyses.study.validate import digests
 from vlm_lens import HookedVLM
-from vlm_lens.errors import DataError, VLMLensWarning
+from vlm_lens.errors import DataError, VLMLensWarning, InputError, InputIndexError
 from vlm_lens.loading import parse_dtype
 
 
@@ -163,7 +163,7 @@ def _layers(chosen: Sequence[int] | None, n_layers: int) -> list[int]:
     layers = list(range(n_layers)) if chosen is None else [int(l) for l in chosen]
     bad = [l for l in layers if not 0 <= l < n_layers]
     if bad:
-        raise ValueError(f"layers {bad} are outside the model's {n_layers} layers (0..{n_layers - 1})")
+        raise DataError(f"layers {bad} are outside the model's {n_layers} layers (0..{n_layers - 1})")
     return layers
 
 
@@ -256,7 +256,7 @@ def extract(model: HookedVLM, examples: list[Example], folder: str | Path, cfg: 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     if len(examples) != cfg.n:
-        raise ValueError(f"the config says n={cfg.n} but {len(examples)} examples were given")
+        raise InputError(f"the config says n={cfg.n} but {len(examples)} examples were given")
     data = digests(examples) if data is None else data
     with manifest_lock(folder):
         manifest = _manifest(folder)
@@ -319,7 +319,7 @@ class LayerStack:
     def __getitem__(self, layer: int) -> np.ndarray:
         """[n, width] float32 for one stored layer (its position among the stored layers)."""
         if not -self._layers <= layer < self._layers:
-            raise IndexError(f"{self._key} holds {self._layers} layers, not {layer}")
+            raise InputIndexError(f"{self._key} holds {self._layers} layers, not {layer}")
         parts = []
         for path in self._files:
             with safe_open(str(path), "pt") as f:
@@ -381,5 +381,5 @@ def load(folder: str | Path, verify: bool = True) -> Extraction:
         with safe_open(str(path), "pt") as f:
             attention += [f.get_tensor(f"attention/{i}").numpy() for i in range(shard["start"], shard["end"])]
     if [r["index"] for r in rows] != list(range(n)):
-        raise ValueError(f"{folder}: samples are missing or duplicated")
+        raise DataError(f"{folder}: samples are missing or duplicated")
     return Extraction(rows, LayerStack(files, "hidden"), LayerStack(files, "neurons"), attention, manifest["config"])

@@ -43,7 +43,7 @@ def is_open(ex: Extraction) -> bool:
     """An open-ended benchmark (LLaVA-Bench): no answer can be called right or wrong without a judge model."""
     metrics = {r["metric"] for r in ex.rows}
     if OPEN_ENDED in metrics and len(metrics) > 1:
-        raise ValueError(f"a run mixes open-ended questions with scored ones ({sorted(metrics)}): run them separately")
+        raise DataError(f"a run mixes open-ended questions with scored ones ({sorted(metrics)}): run them separately")
     return metrics == {OPEN_ENDED}
 
 

@@ -14,6 +14,7 @@ from analyses.attention_structure import component_count, resample_grid
 from analyses.study.config import VRPConfig
 from analyses.study.extract import Extraction
 from analyses.study.results import AttentionCorrelation, AttentionFeatures, Predictor, Predictors
+from vlm_lens.errors import DataError
 
 
 def common_grid(ex: Extraction, cfg: VRPConfig) -> tuple[int, int]:
@@ -43,7 +44,7 @@ def attention_features(ex: Extraction, cfg: VRPConfig) -> AttentionFeatures:
 def predictor_table(ex: Extraction, features: AttentionFeatures, cfg: VRPConfig) -> Predictors:
     correct = ex.correct
     if correct.all() or not correct.any():
-        raise ValueError(f"all {len(correct)} answers are {'right' if correct.all() else 'wrong'}: predicting correctness "
+        raise DataError(f"all {len(correct)} answers are {'right' if correct.all() else 'wrong'}: predicting correctness "
                          "needs both right and wrong answers (a random-init model, or a benchmark too easy or too hard "
                          "for this model); the accuracy is in the extraction's shards")
     split = probes.stratified_split(correct, cfg.seed, cfg.val_fraction, cfg.test_fraction)

@@ -15,6 +15,7 @@ from analyses.interventions import Intervention
 from analyses.probes import ProbeResult, Split
 from analyses.stats import Estimate
 from analyses.study.config import VRPConfig
+from vlm_lens.errors import InputKeyError
 
 
 @dataclass
@@ -90,7 +91,7 @@ class Predictors:
         for p in self.rows:
             if p.key == key:
                 return p
-        raise KeyError(f"no predictor {key!r}; there are {[p.key for p in self.rows]}")
+        raise InputKeyError(f"no predictor {key!r}; there are {[p.key for p in self.rows]}")
 
 
 @dataclass
