@@ -90,3 +90,12 @@ def test_bad_statistics_inputs_are_refused_not_given_a_number(call, says):
 
     with pytest.raises(InputError, match=says):
         call()
+
+
+def test_p_values_and_estimates_by_hand():
+    # no difference at all: every relabelling or sign flip reaches it, so p is exactly 1 (not above, not below)
+    assert stats.sign_flip_test(np.zeros(12), n_resamples=999) == 1.0
+    assert stats.permutation_test(np.ones(5), np.ones(7), n_resamples=999) == 1.0
+    # a difference no relabelling reaches: p is the smallest the resamples allow, 1 / (n + 1)
+    assert stats.permutation_test(np.full(30, 10.0), np.zeros(30), n_resamples=999) == pytest.approx(1 / 1000)
+    assert str(stats.Estimate(0.5, (0.25, 0.75), 10)) == "0.5000 [0.2500, 0.7500]"

@@ -582,3 +582,27 @@ def test_the_study_on_a_toy_that_answers_in_words(name, tmp_path):
     data = json.loads((tmp_path / "out" / "tables.json").read_text())
     assert data["table7_benchmarks"][0]["benchmark"] == "shapes-words"
     assert len(data["headline_comparisons"]) == 6 and (tmp_path / "out" / "report.html").exists()
+
+
+MULTI_CROP_TOYS = [n for n in zoo.names() if zoo.get(n).family in ("llava_next", "llava_onevision", "idefics3", "smolvlm")]
+
+
+@pytest.mark.parametrize("name", MULTI_CROP_TOYS)
+@pytest.mark.parametrize("view", ["base", "stitched"])
+def test_the_study_on_a_multi_crop_toy(name, view, tmp_path):
+    """The whole study to its report on a family that cuts an image into views (a base view and high-resolution
+    crops): attention maps on the base view, or on the crops stitched where they sit in the picture."""
+    model = HookedVLM.from_pretrained(name)
+    result = CliRunner().invoke(app, ["vrp", "--model", name, "--n", "150", "--k", "3", "--n-resamples", "200",
+                                      "--attention-view", view, "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    ex = load(tmp_path / "out" / "extraction")
+    image = shapes_examples(1, SHAPES_EVAL_SEED)[0]
+    span = model.prepare(images=[image.load_image()], prompts=[image.text]).image_spans[0][0]
+    assert len(span.all_views) > 1  # a multi-crop image indeed
+    expected = span.base.grid if view == "base" else span.stitch(torch.ones(1, span.end), kind=None).shape[1:]
+    assert tuple(ex.rows[0]["grid"]) == tuple(expected)
+    assert 0.5 < ex.correct.mean() < 0.98
+    data = json.loads((tmp_path / "out" / "tables.json").read_text())
+    assert data["table1_models"][0]["family"] == zoo.get(name).family
+    assert len(data["headline_comparisons"]) == 6 and (tmp_path / "out" / "report.html").exists()
