@@ -7,7 +7,7 @@ Each mutant changes one operator or constant in one of the core files (a compari
 ``+`` for ``-``, ``and`` for ``or``, a 0 for a 1), runs the tests that cover that file, and counts as
 *killed* if any of them fails and *survived* if all pass. The score is killed / mutants; survivors are
 printed with the line they changed: each is a behaviour no test pins down. Mutants are drawn from the
-AST with a fixed seed, so a score is reproducible; the source is restored after each (also on Ctrl-C).
+AST with a fixed seed, so a score is reproducible; the source is restored after each (also on Ctrl-C or kill).
 Not collected by pytest (no ``test_`` prefix): it runs the suite many times.
 """
 
@@ -17,6 +17,7 @@ import argparse
 import ast
 import os
 import random
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -97,7 +98,12 @@ def killed(mutant: Mutant) -> bool:
         path.write_text(original)
 
 
+def _stop(signum, frame):  # SIGTERM as Ctrl-C: the finally clause puts the source back either way
+    raise KeyboardInterrupt
+
+
 def main() -> int:
+    signal.signal(signal.SIGTERM, _stop)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=40, help="mutants to draw")
     parser.add_argument("--seed", type=int, default=0, help="which mutants (the same seed, the same sample)")

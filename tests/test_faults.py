@@ -557,12 +557,16 @@ def test_ctrl_c_in_a_terminal_says_how_to_resume_and_exits_130(tmp_path):
     import fcntl
     import pty
     import select
+    import signal
     import struct
     import termios
 
     pid, fd = pty.fork()
     if pid == 0:  # the child: the command line, on the terminal
         os.environ["OMP_NUM_THREADS"] = "1"
+        # an ignored SIGINT survives exec (a shell ignores it for a command run in the background with &, as a
+        # CI script may run the suite): a user's terminal starts the command with the default, and so does this
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
         os.execvp(sys.executable, [sys.executable, "-m", "analyses.cli", "vrp", "--n", "600", "--out", str(tmp_path / "run")])
     fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))  # a terminal's size: progress bars draw
     seen, typed = b"", False
