@@ -277,6 +277,36 @@ def test_full_residual_decomposition_sums_to_the_residual(model, inputs):
         torch.testing.assert_close(normed.sum(0), cache["ln_final"][:, -1], atol=1e-5, rtol=1e-4)
 
 
+def test_layer_zero_decomposes_into_the_embeddings_and_biases_alone(model, inputs):
+    """TL's loop over layers 0..n starts at 0: no heads or neurons below it, an empty stack, and the residual
+    entering layer 0 is the embeddings and the (zero) biases."""
+    with torch.no_grad():
+        _, cache = model.run_with_cache(inputs)
+        heads, labels = cache.stack_head_results(layer=0, return_labels=True)
+        assert labels == [] and heads.shape == (0, *cache["embed"].shape)
+        assert cache.stack_head_results(0, pos_slice=-1).shape == (0, *cache["embed"][:, -1].shape)
+        parts, labels = cache.get_full_resid_decomposition(layer=0, return_labels=True)
+        assert labels == ["embed", "bias"]
+        torch.testing.assert_close(parts.sum(0), cache["resid_pre", 0], atol=1e-6, rtol=1e-5)
+        assert cache.get_full_resid_decomposition(layer=0, expand_neurons=False).shape[0] == 2
+
+
+def test_run_with_hooks_reset_hooks_end_false_leaves_the_hooks_on(model, inputs):
+    calls = []
+    with torch.no_grad():
+        model.run_with_hooks(inputs, fwd_hooks=[("blocks.0.hook_resid_post", lambda a, h: calls.append(h.name))],
+                             reset_hooks_end=False)
+        assert calls == ["blocks.0.hook_resid_post"]
+        model(inputs)  # a plain forward afterwards: the hook is still there (TL's semantics)
+        assert len(calls) == 2
+        model.reset_hooks()
+        model(inputs)
+        assert len(calls) == 2
+        model.run_with_hooks(inputs, fwd_hooks=[("blocks.0.hook_resid_post", lambda a, h: calls.append(h.name))])
+        model(inputs)  # the default: gone after the call
+        assert len(calls) == 3
+
+
 def test_transformer_lens_patching_and_cache_run_on_hookedvlm_unchanged(model, inputs):
     from transformer_lens import ActivationCache as TLCache
     from transformer_lens import patching

@@ -300,8 +300,15 @@ class HookedVLM(Preparing, Weights, PersistentHooks, SAESplicing, nn.Module):
         reset_hooks_end: bool = True, **tensors
     ):
         """``forward`` with hooks for this call. Backward hooks are attached to this forward's tensors: they fire
-        when ``backward`` runs through it, after this returns (so TL's ``reset_hooks_end`` changes nothing)."""
+        when ``backward`` runs through it, after this returns. ``reset_hooks_end=False`` (TL's): the hooks stay
+        on the model afterwards, as ``add_hook`` would leave them, until ``reset_hooks()``."""
         inputs = self.as_inputs(inputs, **tensors)
+        if not reset_hooks_end:  # TL adds them for good, runs, and leaves them
+            for name, fn in fwd_hooks:
+                self.add_hook(name, fn)
+            for name, fn in bwd_hooks:
+                self.add_hook(name, fn, dir="bwd")
+            fwd_hooks, bwd_hooks = (), ()
         return self._run("run_with_hooks", inputs, fwd_hooks, bwd_hooks, query_positions, logits_to_keep, return_type,
                          stop_at_layer, labels)
 

@@ -238,10 +238,15 @@ class ResidualMethods:
             factor = self._write_factor(l, "attn", writes.sum(0) + attn.b_O, pos_slice)
             parts.append(writes if isinstance(factor, float) else (writes.float() * factor).to(writes.dtype))
             labels += [f"L{l}H{h}" for h in range(model.cfg.n_heads)]
-        stack = torch.cat(parts)
-        if apply_ln:
+        stack = torch.cat(parts) if parts else self._empty_stack(pos_slice)  # layer 0: no heads below it (TL's)
+        if apply_ln and parts:
             stack = self.apply_ln_to_stack(stack, layer, pos_slice=pos_slice)
         return (stack, labels) if return_labels else stack
+
+    def _empty_stack(self, pos_slice) -> Tensor:
+        """[0, batch, pos, d_model]: a stack of no components, shaped as the embeddings at ``pos_slice``."""
+        embed = self._at(self["embed"], pos_slice)
+        return embed.new_zeros((0, *embed.shape))
 
     compute_head_results = stack_head_results
 
