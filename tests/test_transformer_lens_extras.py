@@ -291,6 +291,17 @@ def test_layer_zero_decomposes_into_the_embeddings_and_biases_alone(model, input
         assert cache.get_full_resid_decomposition(layer=0, expand_neurons=False).shape[0] == 2
 
 
+def test_compute_head_results_fills_the_cache_as_the_live_hook_point(model, inputs):
+    n = model.cfg.n_layers
+    with torch.no_grad():
+        _, live = model.run_with_cache(inputs, names_filter=[f"blocks.{l}.attn.hook_result" for l in range(n)])
+        _, cache = model.run_with_cache(inputs)
+        assert "blocks.0.attn.hook_result" not in cache
+        assert cache.compute_head_results() is None  # TL's: it fills the cache
+        for l in range(n):
+            torch.testing.assert_close(cache["result", l], live["result", l], atol=1e-5, rtol=1e-4)
+
+
 def test_run_with_hooks_reset_hooks_end_false_leaves_the_hooks_on(model, inputs):
     calls = []
     with torch.no_grad():

@@ -248,7 +248,16 @@ class ResidualMethods:
         embed = self._at(self["embed"], pos_slice)
         return embed.new_zeros((0, *embed.shape))
 
-    compute_head_results = stack_head_results
+    def compute_head_results(self) -> None:
+        """TL's: fill every layer's per-head writes into the cache as ``blocks.{l}.attn.hook_result`` ([batch, pos,
+        head, d_model]: z_h @ W_O[h], before o_proj's bias and any post-attention norm, as the live hook point
+        gives it), from the cached ``hook_z``; afterwards ``cache["result", l]`` reads them. Returns nothing, as
+        TL's does (``stack_head_results`` is the stack)."""
+        model = self._need_model()
+        for l in range(model.cfg.n_layers):
+            name = f"blocks.{l}.attn.hook_result"
+            if name not in self._store:
+                self._store[name] = torch.einsum("bphe,hed->bphd", self["z", l], model.blocks[l].attn.W_O)
 
     def get_full_resid_decomposition(self, layer: int | None = None, mlp_input: bool = False,
                                      expand_neurons: bool = True, apply_ln: bool = False, pos_slice=None,
