@@ -212,6 +212,13 @@ def test_the_cache_as_an_analysis_api(model, inputs):
         attrs = cache.logit_attrs(cache.decompose_resid(pos_slice=-1), tokens=t, incorrect_tokens=u, pos_slice=-1)
         difference = (logits[:, -1, t] - model.b_U[t]) - (logits[:, -1, u] - model.b_U[u])
         torch.testing.assert_close(attrs.sum(0), difference, atol=1e-4, rtol=1e-4)
+        # per-item tokens ([batch]) at every position: each item's own direction, at each of its positions
+        right, wrong = logits[:, -1].argmax(-1), logits[:, -1].argmin(-1)
+        per_item = cache.logit_attrs(cache.decompose_resid(), tokens=right, incorrect_tokens=wrong)
+        items = torch.arange(len(right))
+        expected = (logits[items, :, right] - model.b_U[right][:, None]) - (logits[items, :, wrong] - model.b_U[wrong][:, None])
+        assert per_item.shape == (len(names), *logits.shape[:2])
+        torch.testing.assert_close(per_item.sum(0), expected, atol=1e-4, rtol=1e-4)
 
         heads, head_labels = cache.stack_head_results(return_labels=True, pos_slice=-1)
         H = model.cfg.n_heads

@@ -199,6 +199,9 @@ class ResidualMethods:
         scaled = self.apply_ln_to_stack(residual_stack, None, pos_slice=pos_slice)
         if direction.ndim == 1:
             return scaled.float() @ direction.float()
+        # per-item directions ([batch, d_model], from a [batch] tokens tensor) hold for every position (TL's)
+        while direction.ndim < scaled.ndim - 1:
+            direction = direction.unsqueeze(1)
         return (scaled.float() * direction.float()).sum(-1)
 
     def stack_neuron_results(self, layer: int, pos_slice=None, neuron_slice: Sequence[int] | slice | None = None,
