@@ -67,6 +67,7 @@ ADAPTER = register(
         forward_keys=("input_ids", "attention_mask", "pixel_values", "token_type_ids"),
         nested_images=True,
         fill_patches=fill_grid_patches,  # a pooled token covers a square block of the picture, as a patch does
+        embed_scale=lambda config: config.get_text_config().hidden_size ** 0.5,  # the scaled word embedding's
     )
 )
 

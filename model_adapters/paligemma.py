@@ -36,6 +36,7 @@ ADAPTER = register(
         nested_images=True,
         fill_patches=fill_grid_patches,
         answer_token_types={"token_type_ids": 1},  # the suffix: what follows the prefix is generated
+        embed_scale=lambda config: config.get_text_config().hidden_size ** 0.5,  # Gemma's, applied at lookup
     )
 )
 

@@ -388,3 +388,16 @@ def test_the_views_persistent_hooks_and_a_float32_sae_on_a_half_precision_model(
     # the float32 SAE's output (input + float32 rounding), cast back, rounds to the input: logits within an ulp
     assert spliced.dtype == dtype
     torch.testing.assert_close(spliced[real].float(), plain[real].float(), atol=1e-3, rtol=0)
+
+
+def test_W_E_of_the_tokens_is_what_layer_0_receives_at_text_positions(model, inputs):
+    """TL's W_E: on Gemma families the sqrt(d_model) the language model scales by at lookup is folded in."""
+    with torch.no_grad():
+        _, cache = model.run_with_cache(inputs, names_filter="hook_embed")
+        for item, spans in enumerate(inputs.image_spans):
+            image = {p for span in spans for p in span.positions}
+            text = [p for p in range(inputs.input_ids.shape[1])
+                    if p not in image and inputs.tensors["attention_mask"][item, p] and inputs.input_ids[item, p] !=
+                    model.cfg.image_token_id]
+            ids = inputs.input_ids[item, text]
+            torch.testing.assert_close(model.W_E[ids], cache["embed"][item, text], atol=1e-6, rtol=1e-5)

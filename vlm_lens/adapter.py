@@ -76,6 +76,9 @@ class Adapter:
     # (BLOCK_KEYS plus CROSS_KEYS: the scalar gates, tanh-squashed, of the attention and MLP writes)
     cross_layers: Callable[[Any], Sequence[int]] | None = None
     cross_block: Mapping[str, str] = field(default_factory=dict)
+    # config -> the factor the language model multiplies token embeddings by before layer 0 (Gemma's sqrt(d_model)):
+    # folded into ``W_E`` as TransformerLens does, so W_E[ids] is hook_embed at the text positions
+    embed_scale: Callable[[Any], float] | None = None
 
     def __post_init__(self):
         missing = [k for k in MODEL_KEYS if k not in self.modules] + [k for k in BLOCK_KEYS if k not in self.block]

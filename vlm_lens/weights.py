@@ -8,8 +8,8 @@
 
 Biases a family lacks are zeros (TL's convention). The stacked properties build a new tensor on
 each access (LLaVA-1.5-7B's W_Q: 32 x 4096 x 4096, 1 GiB in float16); ``blocks[l]`` reads one
-layer as views of the HF weights. Nothing is folded: the final norm's gain is not in ``W_U``
-and Gemma's embedding scale (sqrt(d_model)) is not in ``W_E``, as in the HF modules.
+layer as views of the HF weights. The final norm's gain is not folded into ``W_U``; Gemma's embedding
+scale (sqrt(d_model)) is in ``W_E``, as TransformerLens has it, so ``W_E[ids]`` is ``hook_embed``.
 """
 
 from __future__ import annotations
@@ -98,7 +98,13 @@ class Weights:
 
     @property
     def W_E(self) -> Float[Tensor, "vocab d_model"]:
-        return get_module(self.hf_model, self.adapter.modules["embed"]).weight
+        """The token embeddings as layer 0 receives them (TL's): the embedding weight, times Gemma's sqrt(d_model)
+        where the family scales at lookup (a new tensor then; elsewhere the weight itself)."""
+        weight = get_module(self.hf_model, self.adapter.modules["embed"]).weight
+        if self.adapter.embed_scale is None:
+            return weight
+        scale = torch.tensor(self.adapter.embed_scale(self.hf_model.config), dtype=weight.dtype)  # as Gemma casts it
+        return weight * scale.to(weight.device)
 
     W_Q = property(lambda self: self._stack("attn", "W_Q"), doc="[layer, head, d_model, d_head]")
     W_K = property(lambda self: self._stack("attn", "W_K"), doc="[layer, head, d_model, d_head] (GQA: repeated)")
