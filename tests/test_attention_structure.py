@@ -120,3 +120,21 @@ def test_stitched_attention_lays_each_crop_where_it_sits(model, images, eager_hf
                     assert abs(grids[item][layer][at] - float(row[position])) < 1e-6
     with pytest.raises(ValueError, match="view must be one of"):
         A.item_grids(model, inputs, view="tiles")
+
+
+def test_resampling_to_one_cell_keeps_the_mass_and_an_empty_target_is_refused():
+    grid = np.arange(12, dtype=float).reshape(3, 4) + 1
+    assert A.resample_grid(grid, (1, 1)).tolist() == [[grid.sum()]]  # one cell holds everything
+    assert A.resample_grid(grid, (1, 4)).ravel().tolist() == grid.sum(0).tolist()  # columns kept, rows merged
+    from vlm_lens.errors import InputError
+
+    for empty in ((0, 4), (3, 0)):
+        with pytest.raises(InputError, match="at least one cell"):
+            A.resample_grid(grid, empty)
+
+
+def test_early_lock_then_diffusion_at_the_margin_by_hand():
+    # lock at layer 1 (H 1.0), span 2.0, margin 0.25: a rise of exactly 0.5 counts, one just below does not
+    curve = [3.0, 1.0, 1.2, 1.5]
+    assert A.early_lock_then_diffusion(curve, margin=0.25)["holds"]  # rise 0.5 = 0.25 x span 2.0: holds (>=)
+    assert not A.early_lock_then_diffusion([3.0, 1.0, 1.2, 1.49], margin=0.25)["holds"]

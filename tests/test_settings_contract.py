@@ -143,3 +143,14 @@ def test_user_reachable_code_raises_only_the_projects_own_exceptions():
                     if isinstance(call, ast.Name) and call.id in BUILT_IN:
                         found.append(f"{where}:{node.lineno} raises {call.id}")
     assert not found, found
+
+
+@pytest.mark.parametrize("settings", [dict(n_resamples=0), dict(temperature=0), dict(dense_C=0), dict(sparse_C=-1.0),
+                                      dict(hidden_layers=(-1,)), dict(seed=-1), dict(k=0), dict(top_p=1.5),
+                                      dict(val_fraction=0.5, test_fraction=0.5), dict(mask_fraction=0)])
+def test_the_issues_cases_by_hand(settings):
+    """The values the issue found passing validation, written out here rather than read from RULES (a rule
+    loosened by mistake would otherwise test itself)."""
+    with pytest.raises(DataError):
+        VRPConfig(**settings)
+    VRPConfig(n_resamples=1, temperature=0.01, top_p=1.0, val_fraction=0.4, test_fraction=0.4, random_controls=0)

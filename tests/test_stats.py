@@ -99,3 +99,8 @@ def test_p_values_and_estimates_by_hand():
     # a difference no relabelling reaches: p is the smallest the resamples allow, 1 / (n + 1)
     assert stats.permutation_test(np.full(30, 10.0), np.zeros(30), n_resamples=999) == pytest.approx(1 / 1000)
     assert str(stats.Estimate(0.5, (0.25, 0.75), 10)) == "0.5000 [0.2500, 0.7500]"
+
+
+def test_calibration_accepts_the_ends_of_the_unit_interval():
+    ece, bins = stats.expected_calibration_error([0.0, 1.0, 1.0, 0.0], [0, 1, 1, 0])
+    assert ece == 0.0 and sum(b["n"] for b in bins) == 4  # perfectly calibrated at the ends
