@@ -31,14 +31,22 @@ from analyses.study.results import Ablations, AttentionFeatures, MarginBuilding,
 NAN = float("nan")
 
 
-def _rpb(name: str, values: np.ndarray, correct: np.ndarray, cfg: VRPConfig) -> dict:
+def rpb_with_ci(values: np.ndarray, correct: np.ndarray, cfg: VRPConfig) -> dict:
+    """R_pb between ``values`` and correctness with its bootstrap CI, NaN for a constant measure: r_pb, ci_low,
+    ci_high, n (the study's per-run and pooled attention rows share it)."""
     if np.std(values) == 0:  # a constant measure: no correlation, nothing to test
-        return {"comparison": name, "statistic": "R_pb", "value": NAN, "ci_low": NAN, "ci_high": NAN, "n": len(values),
-                "p_perm": NAN}
+        return {"r_pb": NAN, "ci_low": NAN, "ci_high": NAN, "n": len(values)}
     est = stats.point_biserial(values, correct, cfg.n_resamples, cfg.seed)
-    p = stats.permutation_test(values[correct], values[~correct], cfg.n_resamples, cfg.seed)
-    return {"comparison": name, "statistic": "R_pb", "value": est.value, "ci_low": est.ci[0], "ci_high": est.ci[1],
-            "n": est.n, "p_perm": p}
+    return {"r_pb": est.value, "ci_low": est.ci[0], "ci_high": est.ci[1], "n": est.n}
+
+
+def _rpb(name: str, values: np.ndarray, correct: np.ndarray, cfg: VRPConfig) -> dict:
+    """A comparison row: R_pb with its CI, and its permutation p-value."""
+    est = rpb_with_ci(values, correct, cfg)
+    p = NAN if np.isnan(est["r_pb"]) else stats.permutation_test(values[correct], values[~correct], cfg.n_resamples,
+                                                                 cfg.seed)
+    return {"comparison": name, "statistic": "R_pb", "value": est["r_pb"], "ci_low": est["ci_low"],
+            "ci_high": est["ci_high"], "n": est["n"], "p_perm": p}
 
 
 def _change(name: str, row, before: np.ndarray, cfg: VRPConfig) -> dict:
@@ -96,10 +104,10 @@ def dbscan_robustness(ex: Extraction, features: AttentionFeatures, cfg: VRPConfi
         ours = features.components.mean(1) if layer is None else features.components[:, layer]
         theirs = counts.mean(1) if layer is None else counts[:, layer]
         agree = float(np.mean(features.components == counts)) if layer is None else float(np.mean(ours == theirs))
-        rpb = _rpb("", theirs.astype(float), correct, cfg)
+        rpb = rpb_with_ci(theirs.astype(float), correct, cfg)  # (no p-value: nothing here is tested)
         rows.append({"layer": "all" if layer is None else str(layer), "mean C_k": float(ours.mean()),
                      "mean DBSCAN clusters": float(theirs.mean()), "agreement with C_k": agree,
-                     "r_pb (DBSCAN)": rpb["value"], "ci_low": rpb["ci_low"], "ci_high": rpb["ci_high"],
+                     "r_pb (DBSCAN)": rpb["r_pb"], "ci_low": rpb["ci_low"], "ci_high": rpb["ci_high"],
                      "eps": cfg.dbscan_eps, "min_samples": cfg.dbscan_min_samples})
     return pd.DataFrame(rows)
 

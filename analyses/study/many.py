@@ -21,13 +21,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analyses import stats
 from analyses.attention_structure import component_count
 from analyses.study import report
 from analyses.study import validate
 from analyses.study.validate import BUILT_IN
 from analyses.study.config import VRPConfig
 from analyses.study.files import write_atomic
+from analyses.study.headline import rpb_with_ci
 from analyses.study.extract import Extraction, load
 from vlm_lens.errors import DataError
 
@@ -58,18 +58,11 @@ def pooled_attention(folders: dict[str, Path], cfg: VRPConfig) -> pd.DataFrame:
         for measure, values in (("H_s / log patches", normalised_sharpness(ex)), ("C_k - 1", mean_components(ex, cfg.top_mass))):
             pooled[measure][0].append(values)
             pooled[measure][1].append(ex.correct)
-            rows.append({"run": name, "measure": measure, **_rpb(values, ex.correct, cfg)})
+            rows.append({"run": name, "measure": measure, **rpb_with_ci(values, ex.correct, cfg)})
     for measure, (scores, labels) in pooled.items():
         if len(scores) > 1:
-            rows.append({"run": "pooled", "measure": measure, **_rpb(np.concatenate(scores), np.concatenate(labels), cfg)})
+            rows.append({"run": "pooled", "measure": measure, **rpb_with_ci(np.concatenate(scores), np.concatenate(labels), cfg)})
     return pd.DataFrame(rows)
-
-
-def _rpb(values: np.ndarray, correct: np.ndarray, cfg: VRPConfig) -> dict:
-    if np.std(values) == 0:
-        return {"r_pb": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"), "n": len(values)}
-    est = stats.point_biserial(values, correct, cfg.n_resamples, cfg.seed)
-    return {"r_pb": est.value, "ci_low": est.ci[0], "ci_high": est.ci[1], "n": est.n}
 
 
 def confidence_vs_probe(data: dict[str, dict]) -> pd.DataFrame:
