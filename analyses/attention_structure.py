@@ -25,7 +25,7 @@ from scipy import ndimage
 from sklearn.cluster import DBSCAN
 
 from analyses.answers import GeneratedAnswers
-from vlm_lens import ActivationCache, HookedVLM, UnsupportedModelError, VLMInputs
+from vlm_lens import ActivationCache, HookedVLM, VLMInputs
 from vlm_lens.errors import InputError
 
 _FOUR_NEIGHBOURS = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]])
@@ -121,36 +121,42 @@ class AttentionMaps:
 VIEWS = ("base", "stitched")
 
 
-def cross_attention_reason(layers) -> str:
-    """Why image maps do not apply to a model whose image enters through cross-attention (Llama-3.2-Vision)."""
-    return (f"this model's image has no patch tokens in the sequence: its features are the keys of the "
-            f"cross-attention layers {list(layers)}, one <|image|> token stands in the text. Attention maps over the "
-            f"image's patches (and what builds on them: entropy, components, patch ranking and masking, the study's "
-            f"attention features) read image tokens in the sequence; read blocks.{{l}}.attn.hook_pattern_rows at "
-            f"those layers instead (keys: image, tile, patch)")
+def image_layers(model_or_cache) -> list[int]:
+    """The language layers whose attention reads the image's patches: every layer where the image is in the
+    sequence, the cross-attention layers where it enters through them (Llama-3.2-Vision). ``image_grids`` gives one
+    grid per layer of this list. Takes a ``HookedVLM``'s ``cfg`` or an ``ActivationCache``."""
+    cfg = getattr(model_or_cache, "cfg", model_or_cache)
+    return list(cfg.cross_layers) or list(range(cfg.n_layers))
 
 
 def image_grids(cache: ActivationCache, image: int = 0, view: str = "base") -> list[Float[np.ndarray, "layer rows cols"]]:
-    """Per item: attention from its query rows to its ``image``-th image's patch grid at every layer,
-    averaged over heads and rows (float32). A multi-crop image gives its ``base`` view (the whole picture
-    on one low-resolution grid), or with ``view="stitched"`` its crops laid out where they sit in the
-    picture (``ImageSpan.stitch``: tiles side by side, or LLaVA-NeXT's high-resolution grid); a one-view
-    image gives its one grid either way. Needs ``attn.hook_pattern_rows`` of every layer in ``cache``.
+    """Per item: attention from its query rows to its ``image``-th image's patch grid at every layer of
+    ``image_layers`` (all of them, or a cross-attention model's cross layers), averaged over heads and rows
+    (float32). A multi-crop image gives its ``base`` view (the whole picture on one low-resolution grid), or with
+    ``view="stitched"`` its crops laid out where they sit in the picture (``ImageSpan.stitch``: tiles side by side,
+    or LLaVA-NeXT's high-resolution grid); a one-view image gives its one grid either way. A cross-attention
+    model's image is its tiles over the cross layers' keys (``VLMInputs.key_spans``), stitched on the picture
+    whatever ``view`` (it has no base view); class tokens and padding tiles are left out. Needs
+    ``attn.hook_pattern_rows`` of those layers in ``cache``.
 
     The one place the study, the CLI and the analyses turn attention rows into image grids."""
     if view not in VIEWS:
         raise InputError(f"view must be one of {VIEWS}, got {view!r}")
-    if cache.cross_layers:
-        raise UnsupportedModelError(cross_attention_reason(cache.cross_layers))
     inputs = cache.inputs
-    rows = [cache["pattern_rows", layer] for layer in range(cache.n_layers)]  # each batch head row key
+    cross = bool(cache.cross_layers)
+    if cross and inputs.key_spans is None:
+        raise InputError("these inputs do not say where each image's tiles sit among the cross-attention keys "
+                         "(VLMInputs.key_spans): build them with model.prepare() or model.as_inputs(...)")
+    layers = image_layers(cache)
+    rows = [cache["pattern_rows", layer] for layer in layers]  # each batch head row key
     grids = []
-    for item, spans in enumerate(inputs.image_spans):
+    for item, spans in enumerate(inputs.key_spans if cross else inputs.image_spans):
         if image >= len(spans):
             raise InputError(f"item {item} has {len(spans)} image(s); no image {image}")
         span = spans[image]
         per_layer = torch.stack([r[item, :, :, : span.end].float().mean(dim=(0, 1)) for r in rows])  # layer key
-        grids.append(span.stitch(per_layer, kind="base" if view == "base" else None).cpu().numpy())
+        kind = None if cross or view == "stitched" else "base"
+        grids.append(span.stitch(per_layer, kind=kind).cpu().numpy())
     return grids
 
 
@@ -196,8 +202,9 @@ def item_grids(model: HookedVLM, inputs: VLMInputs, query_positions=None, image:
     ``image``-th image, averaged over heads and rows (a multi-crop image's ``view``: see ``image_grids``). Items
     keep their own grids (native-resolution towers and tilings give images of different sizes different grids).
     Uses the row capture: the forward keeps its fast attention."""
+    names = {f"blocks.{l}.attn.hook_pattern_rows" for l in image_layers(model)}
     _, cache = model.run_with_cache(
-        inputs, names_filter=lambda n: n.endswith("attn.hook_pattern_rows"), query_positions=query_positions,
+        inputs, names_filter=lambda n: n in names, query_positions=query_positions,
         logits_to_keep=1,
     )
     return image_grids(cache, image, view)

@@ -339,3 +339,44 @@ class EmbeddingEdit(Intervention):
 
 def image_embedding_edit(positions: Sequence[Sequence[int]], fill: str = "mean", name: str = "mask patches") -> EmbeddingEdit:
     return EmbeddingEdit(tuple(tuple(p) for p in positions), fill, name)
+
+
+@dataclass(frozen=True)
+class KeyFeatureEdit(Intervention):
+    """The cross-attention counterpart of ``EmbeddingEdit`` (Llama-3.2-Vision, whose image is no tokens in the
+    sequence but the keys of its cross-attention layers): replace the projected image features at per-item key
+    positions (``VLMInputs.key_spans``) by the mean of the item's patch features, or zero, at
+    ``projector.hook_out`` [batch, image, tile, patch, d_model], so every cross layer reads the edited keys."""
+
+    positions: tuple[tuple[int, ...], ...]
+    fill: str = "mean"
+    label: str = field(default="mask patches (cross-attention keys)", compare=False)
+
+    def __post_init__(self):
+        if self.fill not in ("mean", "zero"):
+            raise InputError(f"fill must be 'mean' or 'zero', got {self.fill!r}")
+        object.__setattr__(self, "positions", tuple(whole_numbers(pos, "positions") for pos in self.positions))
+
+    @property
+    def name(self) -> str:
+        return self.label
+
+    def hooks(self, model, inputs) -> Hooks:
+        if not model.cfg.cross_layers or inputs.key_spans is None:
+            raise InputError("KeyFeatureEdit edits cross-attention keys: this model (or these inputs) has none; "
+                             "use image_embedding_edit for image tokens in the sequence")
+        if len(self.positions) != inputs.batch_size:
+            raise InputError(f"positions for {len(self.positions)} items, but the batch has {inputs.batch_size}")
+
+        def edit(features, hook):
+            flat = features.flatten(1, -2).clone()  # batch key d_model
+            check_below([p for pos in self.positions for p in pos], flat.shape[1], "positions", "cross-attention keys")
+            for item, pos in enumerate(self.positions):
+                if not pos:
+                    continue
+                patches = [p for span in inputs.key_spans[item] for p in span.positions]
+                value = flat[item, patches].mean(0) if self.fill == "mean" else torch.zeros_like(flat[item, 0])
+                flat[item, list(pos)] = value
+            return flat.reshape(features.shape)
+
+        return [("projector.hook_out", edit)]

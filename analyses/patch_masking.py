@@ -8,13 +8,13 @@ patch's pixels become mid-grey in the model's own normalised pixel space).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 
 from analyses.attention_structure import item_grids
-from analyses.interventions import Intervention, image_embedding_edit
+from analyses.interventions import Intervention, KeyFeatureEdit, image_embedding_edit
 from vlm_lens import HookedVLM, UnsupportedModelError, VLMInputs
 from vlm_lens.errors import InputError
 
@@ -43,9 +43,23 @@ def attention_grids(model: HookedVLM, inputs: VLMInputs) -> list[np.ndarray]:
     return [grid.mean(axis=0) for grid in item_grids(model, inputs)]
 
 
+def _stitched_position(span, cell: int) -> int:
+    """The key position of a stitched-grid cell of a tiled span (non-overlapping tiles, ``ImageSpan.stitch``)."""
+    (rows, cols), (_, wide) = span.views[0].grid, span.views[0].tiles
+    r, c = divmod(cell, wide * cols)
+    tile = next(v for v in span.views if v.tile == (r // rows, c // cols))
+    return tile.position_of(r % rows, c % cols)
+
+
 def token_mask(inputs: VLMInputs, cells: list[list[int]], fill: str = "mean", rank: str = "top") -> Intervention:
     """Hide the base-view ``cells`` of each item's first image at its tokens: a multi-crop image's every token, in
-    every view, that sees part of those cells' area (``ImageSpan.covering``), so no crop shows what was hidden."""
+    every view, that sees part of those cells' area (``ImageSpan.covering``), so no crop shows what was hidden.
+    A cross-attention model (``inputs.key_spans``): the cells of its stitched tiles, hidden in the projected image
+    features its cross layers read (``KeyFeatureEdit``)."""
+    if inputs.key_spans is not None:  # cross-attention: the cells are keys of the stitched tiles
+        positions = [sorted(_stitched_position(inputs.key_spans[item][0], int(c)) for c in item_cells)
+                     for item, item_cells in enumerate(cells)]
+        return KeyFeatureEdit(tuple(map(tuple, positions)), fill, label=f"mask {rank} patches (cross keys, {fill})")
     positions = []
     for item, item_cells in enumerate(cells):
         span = inputs.image_spans[item][0]
@@ -73,8 +87,9 @@ def pixel_mask(model: HookedVLM, inputs: VLMInputs, cells: list[list[int]]) -> V
     tensors = {**inputs.tensors, "pixel_values": inputs.tensors["pixel_values"].clone()}
     grey = _grey(model.processor).to(tensors["pixel_values"].dtype)
     for item, item_cells in enumerate(cells):
-        fill_patches(model.hf_model.config, tensors, inputs.image_spans[item][0], item_cells, grey)
-    return VLMInputs(tensors, inputs.image_spans, inputs.padding_side, inputs.prompts, inputs.texts, inputs.tile_layout)
+        spans = inputs.key_spans if model.cfg.cross_layers else inputs.image_spans
+        fill_patches(model.hf_model.config, tensors, spans[item][0], item_cells, grey)
+    return replace(inputs, tensors=tensors)
 
 
 @dataclass(frozen=True)

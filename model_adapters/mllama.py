@@ -13,22 +13,26 @@ So the image has no positions in the residual stream: ``image_spans`` are the ``
 ``blocks.{l}.attn.*`` of a cross-attention layer are its cross-attention (``hook_k`` / ``hook_v`` and the
 pattern's keys run over the image's tile patches: image, tile, patch, padded tiles masked), and
 ``blocks.{l}.hook_attn_out`` / ``hook_cross_attn_out`` is what the gated cross-attention adds to the residual.
-Analyses that read image tokens in the sequence (attention maps and their structure, patch masking, the study's
-attention features) raise ``UnsupportedModelError`` for this family; the logit lens, decompositions, probes,
-ablations, patching of text positions and self-consistency apply unchanged.
+``key_spans`` says where each image's tiles sit among those keys (``VLMInputs.key_spans``: one "tile" view per
+real tile, class tokens and padding tiles left out), so attention maps and their structure are read at the
+cross-attention layers, a key row laid on the picture tile by tile (``attention_structure.image_layers``,
+``image_grids``); token-level patch masking edits the projected tile patches (``KeyFeatureEdit`` at
+``projector.hook_out``) and pixel-level masking greys a tile's pixels (``fill_tile_patches``). The logit lens,
+decompositions, probes, ablations, patching of text positions and self-consistency apply unchanged.
 """
 
 from __future__ import annotations
 
 import torch
 from transformers import MllamaConfig, MllamaForConditionalGeneration, MllamaImageProcessorPil, MllamaProcessor
+from transformers.models.mllama.image_processing_pil_mllama import get_all_supported_aspect_ratios
 
 from model_adapters.common import LANGUAGE_MODEL, PRE_NORM_BLOCK
 from model_adapters.llava import toy as llava_toy
 from model_adapters.testing import DEFAULT_WORDS, FamilySpec, RealSize, build, text_config, word_tokenizer
 from vlm_lens.adapter import Adapter, register
 from vlm_lens.errors import ImageTokenMismatchError
-from vlm_lens.spans import ImageSpan
+from vlm_lens.spans import ImageSpan, View
 
 SPECIALS = ("<|image|>", "<|python_tag|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>")
 
@@ -64,6 +68,50 @@ def image_spans(config, input_ids, tensors) -> list[list[ImageSpan]]:
     return spans
 
 
+def key_spans(config, tensors) -> list[list[ImageSpan]]:
+    """Per item, per image: where its tile patches sit among a cross-attention layer's keys, which run over
+    (image, tile, patch) with a class token first in each tile. One "tile" view per real tile (padding tiles,
+    masked by the model, are left out), at its (row, col) of the arrangement ``aspect_ratio_ids`` names (the
+    image processor's supported ratios, (tiles high, tiles wide), tiles cut row-major), so ``span.stitch``
+    lays a key row out on the picture."""
+    vision = config.vision_config
+    side = vision.image_size // vision.patch_size
+    per_tile = side * side + 1
+    ratios = tensors["aspect_ratio_ids"]
+    n_media, max_tiles = tensors["aspect_ratio_mask"].shape[1:]
+    supported = get_all_supported_aspect_ratios(max_tiles)
+    spans, image = [], 0
+    for item in range(ratios.shape[0]):
+        item_spans = []
+        for media in range(n_media):
+            ratio = int(ratios[item, media])
+            if ratio == 0:  # a padding image: this item has fewer images than the batch's most
+                continue
+            high, wide = supported[ratio - 1]
+            first = media * max_tiles * per_tile
+            views = tuple(View("tile", tuple(range(first + t * per_tile + 1, first + (t + 1) * per_tile)), (side, side),
+                               tile=divmod(t, wide), tiles=(high, wide)) for t in range(high * wide))
+            item_spans.append(ImageSpan(image, first, first + max_tiles * per_tile, (side, side), views))
+            image += 1
+        spans.append(item_spans)
+    return spans
+
+
+def fill_tile_patches(config, tensors: dict, span: ImageSpan, cells, fill: torch.Tensor) -> None:
+    """pixel_values [batch, image, tile, channel, H, W]: ``cells`` index the stitched grid of ``span`` (a key span,
+    ``key_spans``); each is a patch of one tile."""
+    pixels = tensors["pixel_values"]
+    item, media = torch.nonzero(tensors["aspect_ratio_ids"] > 0)[span.image].tolist()
+    side = span.grid[0]
+    wide = span.views[0].tiles[1] * side
+    ph, pw = pixels.shape[-2] // side, pixels.shape[-1] // side
+    for cell in cells:
+        r, c = divmod(int(cell), wide)
+        (tr, pr), (tc, pc) = divmod(r, side), divmod(c, side)
+        tile = tr * span.views[0].tiles[1] + tc
+        pixels[item, media, tile, :, pr * ph : (pr + 1) * ph, pc * pw : (pc + 1) * pw] = fill[:, None, None]
+
+
 def template(prompt: str, n_images: int, processor) -> str:
     # meta-llama/Llama-3.2-11B-Vision-Instruct chat template (the processor puts <|begin_of_text|> first)
     return (f"<|start_header_id|>user<|end_header_id|>\n\n{processor.image_token * n_images}{prompt}<|eot_id|>"
@@ -87,6 +135,8 @@ ADAPTER = register(
         cross_layers=lambda config: config.get_text_config().cross_attention_layers,
         cross_block=CROSS_BLOCK,
         repeat_last_keys=("cross_attention_mask",),
+        key_spans=key_spans,
+        fill_patches=fill_tile_patches,
     )
 )
 

@@ -66,3 +66,19 @@ def eager_hf(model):
     hf = copy.deepcopy(model.hf_model)
     hf.set_attn_implementation("eager")
     return hf
+
+
+def cross_grid_by_hand(model, inputs, item, row):
+    """Llama-3.2-Vision's first image of ``item`` on its picture, from a cross-attention key row: the processor's
+    aspect-ratio table read by hand ((tiles high, tiles wide) for ids 1.. at 4 tiles), each tile's patches after
+    its class token."""
+    table = [(1, 1), (1, 2), (1, 3), (1, 4), (2, 1), (2, 2), (3, 1), (4, 1)]
+    high, wide = table[int(inputs.tensors["aspect_ratio_ids"][item, 0]) - 1]
+    vision = model.hf_model.config.vision_config
+    side = vision.image_size // vision.patch_size
+    out = np.zeros((high * side, wide * side))
+    for tr in range(high):
+        for tc in range(wide):
+            first = (tr * wide + tc) * (side * side + 1) + 1
+            out[tr * side:(tr + 1) * side, tc * side:(tc + 1) * side] = row[first:first + side * side].reshape(side, side).numpy()
+    return out

@@ -159,11 +159,32 @@ def test_attention_knockout_equals_masking_before_softmax(model, inputs, eager_h
 
 
 def test_token_patch_mask_equals_raw_embedding_edit(model, inputs):
-    if model.cfg.cross_layers:  # no image tokens in the sequence to rank or hide: said, not a wrong number
-        with pytest.raises(UnsupportedModelError, match="cross-attention layers"):
-            I.apply(model, inputs, PM.PatchMask())
-        return
     cells = [[0, 3, 5], [1]]
+    if model.cfg.cross_layers:  # the image is the cross layers' keys: the cells hide projected tile patches
+        ours = I.apply(model, inputs, PM.token_mask(inputs, cells, fill="mean"))
+        vision = model.hf_model.config.vision_config
+        side = vision.image_size // vision.patch_size
+        wide = [2, 2]  # the two toy images: 2x2 and 1x2 tiles (checked in test_attention_structure's hand oracle)
+
+        def edit_features(x):  # x: [batch*image*tile, patch (class first), d]: tile-major per item
+            x = x.clone()
+            tiles = inputs.tensors["aspect_ratio_mask"].shape[-1]
+            per_item = x.view(inputs.batch_size, -1, x.shape[-1])
+            for item, item_cells in enumerate(cells):
+                real = int(inputs.tensors["aspect_ratio_mask"][item, 0].sum())
+                patches = [t * (side * side + 1) + 1 + k for t in range(real) for k in range(side * side)]
+                hidden = []
+                for c in item_cells:
+                    r, col = divmod(c, wide[item] * side)
+                    hidden.append((r // side * wide[item] + col // side) * (side * side + 1) + 1 + r % side * side + col % side)
+                per_item[item, hidden] = per_item[item, patches].mean(0)
+            assert tiles * (side * side + 1) == per_item.shape[1]
+            return x
+
+        assert torch.equal(ours, raw(model, inputs, "model.multi_modal_projector", edit_features))
+        with torch.no_grad():
+            assert not torch.allclose(ours, model(inputs))
+        return
     ours = I.apply(model, inputs, PM.token_mask(inputs, cells, fill="mean"))
 
     def hidden(span, cell):  # the base cell's token, and every crop token over the same part of the picture
@@ -196,14 +217,18 @@ def test_pixel_patch_mask_partitions_each_image_into_its_cells(model, inputs):
             PM.pixel_mask(model, inputs, [[0], []])
         return
     before = inputs.tensors["pixel_values"]
+    real = torch.ones_like(before, dtype=torch.bool)  # every pixel a cell's, but a cross model's padding tiles
+    if model.cfg.cross_layers:
+        real = inputs.tensors["aspect_ratio_mask"].bool()[..., None, None, None].expand_as(before)
 
     def changed(cells):
         return PM.pixel_mask(model, inputs, cells).tensors["pixel_values"] != before
 
-    every = [list(range(spans[0].grid[0] * spans[0].grid[1])) for spans in inputs.image_spans]
+    spans = inputs.key_spans if model.cfg.cross_layers else inputs.image_spans  # a cross model's stitched tiles
+    every = [list(range(s[0].stitch(torch.zeros(s[0].end)).numel())) for s in spans]
     assert not changed([[], []]).any()
     image0, image1, both = changed([every[0], []]), changed([[], every[1]]), changed(every)
-    assert both.all() and not (image0 & image1).any() and torch.equal(image0 | image1, both)
+    assert torch.equal(both, real) and not (image0 & image1).any() and torch.equal(image0 | image1, both)
     singles = torch.stack([changed([[c], []]) for c in every[0]])
     assert len({int(m.sum()) for m in singles}) == 1  # equal blocks (noise images: no pixel is grey already)
     assert int(singles.sum(0).max()) == 1 and torch.equal(singles.any(0), image0)  # disjoint, covering image 0

@@ -9,8 +9,7 @@ import torch
 
 from analyses import answers
 from analyses.attention_structure import answer_token_attention, spatial_entropy
-from tests.conftest import PROMPTS
-from vlm_lens.errors import UnsupportedModelError
+from tests.conftest import PROMPTS, cross_grid_by_hand
 
 STEPS = 4
 
@@ -33,12 +32,9 @@ def test_generated_answers_match_hf_and_a_teacher_forced_forward(model, images):
         cut = row.index(stop) if stop in row else len(row)
         assert tokens == row[:cut]
     assert len(generated.tokens[0]) <= 2
-    maps = None
-    if model.cfg.cross_layers:  # no image tokens in the sequence: no maps over them (confidence still checked below)
-        with pytest.raises(UnsupportedModelError, match="cross-attention layers"):
-            answer_token_attention(generated)
-    else:
-        maps = answer_token_attention(generated)
+    maps = answer_token_attention(generated)
+    cross = bool(model.cfg.cross_layers)
+    layers = list(model.cfg.cross_layers) or list(range(model.cfg.n_layers))  # where attention reads the image
     for item, (image, prompt) in enumerate(zip(images, PROMPTS)):
         tokens = generated.tokens[item]
         if not tokens:
@@ -59,13 +55,15 @@ def test_generated_answers_match_hf_and_a_teacher_forced_forward(model, images):
         logprobs = torch.log_softmax(logits[0, rows].float(), -1)[torch.arange(len(tokens)), torch.tensor(tokens)]
         np.testing.assert_allclose(generated.probs[item], logprobs.exp().numpy(), rtol=1e-4)
         assert generated.geometric_mean[item] == pytest.approx(float(logprobs.mean().exp()), rel=1e-4)
-        if maps is None:
-            continue
-        span = single.image_spans[0][0]
-        keys = list(span.base.positions)  # a multi-crop image: its base view
         # Eq. 1: the map averaged over heads and the answer tokens, then its entropy
-        entropy = [spatial_entropy(cache["pattern_rows", l][0][:, :, keys].float().mean((0, 1)).reshape(span.base.grid).numpy())
-                   for l in range(model.cfg.n_layers)]
+        if cross:  # the keys are the image's tiles: laid on the picture by hand
+            entropy = [spatial_entropy(cross_grid_by_hand(model, single, 0, cache["pattern_rows", l][0].float().mean((0, 1))))
+                       for l in layers]
+        else:
+            span = single.image_spans[0][0]
+            keys = list(span.base.positions)  # a multi-crop image: its base view
+            entropy = [spatial_entropy(cache["pattern_rows", l][0][:, :, keys].float().mean((0, 1)).reshape(span.base.grid).numpy())
+                       for l in layers]
         np.testing.assert_allclose(maps[item][1], entropy, rtol=1e-4)
 
 
@@ -110,18 +108,21 @@ def test_spatial_entropy_of_the_answer_tokens_mean_map_by_hand():
 def test_first_token_head_entropy_is_each_heads_map_from_a_plain_forward(model, images):
     from analyses.attention_structure import first_token_head_entropy
 
-    if model.cfg.cross_layers:
-        pytest.skip("the image enters through cross-attention: no patch tokens in the sequence")
     inputs = model.prepare(images=images, prompts=PROMPTS)
     names = [f"blocks.{l}.attn.hook_pattern_rows" for l in range(model.cfg.n_layers)]
     generated = answers.generate_answers(model, inputs, names, 2)
     entropy = first_token_head_entropy(generated)
     last = inputs.input_ids.shape[1] - 1
     _, cache = model.run_with_cache(inputs, names_filter=names, query_positions=torch.tensor([last]))
+    layers = list(model.cfg.cross_layers) or list(range(model.cfg.n_layers))  # a cross model: its cross layers
     for item, spans in enumerate(inputs.image_spans):
         base = spans[0].base
-        for layer in range(model.cfg.n_layers):
+        assert entropy[item].shape == (len(layers), model.cfg.n_heads)
+        for k, layer in enumerate(layers):
             rows = cache["pattern_rows", layer][item, :, 0].float()  # head key
             for head in range(model.cfg.n_heads):
-                grid = rows[head, list(base.positions)].reshape(base.grid).numpy()
-                assert entropy[item][layer, head] == pytest.approx(spatial_entropy(grid), rel=1e-4, abs=1e-5)
+                if model.cfg.cross_layers:
+                    grid = cross_grid_by_hand(model, inputs, item, rows[head])
+                else:
+                    grid = rows[head, list(base.positions)].reshape(base.grid).numpy()
+                assert entropy[item][k, head] == pytest.approx(spatial_entropy(grid), rel=1e-4, abs=1e-5)

@@ -8,7 +8,7 @@ import torch
 from scipy import ndimage, stats
 
 from analyses import attention_structure as A
-from vlm_lens.errors import UnsupportedModelError
+from tests.conftest import cross_grid_by_hand
 
 
 def test_entropy_matches_scipy():
@@ -78,30 +78,37 @@ def test_early_lock_then_diffusion():
 def test_image_attention_equals_eager_average(model, images, eager_hf):
     images = [images[0], images[0]]  # one image size: every family's maps stack
     inputs = model.prepare(images=images, prompts=["is there a red square in the image ?", "how many"])
-    if model.cfg.cross_layers:  # the image is keys of cross-attention, not tokens: said, not a map of one token
-        with pytest.raises(UnsupportedModelError, match="no patch tokens in the sequence"):
-            A.image_attention(model, inputs)
-        return
     maps = A.image_attention(model, inputs)
     with torch.no_grad():
         ref = eager_hf(**inputs.tensors, output_attentions=True).attentions
     last = inputs.last_positions()
-    for layer in range(model.cfg.n_layers):
+    layers = A.image_layers(model)
+    assert layers == (sorted(model.cfg.cross_layers) or list(range(model.cfg.n_layers)))
+    for k, layer in enumerate(layers):
         for item in range(2):
-            span = inputs.image_spans[item][0]
-            expected = ref[layer][item, :, last[item], list(span.base.positions)].mean(0).reshape(span.base.grid)
-            assert np.allclose(maps.grids[layer, item], expected.numpy(), atol=1e-6)
-    assert maps.entropy().shape == (model.cfg.n_layers, 2)
-    assert maps.delta_entropy().shape == (model.cfg.n_layers - 1, 2)
+            row = ref[layer][item, :, last[item]].mean(0)
+            if model.cfg.cross_layers:  # keys: tile by tile, a class token first, tiles cut row-major
+                expected = cross_grid_by_hand(model, inputs, item, row)
+            else:
+                span = inputs.image_spans[item][0]
+                expected = row[list(span.base.positions)].reshape(span.base.grid).numpy()
+            assert np.allclose(maps.grids[k, item], expected, atol=1e-6)
+    assert maps.entropy().shape == (len(layers), 2)
 
 
 def test_stitched_attention_lays_each_crop_where_it_sits(model, images, eager_hf):
     inputs = model.prepare(images=images, prompts=["is there a red square in the image ?", "how many"])
-    if model.cfg.cross_layers:
-        with pytest.raises(UnsupportedModelError, match="cross-attention layers"):
-            A.item_grids(model, inputs, view="stitched")
-        return
     grids = A.item_grids(model, inputs, view="stitched")
+    if model.cfg.cross_layers:  # tiles only, either view: the picture's tiles side by side
+        with torch.no_grad():
+            ref = eager_hf(**inputs.tensors, output_attentions=True).attentions
+        base = A.item_grids(model, inputs, view="base")
+        for item in range(2):
+            for k, layer in enumerate(A.image_layers(model)):
+                row = ref[layer][item, :, inputs.last_positions()[item]].mean(0)
+                assert np.allclose(grids[item][k], cross_grid_by_hand(model, inputs, item, row), atol=1e-6)
+                assert np.array_equal(base[item][k], grids[item][k])
+        return
     with torch.no_grad():
         ref = eager_hf(**inputs.tensors, output_attentions=True).attentions
     last = inputs.last_positions()

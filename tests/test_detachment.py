@@ -51,3 +51,22 @@ def test_a_late_collapse_or_late_quiet_is_not_the_papers_pattern():
     table = detachment_criteria(falling, quiet_late, share, commit, n_resamples=2000).set_index("criterion")
     assert not table.loc["early entropy collapse", "holds"] and not table.loc["dormant middle, late surge", "holds"]
     assert table.loc["commitment before re-engagement", "holds"] and not table.loc["symbolic detachment", "holds"]
+
+
+def test_a_cross_attention_model_names_its_cross_layers_and_leaves_the_writes_undefined():
+    """Columns at model layers 3, 8, ..., 38 (Llama-3.2-Vision-11B's cross layers): the lock and the re-engagement
+    are named as those model layers, and with no image tokens to write to the middle criterion does not hold."""
+    rng = np.random.default_rng(3)
+    cross = [3, 8, 13, 18, 23, 28, 33, 38]
+    entropy = np.array([4.0, 2.0, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5])[None, :] + 0.05 * rng.normal(size=(N, 8))
+    share = np.array([0.3, 0.2, 0.2, 0.1, 0.1, 0.2, 0.6, 0.3])[None, :] + 0.01 * rng.normal(size=(N, 8))
+    table = detachment_criteria(entropy, None, share, 20, n_resamples=500, layers=cross).set_index("criterion")
+    collapse = table.loc["early entropy collapse"]
+    assert "layer 13" in collapse.measure and "H_s (layer 3)" in collapse.measure and collapse.holds  # column 2
+    assert collapse.value == pytest.approx(1.0 - 4.0, abs=0.05)
+    assert "layer 33 of most attention" in table.loc["commitment before re-engagement", "measure"]  # column 6
+    assert table.loc["commitment before re-engagement", "value"] == 33 - 20
+    assert not table.loc["dormant middle, late surge", "holds"] and "not defined" in table.loc["dormant middle, late surge", "measure"]
+    assert not table.loc["symbolic detachment", "holds"]
+    one = detachment_criteria(entropy[:, :1], None, share[:, :1], 1, n_resamples=100, layers=[1])
+    assert "one layer only" in one.set_index("criterion").loc["early entropy collapse", "measure"]

@@ -606,3 +606,37 @@ def test_the_study_on_a_multi_crop_toy(name, view, tmp_path):
     data = json.loads((tmp_path / "out" / "tables.json").read_text())
     assert data["table1_models"][0]["family"] == zoo.get(name).family
     assert len(data["headline_comparisons"]) == 6 and (tmp_path / "out" / "report.html").exists()
+
+
+def test_the_study_on_a_cross_attention_toy(tmp_path):
+    """The whole study to its report on Llama-3.2-Vision's toy, whose image is the keys of its cross-attention
+    layers: attention measures at those layers only, each map its tiles on the picture, masking at both levels."""
+    from analyses.attention_structure import answer_token_attention
+    from analyses import answers
+
+    name = "toy-mllama"
+    model = HookedVLM.from_pretrained(name)
+    cross = list(model.cfg.cross_layers)
+    result = CliRunner().invoke(app, ["vrp", "--model", name, "--n", "150", "--k", "3", "--n-resamples", "200",
+                                      "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    ex = load(tmp_path / "out" / "extraction")
+    assert ex.attention_layers == cross and all(a.shape[0] == len(cross) for a in ex.attention)
+    assert 0.5 < ex.correct.mean() < 0.98
+    # question 0's stored map is the answer tokens' mean cross-attention row on its tiles, recomputed here
+    example = shapes_examples(150, SHAPES_EVAL_SEED)[0]
+    inputs = model.prepare(images=[example.load_image()], prompts=[example.text])
+    names = [f"blocks.{l}.attn.hook_pattern_rows" for l in cross]
+    generated = answers.generate_answers(model, inputs, names, ex.config["max_new_tokens"])
+    grid, entropy = answer_token_attention(generated)[0]
+    high, wide = inputs.key_spans[0][0].views[0].tiles
+    assert tuple(ex.rows[0]["grid"]) == grid.shape[1:] == (high * 4, wide * 4)
+    np.testing.assert_allclose(ex.attention[0], grid.reshape(len(cross), -1), atol=1e-5)
+    np.testing.assert_allclose(ex.rows[0]["attention_entropy"], entropy, atol=1e-5)
+    data = json.loads((tmp_path / "out" / "tables.json").read_text())
+    assert {r["layer"] for r in data["table2_attention_rpb"]} == set(cross)
+    levels = {r["condition"] for r in data["patch_masking"]}
+    assert any("(token)" in c for c in levels) and any("(pixel)" in c for c in levels)
+    detachment = {r["criterion"]: r for r in data["symbolic_detachment"]}
+    assert "not defined" in detachment["dormant middle, late surge"]["measure"]
+    assert len(data["headline_comparisons"]) == 6 and (tmp_path / "out" / "report.html").exists()

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from vlm_lens.errors import UnsupportedModelError
+from vlm_lens.spans import ImageSpan
 
 # The keys every adapter maps. Model-level paths are relative to the HF model; block paths
 # are relative to one language-model layer.
@@ -76,6 +77,10 @@ class Adapter:
     # (BLOCK_KEYS plus CROSS_KEYS: the scalar gates, tanh-squashed, of the attention and MLP writes)
     cross_layers: Callable[[Any], Sequence[int]] | None = None
     cross_block: Mapping[str, str] = field(default_factory=dict)
+    # (config, forward tensors) -> per item, per image, an ImageSpan over the *keys* of a cross-attention layer (not
+    # sequence positions): one "tile" view per tile the picture was cut into, so ``span.stitch(pattern_row)`` lays the
+    # attention on the picture's grid (Llama-3.2-Vision); ``VLMInputs.key_spans``
+    key_spans: Callable[[Any, Mapping], list[list[ImageSpan]]] | None = None
     # config -> the factor the language model multiplies token embeddings by before layer 0 (Gemma's sqrt(d_model)):
     # folded into ``W_E`` as TransformerLens does, so W_E[ids] is hook_embed at the text positions
     embed_scale: Callable[[Any], float] | None = None

@@ -10,7 +10,7 @@ those tokens tile, in row-major order.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -31,6 +31,9 @@ class VLMInputs:
     texts: list[str] | None = field(default=None, repr=False)  # what the processor saw
     # tiled families (InternVL): each image's (rows, cols) of crops, which the forward tensors do not hold
     tile_layout: list[tuple[int, int]] | None = field(default=None, repr=False)
+    # cross-attention families (Llama-3.2-Vision): per item, per image, where its tile patches sit among a
+    # cross-attention layer's keys (``Adapter.key_spans``); None for families whose image is in the sequence
+    key_spans: list[list[ImageSpan]] | None = field(default=None, repr=False)
 
     @property
     def input_ids(self) -> torch.Tensor:
@@ -65,7 +68,7 @@ class VLMInputs:
             if dtype is not None and v.is_floating_point():
                 v = v.to(dtype)
             moved[k] = v
-        return VLMInputs(moved, self.image_spans, self.padding_side, self.prompts, self.texts, self.tile_layout)
+        return replace(self, tensors=moved)
 
 
 def last_positions(attention_mask: torch.Tensor) -> torch.Tensor:

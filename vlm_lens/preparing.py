@@ -127,7 +127,8 @@ class Preparing:
         else:
             spans = self.adapter.image_spans(self.hf_model.config, ids, tensors, tile_layout)
         mask = tensors.get("attention_mask", torch.ones_like(ids))
-        return VLMInputs(tensors, spans, padding_side_of(mask), tile_layout=tile_layout)
+        keys = self.adapter.key_spans(self.hf_model.config, tensors) if self.adapter.key_spans else None
+        return VLMInputs(tensors, spans, padding_side_of(mask), tile_layout=tile_layout, key_spans=keys)
 
     def repeat(self, inputs: VLMInputs, n: int) -> VLMInputs:
         """The single item of ``inputs`` as a batch of ``n`` identical rows, its images repeated with it."""
@@ -142,7 +143,9 @@ class Preparing:
         per_item = len(inputs.image_spans[0])
         spans = [[replace(s, image=s.image + row * per_item) for s in inputs.image_spans[0]] for row in range(n)]
         layout = None if inputs.tile_layout is None else list(inputs.tile_layout) * n
-        return VLMInputs(tensors, spans, inputs.padding_side, tile_layout=layout)
+        keys = None if inputs.key_spans is None else [
+            [replace(s, image=s.image + row * per_item) for s in inputs.key_spans[0]] for row in range(n)]
+        return VLMInputs(tensors, spans, inputs.padding_side, tile_layout=layout, key_spans=keys)
 
     def _check_device(self, tensors: dict[str, Tensor]) -> None:
         device, dtype = self.device, self.dtype

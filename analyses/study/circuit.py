@@ -32,6 +32,7 @@ from analyses.study.config import VRPConfig
 from analyses.study.extract import Extraction
 from analyses.study.results import Ablations, AttentionFeatures, MarginBuilding, Predictors
 
+NAN = float("nan")
 STAGNATION_RATIO = 0.5
 
 
@@ -69,8 +70,8 @@ def _bootstrap_ci(samples: tuple[np.ndarray, ...], statistic, cfg: VRPConfig) ->
 def delta_entropy(features: AttentionFeatures, correct: np.ndarray, cfg: VRPConfig) -> pd.DataFrame:
     """Figure 4: per layer, mean H_s of right answers minus wrong answers, with a bootstrap 95% CI."""
     rows = []
-    for layer in range(features.entropy.shape[1]):
-        right, wrong = features.entropy[correct, layer], features.entropy[~correct, layer]
+    for column, layer in enumerate(features.layers):
+        right, wrong = features.entropy[correct, column], features.entropy[~correct, column]
         diff = float(right.mean() - wrong.mean())
         low, high = _bootstrap_ci((right, wrong), lambda a, b, axis: a.mean(axis) - b.mean(axis), cfg)
         rows.append({"layer": layer, "h_s right": float(right.mean()), "h_s wrong": float(wrong.mean()), "delta_h_s": diff,
@@ -80,15 +81,18 @@ def delta_entropy(features: AttentionFeatures, correct: np.ndarray, cfg: VRPConf
 
 def entropy_change(features: AttentionFeatures, correct: np.ndarray, cfg: VRPConfig) -> pd.DataFrame:
     """The paper's Delta H_s: per layer l >= 1, H_s at layer l minus layer l-1 (negative: attention sharpens
-    there), its mean over all questions with a bootstrap 95% CI, and its mean over right and over wrong answers."""
+    there), its mean over all questions with a bootstrap 95% CI, and its mean over right and over wrong answers.
+    A cross-attention model's layers are its cross layers: the change from the previous one ("from layer")."""
     change = np.diff(features.entropy, axis=1)  # question, layer - 1
     rows = []
     for index in range(change.shape[1]):
         values = change[:, index]
         low, high = _bootstrap_ci((values,), np.mean, cfg)
-        rows.append({"layer": index + 1, "delta_h_s": float(values.mean()), "ci_low": low, "ci_high": high,
+        rows.append({"layer": features.layers[index + 1], "from layer": features.layers[index],
+                     "delta_h_s": float(values.mean()), "ci_low": low, "ci_high": high,
                      "delta_h_s (right)": float(values[correct].mean()), "delta_h_s (wrong)": float(values[~correct].mean())})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=["layer", "from layer", "delta_h_s", "ci_low", "ci_high", "delta_h_s (right)",
+                                       "delta_h_s (wrong)"])  # one image layer (a cross model): no change to show
 
 
 def _thirds(n_layers: int) -> tuple[slice, slice, slice]:
@@ -96,29 +100,47 @@ def _thirds(n_layers: int) -> tuple[slice, slice, slice]:
     return slice(0, third), slice(third, max(third + 1, n_layers - third)), slice(n_layers - third, n_layers)
 
 
-def detachment_criteria(entropy: np.ndarray, writes: np.ndarray, image_share: np.ndarray,
-                        separation_layer: int | None, n_resamples: int = 10_000, seed: int = 0) -> pd.DataFrame:
+def detachment_criteria(entropy: np.ndarray, writes: np.ndarray | None, image_share: np.ndarray,
+                        separation_layer: int | None, n_resamples: int = 10_000, seed: int = 0,
+                        layers: list[int] | None = None) -> pd.DataFrame:
     """The three criteria (module docstring) from per-question H_s ``entropy`` [n, layer], the image-token writes
     per layer ``writes`` [layer], per-question attention mass on the image ``image_share`` [n, layer] and the
-    separation layer; each with its measure and whether it holds, and the verdict."""
+    separation layer; each with its measure and whether it holds, and the verdict. ``layers``: the model layers
+    behind the columns of ``entropy`` and ``image_share`` (default: every layer; a cross-attention model's cross
+    layers), so the lock and re-engagement layers are named as model layers. ``writes`` None: the image is no
+    tokens in the sequence (cross-attention), so the middle/late criterion is not defined and does not hold."""
     n_layers = entropy.shape[1]
-    early, middle, late = _thirds(n_layers)
+    layers = list(range(n_layers)) if layers is None else list(layers)
     first_half = np.arange(1, max(2, (n_layers + 1) // 2)) if n_layers > 1 else np.arange(1)
     lock = int(first_half[np.argmin(entropy[:, first_half].mean(0))])
-    collapse = stats.paired_bootstrap_diff(entropy[:, 0], entropy[:, lock], n_resamples, seed)
-    dormant = float(writes[middle].mean() / writes[early].mean())
-    surge = float(writes[late].mean() / writes[middle].mean())
     second = np.arange(n_layers // 2, n_layers)
-    reengage = int(second[np.argmax(image_share[:, second].mean(0))])
+    reengage = layers[int(second[np.argmax(image_share[:, second].mean(0))])]
     commit = separation_layer
+    if n_layers < 2:
+        collapse_row = {"criterion": "early entropy collapse", "value": NAN, "ci_low": None, "ci_high": None,
+                        "measure": f"not defined: attention reads the image at one layer only ({layers})",
+                        "holds": False}
+    else:
+        collapse = stats.paired_bootstrap_diff(entropy[:, 0], entropy[:, lock], n_resamples, seed)
+        collapse_row = {"criterion": "early entropy collapse",
+                        "measure": f"mean H_s (layer {layers[lock]}, sharpest of the first half) - H_s (layer {layers[0]})",
+                        "value": collapse.value, "ci_low": collapse.ci[0], "ci_high": collapse.ci[1],
+                        "holds": bool(collapse.ci[1] < 0)}
+    if writes is None:
+        writes_row = {"criterion": "dormant middle, late surge", "value": NAN, "ci_low": None, "ci_high": None,
+                      "measure": "not defined: the image enters through cross-attention, as keys no layer writes to",
+                      "holds": False}
+    else:
+        early, middle, late = _thirds(len(writes))
+        dormant = float(writes[middle].mean() / writes[early].mean())
+        surge = float(writes[late].mean() / writes[middle].mean())
+        writes_row = {"criterion": "dormant middle, late surge",
+                      "measure": f"image-token writes: middle / first third {dormant:.3f} (< {STAGNATION_RATIO}), "
+                                 f"last / middle third {surge:.3f} (> {1 / STAGNATION_RATIO:g})",
+                      "value": dormant, "ci_low": None, "ci_high": None,
+                      "holds": bool(dormant < STAGNATION_RATIO and surge > 1 / STAGNATION_RATIO)}
     rows = [
-        {"criterion": "early entropy collapse", "measure": f"mean H_s (layer {lock}, sharpest of the first half) - H_s (layer 0)",
-         "value": collapse.value, "ci_low": collapse.ci[0], "ci_high": collapse.ci[1], "holds": bool(collapse.ci[1] < 0)},
-        {"criterion": "dormant middle, late surge",
-         "measure": f"image-token writes: middle / first third {dormant:.3f} (< {STAGNATION_RATIO}), "
-                    f"last / middle third {surge:.3f} (> {1 / STAGNATION_RATIO:g})",
-         "value": dormant, "ci_low": None, "ci_high": None,
-         "holds": bool(dormant < STAGNATION_RATIO and surge > 1 / STAGNATION_RATIO)},
+        collapse_row, writes_row,
         {"criterion": "commitment before re-engagement",
          "measure": f"separation layer {commit} vs layer {reengage} of most attention to the image (second half)",
          "value": float("nan") if commit is None else float(reengage - commit), "ci_low": None, "ci_high": None,
@@ -129,12 +151,15 @@ def detachment_criteria(entropy: np.ndarray, writes: np.ndarray, image_share: np
     return pd.DataFrame(rows)
 
 
-def symbolic_detachment(ex: Extraction, features: AttentionFeatures, margins: MarginBuilding, cfg: VRPConfig) -> pd.DataFrame:
-    """``detachment_criteria`` on this run's H_s, image-token writes (Figure 5), maps and separation layer."""
+def symbolic_detachment(ex: Extraction, features: AttentionFeatures, margins: MarginBuilding, cfg: VRPConfig,
+                        cross: bool = False) -> pd.DataFrame:
+    """``detachment_criteria`` on this run's H_s, image-token writes (Figure 5), maps and separation layer
+    (``cross``: a cross-attention model, whose image has no tokens to write to)."""
     visual = margins.visual_updates.set_index("layer")
-    writes = (visual["attn_norm"] + visual["mlp_norm"]).to_numpy()
+    writes = None if cross else (visual["attn_norm"] + visual["mlp_norm"]).to_numpy()
     image_share = np.array([[a.sum() for a in attn] for attn in ex.attention])  # question layer: attention on the image
-    return detachment_criteria(features.entropy, writes, image_share, margins.separation_layer, cfg.n_resamples, cfg.seed)
+    return detachment_criteria(features.entropy, writes, image_share, margins.separation_layer, cfg.n_resamples, cfg.seed,
+                               features.layers)
 
 
 def monitor_precision(predictors: Predictors, correct: np.ndarray, tau: float) -> dict:

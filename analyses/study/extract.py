@@ -16,7 +16,8 @@ extraction back memory-maps its arrays and loads one layer at a time (``Extracti
 
 **Storage.** A run folder holds ``manifest.json`` and, per shard, ``shard-00007.json`` (scalars)
 and ``shard-00007.safetensors`` (``hidden`` [n, layer, d_model], ``neurons`` [n, layer, d_mlp]
-in ``cfg.storage_dtype``, and each question's attention grids). Per question that is
+in ``cfg.storage_dtype``, and each question's attention grids, one per layer where attention reads the image: every layer, or a
+cross-attention model's cross layers, listed in each row's ``attention_layers``). Per question that is
 ``2 x layers x (d_model + d_mlp)`` bytes in float16/bfloat16 (LLaVA-1.5-7B, all 32 layers:
 0.97 MB; 3,000 questions: 2.9 GB), twice that in float32; ``hidden_layers`` / ``neuron_layers``
 store fewer layers. Files are written to a temporary name and renamed, and the manifest lists a
@@ -45,7 +46,7 @@ from safetensors.torch import save
 from tqdm.auto import tqdm
 
 from analyses import answers
-from analyses.attention_structure import answer_token_attention, first_token_head_entropy
+from analyses.attention_structure import answer_token_attention, first_token_head_entropy, image_layers
 from analyses.consistency import majority_support, sample_answers, sample_batches
 from analyses.data.benchmarks import shown
 from analyses.data.examples import Example
@@ -181,7 +182,8 @@ def _extract_batch(model: HookedVLM, examples: list[Example], inputs, start: int
     neuron_layers = _layers(cfg.neuron_layers, n_layers)
     names = [f"blocks.{l}.hook_resid_post" for l in range(n_layers)]
     names += [f"blocks.{l}.mlp.hook_post" for l in neuron_layers]
-    names += [f"blocks.{l}.attn.hook_pattern_rows" for l in range(n_layers)]
+    attention_layers = image_layers(model)  # a cross-attention model's image is read at its cross layers only
+    names += [f"blocks.{l}.attn.hook_pattern_rows" for l in attention_layers]
     generated = answers.generate_answers(model, inputs, names, cfg.max_new_tokens)
     captured = generated.at_answer
     probs = torch.softmax(captured.logits.float(), -1)
@@ -203,6 +205,7 @@ def _extract_batch(model: HookedVLM, examples: list[Example], inputs, start: int
             "closed_form": example.closed_form, "token_probs": generated.probs[i],
             "entropy": float(-(probs[i] * torch.log(probs[i].clamp_min(1e-30))).sum()),  # of the first token
             "margins": margins[:, i].tolist(), "grid": list(attention[i][0].shape[1:]),
+            "attention_layers": attention_layers,  # the model layers behind the attention rows below
             "attention_entropy": attention[i][1].tolist(),  # H_s per layer of the answer tokens' mean map
             # [layer][head]: H_s of each head, first answer token (None: no attention to the image)
             "head_entropy": [[None if np.isnan(v) else round(float(v), 5) for v in layer] for layer in head_entropy[i]],
@@ -212,7 +215,7 @@ def _extract_batch(model: HookedVLM, examples: list[Example], inputs, start: int
         "neurons": captured.stack("post", neuron_layers).transpose(0, 1).to("cpu", storage).contiguous(),
     }
     for i, (grid, _) in enumerate(attention):
-        arrays[f"attention/{start + i}"] = torch.from_numpy(grid.reshape(n_layers, -1)).contiguous()
+        arrays[f"attention/{start + i}"] = torch.from_numpy(grid.reshape(len(attention_layers), -1)).contiguous()
     return rows, arrays
 
 
@@ -336,8 +339,15 @@ class Extraction:
     rows: list[dict]
     hidden: LayerStack  # [layer, n, d_model] at the answer position
     neurons: LayerStack  # [layer, n, d_mlp]
-    attention: list[np.ndarray]  # per sample [layer, patches]
+    attention: list[np.ndarray]  # per sample [attention layer, patches]: at ``attention_layers``
     config: dict
+
+    @property
+    def attention_layers(self) -> list[int]:
+        """The model layers behind ``attention[i]``'s rows (and ``attention_entropy``, ``head_entropy``): every
+        layer, or a cross-attention model's cross layers."""
+        stored = self.rows[0].get("attention_layers") if self.rows else None
+        return list(range(self.attention[0].shape[0] if self.attention else 0)) if stored is None else list(stored)
 
     @property
     def correct(self) -> np.ndarray:

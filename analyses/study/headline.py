@@ -100,12 +100,12 @@ def dbscan_robustness(ex: Extraction, features: AttentionFeatures, cfg: VRPConfi
                         for grid in attn] for attn, row in zip(ex.attention, ex.rows)])
     correct = ex.correct
     rows = []
-    for layer in [*range(counts.shape[1]), None]:
-        ours = features.components.mean(1) if layer is None else features.components[:, layer]
-        theirs = counts.mean(1) if layer is None else counts[:, layer]
-        agree = float(np.mean(features.components == counts)) if layer is None else float(np.mean(ours == theirs))
+    for column in [*range(counts.shape[1]), None]:
+        ours = features.components.mean(1) if column is None else features.components[:, column]
+        theirs = counts.mean(1) if column is None else counts[:, column]
+        agree = float(np.mean(features.components == counts)) if column is None else float(np.mean(ours == theirs))
         rpb = rpb_with_ci(theirs.astype(float), correct, cfg)  # (no p-value: nothing here is tested)
-        rows.append({"layer": "all" if layer is None else str(layer), "mean C_k": float(ours.mean()),
+        rows.append({"layer": "all" if column is None else str(features.layers[column]), "mean C_k": float(ours.mean()),
                      "mean DBSCAN clusters": float(theirs.mean()), "agreement with C_k": agree,
                      "r_pb (DBSCAN)": rpb["r_pb"], "ci_low": rpb["ci_low"], "ci_high": rpb["ci_high"],
                      "eps": cfg.dbscan_eps, "min_samples": cfg.dbscan_min_samples})
@@ -139,12 +139,20 @@ def top_heads_attention(ex: Extraction, margins: MarginBuilding, cfg: VRPConfig)
         return pd.DataFrame([{"measure": "H_s over the top heads", "note": "not in this extraction (made by an earlier "
                               "vlm-lens): extract again into a new --out to add per-head entropies"}])
     heads = np.array([r["head_entropy"] for r in ex.rows], dtype=float)  # question layer head (NaN: no image attention)
-    top = list(zip(margins.top_heads["layer"].astype(int), margins.top_heads["head"].astype(int)))
+    column = {layer: k for k, layer in enumerate(ex.attention_layers)}  # a cross model: its cross layers only
+    ranked = list(zip(margins.top_heads["layer"].astype(int), margins.top_heads["head"].astype(int)))
+    top = [(l, h) for l, h in ranked if l in column]
     named = ", ".join(f"L{l}H{h}" for l, h in top)
+    if len(top) < len(ranked):
+        named += f"; of the top {len(ranked)}, the others at layers that do not read the image"
+    if not top:
+        return pd.DataFrame([{"measure": "H_s over the top heads", "note": f"none of the top heads "
+                              f"({', '.join(f'L{l}H{h}' for l, h in ranked)}) is at a layer whose attention reads the "
+                              f"image (layers {ex.attention_layers}): no map to take H_s of"}])
     rows = []
     with np.errstate(all="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # a question none of whose heads sees the image: left out
-        chosen = np.nanmean(heads[:, [l for l, _ in top], [h for _, h in top]], axis=1)
+        chosen = np.nanmean(heads[:, [column[l] for l, _ in top], [h for _, h in top]], axis=1)
         every = np.nanmean(heads, axis=(1, 2))
     for measure, values in ((f"H_s over the top-{len(top)} heads ({named})", chosen), ("H_s over every head", every)):
         seen = ~np.isnan(values)

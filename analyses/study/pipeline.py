@@ -95,7 +95,7 @@ def analyse(model: HookedVLM, examples: list[Example], ex: Extraction, cfg: VRPC
         setup=setup_tables(model, examples, ex, cfg, questions),
         circuit=circuit.circuit_table(ex, predictors, ablations),
         delta_entropy=circuit.delta_entropy(features, ex.correct, cfg),
-        detachment=circuit.symbolic_detachment(ex, features, margins, cfg),
+        detachment=circuit.symbolic_detachment(ex, features, margins, cfg, cross=bool(model.cfg.cross_layers)),
         entropy_change=circuit.entropy_change(features, ex.correct, cfg),
         case=circuit.case_study(ex, features, predictors),
         headline=headline.comparisons(ex, features, predictors, ablations, cfg),

@@ -38,7 +38,8 @@ def attention_features(ex: Extraction, cfg: VRPConfig) -> AttentionFeatures:
         components.append([component_count(g, cfg.top_mass) for g in grids])
         same = tuple(row["grid"]) == shape
         vectors.append(np.concatenate([(g if same else resample_grid(g, shape)).ravel() for g in grids]))
-    return AttentionFeatures(np.array(entropy), np.array(components), np.array(vectors), cfg.top_mass)
+    return AttentionFeatures(np.array(entropy), np.array(components), np.array(vectors), cfg.top_mass,
+                             ex.attention_layers)
 
 
 def predictor_table(ex: Extraction, features: AttentionFeatures, cfg: VRPConfig) -> Predictors:
@@ -103,8 +104,8 @@ def attention_table(ex: Extraction, features: AttentionFeatures, cfg: VRPConfig)
     adjustments across the layers (per measure): the study's multiple-comparison control."""
     rows = []
     correct = ex.correct
-    for layer in range(features.entropy.shape[1]):
-        for measure, values in (("H_s", features.entropy[:, layer]), ("C_k - 1", features.components[:, layer] - 1)):
+    for column, layer in enumerate(features.layers):
+        for measure, values in (("H_s", features.entropy[:, column]), ("C_k - 1", features.components[:, column] - 1)):
             if np.std(values) == 0:  # a constant measure has no correlation to report
                 rows.append({"layer": layer, "measure": measure, "r_pb": float("nan"), "ci_low": float("nan"),
                              "ci_high": float("nan"), "p_perm": float("nan")})

@@ -149,9 +149,11 @@ def roc_figure(results: StudyResults, labels: np.ndarray) -> go.Figure:
 
 
 def _attention_map(results, extraction, examples, i: int, label: str) -> go.Figure:
-    layer = results.margins.peak_layer
+    layers = extraction.attention_layers  # every layer, or a cross model's cross layers: the one nearest l*
+    column = min(range(len(layers)), key=lambda k: abs(layers[k] - results.margins.peak_layer))
+    layer = layers[column]
     row = extraction.rows[i]
-    grid = extraction.attention[i][layer].reshape(row["grid"])
+    grid = extraction.attention[i][column].reshape(row["grid"])
     title = f"Attention at layer {layer}, {label}: {examples[i].text} -> {row['prediction']!r} (gold {row['label']!r})"
     return plots.attention_over_image(examples[i].load_image(), grid, title)
 

@@ -36,12 +36,14 @@ class Accuracy:
 
 @dataclass
 class AttentionFeatures:
-    """Per question and layer: spatial entropy H_s, component count C_k, and the flattened maps."""
+    """Per question and layer: spatial entropy H_s, component count C_k, and the flattened maps. Columns are the
+    model layers ``layers`` where attention reads the image (every layer; a cross-attention model's cross layers)."""
 
     entropy: np.ndarray  # [n, layer]
     components: np.ndarray  # [n, layer]
     vectors: np.ndarray  # [n, layer * patches]
     top_mass: float
+    layers: list[int]
 
 
 @dataclass

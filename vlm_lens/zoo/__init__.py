@@ -5,7 +5,7 @@ processor files and a model card (``card.json``, which names the family). This r
 only place a toy name is resolved; ``HookedVLM.from_pretrained("toy-llava")`` goes through it.
 
     >>> names()
-    ['toy-llava', 'toy-llava-next', 'toy-llava-words', 'toy-paligemma', 'toy-qwen2-vl']
+    ['toy-llava', 'toy-llava-next', 'toy-llava-words', 'toy-mllama', 'toy-paligemma', 'toy-qwen2-vl']
     >>> get("toy-llava").family
     'llava'
 """
