@@ -109,13 +109,15 @@ def on_gradient(fn: HookFn, name: str, head_dim: int | None = None) -> HookFn:
 
 def per_head(fn: HookFn, head_dim: int) -> HookFn:
     """attn.hook_z (o_proj's input) and hook_q/k/v (the projections' outputs): [batch pos head*d_head] seen as
-    [batch pos head d_head]."""
+    [batch pos head d_head]. Where gradients are on, the per-head view goes on in the model's place (the same
+    values), so the tensor a hook saved is the one the loss is differentiated through (``act.retain_grad()``,
+    ``torch.autograd.grad(metric, act)``: attribution patching)."""
 
     def per_head(tensor: Tensor, hook: Hook) -> Tensor | None:
         heads = tensor.view(*tensor.shape[:-1], tensor.shape[-1] // head_dim, head_dim)
         result = fn(heads, hook)
         if result is None:
-            return None
+            return heads.reshape(tensor.shape) if heads.requires_grad else None
         check_result(hook.name, result, heads)
         return result.reshape(tensor.shape)
 

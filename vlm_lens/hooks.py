@@ -299,6 +299,9 @@ class HookSession:
                 edited = run_chain(mid_chain, mid, state)
                 if edited is not mid:
                     tensor = edited - resid_pre
+                elif mid.requires_grad:  # put the hooks' resid_mid in the graph: + exact zeros, gradients once each
+                    again = resid_pre + tensor
+                    tensor = tensor + (mid - mid.detach()) - (again - again.detach())
             if tensor is original:
                 return None
             return (tensor, *output[1:]) if isinstance(output, tuple) else tensor
