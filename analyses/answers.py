@@ -29,8 +29,8 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from vlm_lens import ActivationCache, HookedVLM, VLMInputs
 from analyses.data.scoring import decisive_span, gold_forms
+from vlm_lens import ActivationCache, HookedVLM, VLMInputs
 from vlm_lens.errors import DataError, InputError
 
 # --- where the answer is read, and what it is -------------------------------------------------------
@@ -41,7 +41,9 @@ def answer_positions(inputs: VLMInputs) -> Int[Tensor, " batch"]:
     return inputs.last_positions()
 
 
-def at_answer(activation: Float[Tensor, "batch pos *rest"], positions: Int[Tensor, " batch"]) -> Float[Tensor, "batch *rest"]:
+def at_answer(
+    activation: Float[Tensor, "batch pos *rest"], positions: Int[Tensor, " batch"]
+) -> Float[Tensor, batch * rest]:  # noqa: F821 (jaxtyping dims)
     """One row per item: ``activation[i, positions[i]]``."""
     batch = torch.arange(activation.shape[0], device=activation.device)
     return activation[batch, positions.to(activation.device)]
@@ -67,11 +69,15 @@ def answer_logits(logits: Float[Tensor, "batch pos vocab"], inputs: VLMInputs) -
         return at_answer(logits, positions)
     if bool((positions == seq - 1).all()):
         return logits[:, -1]
-    raise InputError(f"logits cover {logits.shape[1]} of {seq} positions but some answers are read before the end "
-                     "(right padding): pass the full logits, or pad on the left")
+    raise InputError(
+        f"logits cover {logits.shape[1]} of {seq} positions but some answers are read before the end "
+        "(right padding): pass the full logits, or pad on the left"
+    )
 
 
-def greedy_answers(model: HookedVLM, logits: Float[Tensor, "batch pos vocab"], inputs: VLMInputs) -> tuple[list[int], list[str]]:
+def greedy_answers(
+    model: HookedVLM, logits: Float[Tensor, "batch pos vocab"], inputs: VLMInputs
+) -> tuple[list[int], list[str]]:
     """The greedy next token at each item's answer position: ids and decoded, stripped strings."""
     ids = answer_logits(logits, inputs).argmax(-1).tolist()
     return ids, [model.to_string(i).strip() for i in ids]
@@ -140,14 +146,17 @@ def reference_token_ids(tokenizer, golds: Sequence[str], metric: str = "exact") 
                 if content and content[0] != tokenizer.unk_token_id and content[0] not in ids:
                     ids.append(content[0])
     if not ids:
-        raise DataError(f"no reference token for golds {list(golds)}: the tokenizer maps every spelling of them to "
-                        "unknown or empty tokens, so no truth margin can be read for this question; its vocabulary "
-                        "lacks the answer")
+        raise DataError(
+            f"no reference token for golds {list(golds)}: the tokenizer maps every spelling of them to "
+            "unknown or empty tokens, so no truth margin can be read for this question; its vocabulary "
+            "lacks the answer"
+        )
     return ids
 
 
-def output_confidence(tokenizer, tokens: Sequence[int], probs: Sequence[float], metric: str = "exact",
-                      closed_form: bool = False) -> float:
+def output_confidence(
+    tokenizer, tokens: Sequence[int], probs: Sequence[float], metric: str = "exact", closed_form: bool = False
+) -> float:
     """The study's output confidence of one generated answer (``probs[t]``: the probability of ``tokens[t]``).
 
     Closed-form questions: the probability of the answer token, the token where the rule's reading is decided
@@ -213,8 +222,14 @@ def stop_token_ids(model: HookedVLM) -> list[int]:
 
 
 @torch.no_grad()
-def generate_answers(model: HookedVLM, inputs: VLMInputs, names: Sequence[str] = (), max_new_tokens: int = 16,
-                     stop_ids: Sequence[int] | None = None, fwd_hooks=()) -> GeneratedAnswers:
+def generate_answers(
+    model: HookedVLM,
+    inputs: VLMInputs,
+    names: Sequence[str] = (),
+    max_new_tokens: int = 16,
+    stop_ids: Sequence[int] | None = None,
+    fwd_hooks=(),
+) -> GeneratedAnswers:
     """Greedy answers to the first stop token (``stop_token_ids`` by default), or ``max_new_tokens``.
 
     One ``generate`` call with hooks: the ``names`` activations are cut to the answer position in
@@ -241,9 +256,15 @@ def generate_answers(model: HookedVLM, inputs: VLMInputs, names: Sequence[str] =
         elif hook.step == 0:
             store[hook.name] = at_answer(activation, positions).detach().clone()
 
-    generated = model.generate(inputs, max_new_tokens=max_new_tokens, fwd_hooks=[*fwd_hooks, *((n, keep) for n in names)],
-                               eos_token_id=stops, pad_token_id=stops[0], output_logits=True,
-                               return_dict_in_generate=True)
+    generated = model.generate(
+        inputs,
+        max_new_tokens=max_new_tokens,
+        fwd_hooks=[*fwd_hooks, *((n, keep) for n in names)],
+        eos_token_id=stops,
+        pad_token_id=stops[0],
+        output_logits=True,
+        return_dict_in_generate=True,
+    )
     new = generated.sequences[:, inputs.input_ids.shape[1] :].tolist()
     logprobs = torch.stack([torch.log_softmax(step.float(), -1) for step in generated.logits], 1)  # batch step vocab
     tokens, texts, probs = [], [], []

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from jaxtyping import Float
+from numpy.typing import ArrayLike
 from scipy import ndimage
 from sklearn.cluster import DBSCAN
 
@@ -39,8 +40,10 @@ def _grid(grid) -> np.ndarray:
         raise InputError("attention over the patch grid must be finite and non-negative")
     total = array.sum()
     if total <= 0:
-        raise InputError("attention over the patch grid sums to zero; nothing to normalise (a sliding-window layer, as "
-                         "in Gemma 3, whose window ends before the image cannot see it from this query)")
+        raise InputError(
+            "attention over the patch grid sums to zero; nothing to normalise (a sliding-window layer, as "
+            "in Gemma 3, whose window ends before the image cannot see it from this query)"
+        )
     return array / total
 
 
@@ -129,7 +132,9 @@ def image_layers(model_or_cache) -> list[int]:
     return list(cfg.cross_layers) or list(range(cfg.n_layers))
 
 
-def image_grids(cache: ActivationCache, image: int = 0, view: str = "base") -> list[Float[np.ndarray, "layer rows cols"]]:
+def image_grids(
+    cache: ActivationCache, image: int = 0, view: str = "base"
+) -> list[Float[np.ndarray, "layer rows cols"]]:
     """Per item: attention from its query rows to its ``image``-th image's patch grid at every layer of
     ``image_layers`` (all of them, or a cross-attention model's cross layers), averaged over heads and rows
     (float32). A multi-crop image gives its ``base`` view (the whole picture on one low-resolution grid), or with
@@ -145,8 +150,10 @@ def image_grids(cache: ActivationCache, image: int = 0, view: str = "base") -> l
     inputs = cache.inputs
     cross = bool(cache.cross_layers)
     if cross and inputs.key_spans is None:
-        raise InputError("these inputs do not say where each image's tiles sit among the cross-attention keys "
-                         "(VLMInputs.key_spans): build them with model.prepare() or model.as_inputs(...)")
+        raise InputError(
+            "these inputs do not say where each image's tiles sit among the cross-attention keys "
+            "(VLMInputs.key_spans): build them with model.prepare() or model.as_inputs(...)"
+        )
     layers = image_layers(cache)
     rows = [cache["pattern_rows", layer] for layer in layers]  # each batch head row key
     grids = []
@@ -160,8 +167,9 @@ def image_grids(cache: ActivationCache, image: int = 0, view: str = "base") -> l
     return grids
 
 
-def answer_token_attention(generated: GeneratedAnswers, image: int = 0, view: str = "base"
-                           ) -> list[tuple[np.ndarray, np.ndarray]]:
+def answer_token_attention(
+    generated: GeneratedAnswers, image: int = 0, view: str = "base"
+) -> list[tuple[np.ndarray, np.ndarray]]:
     """Per item of a generation (``answers.generate_answers`` with every layer's ``attn.hook_pattern_rows``):
     the image grids [layer, rows, cols] (``image_grids``' ``view``) averaged over its T answer tokens, and H_s
     per layer of that averaged map (the study's Eq. 1: attention averaged over heads and answer tokens, then
@@ -176,8 +184,9 @@ def answer_token_attention(generated: GeneratedAnswers, image: int = 0, view: st
     return out
 
 
-def first_token_head_entropy(generated: GeneratedAnswers, image: int = 0, view: str = "base"
-                             ) -> list[Float[np.ndarray, "layer head"]]:
+def first_token_head_entropy(
+    generated: GeneratedAnswers, image: int = 0, view: str = "base"
+) -> list[Float[np.ndarray, "layer head"]]:
     """Per item: H_s [layer, head] of each head's map from the first answer token to the image grid (Eq. 1 for one
     head at one token; what ranks heads, e.g. the top heads' attention R_pb of the study's Table 2). NaN for a head
     whose attention to the image is exactly zero (nothing to normalise)."""
@@ -186,25 +195,36 @@ def first_token_head_entropy(generated: GeneratedAnswers, image: int = 0, view: 
     if not rows:
         raise InputError("no per-head rows: generate with every layer's attn.hook_pattern_rows among the names")
     n_heads = next(iter(rows.values())).shape[1]
-    per_head = [image_grids(ActivationCache({k: v[:, h : h + 1] for k, v in rows.items()}, vocab, inputs), image, view)
-                for h in range(n_heads)]
+    per_head = [
+        image_grids(ActivationCache({k: v[:, h : h + 1] for k, v in rows.items()}, vocab, inputs), image, view)
+        for h in range(n_heads)
+    ]
+
     def entropy(grid) -> float:  # a head with no attention on the image (or all of it underflowed in float16): NaN
         return spatial_entropy(grid) if float(np.sum(grid)) > 0 else float("nan")
 
-    return [np.array([[entropy(per_head[h][i][layer]) for h in range(n_heads)]
-                      for layer in range(per_head[0][i].shape[0])], dtype=np.float32) for i in range(len(per_head[0]))]
+    return [
+        np.array(
+            [[entropy(per_head[h][i][layer]) for h in range(n_heads)] for layer in range(per_head[0][i].shape[0])],
+            dtype=np.float32,
+        )
+        for i in range(len(per_head[0]))
+    ]
 
 
 @torch.no_grad()
-def item_grids(model: HookedVLM, inputs: VLMInputs, query_positions=None, image: int = 0, view: str = "base"
-               ) -> list[np.ndarray]:
+def item_grids(
+    model: HookedVLM, inputs: VLMInputs, query_positions=None, image: int = 0, view: str = "base"
+) -> list[np.ndarray]:
     """Per item, [layer rows cols]: attention from the query rows (default: each item's last token) to its
     ``image``-th image, averaged over heads and rows (a multi-crop image's ``view``: see ``image_grids``). Items
     keep their own grids (native-resolution towers and tilings give images of different sizes different grids).
     Uses the row capture: the forward keeps its fast attention."""
     names = {f"blocks.{l}.attn.hook_pattern_rows" for l in image_layers(model)}
     _, cache = model.run_with_cache(
-        inputs, names_filter=lambda n: n in names, query_positions=query_positions,
+        inputs,
+        names_filter=lambda n: n in names,
+        query_positions=query_positions,
         logits_to_keep=1,
     )
     return image_grids(cache, image, view)
@@ -217,11 +237,13 @@ def image_attention(
     grids = item_grids(model, inputs, query_positions, image, view)
     shapes = {g.shape for g in grids}
     if len(shapes) != 1:
-        raise InputError(f"images of different grids {sorted(s[1:] for s in shapes)} cannot be stacked; run them separately")
+        raise InputError(
+            f"images of different grids {sorted(s[1:] for s in shapes)} cannot be stacked; run them separately"
+        )
     return AttentionMaps(np.stack(grids, axis=1))
 
 
-def early_lock_then_diffusion(entropy: Float[np.ndarray, " layer"], margin: float = 0.1) -> dict:
+def early_lock_then_diffusion(entropy: ArrayLike, margin: float = 0.1) -> dict:
     """The study's pattern: entropy falls to a minimum in the early half, then rises by ``margin`` of its range.
 
     Returns the lock layer, the later peak and whether the pattern holds.

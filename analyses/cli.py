@@ -27,23 +27,39 @@ from analyses.logit_lens import logit_lens
 from vlm_lens import HookedVLM
 from vlm_lens.errors import VLMLensError, VLMLensWarning
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Mechanistic interpretability for vision-language models.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Mechanistic interpretability for vision-language models.",
+)
+
+
+def no_type_check(command):
+    """Marks a command whose arguments typer parses and types: the tests' run-time type checker (jaxtyping's
+    import hook, which skips anything decorated ``no_type_check``) leaves it alone, since typer hands it its own
+    copy of click's Context. Not ``typing.no_type_check``: typer still reads the annotations."""
+    return command
 
 
 @app.callback()
-def _commands(debug: bool = typer.Option(False, "--debug", help="show the full traceback of an error (anywhere on the "
-                                         "command line)")) -> None:
+def _commands(
+    debug: bool = typer.Option(
+        False, "--debug", help="show the full traceback of an error (anywhere on the command line)"
+    ),
+) -> None:
     """vlm-lens commands."""
 
 
 def _warning_printer(python_show):
     """``warnings.showwarning`` for the command: ours as one line ``warning: ...``, others as Python shows them."""
+
     def show(message, category, filename, lineno, file=None, line=None):
         if issubclass(category, VLMLensWarning):
             typer.echo(f"warning: {message}", err=True)
         else:
             python_show(message, category, filename, lineno, file, line)
+
     return show
 
 
@@ -74,7 +90,11 @@ def main(argv: list[str] | None = None) -> int:
     except typer.TyperException as e:  # a usage error: an unknown option, a value of the wrong type or range
         command = next((a for a in args if not a.startswith("-")), None)
         commands = typer.main.get_command(app).commands  # type: ignore[attr-defined]
-        where = f"vlm-lens {command} --help lists its options" if command in commands else "vlm-lens --help lists the commands"
+        where = (
+            f"vlm-lens {command} --help lists its options"
+            if command in commands
+            else "vlm-lens --help lists the commands"
+        )
         message = " ".join(e.format_message().split()) if hasattr(e, "format_message") else str(e)
         typer.echo(f"error: {message} ({where})", err=True)
         return getattr(e, "exit_code", 2)
@@ -86,8 +106,11 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # noqa: BLE001 - the last line of defence: say it is a bug, show how to report it
         if debug:
             traceback.print_exc()
-        typer.echo(f"error: {type(e).__name__}: {e}\nthis is a bug in vlm-lens: please report it with the output of the "
-                   "same command run with --debug", err=True)
+        typer.echo(
+            f"error: {type(e).__name__}: {e}\nthis is a bug in vlm-lens: please report it with the output of the "
+            "same command run with --debug",
+            err=True,
+        )
         return 1
     return 0
 
@@ -106,7 +129,7 @@ def _demo_model(family: str, model: str | None) -> HookedVLM:
 @app.command()
 def demo(
     family: str = typer.Option("llava", help="tiny random model of this family (any of model_adapters.SPECS)"),
-    model: str = typer.Option(None, help="a hub id or local checkpoint instead of the tiny model"),
+    model: str | None = typer.Option(None, help="a hub id or local checkpoint instead of the tiny model"),
     prompt: str = typer.Option("is there a red square in the image ?", help="the question"),
     seed: int = typer.Option(0, min=0, help="seed of the random test image"),
 ) -> None:
@@ -116,19 +139,29 @@ def demo(
     image = Image.fromarray(rng.randint(0, 255, (64, 64, 3), dtype=np.uint8))
     inputs = vlm.prepare(images=[image], prompts=[prompt])
     with torch.no_grad():
-        logits, cache = vlm.run_with_cache(inputs, names_filter=lambda n: n.endswith(("hook_resid_post", "pattern_rows")))
+        logits, cache = vlm.run_with_cache(
+            inputs, names_filter=lambda n: n.endswith(("hook_resid_post", "pattern_rows"))
+        )
         lens = logit_lens(vlm, cache)[:, 0].argmax(-1).tolist()
     span = inputs.image_spans[0][0]
     if vlm.cfg.cross_layers:  # the image is the keys of its cross-attention layers; elsewhere, its <|image|> token
-        to_image = [1.0 if l in vlm.cfg.cross_layers else float(cache["pattern_rows", l][0, :, -1, span.positions].sum(-1).mean())
-                    for l in range(vlm.cfg.n_layers)]
+        to_image = [
+            1.0
+            if l in vlm.cfg.cross_layers
+            else float(cache["pattern_rows", l][0, :, -1, span.positions].sum(-1).mean())
+            for l in range(vlm.cfg.n_layers)
+        ]
     else:
         to_image = image_grids(cache)[0].sum(axis=(1, 2))  # [layer]: share of the answer's attention on the image
     typer.echo(f"model: {vlm.cfg.family}, {vlm.cfg.n_layers} language layers, {vlm.cfg.n_vision_layers} vision layers")
     if vlm.cfg.cross_layers:
-        typer.echo(f"the image enters through cross-attention at layers {list(vlm.cfg.cross_layers)} (all their "
-                   "attention is to it); at the other layers the column is attention to its <|image|> token")
-    typer.echo(f"prompt tokens: {inputs.input_ids.shape[1]}; image tokens {span.start}..{span.end - 1} on a {span.grid[0]}x{span.grid[1]} grid")
+        typer.echo(
+            f"the image enters through cross-attention at layers {list(vlm.cfg.cross_layers)} (all their "
+            "attention is to it); at the other layers the column is attention to its <|image|> token"
+        )
+    typer.echo(
+        f"prompt tokens: {inputs.input_ids.shape[1]}; image tokens {span.start}..{span.end - 1} on a {span.grid[0]}x{span.grid[1]} grid"
+    )
     typer.echo(f"next token: {vlm.to_string(int(logits[0, -1].argmax()))!r}")
     typer.echo(f"{'layer':>5}  {'attention to image':>18}  logit-lens top token")
     for layer in range(vlm.cfg.n_layers):
@@ -152,12 +185,15 @@ def shapes(
 @app.command("train-toy")
 def train_toy(
     family: str = typer.Argument(..., help="a registered family: llava, paligemma, qwen2_vl, ..."),
-    out: str = typer.Option(None, help="output folder (default runs/toy-<family>)"),
+    out: str | None = typer.Option(None, help="output folder (default runs/toy-<family>)"),
     steps: int = typer.Option(12_000, help="optimiser steps of 32 fresh questions"),
     seed: int = typer.Option(0, help="initialisation and data seed"),
     device: str = typer.Option("cpu", help="cpu or cuda: a GPU is faster; bytes then differ from a CPU run"),
-    answers: str = typer.Option("token", help="'token': the label as one token; 'words': the answer in words "
-                                "(\"yes , there is a red circle .\") to end of sequence, on the shapes-words benchmark"),
+    answers: str = typer.Option(
+        "token",
+        help="'token': the label as one token; 'words': the answer in words "
+        '("yes , there is a red circle .") to end of sequence, on the shapes-words benchmark',
+    ),
 ) -> None:
     """Train a toy model of FAMILY on Shapes and write weights, processor and model card."""
     from pathlib import Path
@@ -173,6 +209,7 @@ def train_toy(
 def _benchmarks(benchmark: list[str], annotations: list[str], images: list[str], formats: list[str]) -> list[dict]:
     """Each --benchmark with its annotations (none, or one per benchmark), images and format (one for all, or one
     per benchmark)."""
+
     def spread(values: list[str], name: str, shared: bool = True) -> list[str | None]:
         if not values:
             return [None] * len(benchmark)
@@ -180,52 +217,99 @@ def _benchmarks(benchmark: list[str], annotations: list[str], images: list[str],
             return values
         if shared and len(values) == 1:
             return values * len(benchmark)
-        raise typer.BadParameter(f"{len(values)} --{name} for {len(benchmark)} --benchmark: give "
-                                 + ("one, or " if shared else "") + "one per benchmark")
+        raise typer.BadParameter(
+            f"{len(values)} --{name} for {len(benchmark)} --benchmark: give "
+            + ("one, or " if shared else "")
+            + "one per benchmark"
+        )
 
-    return [{"benchmark": b, "annotations": a, "images": i, "format": f} for b, a, i, f in
-            zip(benchmark, spread(annotations, "annotations", shared=False), spread(images, "images"),
-                spread(formats, "format"))]
+    return [
+        {"benchmark": b, "annotations": a, "images": i, "format": f}
+        for b, a, i, f in zip(
+            benchmark,
+            spread(annotations, "annotations", shared=False),
+            spread(images, "images"),
+            spread(formats, "format"),
+        )
+    ]
+
+
+def with_study_options(command):
+    """``command`` with one keyword option per ``analyses.study.config.OPTIONS`` setting, typed and explained from
+    that one definition. Each defaults to unset (None): a setting not typed comes from ``--config``, else from
+    VRPConfig's default, and VRPConfig checks every value (one validation for all three ways in)."""
+    import dataclasses
+    import inspect
+
+    from analyses.study.config import OPTIONS, VRPConfig
+
+    fields = {f.name: f for f in dataclasses.fields(VRPConfig)}
+    kinds = {"int": int, "float": float, "str": str}
+    signature = inspect.signature(command)
+    added = []
+    for name, help in OPTIONS.items():
+        field = fields[name]
+        kind = kinds[str(field.type).split(" | ")[0]]
+        shown = "" if field.default is None else f" (default {field.default})"
+        added.append(
+            inspect.Parameter(
+                name,
+                inspect.Parameter.KEYWORD_ONLY,
+                annotation=kind | None,
+                default=typer.Option(None, help=help + shown, show_default=False),
+            )
+        )
+    kept = [p for p in signature.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    command.__signature__ = signature.replace(parameters=[*kept, *added])
+    command.__annotations__ = {**command.__annotations__, **{p.name: p.annotation for p in added}}
+    return command
 
 
 @app.command(context_settings={"allow_extra_args": True})
+@no_type_check  # its arguments are typer's, parsed and typed by typer
+@with_study_options
 def vrp(
     ctx: typer.Context,
-    model: list[str] = typer.Option(["toy-llava"], help="a zoo name, a hub id or a local checkpoint; repeat for "
-                                    "several models (cross-family tables)"),
-    benchmark: list[str] = typer.Option(["shapes"], help="'shapes', 'shapes-words' (a family answered by a relation phrase added) or a questions file: POPE, VQAv2, TextVQA, LLaVA-Bench, "
-                                        "counting/spatial or Shapes (format read from the content); repeat for several "
-                                        "(Table 7)"),
-    annotations: list[str] = typer.Option(None, help="VQAv2's annotations file, or LLaVA-Bench's reference answers "
-                                          "(one per --benchmark)"),
-    format: list[str] = typer.Option(None, "--format", help="force the benchmark format: pope, counting, vqav2, textvqa, "
-                                     "llava_bench (one, or one per --benchmark)"),
-    images: list[str] = typer.Option(None, help="folder of the benchmark's images (one, or one per --benchmark)"),
-    n: int = typer.Option(600, min=1, help="number of questions"),
-    k: int = typer.Option(10, min=1, help="self-consistency samples per question"),
-    seed: int = typer.Option(0, help="seed of splits, sampling and bootstraps"),
-    out: str = typer.Option(None, help="output folder (default runs/vrp-<model>)"),
-    device: str = typer.Option(None, help="cpu, cuda, cuda:1 (under torchrun, cuda means each rank's own GPU)"),
-    dtype: str = typer.Option(None, help="bfloat16, float16 or float32 (default: the checkpoint's own)"),
-    device_map: str = typer.Option(None, help="'auto': shard a model too large for one GPU across all visible GPUs"),
-    batch_size: int = typer.Option(16, min=1, help="questions per forward pass; peak memory grows with it"),
-    shard_size: int = typer.Option(50, min=1, help="questions per resumable shard"),
-    sample_rows: int = typer.Option(64, min=1, help="rows of KV cache per self-consistency decode (questions x k)"),
-    max_new_tokens: int = typer.Option(None, min=1, help="longest answer, greedy and sampled (each stops at end of sequence); "
-                                       "default: the model's own (1 for the toys, else 16)"),
-    storage_dtype: str = typer.Option("float32", help="stored activations: float16 or bfloat16 halve the extraction"),
-    attention_view: str = typer.Option("base", help="a multi-crop image's attention map: base (its global view) or "
-                                       "stitched (its crops laid out where they sit in the picture)"),
-    n_resamples: int = typer.Option(10_000, min=1, help="bootstrap resamples for every confidence interval"),
-    config: str = typer.Option(None, help="a JSON file of study settings (any VRPConfig field); options given "
-                               "on the command line override it"),
-    compare: list[str] = typer.Option(None, help="instead of running: lay these run folders side by side "
-                                      "(--compare A B C, or --compare A --compare B)"),
-    allow_outside_images: bool = typer.Option(False, "--allow-outside-images", help="let benchmark records name images "
-                                              "outside --images (absolute paths, ../); refused by default"),
+    model: list[str] = typer.Option(
+        ["toy-llava"],
+        help="a zoo name, a hub id or a local checkpoint; repeat for several models (cross-family tables)",
+    ),
+    benchmark: list[str] = typer.Option(
+        ["shapes"],
+        help="'shapes', 'shapes-words' (a family answered by a relation "
+        "phrase added) or a questions file: POPE, VQAv2, TextVQA, LLaVA-Bench, "
+        "counting/spatial or Shapes (format read from the content); repeat for several "
+        "(Table 7)",
+    ),
+    annotations: list[str] | None = typer.Option(
+        None, help="VQAv2's annotations file, or LLaVA-Bench's reference answers (one per --benchmark)"
+    ),
+    format: list[str] | None = typer.Option(
+        None,
+        "--format",
+        help="force the benchmark format: pope, counting, vqav2, textvqa, llava_bench (one, or one per --benchmark)",
+    ),
+    images: list[str] | None = typer.Option(
+        None, help="folder of the benchmark's images (one, or one per --benchmark)"
+    ),
+    out: str | None = typer.Option(None, help="output folder (default runs/vrp-<model>)"),
+    config: str | None = typer.Option(
+        None, help="a JSON file of study settings (any VRPConfig field); options given on the command line override it"
+    ),
+    compare: list[str] | None = typer.Option(
+        None,
+        help="instead of running: lay these run folders side by side (--compare A B C, or --compare A --compare B)",
+    ),
+    allow_outside_images: bool = typer.Option(
+        False,
+        "--allow-outside-images",
+        help="let benchmark records name images outside --images (absolute paths, ../); refused by default",
+    ),
+    **settings,
 ) -> None:
     """The reliability study: tables (Markdown + JSON) and report.html, resumable if interrupted.
 
+    Any other study setting (VRPConfig field) goes in a --config file.
     Several GPUs: torchrun --nproc_per_node=N --no-python -- vlm-lens vrp ... --device cuda"""
     from pathlib import Path
 
@@ -242,20 +326,17 @@ def vrp(
         typer.echo(f"written: {path} and {path.with_suffix('.html')}")
         return
     benches = _benchmarks(benchmark, annotations or [], images or [], format or [])
-    options = dict(n=n, k=k, seed=seed, device=device, dtype=dtype, device_map=device_map, batch_size=batch_size,
-                   shard_size=shard_size, sample_rows=sample_rows, max_new_tokens=max_new_tokens,
-                   storage_dtype=storage_dtype, attention_view=attention_view, n_resamples=n_resamples)
     typed = lambda name: getattr(ctx.get_parameter_source(name), "name", "") == "COMMANDLINE"  # noqa: E731
     # (by name: typer may carry its own copy of click's ParameterSource enum)
+    options = {k: v for k, v in settings.items() if v is not None}  # typed on the command line
     if config:  # the file's settings, overridden by the options typed on the command line
-        options = {**VRPConfig.from_file(config).as_dict(), **{k: v for k, v in options.items() if typed(k)}}
+        VRPConfig.from_file(config)  # checked as a whole before anything runs
+        options = {**json.loads(Path(config).read_text()), **options}
         options = {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}
-        if not typed("model"):
+        if not typed("model") and "model" in options:
             model = [options["model"]]
-        if not typed("benchmark"):
-            benches = [{k: options[k] for k in ("benchmark", "annotations", "images", "format")}]
-        if not typed("max_new_tokens") and "max_new_tokens" not in json.loads(Path(config).read_text()):
-            options["max_new_tokens"] = None  # each model's own answer length
+        if not typed("benchmark") and "benchmark" in options:
+            benches = [{k: options.get(k) for k in ("benchmark", "annotations", "images", "format")}]
     options = {k: v for k, v in options.items() if k not in ("model", "benchmark", "annotations", "images", "format")}
     if len(model) > 1 or len(benches) > 1:
         from analyses.study.many import run_many
@@ -267,7 +348,9 @@ def vrp(
         return
     cfg = VRPConfig(**options, **benches[0], model=model[0])
     target = Path(out or f"runs/vrp-{Path(cfg.model).name}")
-    if run(cfg, target, allow_outside_images=allow_outside_images) is None:  # a torchrun rank other than 0: rank 0 reports
+    if (
+        run(cfg, target, allow_outside_images=allow_outside_images) is None
+    ):  # a torchrun rank other than 0: rank 0 reports
         return
     typer.echo((target / "tables.md").read_text())
     typer.echo(f"report: {target / 'report.html'}")

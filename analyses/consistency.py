@@ -107,32 +107,45 @@ def sample_ids(
     if len(seeds) != batch:
         raise InputError(f"{len(seeds)} seeds for a batch of {batch} questions")
     generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
-    stops = torch.tensor(list(stop_ids) if stop_ids is not None else [model.tokenizer.eos_token_id], device=model.device)
+    stops = torch.tensor(
+        list(stop_ids) if stop_ids is not None else [model.tokenizer.eos_token_id], device=model.device
+    )
 
     out = prefill(model, inputs)
     probs = nucleus_probs(answer_logits(out.logits, inputs), temperature, top_p).cpu()
-    first = torch.stack([torch.multinomial(probs[i], k, replacement=True, generator=g) for i, g in enumerate(generators)])
+    first = torch.stack(
+        [torch.multinomial(probs[i], k, replacement=True, generator=g) for i, g in enumerate(generators)]
+    )
     first = first.to(model.device)  # [batch, k]
     if max_new_tokens == 1:
         return first.reshape(batch * k, 1)
     ids, mask = inputs.input_ids, inputs.attention_mask
-    config = GenerationConfig(max_new_tokens=max_new_tokens - 1, do_sample=False, eos_token_id=stops.tolist(),
-                              pad_token_id=int(stops[0]))  # a clean config: no checkpoint defaults (penalties...)
+    config = GenerationConfig(
+        max_new_tokens=max_new_tokens - 1, do_sample=False, eos_token_id=stops.tolist(), pad_token_id=int(stops[0])
+    )  # a clean config: no checkpoint defaults (penalties...)
     # per-token tensors a continuation extends (Llama-3.2-Vision's cross_attention_mask): the sampled token's row too
-    extended = {key: torch.cat([inputs.tensors[key], inputs.tensors[key][:, -1:]], dim=1)
-                for key in model.adapter.repeat_last_keys if key in inputs.tensors}
+    extended = {
+        key: torch.cat([inputs.tensors[key], inputs.tensors[key][:, -1:]], dim=1)
+        for key in model.adapter.repeat_last_keys
+        if key in inputs.tensors
+    }
     continuations = []
     for j in range(k):
         prompt = torch.cat([ids, first[:, j : j + 1]], dim=1)
         sampler = _Sampler(generators, temperature, top_p, ids.shape[1], stops)
         generated = model.hf_model.generate(
-            input_ids=prompt, attention_mask=torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1),
-            past_key_values=copy.deepcopy(out.past_key_values), generation_config=config,
-            logits_processor=LogitsProcessorList([sampler]), **extended,
+            input_ids=prompt,
+            attention_mask=torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1),
+            past_key_values=copy.deepcopy(out.past_key_values),
+            generation_config=config,
+            logits_processor=LogitsProcessorList([sampler]),
+            **extended,
         )
         continuations.append(generated[:, ids.shape[1] :])
     width = max(c.shape[1] for c in continuations)
-    rows = torch.stack([torch.nn.functional.pad(c, (0, width - c.shape[1]), value=int(stops[0])) for c in continuations], 1)
+    rows = torch.stack(
+        [torch.nn.functional.pad(c, (0, width - c.shape[1]), value=int(stops[0])) for c in continuations], 1
+    )
     rows = rows.reshape(batch * k, width)  # question-major: question i's samples in rows [i*k, (i+1)*k)
     stopped = torch.cumsum(torch.isin(rows, stops).long(), dim=1) > 0
     after_stop = torch.cat([torch.zeros_like(stopped[:, :1]), stopped[:, :-1]], dim=1)

@@ -19,10 +19,10 @@ from torch import Tensor
 
 from analyses.answers import AnswerActivations, answer_positions, at_answer
 from analyses.logit_lens import final_norm, unembed
-from vlm_lens.resid import norm_gain, norm_scale, write_factor
 from vlm_lens import ActivationCache, HookedVLM
 from vlm_lens.adapter import get_module, layer_list
 from vlm_lens.errors import InputError
+from vlm_lens.resid import norm_gain, norm_scale, write_factor
 
 
 def _rows_at(cache: ActivationCache | AnswerActivations, positions: Tensor | None = None):
@@ -42,8 +42,9 @@ def _norm_gain_and_scale(model: HookedVLM, resid_final: Float[Tensor, "batch d_m
     return norm_gain(norm, resid_final.shape[-1], resid_final), norm_scale(norm, resid_final)
 
 
-def _margin_direction(model: HookedVLM, pick, cache, reference_ids: Sequence[int],
-                      competitor_ids: Sequence[int]) -> Float[Tensor, "batch d_model"]:
+def _margin_direction(
+    model: HookedVLM, pick, cache, reference_ids: Sequence[int], competitor_ids: Sequence[int]
+) -> Float[Tensor, "batch d_model"]:
     """``W_U[ref] - W_U[competitor]`` read through the final norm linearised at the last residual: a write's
     dot product with it is its contribution to logit[ref] - logit[competitor]."""
     gain, scale = _norm_gain_and_scale(model, pick(cache["resid_post", -1]))
@@ -106,9 +107,16 @@ def head_contributions(
         bias = projection.bias.float() if projection.bias is not None else 0.0
         factor = write_factor(model, layer, "attn", torch.einsum("bhd,mhd->bm", z, per_head) + bias)  # post-norm, gate
         value = torch.einsum("bhd,mhd,bm->bh", z, per_head, (direction.to(z.device) * factor))
-        frames.append(pd.DataFrame({"item": np.repeat(np.arange(z.shape[0]), z.shape[1]), "layer": layer,
-                                    "head": np.tile(np.arange(z.shape[1]), z.shape[0]),
-                                    "contribution": value.reshape(-1).cpu().numpy()}))
+        frames.append(
+            pd.DataFrame(
+                {
+                    "item": np.repeat(np.arange(z.shape[0]), z.shape[1]),
+                    "layer": layer,
+                    "head": np.tile(np.arange(z.shape[1]), z.shape[0]),
+                    "contribution": value.reshape(-1).cpu().numpy(),
+                }
+            )
+        )
     return pd.concat(frames, ignore_index=True)
 
 
@@ -128,8 +136,17 @@ def update_norms_at_answer(model: HookedVLM, cache: ActivationCache | AnswerActi
     for layer in range(model.cfg.n_layers):
         attn, mlp = (pick(cache[alias, layer]).norm(dim=-1) for alias in ("attn_out", "mlp_out"))
         share = mlp / (attn + mlp).clamp_min(torch.finfo(torch.float32).tiny)
-        frames.append(pd.DataFrame({"item": range(len(attn)), "layer": layer, "attn_norm": attn.tolist(),
-                                    "mlp_norm": mlp.tolist(), "mlp_share": share.tolist()}))
+        frames.append(
+            pd.DataFrame(
+                {
+                    "item": range(len(attn)),
+                    "layer": layer,
+                    "attn_norm": attn.tolist(),
+                    "mlp_norm": mlp.tolist(),
+                    "mlp_share": share.tolist(),
+                }
+            )
+        )
     return pd.concat(frames, ignore_index=True)
 
 
@@ -153,10 +170,14 @@ def image_update_norm_hooks(model: HookedVLM, inputs, rows: list[dict]) -> list:
             return None
         value = (activation.float().norm(dim=-1) * mask.to(activation.device)).sum(1) / counts.to(activation.device)
         column = "attn_norm" if hook.name.endswith("hook_attn_out") else "mlp_norm"
-        rows.extend({"item": i, "layer": hook.layer(), "column": column, "value": float(v)} for i, v in enumerate(value))
+        rows.extend(
+            {"item": i, "layer": hook.layer(), "column": column, "value": float(v)} for i, v in enumerate(value)
+        )
         return None
 
-    return [(f"blocks.{l}.{kind}", norm) for l in range(model.cfg.n_layers) for kind in ("hook_attn_out", "hook_mlp_out")]
+    return [
+        (f"blocks.{l}.{kind}", norm) for l in range(model.cfg.n_layers) for kind in ("hook_attn_out", "hook_mlp_out")
+    ]
 
 
 def image_update_table(rows: list[dict]) -> pd.DataFrame:
@@ -195,13 +216,17 @@ def update_norms(model: HookedVLM, cache: ActivationCache) -> pd.DataFrame:
             image[inputs.image_positions(item)] = True
             real = inputs.attention_mask[item].bool().cpu()
             for where, mask in (("image", image & real), ("text", ~image & real)):
-                rows.append({"item": item, "layer": layer, "positions": where, "update_norm": float(update[item, mask].mean())})
+                rows.append(
+                    {"item": item, "layer": layer, "positions": where, "update_norm": float(update[item, mask].mean())}
+                )
     return pd.DataFrame(rows)
 
 
 def layer_table(contributions: pd.DataFrame) -> pd.DataFrame:
     """Mean contribution per layer and component, with the cumulative margin (a wide, plot-ready table)."""
-    table = contributions[contributions.layer >= 0].pivot_table(index="layer", columns="component", values="contribution", aggfunc="mean")
+    table = contributions[contributions.layer >= 0].pivot_table(
+        index="layer", columns="component", values="contribution", aggfunc="mean"
+    )
     embed = contributions[contributions.component == "embed"].contribution.mean()
     table["cumulative"] = embed + (table["attn"] + table["mlp"]).cumsum()
     return table.reset_index()

@@ -12,12 +12,12 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from analyses import answers
-from vlm_lens.errors import InputError
 from analyses.data.examples import Example
 from analyses.data.scoring import correctness
 from analyses.interventions import NOTHING, Intervention, apply
 from analyses.stats import paired_bootstrap_diff
 from vlm_lens import HookedVLM
+from vlm_lens.errors import InputError
 
 
 def batches(model: HookedVLM, examples: Sequence[Example], batch_size: int):
@@ -45,7 +45,9 @@ def predict(
     """Greedy answers of up to ``max_new_tokens`` tokens (to a stop token, ``answers.generate_answers``; one token
     reads only the last position's logits); ``transform(model, inputs) -> inputs`` edits a batch first (pixel masking)."""
     predictions = []
-    for _, inputs in tqdm(batches(model, examples, batch_size), total=-(-len(examples) // batch_size), disable=not progress):
+    for _, inputs in tqdm(
+        batches(model, examples, batch_size), total=-(-len(examples) // batch_size), disable=not progress
+    ):
         if transform is not None:
             inputs = transform(model, inputs)
         if max_new_tokens > 1:
@@ -57,7 +59,9 @@ def predict(
     return predictions
 
 
-def correct(model: HookedVLM, examples: Sequence[Example], intervention: Intervention = NOTHING, **kwargs) -> list[bool]:
+def correct(
+    model: HookedVLM, examples: Sequence[Example], intervention: Intervention = NOTHING, **kwargs
+) -> list[bool]:
     """Whether each greedy answer is right (``scoring.correctness``), under ``intervention``."""
     return correctness(examples, predict(model, examples, intervention, **kwargs))
 
@@ -75,8 +79,18 @@ def compare(
     rows = []
     for group, part in [("all", frame), *sorted(frame.groupby("type"))]:
         est = paired_bootstrap_diff(part.before, part.after, n_resamples, seed)
-        rows.append({"condition": condition, "type": group, "n": len(part), "acc_before": part.before.mean(),
-                     "acc_after": part.after.mean(), "diff": est.value, "ci_low": est.ci[0], "ci_high": est.ci[1]})
+        rows.append(
+            {
+                "condition": condition,
+                "type": group,
+                "n": len(part),
+                "acc_before": part.before.mean(),
+                "acc_after": part.after.mean(),
+                "diff": est.value,
+                "ci_low": est.ci[0],
+                "ci_high": est.ci[1],
+            }
+        )
     return pd.DataFrame(rows)
 
 

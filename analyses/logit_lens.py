@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 from jaxtyping import Float
+from numpy.typing import ArrayLike
 from scipy import stats
 from torch import Tensor
 
@@ -38,7 +39,9 @@ def unembed(model: HookedVLM) -> torch.nn.Module:
 
 
 @torch.no_grad()
-def logit_lens(model: HookedVLM, cache: ActivationCache, positions: Tensor | None = None) -> Float[Tensor, "layer batch vocab"]:
+def logit_lens(
+    model: HookedVLM, cache: ActivationCache, positions: Tensor | None = None
+) -> Float[Tensor, "layer batch vocab"]:
     """Per-layer logits at one position per item (default: each item's last real token)."""
     return read_out(model, stack_at_answer(cache, "resid_post", positions=positions))
 
@@ -49,7 +52,7 @@ def read_out(model: HookedVLM, resid: Float[Tensor, "... d_model"]) -> Float[Ten
     return unembed(model)(final_norm(model)(resid)).float()
 
 
-def truth_margin(logits: Float[Tensor, "... vocab"], reference_ids: Sequence[Sequence[int]]) -> Float[Tensor, "..."]:
+def truth_margin(logits: Float[Tensor, "... vocab"], reference_ids: Sequence[Sequence[int]]) -> Float[Tensor, ...]:
     """logit[r] - max other logit, maximised over each item's references (last dim of logits = vocab).
 
     ``reference_ids[i]`` lists item i's reference tokens; logits are [..., batch, vocab].
@@ -68,7 +71,7 @@ def truth_margin(logits: Float[Tensor, "... vocab"], reference_ids: Sequence[Seq
     return out
 
 
-def margin_curves(margins: Float[np.ndarray, "layer n"], correct: Sequence[bool], confidence: float = 0.95) -> pd.DataFrame:
+def margin_curves(margins: Float[np.ndarray, "layer n"], correct: ArrayLike, confidence: float = 0.95) -> pd.DataFrame:
     """Mean margin per layer for correct and incorrect answers, with a t-interval. Tidy: one row per (layer, group)."""
     margins = np.asarray(margins, dtype=float)
     correct = np.asarray(correct, dtype=bool)
@@ -80,7 +83,9 @@ def margin_curves(margins: Float[np.ndarray, "layer n"], correct: Sequence[bool]
         for layer, values in enumerate(margins[:, mask]):
             mean = float(values.mean()) if n else float("nan")
             half = float(stats.t.ppf((1 + confidence) / 2, n - 1) * stats.sem(values)) if n > 1 else float("nan")
-            rows.append({"layer": layer, "group": group, "n": n, "mean": mean, "ci_low": mean - half, "ci_high": mean + half})
+            rows.append(
+                {"layer": layer, "group": group, "n": n, "mean": mean, "ci_low": mean - half, "ci_high": mean + half}
+            )
     return pd.DataFrame(rows)
 
 
@@ -101,8 +106,12 @@ def peak_and_separation(curves: pd.DataFrame, margins: Float[np.ndarray, "layer 
     peak = int(gap.idxmax())
     apart = correct.ci_low > incorrect.ci_high
     separation = int(apart.idxmax()) if apart.any() else None
-    return {"peak_layer": peak, "gap_at_peak": float(gap[peak]), "separation_layer": separation,
-            "max_margin_layer": int(np.argmax(np.asarray(margins, dtype=float).mean(axis=1)))}
+    return {
+        "peak_layer": peak,
+        "gap_at_peak": float(gap[peak]),
+        "separation_layer": separation,
+        "max_margin_layer": int(np.argmax(np.asarray(margins, dtype=float).mean(axis=1))),
+    }
 
 
 @torch.no_grad()

@@ -57,8 +57,10 @@ def token_mask(inputs: VLMInputs, cells: list[list[int]], fill: str = "mean", ra
     A cross-attention model (``inputs.key_spans``): the cells of its stitched tiles, hidden in the projected image
     features its cross layers read (``KeyFeatureEdit``)."""
     if inputs.key_spans is not None:  # cross-attention: the cells are keys of the stitched tiles
-        positions = [sorted(_stitched_position(inputs.key_spans[item][0], int(c)) for c in item_cells)
-                     for item, item_cells in enumerate(cells)]
+        positions = [
+            sorted(_stitched_position(inputs.key_spans[item][0], int(c)) for c in item_cells)
+            for item, item_cells in enumerate(cells)
+        ]
         return KeyFeatureEdit(tuple(map(tuple, positions)), fill, label=f"mask {rank} patches (cross keys, {fill})")
     positions = []
     for item, item_cells in enumerate(cells):
@@ -81,9 +83,11 @@ def pixel_mask(model: HookedVLM, inputs: VLMInputs, cells: list[list[int]]) -> V
     its adapter's ``fill_patches``."""
     fill_patches = model.adapter.fill_patches
     if fill_patches is None:
-        raise UnsupportedModelError(f"pixel-level masking needs to know where a patch's pixels lie, and the "
-                                    f"{model.adapter.family!r} adapter does not declare it (Adapter.fill_patches); "
-                                    "use token-level masking")
+        raise UnsupportedModelError(
+            f"pixel-level masking needs to know where a patch's pixels lie, and the "
+            f"{model.adapter.family!r} adapter does not declare it (Adapter.fill_patches); "
+            "use token-level masking"
+        )
     tensors = {**inputs.tensors, "pixel_values": inputs.tensors["pixel_values"].clone()}
     grey = _grey(model.processor).to(tensors["pixel_values"].dtype)
     for item, item_cells in enumerate(cells):
@@ -116,6 +120,7 @@ def patch_masking(fraction: float = 0.3, rank: str = "top", level: str = "token"
     if level not in ("token", "pixel"):
         raise InputError(f"level must be 'token' or 'pixel', got {level!r}")
     if level == "pixel":
+
         def transform(model, inputs):
             return pixel_mask(model, inputs, choose_cells(attention_grids(model, inputs), fraction, rank, seed))
 

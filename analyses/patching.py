@@ -46,7 +46,9 @@ def causal_trace(
     """Indirect effect of restoring each (layer, position) - ``by="position"`` - or each (layer, image span)."""
     if by not in ("position", "span"):
         raise InputError(f"by must be 'position' or 'span', got {by!r}")
-    clean_logits, cache = model.run_with_cache(inputs, names_filter=lambda n: n.endswith("hook_resid_post") or n == "hook_embed")
+    clean_logits, cache = model.run_with_cache(
+        inputs, names_filter=lambda n: n.endswith("hook_resid_post") or n == "hook_embed"
+    )
     if answer_id is None:
         answer_id = int(clean_logits[0, -1].argmax())
     image_pos = inputs.image_positions(0)
@@ -90,7 +92,8 @@ def causal_trace(
             def restore(act, hook, mask=mask, clean=clean):
                 return torch.where(mask.to(act.device), clean.expand_as(act), act)
 
-            logits = model.run_with_hooks(batch, fwd_hooks=[("hook_embed", corrupt), (f"blocks.{layer}.hook_resid_post", restore)])
+            logits = model.run_with_hooks(
+                batch, fwd_hooks=[("hook_embed", corrupt), (f"blocks.{layer}.hook_resid_post", restore)]
+            )
             effects[layer, start : start + len(part)] = (prob(logits) - p_corrupted).cpu().numpy()
     return TraceResult(effects, names, image_units, answer_id, p_clean, p_corrupted)
-

@@ -21,8 +21,17 @@ LAYER_AXIS = {"dtick": 1, "tickformat": "d"}  # layers are integers: no 0.5 tick
 
 def _band(x, low, high, colour, name, legendgroup) -> go.Scatter:
     return go.Scatter(
-        x=np.concatenate([x, x[::-1]]), y=np.concatenate([high, low[::-1]]), mode="lines", fill="toself", fillcolor=colour,
-        opacity=0.2, line={"width": 0}, hoverinfo="skip", showlegend=False, name=name, legendgroup=legendgroup,
+        x=np.concatenate([x, x[::-1]]),
+        y=np.concatenate([high, low[::-1]]),
+        mode="lines",
+        fill="toself",
+        fillcolor=colour,
+        opacity=0.2,
+        line={"width": 0},
+        hoverinfo="skip",
+        showlegend=False,
+        name=name,
+        legendgroup=legendgroup,
     )
 
 
@@ -38,12 +47,21 @@ def margin_curves(curves: pd.DataFrame | Mapping[str, pd.DataFrame], title: str 
             label = f"{model} {group}".strip()
             colour = GROUP_COLOURS.get(group, "#555")
             fig.add_trace(_band(x, part.ci_low.to_numpy(), part.ci_high.to_numpy(), colour, label, label))
-            fig.add_trace(go.Scatter(x=x, y=part["mean"], mode="lines+markers", name=label, legendgroup=label,
-                                     line={"color": colour, "dash": dashes[i % len(dashes)]},
-                                     hovertemplate="layer %{x}<br>margin %{y:.3f}<extra>" + label + "</extra>"))
+            fig.add_trace(
+                go.Scatter(
+                    x=x,
+                    y=part["mean"],
+                    mode="lines+markers",
+                    name=label,
+                    legendgroup=label,
+                    line={"color": colour, "dash": dashes[i % len(dashes)]},
+                    hovertemplate="layer %{x}<br>margin %{y:.3f}<extra>" + label + "</extra>",
+                )
+            )
     fig.add_hline(y=0, line={"color": "grey", "width": 1})
-    fig.update_layout(title=title, xaxis_title="layer", yaxis_title="truth margin (logit)", template="plotly_white",
-                      xaxis=LAYER_AXIS)
+    fig.update_layout(
+        title=title, xaxis_title="layer", yaxis_title="truth margin (logit)", template="plotly_white", xaxis=LAYER_AXIS
+    )
     return fig
 
 
@@ -55,22 +73,39 @@ def attention_over_image(image: Image.Image, grid: np.ndarray, title: str = "Att
     h, w = rgb.shape[:2]
     rows, cols = grid.shape
     fig = go.Figure(go.Image(z=rgb))
-    fig.add_trace(go.Heatmap(
-        z=grid, x0=w / cols / 2 - 0.5, dx=w / cols, y0=h / rows / 2 - 0.5, dy=h / rows, opacity=0.45,
-        colorscale="Inferno", colorbar={"title": "share"}, hovertemplate="patch (%{y:.0f}, %{x:.0f})<br>%{z:.3f}<extra></extra>",
-    ))
+    fig.add_trace(
+        go.Heatmap(
+            z=grid,
+            x0=w / cols / 2 - 0.5,
+            dx=w / cols,
+            y0=h / rows / 2 - 0.5,
+            dy=h / rows,
+            opacity=0.45,
+            colorscale="Inferno",
+            colorbar={"title": "share"},
+            hovertemplate="patch (%{y:.0f}, %{x:.0f})<br>%{z:.3f}<extra></extra>",
+        )
+    )
     fig.update_layout(title=title, template="plotly_white", yaxis={"scaleanchor": "x"})
     return fig
 
 
-def entropy_and_components(entropy: np.ndarray, components: np.ndarray, title: str = "Attention structure by layer") -> go.Figure:
+def entropy_and_components(
+    entropy: np.ndarray, components: np.ndarray, title: str = "Attention structure by layer"
+) -> go.Figure:
     """Spatial entropy H_s and C_k - 1 (the study's convention) across layers, mean over items."""
     layers = np.arange(len(entropy))
     fig = go.Figure()
     fig.add_trace(go.Scatter(x=layers, y=entropy, name="H_s (nats)", mode="lines+markers"))
     fig.add_trace(go.Scatter(x=layers, y=np.asarray(components) - 1, name="C_k - 1", mode="lines+markers", yaxis="y2"))
-    fig.update_layout(title=title, xaxis_title="layer", yaxis={"title": "H_s"}, xaxis=LAYER_AXIS,
-                      yaxis2={"title": "C_k - 1", "overlaying": "y", "side": "right"}, template="plotly_white")
+    fig.update_layout(
+        title=title,
+        xaxis_title="layer",
+        yaxis={"title": "H_s"},
+        xaxis=LAYER_AXIS,
+        yaxis2={"title": "C_k - 1", "overlaying": "y", "side": "right"},
+        template="plotly_white",
+    )
     return fig
 
 
@@ -80,18 +115,35 @@ def margin_contributions(table: pd.DataFrame, title: str = "Who builds the margi
     fig.add_trace(go.Bar(x=table.layer, y=table.attn, name="attention"))
     fig.add_trace(go.Bar(x=table.layer, y=table.mlp, name="MLP"))
     fig.add_trace(go.Scatter(x=table.layer, y=table.cumulative, name="cumulative margin", mode="lines+markers"))
-    fig.update_layout(barmode="relative", title=title, xaxis_title="layer", yaxis_title="logit difference",
-                      xaxis=LAYER_AXIS, template="plotly_white")
+    fig.update_layout(
+        barmode="relative",
+        title=title,
+        xaxis_title="layer",
+        yaxis_title="logit difference",
+        xaxis=LAYER_AXIS,
+        template="plotly_white",
+    )
     return fig
 
 
 def trace_heatmap(result: TraceResult, title: str = "Causal trace: restoring one state") -> go.Figure:
     """Indirect effect per (layer, position); image positions marked with a '*' on the axis."""
     labels = [f"{'*' if i in set(result.image_units) else ''}{i}:{u}" for i, u in enumerate(result.units)]
-    fig = go.Figure(go.Heatmap(z=result.effects, x=labels, y=list(range(result.effects.shape[0])), colorscale="Purples",
-                               colorbar={"title": "p restored - p corrupted"}))
-    fig.update_layout(title=f"{title} (p clean {result.p_clean:.3f}, corrupted {result.p_corrupted:.3f})",
-                      xaxis_title="position (* image)", yaxis_title="layer", template="plotly_white")
+    fig = go.Figure(
+        go.Heatmap(
+            z=result.effects,
+            x=labels,
+            y=list(range(result.effects.shape[0])),
+            colorscale="Purples",
+            colorbar={"title": "p restored - p corrupted"},
+        )
+    )
+    fig.update_layout(
+        title=f"{title} (p clean {result.p_clean:.3f}, corrupted {result.p_corrupted:.3f})",
+        xaxis_title="position (* image)",
+        yaxis_title="layer",
+        template="plotly_white",
+    )
     return fig
 
 
@@ -99,10 +151,19 @@ def intervention_effects(table: pd.DataFrame, title: str = "Accuracy change unde
     """Accuracy change with paired-bootstrap CIs, per condition and question type."""
     fig = go.Figure()
     for condition, part in table.groupby("condition", sort=False):
-        fig.add_trace(go.Bar(
-            x=part.type, y=part["diff"], name=condition,
-            error_y={"type": "data", "symmetric": False, "array": part.ci_high - part["diff"], "arrayminus": part["diff"] - part.ci_low},
-        ))
+        fig.add_trace(
+            go.Bar(
+                x=part.type,
+                y=part["diff"],
+                name=condition,
+                error_y={
+                    "type": "data",
+                    "symmetric": False,
+                    "array": part.ci_high - part["diff"],
+                    "arrayminus": part["diff"] - part.ci_low,
+                },
+            )
+        )
     fig.update_layout(barmode="group", title=title, yaxis_title="accuracy after - before", template="plotly_white")
     return fig
 
@@ -110,27 +171,54 @@ def intervention_effects(table: pd.DataFrame, title: str = "Accuracy change unde
 def reliability_diagram(bins: list[dict], ece: float, title: str = "Calibration of the output confidence") -> go.Figure:
     """Accuracy vs mean confidence per bin (from ``stats.expected_calibration_error``), with the diagonal."""
     fig = go.Figure()
-    fig.add_trace(go.Bar(x=[(b["low"] + b["high"]) / 2 for b in bins], y=[b["accuracy"] for b in bins],
-                         width=[b["high"] - b["low"] for b in bins], name="accuracy", customdata=[b["n"] for b in bins],
-                         hovertemplate="confidence %{x:.2f}<br>accuracy %{y:.2f}<br>n %{customdata}<extra></extra>"))
-    fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line={"dash": "dot", "color": "grey"}, name="perfect calibration"))
-    fig.update_layout(title=f"{title} (ECE {ece:.3f})", xaxis_title="confidence", yaxis_title="accuracy",
-                      template="plotly_white", xaxis={"range": [0, 1]}, yaxis={"range": [0, 1]})
+    fig.add_trace(
+        go.Bar(
+            x=[(b["low"] + b["high"]) / 2 for b in bins],
+            y=[b["accuracy"] for b in bins],
+            width=[b["high"] - b["low"] for b in bins],
+            name="accuracy",
+            customdata=[b["n"] for b in bins],
+            hovertemplate="confidence %{x:.2f}<br>accuracy %{y:.2f}<br>n %{customdata}<extra></extra>",
+        )
+    )
+    fig.add_trace(
+        go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line={"dash": "dot", "color": "grey"}, name="perfect calibration")
+    )
+    fig.update_layout(
+        title=f"{title} (ECE {ece:.3f})",
+        xaxis_title="confidence",
+        yaxis_title="accuracy",
+        template="plotly_white",
+        xaxis={"range": [0, 1]},
+        yaxis={"range": [0, 1]},
+    )
     return fig
 
 
-def probe_units(circuit: pd.DataFrame, right: np.ndarray, wrong: np.ndarray,
-                title: str = "The sparse probe's units: coefficients, and the strongest unit's activations") -> go.Figure:
+def probe_units(
+    circuit: pd.DataFrame,
+    right: np.ndarray,
+    wrong: np.ndarray,
+    title: str = "The sparse probe's units: coefficients, and the strongest unit's activations",
+) -> go.Figure:
     """Figure 3: each kept unit's probe coefficient (bars) and the strongest unit's activation on right vs
     wrong answers (overlaid histograms)."""
     from plotly.subplots import make_subplots
 
     fig = make_subplots(rows=1, cols=2, subplot_titles=("probe coefficient", f"unit {circuit.unit.iloc[0]} activation"))
-    fig.add_trace(go.Bar(x=[f"u{u}" for u in circuit.unit], y=circuit.coefficient, name="coefficient",
-                         marker_color="#555"), row=1, col=1)
+    fig.add_trace(
+        go.Bar(x=[f"u{u}" for u in circuit.unit], y=circuit.coefficient, name="coefficient", marker_color="#555"),
+        row=1,
+        col=1,
+    )
     for name, values in (("correct", right), ("incorrect", wrong)):
-        fig.add_trace(go.Histogram(x=values, name=name, opacity=0.6, marker_color=GROUP_COLOURS[name],
-                                   histnorm="probability density"), row=1, col=2)
+        fig.add_trace(
+            go.Histogram(
+                x=values, name=name, opacity=0.6, marker_color=GROUP_COLOURS[name], histnorm="probability density"
+            ),
+            row=1,
+            col=2,
+        )
     fig.update_layout(title=title, barmode="overlay", template="plotly_white")
     return fig
 
@@ -138,8 +226,12 @@ def probe_units(circuit: pd.DataFrame, right: np.ndarray, wrong: np.ndarray,
 def layer_difference(table: pd.DataFrame, column: str, title: str, y_title: str) -> go.Figure:
     """A per-layer difference with its 95% CI band and the zero line (Figure 4: Delta H_s)."""
     x = table.layer.to_numpy()
-    fig = go.Figure([_band(x, table.ci_low.to_numpy(), table.ci_high.to_numpy(), "#555", "95% CI", "d"),
-                     go.Scatter(x=x, y=table[column], mode="lines+markers", name=y_title, line={"color": "#333"})])
+    fig = go.Figure(
+        [
+            _band(x, table.ci_low.to_numpy(), table.ci_high.to_numpy(), "#555", "95% CI", "d"),
+            go.Scatter(x=x, y=table[column], mode="lines+markers", name=y_title, line={"color": "#333"}),
+        ]
+    )
     fig.add_hline(y=0, line={"color": "grey", "width": 1})
     fig.update_layout(title=title, xaxis_title="layer", yaxis_title=y_title, template="plotly_white", xaxis=LAYER_AXIS)
     return fig
@@ -147,10 +239,15 @@ def layer_difference(table: pd.DataFrame, column: str, title: str, y_title: str)
 
 def update_norms(table: pd.DataFrame, title: str = "Writes to the image tokens by layer") -> go.Figure:
     """Figure 5: attention's and the MLP's mean write norm per layer (columns attn_norm, mlp_norm)."""
-    fig = go.Figure([go.Scatter(x=table.layer, y=table[c], mode="lines+markers", name=c.replace("_norm", ""))
-                     for c in ("attn_norm", "mlp_norm")])
-    fig.update_layout(title=title, xaxis_title="layer", yaxis_title="mean ||write||", template="plotly_white",
-                      xaxis=LAYER_AXIS)
+    fig = go.Figure(
+        [
+            go.Scatter(x=table.layer, y=table[c], mode="lines+markers", name=c.replace("_norm", ""))
+            for c in ("attn_norm", "mlp_norm")
+        ]
+    )
+    fig.update_layout(
+        title=title, xaxis_title="layer", yaxis_title="mean ||write||", template="plotly_white", xaxis=LAYER_AXIS
+    )
     return fig
 
 
@@ -158,6 +255,7 @@ def margin_trajectory(margins: np.ndarray, title: str) -> go.Figure:
     """One question's truth margin by layer (Figure 6: where the right token was suppressed)."""
     fig = go.Figure(go.Scatter(x=np.arange(len(margins)), y=margins, mode="lines+markers", name="truth margin"))
     fig.add_hline(y=0, line={"color": "grey", "width": 1})
-    fig.update_layout(title=title, xaxis_title="layer", yaxis_title="truth margin (logit)", template="plotly_white",
-                      xaxis=LAYER_AXIS)
+    fig.update_layout(
+        title=title, xaxis_title="layer", yaxis_title="truth margin (logit)", template="plotly_white", xaxis=LAYER_AXIS
+    )
     return fig

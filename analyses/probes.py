@@ -37,7 +37,9 @@ def _labels(labels, rows: int | None = None, what: str = "the features") -> np.n
     if labels.ndim != 1:
         raise InputError(f"labels must be 1-D (one per question), got shape {labels.shape}")
     if labels.size and set(np.unique(labels).tolist()) - {0, 1}:
-        raise InputError(f"labels must be binary (0/1 or bool), got values {sorted(set(np.unique(labels).tolist()))[:5]}")
+        raise InputError(
+            f"labels must be binary (0/1 or bool), got values {sorted(set(np.unique(labels).tolist()))[:5]}"
+        )
     if rows is not None and len(labels) != rows:
         raise InputError(f"{len(labels)} labels for {rows} rows of {what}: give one label per row")
     labels = labels.astype(int)
@@ -50,8 +52,10 @@ def stratified_split(labels, seed: int = 0, val: float = 0.2, test: float = 0.2)
     labels = _labels(labels)
     fewest = int(min(labels.sum(), len(labels) - labels.sum()))
     if fewest < 3:
-        raise InputError(f"only {fewest} answer(s) of one class among {len(labels)}: a stratified train/val/test split "
-                         "needs at least 3 of each")
+        raise InputError(
+            f"only {fewest} answer(s) of one class among {len(labels)}: a stratified train/val/test split "
+            "needs at least 3 of each"
+        )
     if not (0 < val and 0 < test and val + test < 1):
         raise InputError(f"val and test must be positive shares leaving a training split, got {val} and {test}")
     index = np.arange(len(labels))
@@ -77,9 +81,15 @@ class LinearProbe:
     def save(self, path: str | Path) -> None:
         layers = self.layer if isinstance(self.layer, list) else [self.layer]
         save_file(
-            {"coef": self.coef.astype(np.float64), "mean": self.mean, "scale": self.scale,
-             "intercept": np.array([self.intercept]), "layers": np.array(layers, dtype=np.int64)},
-            str(path), metadata={"penalty": self.penalty, "stacked": str(isinstance(self.layer, list))},
+            {
+                "coef": self.coef.astype(np.float64),
+                "mean": self.mean,
+                "scale": self.scale,
+                "intercept": np.array([self.intercept]),
+                "layers": np.array(layers, dtype=np.int64),
+            },
+            str(path),
+            metadata={"penalty": self.penalty, "stacked": str(isinstance(self.layer, list))},
         )
 
     @classmethod
@@ -111,7 +121,9 @@ def fit_probe(features: np.ndarray, labels, layer, penalty: str = "l2", C: float
     mean, scale = features.mean(0), features.std(0)
     scale[scale == 0] = 1.0
     solver = "liblinear" if penalty == "l1" else "lbfgs"
-    model = LogisticRegression(l1_ratio=1.0 if penalty == "l1" else 0.0, C=C, solver=solver, max_iter=2000, random_state=seed)
+    model = LogisticRegression(
+        l1_ratio=1.0 if penalty == "l1" else 0.0, C=C, solver=solver, max_iter=2000, random_state=seed
+    )
     model.fit((features - mean) / scale, np.asarray(labels).astype(int))
     return LinearProbe(layer, model.coef_[0].copy(), float(model.intercept_[0]), mean, scale, penalty)
 
@@ -135,10 +147,15 @@ class ProbeResult:
 
 
 def layerwise_probe(
-    features: np.ndarray, correct, penalty: str = "l2", C: float = 1.0, seed: int = 0, n_resamples: int = 2000,
+    features,
+    correct,
+    penalty: str = "l2",
+    C: float = 1.0,
+    seed: int = 0,
+    n_resamples: int = 2000,
     split: Split | None = None,
 ) -> ProbeResult:
-    """features [layer, n, d]: a probe per layer, the best layer by validation AUROC, test AUROC once.
+    """features [layer, n, d] (an array, or anything indexed by layer: the study's LayerStack): a probe per layer, the best layer by validation AUROC, test AUROC once.
 
     ``split`` defaults to ``stratified_split(correct, seed)``; pass the study's to share one test set."""
     penalty = _penalty(penalty)
@@ -157,9 +174,17 @@ def layerwise_probe(
     return ProbeResult(val, best, test, probes[best], split)
 
 
-def stacked_probe(features: np.ndarray, correct, last: int = 5, penalty: str = "l2", C: float = 1.0, seed: int = 0,
-                  n_resamples: int = 2000, split: Split | None = None) -> ProbeResult:
-    """One probe over the last ``last`` layers' features concatenated (all layers if there are fewer)."""
+def stacked_probe(
+    features,
+    correct,
+    last: int = 5,
+    penalty: str = "l2",
+    C: float = 1.0,
+    seed: int = 0,
+    n_resamples: int = 2000,
+    split: Split | None = None,
+) -> ProbeResult:
+    """features [layer, n, d] (an array, or anything indexed by layer): one probe over the last ``last`` layers' features concatenated (all layers if there are fewer)."""
     layers = list(range(max(0, len(features) - last), len(features)))
     x = np.concatenate([np.asarray(features[layer]) for layer in layers], axis=1)
     labels = np.asarray(correct).astype(int)
@@ -175,8 +200,9 @@ def selected_neurons(probe: LinearProbe) -> pd.DataFrame:
     layers = probe.layer if isinstance(probe.layer, list) else [probe.layer]
     width = len(probe.coef) // len(layers)
     nonzero = np.flatnonzero(probe.coef)
-    frame = pd.DataFrame({"layer": [layers[i // width] for i in nonzero], "index": nonzero % width,
-                          "coefficient": probe.coef[nonzero]})
+    frame = pd.DataFrame(
+        {"layer": [layers[i // width] for i in nonzero], "index": nonzero % width, "coefficient": probe.coef[nonzero]}
+    )
     return frame.reindex(frame.coefficient.abs().sort_values(ascending=False).index).reset_index(drop=True)
 
 
@@ -194,8 +220,9 @@ class ClassifierResult:
     accuracy: float  # test accuracy of predicting right/wrong at probability 0.5 (the study's stress-test number)
 
 
-def classifier_probe(features: np.ndarray, correct, kind: str = "mlp", seed: int = 0, n_resamples: int = 2000,
-                     split: Split | None = None) -> ClassifierResult:
+def classifier_probe(
+    features: np.ndarray, correct, kind: str = "mlp", seed: int = 0, n_resamples: int = 2000, split: Split | None = None
+) -> ClassifierResult:
     """A non-linear classifier on [n, features] (the attention probes and stress test).
 
     Fitted on train + validation (no layer to choose), scored once on test."""
@@ -203,8 +230,10 @@ def classifier_probe(features: np.ndarray, correct, kind: str = "mlp", seed: int
         raise InputError(f"kind must be one of {sorted(CLASSIFIERS)}, got {kind!r}")
     x = np.asarray(features, dtype=np.float64)
     if x.ndim != 2 or not np.isfinite(x).all():
-        raise InputError(f"features must be a finite [n, d] array, got shape {x.shape}"
-                         + (" with NaN or infinite values" if x.ndim == 2 else ""))
+        raise InputError(
+            f"features must be a finite [n, d] array, got shape {x.shape}"
+            + (" with NaN or infinite values" if x.ndim == 2 else "")
+        )
     labels = _labels(correct, len(x))
     split = split or stratified_split(labels, seed)
     fit_idx = np.concatenate([split.train, split.val])

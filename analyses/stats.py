@@ -1,15 +1,15 @@
 """Statistics with uncertainty: every estimate comes back as ``Estimate(value, ci)``.
 
-    >>> paired_bootstrap_diff([1, 1, 0, 1], [0, 1, 0, 0], n_resamples=2000, seed=0).value
-    -0.5
+>>> paired_bootstrap_diff([1, 1, 0, 1], [0, 1, 0, 0], n_resamples=2000, seed=0).value
+-0.5
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from vlm_lens.errors import InputError
 
@@ -26,7 +26,7 @@ class Estimate:
 
 
 def paired_bootstrap_diff(
-    before: Sequence[float], after: Sequence[float], n_resamples: int = 10_000, seed: int = 0, confidence: float = 0.95
+    before: ArrayLike, after: ArrayLike, n_resamples: int = 10_000, seed: int = 0, confidence: float = 0.95
 ) -> Estimate:
     """mean(after) - mean(before) over paired items, with a percentile bootstrap CI (items resampled together)."""
     _resamples(n_resamples)
@@ -45,7 +45,9 @@ def paired_bootstrap_diff(
     return Estimate(float(diff.mean()), (float(low), float(high)), len(diff), n_resamples)
 
 
-def _bootstrap(statistic, arrays: tuple[np.ndarray, ...], n_resamples: int, seed: int, confidence: float) -> tuple[float, float]:
+def _bootstrap(
+    statistic, arrays: tuple[np.ndarray, ...], n_resamples: int, seed: int, confidence: float
+) -> tuple[float, float]:
     """Percentile CI of statistic(*arrays) over item resamples (arrays resampled together)."""
     rng = np.random.default_rng(seed)
     n = len(arrays[0])
@@ -73,7 +75,9 @@ def _finite(values, what: str) -> np.ndarray:
 def _binary(labels, what: str = "labels") -> np.ndarray:
     labels = np.asarray(labels)
     if labels.size and set(np.unique(labels).tolist()) - {0, 1}:
-        raise InputError(f"{what} must be binary (0/1 or bool), got values {sorted(set(np.unique(labels).tolist()))[:5]}")
+        raise InputError(
+            f"{what} must be binary (0/1 or bool), got values {sorted(set(np.unique(labels).tolist()))[:5]}"
+        )
     return labels.astype(int)
 
 
@@ -193,7 +197,9 @@ def expected_calibration_error(confidence, correct, n_bins: int = 10) -> tuple[f
     confidence = _finite(confidence, "confidences")
     correct = _binary(correct, "correct").astype(float)
     if confidence.shape != correct.shape or confidence.ndim != 1:
-        raise InputError(f"confidence and correct must be 1-D and the same length, got {confidence.shape} and {correct.shape}")
+        raise InputError(
+            f"confidence and correct must be 1-D and the same length, got {confidence.shape} and {correct.shape}"
+        )
     if ((confidence < 0) | (confidence > 1)).any():
         raise InputError("confidences must lie in [0, 1]")
     edges = np.linspace(0, 1, n_bins + 1)
@@ -205,5 +211,7 @@ def expected_calibration_error(confidence, correct, n_bins: int = 10) -> tuple[f
             continue
         conf, acc = confidence[mask].mean(), correct[mask].mean()
         ece += mask.mean() * abs(acc - conf)
-        bins.append({"bin": b, "low": edges[b], "high": edges[b + 1], "n": int(mask.sum()), "confidence": conf, "accuracy": acc})
+        bins.append(
+            {"bin": b, "low": edges[b], "high": edges[b + 1], "n": int(mask.sum()), "confidence": conf, "accuracy": acc}
+        )
     return float(ece), bins

@@ -24,6 +24,7 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import no_type_check
 
 import numpy as np
 import torch
@@ -43,6 +44,7 @@ HELD_OUT_SEED = 7  # the model cards' held-out set (training never draws seeds b
 ANSWER_STYLES = ("token", "words")  # the label as one token, or the answer in words to end of sequence
 
 
+@no_type_check  # checks its own settings (the error contract): the tests' run-time type checker stays out
 @dataclass(frozen=True)
 class TrainConfig:
     family: str
@@ -61,7 +63,14 @@ class TrainConfig:
             raise InputError(f"answers must be one of {ANSWER_STYLES}, got {self.answers!r}")
         if self.family not in SPECS:
             raise InputError(f"no family {self.family!r}; the adapters have {sorted(SPECS)}")
-        for name, low in (("steps", 1), ("batch_size", 1), ("warmup", 1), ("seed", 0), ("image_size", 16), ("eval_n", 1)):
+        for name, low in (
+            ("steps", 1),
+            ("batch_size", 1),
+            ("warmup", 1),
+            ("seed", 0),
+            ("image_size", 16),
+            ("eval_n", 1),
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise InputError(f"{name} must be an integer of at least {low}, got {value!r}")
@@ -126,8 +135,10 @@ def forced(model: HookedVLM, inputs, ids: list[list[int]]) -> tuple[dict, torch.
         elif name in model.adapter.repeat_last_keys:
             extra = value[:, -1:].repeat_interleave(width, 1)
         elif value.dim() >= 2 and value.shape[:2] == (len(ids), prompt):
-            raise InputError(f"teacher forcing does not know how to extend the model input {name!r} over the answer; "
-                             "declare it in the adapter's answer_token_types or repeat_last_keys")
+            raise InputError(
+                f"teacher forcing does not know how to extend the model input {name!r} over the answer; "
+                "declare it in the adapter's answer_token_types or repeat_last_keys"
+            )
         else:
             continue
         tensors[name] = torch.cat([value, extra.to(value)], dim=1)
@@ -140,10 +151,14 @@ def loss_of(model: HookedVLM, samples: list[shapes.Sample], inputs, answers: str
     hf = model.hf_model
     if answers == "token":
         logits = hf(**inputs.tensors).logits[:, -1]
-        return torch.nn.functional.cross_entropy(logits, answer_ids(model, [s.label for s in samples]).to(logits.device))
+        return torch.nn.functional.cross_entropy(
+            logits, answer_ids(model, [s.label for s in samples]).to(logits.device)
+        )
     tensors, targets = teacher_forced(model, inputs, [shapes.spoken(s) for s in samples])
     logits = hf(**{k: v.to(hf.device) for k, v in tensors.items()}).logits
-    return torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten().to(logits.device), ignore_index=-100)
+    return torch.nn.functional.cross_entropy(
+        logits.flatten(0, 1), targets.flatten().to(logits.device), ignore_index=-100
+    )
 
 
 def train(cfg: TrainConfig, progress: bool = True) -> tuple[HookedVLM, list[float]]:
@@ -180,8 +195,9 @@ def longest_answer(types: tuple[str, ...], tokenizer, n: int = 4_000) -> int:
     return 1 + max(len(tokenizer(shapes.spoken(s), add_special_tokens=False)["input_ids"]) for s in samples)
 
 
-def evaluate(model: HookedVLM, n: int = 4_000, seed: int = HELD_OUT_SEED, image_size: int = 32,
-             answers: str = "token") -> dict[str, float]:
+def evaluate(
+    model: HookedVLM, n: int = 4_000, seed: int = HELD_OUT_SEED, image_size: int = 32, answers: str = "token"
+) -> dict[str, float]:
     """Held-out accuracy (percent) per question family, per scoring rule (``metric:yesno``, ...) and overall;
     answers in words are generated greedily to end of sequence and scored by each family's own rule."""
     types = shapes.WORD_TYPES if answers == "words" else shapes.TYPES
@@ -214,18 +230,27 @@ def save(model: HookedVLM, out: Path, cfg: TrainConfig, losses: list[float], sec
         "answer_tokens": tokens,
         "answers": cfg.answers,
         "benchmark": "shapes-words" if cfg.answers == "words" else "shapes",
-        "training": {**cfg.__dict__, "samples_seen": cfg.steps * cfg.batch_size, "data_seeds": "fresh scenes each step: "
-                     f"shapes.generate({cfg.batch_size}, seed={TRAIN_SEED_OFFSET} + {cfg.seed}*10^7 + step)",
-                     "final_loss_100": round(float(np.mean(losses[-100:])), 4), "cpu_seconds": round(seconds), "threads": torch.get_num_threads()},
+        "training": {
+            **cfg.__dict__,
+            "samples_seen": cfg.steps * cfg.batch_size,
+            "data_seeds": "fresh scenes each step: "
+            f"shapes.generate({cfg.batch_size}, seed={TRAIN_SEED_OFFSET} + {cfg.seed}*10^7 + step)",
+            "final_loss_100": round(float(np.mean(losses[-100:])), 4),
+            "cpu_seconds": round(seconds),
+            "threads": torch.get_num_threads(),
+        },
         "held_out": {"seed": HELD_OUT_SEED, "n": cfg.eval_n, "accuracy": accuracy},
     }
     (out / "card.json").write_text(json.dumps(card, indent=2) + "\n")
     rows = "\n".join(f"| {k} | {v:.1f} |" for k, v in accuracy.items())
     name = f"toy-{cfg.family.replace('_', '-')}" + ("-words" if cfg.answers == "words" else "")
-    said = ("answers in words (`shapes.spoken`: \"yes , there is a red circle .\", \"there are two circles .\", "
-            "\"the blue one .\", \"on the left .\"), generated greedily to end of sequence and scored by each family's "
-            "rule (`metric:` rows: POPE's yes/no reading, the integer named, the colour named, the relation named)"
-            if cfg.answers == "words" else "one-token answers (the label word)")
+    said = (
+        'answers in words (`shapes.spoken`: "yes , there is a red circle .", "there are two circles .", '
+        '"the blue one .", "on the left ."), generated greedily to end of sequence and scored by each family\'s '
+        "rule (`metric:` rows: POPE's yes/no reading, the integer named, the colour named, the relation named)"
+        if cfg.answers == "words"
+        else "one-token answers (the label word)"
+    )
     flags = " --answers words" if cfg.answers == "words" else ""
     (out / "README.md").write_text(
         f"# {name}\n\nA toy {cfg.family} ({card['hf_class']}, {card['parameters']:,} parameters, "

@@ -42,12 +42,23 @@ PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense bf16, per t
 
 
 def build(full: bool, device: str | None, dtype: str | None) -> HookedVLM:
-    width = dict(hidden_size=4096, num_attention_heads=32, num_key_value_heads=32) if full else \
-        dict(hidden_size=128, num_attention_heads=4, num_key_value_heads=4)
-    vision = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16) if full else \
-        dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2)
-    hf, processor = tiny(shapes.WORDS, image_size=336, patch_size=14, vision=vision,
-                         text=dict(intermediate_size=11008, num_hidden_layers=32, **width))
+    width = (
+        dict(hidden_size=4096, num_attention_heads=32, num_key_value_heads=32)
+        if full
+        else dict(hidden_size=128, num_attention_heads=4, num_key_value_heads=4)
+    )
+    vision = (
+        dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16)
+        if full
+        else dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2)
+    )
+    hf, processor = tiny(
+        shapes.WORDS,
+        image_size=336,
+        patch_size=14,
+        vision=vision,
+        text=dict(intermediate_size=11008, num_hidden_layers=32, **width),
+    )
     # A deep random network gives nearly the same answer to everything, so keep only "yes" and "no" in the
     # unembedding: whichever it says, it is right on about half the yes/no questions (the study needs both).
     answer_ids = processor.tokenizer.convert_tokens_to_ids(["yes", "no"])
@@ -95,9 +106,11 @@ def throughput(args) -> None:
                 study.append(time.perf_counter() - t)
     seq = prepared[0][1].input_ids.shape[1]
     b, s = statistics.median(bare), statistics.median(study)
-    print(f"LLaVA-1.5-7B geometry{' (full width)' if args.full else ' (d_model 128)'}: {model.cfg.n_layers} layers, "
-          f"d_mlp {model.cfg.d_mlp}, d_model {model.cfg.d_model}, {seq} tokens per question, batch {args.batch_size}, "
-          f"{model.device}, {model.dtype}, torch threads {torch.get_num_threads()}")
+    print(
+        f"LLaVA-1.5-7B geometry{' (full width)' if args.full else ' (d_model 128)'}: {model.cfg.n_layers} layers, "
+        f"d_mlp {model.cfg.d_mlp}, d_model {model.cfg.d_model}, {seq} tokens per question, batch {args.batch_size}, "
+        f"{model.device}, {model.dtype}, torch threads {torch.get_num_threads()}"
+    )
     print(f"{'':34s} {'median s/batch':>14s} {'questions/s':>12s} {'ratio':>6s}")
     print(f"{'bare HF forward (logits_to_keep=1)':34s} {b:14.3f} {args.batch_size / b:12.1f} {1.0:6.2f}")
     print(f"{'study extraction forward':34s} {s:14.3f} {args.batch_size / s:12.1f} {s / b:6.2f}   target <= {TARGET}")
@@ -105,8 +118,10 @@ def throughput(args) -> None:
         name = torch.cuda.get_device_name()
         peak = next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
         achieved = prefill_flops(model, args.batch_size * seq, seq) / b / 1e12
-        print(f"GPU {name}: peak memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB; prefill {achieved:.0f} TFLOP/s"
-              + (f" = MFU {achieved / peak:.1%} of {peak:.0f}" if peak else ""))
+        print(
+            f"GPU {name}: peak memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB; prefill {achieved:.0f} TFLOP/s"
+            + (f" = MFU {achieved / peak:.1%} of {peak:.0f}" if peak else "")
+        )
 
 
 def peak_rss(args) -> dict:
@@ -128,8 +143,12 @@ def memory_table(args) -> None:
     for batch in sizes:
         cells = []
         for n in ns:
-            out = subprocess.run([sys.executable, __file__, "--peak", "--n", str(n), "--batch-size", str(batch)],
-                                 capture_output=True, text=True, check=True)
+            out = subprocess.run(
+                [sys.executable, __file__, "--peak", "--n", str(n), "--batch-size", str(batch)],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             cells.append(json.loads(out.stdout.strip().splitlines()[-1])["peak_mib"])
         print(f"{batch:5d} " + " ".join(f"{c:9.0f}" for c in cells))
 

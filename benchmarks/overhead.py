@@ -33,8 +33,11 @@ TARGETS = {"no hooks": 1.02, "cache resid_post, every layer": 1.05, "full cache"
 
 def build(n_images: int, with_eager: bool = True):
     hf, processor = tiny_llava(
-        image_size=336, patch_size=14,
-        text=dict(hidden_size=512, intermediate_size=1376, num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=8),
+        image_size=336,
+        patch_size=14,
+        text=dict(
+            hidden_size=512, intermediate_size=1376, num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=8
+        ),
         vision=dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2),
     )
     model = HookedVLM.from_hf(hf, processor)
@@ -74,12 +77,16 @@ def time_all(repeats: int) -> None:
                 fn()
                 times[name].append(time.perf_counter() - start)
     base = statistics.median(times["raw HF forward"])
-    print(f"sequence length {inputs.input_ids.shape[1]}, {repeats} interleaved repeats, torch threads {torch.get_num_threads()}")
+    print(
+        f"sequence length {inputs.input_ids.shape[1]}, {repeats} interleaved repeats, torch threads {torch.get_num_threads()}"
+    )
     print(f"{'variant':48s} {'median ms':>10s} {'ratio':>7s} {'target':>7s}")
     for name, ts in times.items():
         target = TARGETS.get(name)
-        print(f"{name:48s} {1000 * statistics.median(ts):10.1f} {statistics.median(ts) / base:7.3f} "
-              f"{'<=' + str(target) if target else '':>7s}")
+        print(
+            f"{name:48s} {1000 * statistics.median(ts):10.1f} {statistics.median(ts) / base:7.3f} "
+            f"{'<=' + str(target) if target else '':>7s}"
+        )
 
 
 def _status_kib(field: str) -> int:
@@ -107,8 +114,12 @@ def memory_table() -> None:
     for name in names:
         cells = []
         for n in (1, 2):
-            out = subprocess.run([sys.executable, __file__, "--memory", name, "--images", str(n)],
-                                 capture_output=True, text=True, check=True)
+            out = subprocess.run(
+                [sys.executable, __file__, "--memory", name, "--images", str(n)],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             result = json.loads(out.stdout.strip().splitlines()[-1])
             cells.append(f"{result['peak_mib']:7.1f} @{result['tokens']}")
         print(f"{name:48s} {cells[0]:>14s} {cells[1]:>14s}")

@@ -25,7 +25,9 @@ def _load() -> dict[str, FamilySpec]:
         if not isinstance(spec, FamilySpec):
             raise TypeError(f"model_adapters.{info.name} exports no SPEC (a FamilySpec) beside its adapter")
         if spec.family != module.ADAPTER.family:
-            raise ValueError(f"model_adapters.{info.name}: SPEC is for {spec.family!r}, ADAPTER for {module.ADAPTER.family!r}")
+            raise ValueError(
+                f"model_adapters.{info.name}: SPEC is for {spec.family!r}, ADAPTER for {module.ADAPTER.family!r}"
+            )
         specs[spec.family] = spec
     return specs
 

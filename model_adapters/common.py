@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from vlm_lens.errors import ImageTokenMismatchError, InputError
@@ -89,7 +91,7 @@ def fill_merged_patches(config, tensors: dict, span: ImageSpan, cells, fill: tor
         block.view(merge**2, 3, per_channel)[:] = fill[None, :, None]
 
 
-def image_only(processor_class: type, name: str | None = None) -> type:
+def image_only(processor_class: type, name: str | None = None) -> Any:  # a processor class, built at import
     """A processor class for images only (Qwen-VL, LLaVA-OneVision).
 
     transformers cannot build these families' video processors without torchvision, and the stock

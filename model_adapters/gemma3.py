@@ -16,11 +16,25 @@ from __future__ import annotations
 import math
 
 import torch
-
-from transformers import AutoProcessor, Gemma3Config, Gemma3ForConditionalGeneration, Gemma3ImageProcessorPil, Gemma3Processor
+from transformers import (
+    AutoProcessor,
+    Gemma3Config,
+    Gemma3ForConditionalGeneration,
+    Gemma3ImageProcessorPil,
+    Gemma3Processor,
+)
 
 from model_adapters.common import LANGUAGE_MODEL, PRE_NORM_BLOCK, fill_grid_patches
-from model_adapters.testing import DEFAULT_WORDS, TOY_INIT, FamilySpec, RealSize, build, text_config, toy_text, word_tokenizer
+from model_adapters.testing import (
+    DEFAULT_WORDS,
+    TOY_INIT,
+    FamilySpec,
+    RealSize,
+    build,
+    text_config,
+    toy_text,
+    word_tokenizer,
+)
 from vlm_lens.adapter import Adapter, register
 from vlm_lens.errors import ImageTokenMismatchError, InputError
 from vlm_lens.spans import spans_from_runs
@@ -44,8 +58,10 @@ def image_spans(config, input_ids, tensors):
         raise InputError(f"pixel_values must be [image, channel, height, width], got shape {tuple(pixels.shape)}")
     n_tokens = int((input_ids == config.image_token_id).sum())
     if n_tokens != pixels.shape[0] * side * side:
-        raise ImageTokenMismatchError(f"{pixels.shape[0]} image(s) need {side * side} image tokens each but input_ids "
-                                      f"hold {n_tokens} (pan-and-scan crops are not supported)")
+        raise ImageTokenMismatchError(
+            f"{pixels.shape[0]} image(s) need {side * side} image tokens each but input_ids "
+            f"hold {n_tokens} (pan-and-scan crops are not supported)"
+        )
     return spans_from_runs(input_ids, config.image_token_id, [(side * side, (side, side))] * pixels.shape[0])
 
 
@@ -58,8 +74,11 @@ ADAPTER = register(
     Adapter(
         family="gemma3",
         hf_classes=("Gemma3ForConditionalGeneration",),
-        modules={**LANGUAGE_MODEL, "vision_layers": "model.vision_tower.encoder.layers",
-                 "projector": "model.multi_modal_projector"},
+        modules={
+            **LANGUAGE_MODEL,
+            "vision_layers": "model.vision_tower.encoder.layers",
+            "projector": "model.multi_modal_projector",
+        },
         block=SANDWICH_BLOCK,
         image_spans=image_spans,
         template=template,
@@ -72,14 +91,31 @@ ADAPTER = register(
 )
 
 
-def tiny(words=DEFAULT_WORDS, *, seed=0, image_size=64, patch_size=8, tokens_per_side=4, text=None, vision=None, **config):
+def tiny(
+    words=DEFAULT_WORDS, *, seed=0, image_size=64, patch_size=8, tokens_per_side=4, text=None, vision=None, **config
+):
     tokenizer = word_tokenizer(words, SPECIALS, named={"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>"})
     # 8x8 patches pooled to 4x4 tokens; two layers: one sliding-window, one global. The window (64) holds a
     # prompt and its answer, as 1024 holds a real one; tests/test_attention.py narrows it to see it mask keys
-    text_cfg = text_config(tokenizer, text, model_type="gemma3_text", num_key_value_heads=2, head_dim=16,
-                           query_pre_attn_scalar=16, sliding_window=64, layer_types=["sliding_attention", "full_attention"])
-    vision_config = dict(model_type="siglip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=2, image_size=image_size, patch_size=patch_size)
+    text_cfg = text_config(
+        tokenizer,
+        text,
+        model_type="gemma3_text",
+        num_key_value_heads=2,
+        head_dim=16,
+        query_pre_attn_scalar=16,
+        sliding_window=64,
+        layer_types=["sliding_attention", "full_attention"],
+    )
+    vision_config = dict(
+        model_type="siglip_vision_model",
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=image_size,
+        patch_size=patch_size,
+    )
     cfg = Gemma3Config(
         text_config=text_cfg,
         vision_config={**vision_config, **(vision or {})},
@@ -90,7 +126,9 @@ def tiny(words=DEFAULT_WORDS, *, seed=0, image_size=64, patch_size=8, tokens_per
         **config,
     )
     image_processor = Gemma3ImageProcessorPil(size={"height": image_size, "width": image_size})
-    processor = Gemma3Processor(image_processor=image_processor, tokenizer=tokenizer, image_seq_length=tokens_per_side**2)
+    processor = Gemma3Processor(
+        image_processor=image_processor, tokenizer=tokenizer, image_seq_length=tokens_per_side**2
+    )
     model = build(Gemma3ForConditionalGeneration, cfg, seed)
     # transformers initialises the projection to zeros (a random model would not see its images): draw it
     projection = model.model.multi_modal_projector.mm_input_projection_weight
@@ -101,10 +139,22 @@ def tiny(words=DEFAULT_WORDS, *, seed=0, image_size=64, patch_size=8, tokens_per
 
 
 def toy(image_size: int) -> dict:
-    vision = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2, initializer_range=TOY_INIT)
-    return dict(text=toy_text(num_key_value_heads=2, head_dim=32, query_pre_attn_scalar=32, sliding_window=16,
-                              layer_types=["sliding_attention", "full_attention"] * 2),
-                vision=vision, image_size=image_size, patch_size=8, initializer_range=TOY_INIT)
+    vision = dict(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2, initializer_range=TOY_INIT
+    )
+    return dict(
+        text=toy_text(
+            num_key_value_heads=2,
+            head_dim=32,
+            query_pre_attn_scalar=32,
+            sliding_window=16,
+            layer_types=["sliding_attention", "full_attention"] * 2,
+        ),
+        vision=vision,
+        image_size=image_size,
+        patch_size=8,
+        initializer_range=TOY_INIT,
+    )
 
 
 SPEC = FamilySpec(

@@ -20,19 +20,37 @@ from __future__ import annotations
 
 import math
 
-from transformers import Idefics3Config, Idefics3ForConditionalGeneration, Idefics3ImageProcessorPil, Idefics3Processor
+from transformers import (
+    Idefics3Config,
+    Idefics3ForConditionalGeneration,
+    Idefics3ImageProcessorPil,
+    Idefics3Processor,
+)
 
 from model_adapters.common import PRE_NORM_BLOCK, token_runs
 from model_adapters.llava import toy as llava_toy
-from model_adapters.testing import DEFAULT_WORDS, FamilySpec, RealSize, build, text_config, word_tokenizer
+from model_adapters.testing import (
+    DEFAULT_WORDS,
+    FamilySpec,
+    RealSize,
+    build,
+    text_config,
+    word_tokenizer,
+)
 from vlm_lens.adapter import Adapter, register
 from vlm_lens.errors import ImageTokenMismatchError
 from vlm_lens.spans import ImageSpan, View
 
 # <image> first (the tokenizer's image_token); the tile markers of up to 6x6 tiles; "\n" kept as a token, as real
 # tokenizers keep it, so rows of tiles end as they do there
-SPECIALS = ("<image>", "<fake_token_around_image>", "<global-img>", "<end_of_utterance>", "\n",
-            *(f"<row_{r}_col_{c}>" for r in range(1, 7) for c in range(1, 7)))
+SPECIALS = (
+    "<image>",
+    "<fake_token_around_image>",
+    "<global-img>",
+    "<end_of_utterance>",
+    "\n",
+    *(f"<row_{r}_col_{c}>" for r in range(1, 7) for c in range(1, 7)),
+)
 CHAT_WORDS = ("User", "Assistant")  # the chat template's roles, beside testing.TEMPLATE_WORDS
 
 # where the language model sits in Idefics3's and SmolVLM's ForConditionalGeneration classes
@@ -56,8 +74,10 @@ def real_tiles(tensors) -> list[int]:
     items with all-zero tiles, which the model drops, as here."""
     pixels = tensors["pixel_values"]
     if pixels.ndim != 5:
-        raise ImageTokenMismatchError(f"pixel_values must be [batch, tile, channel, height, width], got shape "
-                                      f"{tuple(pixels.shape)}; use model.prepare() or the model's processor")
+        raise ImageTokenMismatchError(
+            f"pixel_values must be [batch, tile, channel, height, width], got shape "
+            f"{tuple(pixels.shape)}; use model.prepare() or the model's processor"
+        )
     return (pixels.flatten(2) != 0).any(-1).sum(-1).tolist()
 
 
@@ -69,8 +89,10 @@ def image_spans(config, input_ids, tensors) -> list[list[ImageSpan]]:
     for item, ids in enumerate(input_ids.tolist()):
         runs = token_runs(ids, config.image_token_id)
         if len(runs) != tiles[item]:
-            raise ImageTokenMismatchError(f"item {item}: input_ids hold {len(runs)} runs of image tokens (one per tile "
-                                          f"or global view) but pixel_values hold {tiles[item]} tiles")
+            raise ImageTokenMismatchError(
+                f"item {item}: input_ids hold {len(runs)} runs of image tokens (one per tile "
+                f"or global view) but pixel_values hold {tiles[item]} tiles"
+            )
         bad = [end - start for start, end in runs if end - start != per_tile]
         if bad:
             raise ImageTokenMismatchError(f"item {item}: a tile needs {per_tile} image tokens, found a run of {bad[0]}")
@@ -93,10 +115,14 @@ def _span(image: int, runs: list[tuple[int, int]], ids: list[int], side: int, it
     cols = row_ends[0] + 1
     n_tiles = len(runs) - 1
     if n_tiles % cols or row_ends != list(range(cols - 1, n_tiles, cols)):
-        raise ImageTokenMismatchError(f"item {item}: image {image}'s {n_tiles} tiles do not form rows of equal length "
-                                      f"(rows end after tiles {row_ends}); the image markup was altered")
-    views = [View("tile", tuple(range(a, b)), (side, side), tile=divmod(k, cols), tiles=(n_tiles // cols, cols))
-             for k, (a, b) in enumerate(runs[:-1])]
+        raise ImageTokenMismatchError(
+            f"item {item}: image {image}'s {n_tiles} tiles do not form rows of equal length "
+            f"(rows end after tiles {row_ends}); the image markup was altered"
+        )
+    views = [
+        View("tile", tuple(range(a, b)), (side, side), tile=divmod(k, cols), tiles=(n_tiles // cols, cols))
+        for k, (a, b) in enumerate(runs[:-1])
+    ]
     views.append(View("base", tuple(range(*runs[-1])), (side, side)))
     return ImageSpan(image, start, end, (side, side), tuple(views))
 
@@ -127,8 +153,14 @@ ADAPTER = register(adapter("idefics3", "Idefics3ForConditionalGeneration", Idefi
 def tiny_parts(config_class, image_processor_class, words, image_size, patch_size, text, vision, config, specials=()):
     """(tokenizer, config, image processor, tokens per tile) of a tiny Idefics3-style model."""
     tokenizer = word_tokenizer((*CHAT_WORDS, *words), (*SPECIALS, *specials))
-    vision_config = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                         image_size=image_size, patch_size=patch_size)
+    vision_config = dict(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=image_size,
+        patch_size=patch_size,
+    )
     cfg = config_class(
         text_config=text_config(tokenizer, text, model_type="llama"),
         vision_config={**vision_config, **(vision or {})},
@@ -137,14 +169,16 @@ def tiny_parts(config_class, image_processor_class, words, image_size, patch_siz
         **config,
     )
     # tiles of image_size px; an image's long side up to two tiles: 1x2, 2x1 or 2x2 tiles and the global view
-    image_processor = image_processor_class(size={"longest_edge": 2 * image_size},
-                                            max_image_size={"longest_edge": image_size})
+    image_processor = image_processor_class(
+        size={"longest_edge": 2 * image_size}, max_image_size={"longest_edge": image_size}
+    )
     return tokenizer, cfg, image_processor, tokens_per_tile(cfg)
 
 
 def tiny(words=DEFAULT_WORDS, *, seed=0, image_size=32, patch_size=4, text=None, vision=None, **config):
-    tokenizer, cfg, image_processor, per_tile = tiny_parts(Idefics3Config, Idefics3ImageProcessorPil, words, image_size,
-                                                           patch_size, text, vision, config)
+    tokenizer, cfg, image_processor, per_tile = tiny_parts(
+        Idefics3Config, Idefics3ImageProcessorPil, words, image_size, patch_size, text, vision, config
+    )
     processor = Idefics3Processor(image_processor=image_processor, tokenizer=tokenizer, image_seq_len=per_tile)
     return build(Idefics3ForConditionalGeneration, cfg, seed), processor
 
@@ -174,7 +208,9 @@ SPEC = FamilySpec(
     after_image="<fake_token_around_image>",
     expected_views=expected_views,
     crop_pixels=tile_pixels,
-    real=(RealSize("idefics3-8b-llama3", 32, 27, 4096, 14336, 32, 128, 128259, 1152),
-          # SmolVLM-2.2B (the first SmolVLM) is an Idefics3 checkpoint
-          RealSize("smolvlm-instruct", 24, 27, 2048, 8192, 32, 64, 49155, 1152)),
+    real=(
+        RealSize("idefics3-8b-llama3", 32, 27, 4096, 14336, 32, 128, 128259, 1152),
+        # SmolVLM-2.2B (the first SmolVLM) is an Idefics3 checkpoint
+        RealSize("smolvlm-instruct", 24, 27, 2048, 8192, 32, 64, 49155, 1152),
+    ),
 )

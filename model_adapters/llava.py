@@ -14,8 +14,22 @@ from transformers import (
     LlavaProcessor,
 )
 
-from model_adapters.common import LANGUAGE_MODEL, PRE_NORM_BLOCK, fill_grid_patches, square_grid_spans
-from model_adapters.testing import DEFAULT_WORDS, TOY_INIT, FamilySpec, RealSize, build, text_config, toy_text, word_tokenizer
+from model_adapters.common import (
+    LANGUAGE_MODEL,
+    PRE_NORM_BLOCK,
+    fill_grid_patches,
+    square_grid_spans,
+)
+from model_adapters.testing import (
+    DEFAULT_WORDS,
+    TOY_INIT,
+    FamilySpec,
+    RealSize,
+    build,
+    text_config,
+    toy_text,
+    word_tokenizer,
+)
 from vlm_lens.adapter import Adapter, register
 from vlm_lens.errors import InputError
 
@@ -38,7 +52,11 @@ ADAPTER = register(
     Adapter(
         family="llava",
         hf_classes=("LlavaForConditionalGeneration",),
-        modules={**LANGUAGE_MODEL, "vision_layers": "model.vision_tower.encoder.layers", "projector": "model.multi_modal_projector"},
+        modules={
+            **LANGUAGE_MODEL,
+            "vision_layers": "model.vision_tower.encoder.layers",
+            "projector": "model.multi_modal_projector",
+        },
         block=PRE_NORM_BLOCK,
         image_spans=image_spans,
         template=template,
@@ -50,8 +68,16 @@ ADAPTER = register(
 
 def tiny(words=DEFAULT_WORDS, *, seed=0, image_size=32, patch_size=8, text=None, vision=None, **config):
     tokenizer = word_tokenizer(words, ("<image>",))
-    vision_config = dict(model_type="clip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=2, image_size=image_size, patch_size=patch_size, projection_dim=32)
+    vision_config = dict(
+        model_type="clip_vision_model",
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=image_size,
+        patch_size=patch_size,
+        projection_dim=32,
+    )
     cfg = LlavaConfig(
         text_config=text_config(tokenizer, text, model_type="llama"),
         vision_config={**vision_config, **(vision or {})},
@@ -64,14 +90,19 @@ def tiny(words=DEFAULT_WORDS, *, seed=0, image_size=32, patch_size=8, text=None,
         size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
     )
     processor = LlavaProcessor(
-        image_processor=image_processor, tokenizer=tokenizer, patch_size=patch_size,
-        vision_feature_select_strategy="default", num_additional_image_tokens=1,
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=patch_size,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
     )
     return build(LlavaForConditionalGeneration, cfg, seed), processor
 
 
 def toy(image_size: int) -> dict:
-    vision = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2, initializer_range=TOY_INIT)
+    vision = dict(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2, initializer_range=TOY_INIT
+    )
     return dict(text=toy_text(), vision=vision, image_size=image_size, patch_size=8, initializer_range=TOY_INIT)
 
 

@@ -22,11 +22,21 @@ from transformers import (
     LlavaNextProcessor,
 )
 from transformers.image_processing_utils import select_best_resolution
-from transformers.models.llava_next.modeling_llava_next import get_anyres_image_grid_shape, unpad_image
+from transformers.models.llava_next.modeling_llava_next import (
+    get_anyres_image_grid_shape,
+    unpad_image,
+)
 
 from model_adapters.common import LANGUAGE_MODEL, PRE_NORM_BLOCK
 from model_adapters.llava import toy as llava_toy
-from model_adapters.testing import DEFAULT_WORDS, FamilySpec, RealSize, build, text_config, word_tokenizer
+from model_adapters.testing import (
+    DEFAULT_WORDS,
+    FamilySpec,
+    RealSize,
+    build,
+    text_config,
+    word_tokenizer,
+)
 from vlm_lens.adapter import Adapter, register
 from vlm_lens.errors import InputError
 from vlm_lens.spans import View, spans_from_runs
@@ -43,7 +53,7 @@ def anyres_grid(config, image_size: tuple[int, int]) -> tuple[int, int]:
     rows, cols = unpad_image(grid, torch.tensor(image_size)).shape[1:]
     aspect = getattr(config, "vision_aspect_ratio", None)
     if aspect is not None:  # as LlavaOnevisionModel.pack_image_features computes it
-        ratio = math.sqrt(rows * cols / (int(aspect.strip("anyres_max_")) * side**2))
+        ratio = math.sqrt(rows * cols / (int(aspect.removeprefix("anyres_max_")) * side**2))
         if ratio > 1.1:
             rows, cols = int(rows // ratio), int(cols // ratio)
     return rows, cols
@@ -52,17 +62,25 @@ def anyres_grid(config, image_size: tuple[int, int]) -> tuple[int, int]:
 def image_spans(config, input_ids, tensors):
     cls_free = config.vision_config.model_type.startswith("siglip")  # SigLIP has no CLS token to drop
     if config.vision_feature_select_strategy != "default" and not cls_free:
-        raise InputError(f"vision_feature_select_strategy {config.vision_feature_select_strategy!r} keeps the CLS "
-                         "token among the image tokens; image spans cover the 'default' strategy (patches only)")
+        raise InputError(
+            f"vision_feature_select_strategy {config.vision_feature_select_strategy!r} keeps the CLS "
+            "token among the image tokens; image spans cover the 'default' strategy (patches only)"
+        )
     if "image_sizes" not in tensors or tensors["pixel_values"].ndim != 5:
-        raise InputError("anyres models take pixel_values [image, crop, channel, h, w] and image_sizes; "
-                         "use model.prepare() or the model's processor")
+        raise InputError(
+            "anyres models take pixel_values [image, crop, channel, h, w] and image_sizes; "
+            "use model.prepare() or the model's processor"
+        )
     # LLaVA-OneVision crops only an item's single image: in an item with several, each is its base view and a newline
     counts = tensors.get("batch_num_images")
-    cropped = [True] * len(tensors["image_sizes"]) if counts is None else [int(n) == 1 for n in counts for _ in range(int(n))]
+    cropped = (
+        [True] * len(tensors["image_sizes"]) if counts is None else [int(n) == 1 for n in counts for _ in range(int(n))]
+    )
     side = config.vision_config.image_size // config.vision_config.patch_size
-    grids = [anyres_grid(config, tuple(int(x) for x in size)) if crop else None
-             for size, crop in zip(tensors["image_sizes"], cropped)]
+    grids = [
+        anyres_grid(config, tuple(int(x) for x in size)) if crop else None
+        for size, crop in zip(tensors["image_sizes"], cropped)
+    ]
     runs = [(side * side + (1 if grid is None else grid[0] * (grid[1] + 1)), (side, side)) for grid in grids]
     spans = spans_from_runs(input_ids, config.image_token_id, runs)
     return [[with_views(span, side, grids[span.image]) for span in item] for item in spans]
@@ -88,7 +106,11 @@ ADAPTER = register(
     Adapter(
         family="llava_next",
         hf_classes=("LlavaNextForConditionalGeneration",),
-        modules={**LANGUAGE_MODEL, "vision_layers": "model.vision_tower.encoder.layers", "projector": "model.multi_modal_projector"},
+        modules={
+            **LANGUAGE_MODEL,
+            "vision_layers": "model.vision_tower.encoder.layers",
+            "projector": "model.multi_modal_projector",
+        },
         block=PRE_NORM_BLOCK,
         image_spans=image_spans,
         template=template,
@@ -102,8 +124,16 @@ ADAPTER = register(
 def tiny(words=DEFAULT_WORDS, *, seed=0, image_size=32, patch_size=8, text=None, vision=None, **config):
     tokenizer = word_tokenizer(words, ("<image>", "[INST]", "[/INST]"))
     pinpoints = [[image_size, 2 * image_size], [2 * image_size, image_size], [2 * image_size, 2 * image_size]]
-    vision_config = dict(model_type="clip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=2, image_size=image_size, patch_size=patch_size, projection_dim=32)
+    vision_config = dict(
+        model_type="clip_vision_model",
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=image_size,
+        patch_size=patch_size,
+        projection_dim=32,
+    )
     cfg = LlavaNextConfig(
         text_config=text_config(tokenizer, text, model_type="mistral"),
         vision_config={**vision_config, **(vision or {})},
@@ -113,19 +143,27 @@ def tiny(words=DEFAULT_WORDS, *, seed=0, image_size=32, patch_size=8, text=None,
         **config,
     )
     image_processor = LlavaNextImageProcessorPil(
-        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size},
+        size={"shortest_edge": image_size},
+        crop_size={"height": image_size, "width": image_size},
         image_grid_pinpoints=pinpoints,
     )
-    processor = LlavaNextProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=patch_size,
-                                   vision_feature_select_strategy="default", num_additional_image_tokens=1)
+    processor = LlavaNextProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=patch_size,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+    )
     return build(LlavaNextForConditionalGeneration, cfg, seed), processor
 
 
 def anyres_views(image, processor, size: int, side: int) -> list[tuple[str, tuple[int, int]]]:
     """The processor's own count of an image's tokens (its pinpoint choice, unpadding and, for LLaVA-OneVision,
     anyres_max shrinking), as views: crops of ``size`` pixels, a ``side`` x ``side`` base grid."""
-    best_h, best_w = select_best_resolution([image.height, image.width], processor.image_processor.image_grid_pinpoints)
-    unpadded, rows = processor._get_unpadded_features(image.height, image.width, side, side, best_h // size, best_w // size)
+    best_h, best_w = select_best_resolution((image.height, image.width), processor.image_processor.image_grid_pinpoints)
+    unpadded, rows = processor._get_unpadded_features(
+        image.height, image.width, side, side, best_h // size, best_w // size
+    )
     return [("base", (side, side)), ("highres", (rows, unpadded // rows))]
 
 

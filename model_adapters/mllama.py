@@ -24,14 +24,28 @@ decompositions, probes, ablations, patching of text positions and self-consisten
 from __future__ import annotations
 
 import torch
-from transformers import MllamaConfig, MllamaForConditionalGeneration, MllamaImageProcessorPil, MllamaProcessor
-from transformers.models.mllama.image_processing_pil_mllama import get_all_supported_aspect_ratios
+from transformers import (
+    MllamaConfig,
+    MllamaForConditionalGeneration,
+    MllamaImageProcessorPil,
+    MllamaProcessor,
+)
+from transformers.models.mllama.image_processing_pil_mllama import (
+    get_all_supported_aspect_ratios,
+)
 
 from model_adapters.common import LANGUAGE_MODEL, PRE_NORM_BLOCK
 from model_adapters.llava import toy as llava_toy
-from model_adapters.testing import DEFAULT_WORDS, FamilySpec, RealSize, build, text_config, word_tokenizer
+from model_adapters.testing import (
+    DEFAULT_WORDS,
+    FamilySpec,
+    RealSize,
+    build,
+    text_config,
+    word_tokenizer,
+)
 from vlm_lens.adapter import Adapter, register
-from vlm_lens.errors import ImageTokenMismatchError
+from vlm_lens.errors import ImageTokenMismatchError, InputError
 from vlm_lens.spans import ImageSpan, View
 
 SPECIALS = ("<|image|>", "<|python_tag|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>")
@@ -54,8 +68,10 @@ def image_spans(config, input_ids, tensors) -> list[list[ImageSpan]]:
     cross-attention layers)."""
     pixels = tensors["pixel_values"]
     if pixels.ndim != 6:
-        raise ImageTokenMismatchError(f"pixel_values must be [batch, image, tile, channel, height, width], got shape "
-                                      f"{tuple(pixels.shape)}; use model.prepare() or the model's processor")
+        raise ImageTokenMismatchError(
+            f"pixel_values must be [batch, image, tile, channel, height, width], got shape "
+            f"{tuple(pixels.shape)}; use model.prepare() or the model's processor"
+        )
     ratios = tensors.get("aspect_ratio_ids")
     spans, image = [], 0
     for item, ids in enumerate(input_ids):
@@ -89,8 +105,16 @@ def key_spans(config, tensors) -> list[list[ImageSpan]]:
                 continue
             high, wide = supported[ratio - 1]
             first = media * max_tiles * per_tile
-            views = tuple(View("tile", tuple(range(first + t * per_tile + 1, first + (t + 1) * per_tile)), (side, side),
-                               tile=divmod(t, wide), tiles=(high, wide)) for t in range(high * wide))
+            views = tuple(
+                View(
+                    "tile",
+                    tuple(range(first + t * per_tile + 1, first + (t + 1) * per_tile)),
+                    (side, side),
+                    tile=divmod(t, wide),
+                    tiles=(high, wide),
+                )
+                for t in range(high * wide)
+            )
             item_spans.append(ImageSpan(image, first, first + max_tiles * per_tile, (side, side), views))
             image += 1
         spans.append(item_spans)
@@ -102,34 +126,47 @@ def fill_tile_patches(config, tensors: dict, span: ImageSpan, cells, fill: torch
     ``key_spans``); each is a patch of one tile."""
     pixels = tensors["pixel_values"]
     item, media = torch.nonzero(tensors["aspect_ratio_ids"] > 0)[span.image].tolist()
-    side = span.grid[0]
-    wide = span.views[0].tiles[1] * side
+    side, tiles = span.grid[0], span.views[0].tiles
+    if tiles is None:
+        raise InputError(f"image {span.image}'s tiles are not known: its patches cannot be placed")
+    wide = tiles[1] * side
     ph, pw = pixels.shape[-2] // side, pixels.shape[-1] // side
     for cell in cells:
         r, c = divmod(int(cell), wide)
         (tr, pr), (tc, pc) = divmod(r, side), divmod(c, side)
-        tile = tr * span.views[0].tiles[1] + tc
+        tile = tr * tiles[1] + tc
         pixels[item, media, tile, :, pr * ph : (pr + 1) * ph, pc * pw : (pc + 1) * pw] = fill[:, None, None]
 
 
 def template(prompt: str, n_images: int, processor) -> str:
     # meta-llama/Llama-3.2-11B-Vision-Instruct chat template (the processor puts <|begin_of_text|> first)
-    return (f"<|start_header_id|>user<|end_header_id|>\n\n{processor.image_token * n_images}{prompt}<|eot_id|>"
-            "<|start_header_id|>assistant<|end_header_id|>\n\n")
+    return (
+        f"<|start_header_id|>user<|end_header_id|>\n\n{processor.image_token * n_images}{prompt}<|eot_id|>"
+        "<|start_header_id|>assistant<|end_header_id|>\n\n"
+    )
 
 
 ADAPTER = register(
     Adapter(
         family="mllama",
         hf_classes=("MllamaForConditionalGeneration",),
-        modules={**LANGUAGE_MODEL, "vision_layers": "model.vision_model.transformer.layers",
-                 "projector": "model.multi_modal_projector"},
+        modules={
+            **LANGUAGE_MODEL,
+            "vision_layers": "model.vision_model.transformer.layers",
+            "projector": "model.multi_modal_projector",
+        },
         block=PRE_NORM_BLOCK,
         image_spans=image_spans,
         template=template,
         load_processor=MllamaProcessor.from_pretrained,
-        forward_keys=("input_ids", "attention_mask", "pixel_values", "aspect_ratio_ids", "aspect_ratio_mask",
-                      "cross_attention_mask"),
+        forward_keys=(
+            "input_ids",
+            "attention_mask",
+            "pixel_values",
+            "aspect_ratio_ids",
+            "aspect_ratio_mask",
+            "cross_attention_mask",
+        ),
         image_keys=(),  # every tensor is indexed by item: [batch, image, tile, ...]
         nested_images=True,
         cross_layers=lambda config: config.get_text_config().cross_attention_layers,
@@ -143,15 +180,27 @@ ADAPTER = register(
 
 def tiny(words=DEFAULT_WORDS, *, seed=0, image_size=32, patch_size=8, text=None, vision=None, **config):
     tokenizer = word_tokenizer(words, SPECIALS)
-    vision_config = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_global_layers=1,
-                         attention_heads=2, image_size=image_size, patch_size=patch_size, max_num_tiles=4,
-                         intermediate_layers_indices=[0, 1])
+    vision_config = dict(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_global_layers=1,
+        attention_heads=2,
+        image_size=image_size,
+        patch_size=patch_size,
+        max_num_tiles=4,
+        intermediate_layers_indices=[0, 1],
+    )
     vision_config = {**vision_config, **(vision or {})}
     # the projector reads the last layer and the intermediate ones, side by side
-    vision_config["vision_output_dim"] = vision_config["hidden_size"] * (len(vision_config["intermediate_layers_indices"]) + 1)
+    vision_config["vision_output_dim"] = vision_config["hidden_size"] * (
+        len(vision_config["intermediate_layers_indices"]) + 1
+    )
     cfg = MllamaConfig(
         # the second of two layers reads the image (Llama-3.2-11B-Vision: every fifth from layer 3)
-        text_config=text_config(tokenizer, {"cross_attention_layers": [1], **(text or {})}, model_type="mllama_text_model"),
+        text_config=text_config(
+            tokenizer, {"cross_attention_layers": [1], **(text or {})}, model_type="mllama_text_model"
+        ),
         vision_config=vision_config,
         image_token_index=tokenizer.image_token_id,
         **config,

@@ -10,10 +10,29 @@ from __future__ import annotations
 
 import math
 
-from transformers import PaliGemmaConfig, PaliGemmaForConditionalGeneration, PaliGemmaProcessor, SiglipImageProcessorPil
+from transformers import (
+    PaliGemmaConfig,
+    PaliGemmaForConditionalGeneration,
+    PaliGemmaProcessor,
+    SiglipImageProcessorPil,
+)
 
-from model_adapters.common import LANGUAGE_MODEL, PRE_NORM_BLOCK, fill_grid_patches, square_grid_spans
-from model_adapters.testing import DEFAULT_WORDS, TOY_INIT, FamilySpec, RealSize, build, text_config, toy_text, word_tokenizer
+from model_adapters.common import (
+    LANGUAGE_MODEL,
+    PRE_NORM_BLOCK,
+    fill_grid_patches,
+    square_grid_spans,
+)
+from model_adapters.testing import (
+    DEFAULT_WORDS,
+    TOY_INIT,
+    FamilySpec,
+    RealSize,
+    build,
+    text_config,
+    toy_text,
+    word_tokenizer,
+)
 from vlm_lens.adapter import Adapter, register
 
 
@@ -26,7 +45,11 @@ ADAPTER = register(
     Adapter(
         family="paligemma",
         hf_classes=("PaliGemmaForConditionalGeneration",),
-        modules={**LANGUAGE_MODEL, "vision_layers": "model.vision_tower.encoder.layers", "projector": "model.multi_modal_projector"},
+        modules={
+            **LANGUAGE_MODEL,
+            "vision_layers": "model.vision_tower.encoder.layers",
+            "projector": "model.multi_modal_projector",
+        },
         block=PRE_NORM_BLOCK,
         image_spans=square_grid_spans,
         template=template,
@@ -47,8 +70,15 @@ def tiny(words=DEFAULT_WORDS, *, seed=0, image_size=32, patch_size=8, text=None,
     image_processor.image_seq_length = (image_size // patch_size) ** 2
     processor = PaliGemmaProcessor(image_processor=image_processor, tokenizer=tokenizer)  # adds <image> etc.
     text_cfg = text_config(tokenizer, text, model_type="gemma", num_key_value_heads=1, head_dim=16)
-    vision_config = dict(model_type="siglip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=2, image_size=image_size, patch_size=patch_size)
+    vision_config = dict(
+        model_type="siglip_vision_model",
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=image_size,
+        patch_size=patch_size,
+    )
     cfg = PaliGemmaConfig(
         text_config=text_cfg,
         vision_config={**vision_config, **(vision or {})},
@@ -60,9 +90,16 @@ def tiny(words=DEFAULT_WORDS, *, seed=0, image_size=32, patch_size=8, text=None,
 
 
 def toy(image_size: int) -> dict:
-    vision = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2, initializer_range=TOY_INIT)
-    return dict(text=toy_text(num_key_value_heads=1, head_dim=32), vision=vision, image_size=image_size, patch_size=8,
-                initializer_range=TOY_INIT)
+    vision = dict(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2, initializer_range=TOY_INIT
+    )
+    return dict(
+        text=toy_text(num_key_value_heads=1, head_dim=32),
+        vision=vision,
+        image_size=image_size,
+        patch_size=8,
+        initializer_range=TOY_INIT,
+    )
 
 
 SPEC = FamilySpec(

@@ -8,11 +8,30 @@ The pieces here (spans, template, image-only processor, tiny builder) serve Qwen
 
 from __future__ import annotations
 
-from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLImageProcessorPil, Qwen2VLProcessor
+from transformers import (
+    Qwen2VLConfig,
+    Qwen2VLForConditionalGeneration,
+    Qwen2VLImageProcessorPil,
+    Qwen2VLProcessor,
+)
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
 
-from model_adapters.common import LANGUAGE_MODEL, PRE_NORM_BLOCK, fill_merged_patches, image_only
-from model_adapters.testing import DEFAULT_WORDS, TOY_INIT, FamilySpec, RealSize, build, text_config, toy_text, word_tokenizer
+from model_adapters.common import (
+    LANGUAGE_MODEL,
+    PRE_NORM_BLOCK,
+    fill_merged_patches,
+    image_only,
+)
+from model_adapters.testing import (
+    DEFAULT_WORDS,
+    TOY_INIT,
+    FamilySpec,
+    RealSize,
+    build,
+    text_config,
+    toy_text,
+    word_tokenizer,
+)
 from vlm_lens.adapter import Adapter, register
 from vlm_lens.errors import InputError
 from vlm_lens.inputs import spans_from_runs
@@ -50,7 +69,9 @@ def template(prompt: str, n_images: int, processor) -> str:
     )
 
 
-def qwen_adapter(family: str, hf_class: str, load_processor, projector: str = "model.visual.merger", **fields) -> Adapter:
+def qwen_adapter(
+    family: str, hf_class: str, load_processor, projector: str = "model.visual.merger", **fields
+) -> Adapter:
     """The Qwen-VL families share their module tree and image layout."""
     return Adapter(
         family=family,
@@ -69,18 +90,37 @@ def qwen_adapter(family: str, hf_class: str, load_processor, projector: str = "m
 
 
 ADAPTER = register(
-    qwen_adapter("qwen2_vl", "Qwen2VLForConditionalGeneration", Qwen2VLImageProcessor.from_pretrained,
-                 vision_width="embed_dim")  # Qwen2-VL's vision hidden_size is the merger's output
+    qwen_adapter(
+        "qwen2_vl", "Qwen2VLForConditionalGeneration", Qwen2VLImageProcessor.from_pretrained, vision_width="embed_dim"
+    )  # Qwen2-VL's vision hidden_size is the merger's output
 )
 
 
-def tiny_qwen(config_class, model_class, processor_class, text_model_type, vision_config, *, words, seed, patch_size,
-              min_pixels, max_pixels, text, vision, **config):
+def tiny_qwen(
+    config_class,
+    model_class,
+    processor_class,
+    text_model_type,
+    vision_config,
+    *,
+    words,
+    seed,
+    patch_size,
+    min_pixels,
+    max_pixels,
+    text,
+    vision,
+    **config,
+):
     """A tiny Qwen-VL model: M-RoPE language model, merged-patch tower, image-only processor."""
     tokenizer = word_tokenizer(words, SPECIALS)
     ids = tokenizer.convert_tokens_to_ids
-    text_cfg = text_config(tokenizer, text, model_type=text_model_type,
-                           rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]})
+    text_cfg = text_config(
+        tokenizer,
+        text,
+        model_type=text_model_type,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
+    )
     cfg = config_class(
         text_config=text_cfg,
         vision_config={**vision_config(text_cfg["hidden_size"], patch_size), **(vision or {})},
@@ -91,27 +131,66 @@ def tiny_qwen(config_class, model_class, processor_class, text_model_type, visio
         **config,
     )
     image_processor = Qwen2VLImageProcessorPil(
-        patch_size=patch_size, merge_size=2, temporal_patch_size=2,
+        patch_size=patch_size,
+        merge_size=2,
+        temporal_patch_size=2,
         size={"shortest_edge": min_pixels, "longest_edge": max_pixels},
     )
     return build(model_class, cfg, seed), processor_class(image_processor=image_processor, tokenizer=tokenizer)
 
 
-def tiny(words=DEFAULT_WORDS, *, seed=0, patch_size=4, min_pixels=16 * 16, max_pixels=32 * 32, text=None, vision=None, **config):
+def tiny(
+    words=DEFAULT_WORDS,
+    *,
+    seed=0,
+    patch_size=4,
+    min_pixels=16 * 16,
+    max_pixels=32 * 32,
+    text=None,
+    vision=None,
+    **config,
+):
     def vision_config(hidden, patch):
-        return dict(depth=2, embed_dim=32, hidden_size=hidden, num_heads=2, mlp_ratio=2, patch_size=patch,
-                    spatial_merge_size=2, temporal_patch_size=2, in_chans=3)
+        return dict(
+            depth=2,
+            embed_dim=32,
+            hidden_size=hidden,
+            num_heads=2,
+            mlp_ratio=2,
+            patch_size=patch,
+            spatial_merge_size=2,
+            temporal_patch_size=2,
+            in_chans=3,
+        )
 
-    return tiny_qwen(Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLImageProcessor, "qwen2_vl_text", vision_config,
-                     words=words, seed=seed, patch_size=patch_size, min_pixels=min_pixels, max_pixels=max_pixels,
-                     text=text, vision=vision, **config)
+    return tiny_qwen(
+        Qwen2VLConfig,
+        Qwen2VLForConditionalGeneration,
+        Qwen2VLImageProcessor,
+        "qwen2_vl_text",
+        vision_config,
+        words=words,
+        seed=seed,
+        patch_size=patch_size,
+        min_pixels=min_pixels,
+        max_pixels=max_pixels,
+        text=text,
+        vision=vision,
+        **config,
+    )
 
 
 def toy(image_size: int) -> dict:
     text = toy_text(rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [4, 6, 6]})
     vision = dict(embed_dim=64, num_heads=2, depth=2, initializer_range=TOY_INIT)
-    return dict(text=text, vision=vision, patch_size=4, min_pixels=image_size**2, max_pixels=image_size**2,
-                initializer_range=TOY_INIT)
+    return dict(
+        text=text,
+        vision=vision,
+        patch_size=4,
+        min_pixels=image_size**2,
+        max_pixels=image_size**2,
+        initializer_range=TOY_INIT,
+    )
 
 
 def expected_grid(image, processor) -> tuple[int, int]:

@@ -13,7 +13,11 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration, Qwen3VLProcessor
+from transformers import (
+    Qwen3VLConfig,
+    Qwen3VLForConditionalGeneration,
+    Qwen3VLProcessor,
+)
 
 from model_adapters.common import image_only
 from model_adapters.qwen2_vl import SPEC as QWEN2_VL_SPEC
@@ -24,31 +28,74 @@ from vlm_lens.adapter import register
 Qwen3VLImageProcessor = image_only(Qwen3VLProcessor)
 
 ADAPTER = register(
-    qwen_adapter("qwen3_vl", "Qwen3VLForConditionalGeneration", Qwen3VLImageProcessor.from_pretrained,
-                 projector="model.visual.merger",
-                 injected_layers=lambda config: range(len(config.vision_config.deepstack_visual_indexes)))
+    qwen_adapter(
+        "qwen3_vl",
+        "Qwen3VLForConditionalGeneration",
+        Qwen3VLImageProcessor.from_pretrained,
+        projector="model.visual.merger",
+        injected_layers=lambda config: range(len(config.vision_config.deepstack_visual_indexes)),
+    )
 )
 
 ROPE = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3], "mrope_interleaved": True}
 
 
-def tiny(words=DEFAULT_WORDS, *, seed=0, patch_size=4, min_pixels=16 * 16, max_pixels=32 * 32, text=None, vision=None, **config):
+def tiny(
+    words=DEFAULT_WORDS,
+    *,
+    seed=0,
+    patch_size=4,
+    min_pixels=16 * 16,
+    max_pixels=32 * 32,
+    text=None,
+    vision=None,
+    **config,
+):
     def vision_config(hidden, patch):
         # DeepStack from the tower's layer 0, added after language layer 0
-        return dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=hidden, patch_size=patch,
-                    spatial_merge_size=2, temporal_patch_size=2, in_channels=3, deepstack_visual_indexes=[0],
-                    num_position_embeddings=64)
+        return dict(
+            depth=2,
+            hidden_size=32,
+            intermediate_size=64,
+            num_heads=2,
+            out_hidden_size=hidden,
+            patch_size=patch,
+            spatial_merge_size=2,
+            temporal_patch_size=2,
+            in_channels=3,
+            deepstack_visual_indexes=[0],
+            num_position_embeddings=64,
+        )
 
-    return tiny_qwen(Qwen3VLConfig, Qwen3VLForConditionalGeneration, Qwen3VLImageProcessor, "qwen3_vl_text",
-                     vision_config, words=words, seed=seed, patch_size=patch_size, min_pixels=min_pixels,
-                     max_pixels=max_pixels, text={"head_dim": 16, "rope_parameters": ROPE, **(text or {})},
-                     vision=vision, **config)
+    return tiny_qwen(
+        Qwen3VLConfig,
+        Qwen3VLForConditionalGeneration,
+        Qwen3VLImageProcessor,
+        "qwen3_vl_text",
+        vision_config,
+        words=words,
+        seed=seed,
+        patch_size=patch_size,
+        min_pixels=min_pixels,
+        max_pixels=max_pixels,
+        text={"head_dim": 16, "rope_parameters": ROPE, **(text or {})},
+        vision=vision,
+        **config,
+    )
 
 
 def toy(image_size: int) -> dict:
-    return {**QWEN2_VL_SPEC.toy(image_size), "text": None,
-            "vision": dict(hidden_size=64, intermediate_size=128, num_heads=2, depth=2)}
+    return {
+        **QWEN2_VL_SPEC.toy(image_size),
+        "text": None,
+        "vision": dict(hidden_size=64, intermediate_size=128, num_heads=2, depth=2),
+    }
 
 
-SPEC = replace(QWEN2_VL_SPEC, family="qwen3_vl", tiny=tiny, toy=toy,
-               real=(RealSize("qwen3-vl-8b-instruct", 36, 27, 4096, 12288, 32, 128, 151936, 1152),))
+SPEC = replace(
+    QWEN2_VL_SPEC,
+    family="qwen3_vl",
+    tiny=tiny,
+    toy=toy,
+    real=(RealSize("qwen3-vl-8b-instruct", 36, 27, 4096, 12288, 32, 128, 151936, 1152),),
+)

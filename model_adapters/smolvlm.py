@@ -8,16 +8,32 @@ runs on the Idefics3 adapter. Images only: the video path is not mapped.
 
 from __future__ import annotations
 
-from transformers import SmolVLMConfig, SmolVLMForConditionalGeneration, SmolVLMImageProcessorPil, SmolVLMProcessor
+from typing import Any, no_type_check
+
+from transformers import (
+    SmolVLMConfig,
+    SmolVLMForConditionalGeneration,
+    SmolVLMImageProcessorPil,
+    SmolVLMProcessor,
+)
 
 from model_adapters.common import image_only
-from model_adapters.idefics3 import adapter, expected_views, tile_grid, tile_pixels, tiny_parts
+from model_adapters.idefics3 import (
+    adapter,
+    expected_views,
+    tile_grid,
+    tile_pixels,
+    tiny_parts,
+)
 from model_adapters.llava import toy as llava_toy
 from model_adapters.testing import DEFAULT_WORDS, FamilySpec, RealSize, build
 from vlm_lens.adapter import register
 
+_ImagesOnly: Any = image_only(SmolVLMProcessor, "SmolVLMImagesOnlyBase")
 
-class SmolVLMImageProcessor(image_only(SmolVLMProcessor, "SmolVLMImagesOnlyBase")):
+
+@no_type_check  # transformers reads its settings back from __init__'s own code: left unwrapped
+class SmolVLMImageProcessor(_ImagesOnly):
     """SmolVLM's processor for images only, its arguments spelled out (transformers reads saved settings back by the
     names in ``__init__``'s code)."""
 
@@ -30,13 +46,23 @@ def template(prompt: str, n_images: int, processor) -> str:
     return f"<|im_start|>User:{processor.image_token * n_images}{prompt}<end_of_utterance>\nAssistant:"
 
 
-ADAPTER = register(adapter("smolvlm", "SmolVLMForConditionalGeneration", SmolVLMImageProcessor.from_pretrained,
-                           template))
+ADAPTER = register(
+    adapter("smolvlm", "SmolVLMForConditionalGeneration", SmolVLMImageProcessor.from_pretrained, template)
+)
 
 
 def tiny(words=DEFAULT_WORDS, *, seed=0, image_size=32, patch_size=4, text=None, vision=None, **config):
-    tokenizer, cfg, image_processor, per_tile = tiny_parts(SmolVLMConfig, SmolVLMImageProcessorPil, words, image_size,
-                                                           patch_size, text, vision, config, specials=("<|im_start|>",))
+    tokenizer, cfg, image_processor, per_tile = tiny_parts(
+        SmolVLMConfig,
+        SmolVLMImageProcessorPil,
+        words,
+        image_size,
+        patch_size,
+        text,
+        vision,
+        config,
+        specials=("<|im_start|>",),
+    )
     processor = SmolVLMImageProcessor(image_processor=image_processor, tokenizer=tokenizer, image_seq_len=per_tile)
     return build(SmolVLMForConditionalGeneration, cfg, seed), processor
 

@@ -27,8 +27,33 @@ from transformers import PreTrainedTokenizerFast
 # Words of the families' prompt templates, so templated prompts tokenize without <unk>.
 TEMPLATE_WORDS = ("USER", ":", "ASSISTANT", "system", "user", "assistant", "You", "are", "a", "helpful", ".")
 DEFAULT_WORDS = (
-    "is", "there", "the", "in", "image", "?", "yes", "no", "how", "many", "what", "colour", "of", "left",
-    "above", "red", "green", "blue", "square", "circle", "triangle", "0", "1", "2", "3", "4", "5",
+    "is",
+    "there",
+    "the",
+    "in",
+    "image",
+    "?",
+    "yes",
+    "no",
+    "how",
+    "many",
+    "what",
+    "colour",
+    "of",
+    "left",
+    "above",
+    "red",
+    "green",
+    "blue",
+    "square",
+    "circle",
+    "triangle",
+    "0",
+    "1",
+    "2",
+    "3",
+    "4",
+    "5",
 )
 
 
@@ -68,8 +93,9 @@ class FamilySpec:
     crop_pixels: Callable[[Any], int] | None = None
 
 
-def word_tokenizer(words: Sequence[str], specials: Sequence[str] = (), named: dict[str, str] | None = None
-                   ) -> PreTrainedTokenizerFast:
+def word_tokenizer(
+    words: Sequence[str], specials: Sequence[str] = (), named: dict[str, str] | None = None
+) -> PreTrainedTokenizerFast:
     """A whitespace/punctuation word-level tokenizer: <pad>=0, <unk>=1, <s>=2, </s>=3, specials, words.
     ``specials[0]`` is its ``image_token``; ``named`` gives more of them by attribute (Gemma 3's ``boi_token``)."""
     vocab: dict[str, int] = {}
@@ -93,9 +119,17 @@ def word_tokenizer(words: Sequence[str], specials: Sequence[str] = (), named: di
 def text_config(tokenizer, overrides: dict | None, **defaults) -> dict:
     """A tiny language model's config: 2 layers of width 64, the tokenizer's vocabulary and special ids."""
     base = dict(
-        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-        vocab_size=len(tokenizer), max_position_embeddings=512, initializer_range=0.02,
-        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=len(tokenizer),
+        max_position_embeddings=512,
+        initializer_range=0.02,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
     )
     return {**base, **defaults, **(overrides or {})}
 
@@ -110,5 +144,14 @@ TOY_INIT = 0.1  # HF's default 0.02 leaves models this small at chance (measured
 
 def toy_text(**family) -> dict:
     """The zoo toys' language model: 4 layers of width 128 (family-specific extras merged in)."""
-    return {**dict(hidden_size=128, intermediate_size=256, num_hidden_layers=4, num_attention_heads=4,
-                   num_key_value_heads=4, initializer_range=TOY_INIT), **family}
+    return {
+        **dict(
+            hidden_size=128,
+            intermediate_size=256,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+            initializer_range=TOY_INIT,
+        ),
+        **family,
+    }

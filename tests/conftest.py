@@ -80,5 +80,7 @@ def cross_grid_by_hand(model, inputs, item, row):
     for tr in range(high):
         for tc in range(wide):
             first = (tr * wide + tc) * (side * side + 1) + 1
-            out[tr * side:(tr + 1) * side, tc * side:(tc + 1) * side] = row[first:first + side * side].reshape(side, side).numpy()
+            out[tr * side : (tr + 1) * side, tc * side : (tc + 1) * side] = (
+                row[first : first + side * side].reshape(side, side).numpy()
+            )
     return out

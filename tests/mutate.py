@@ -34,8 +34,19 @@ TARGETS = {
     "vlm_lens/spans.py": ["tests/test_spans.py", "tests/test_views.py"],
     "analyses/study/config.py": ["tests/test_settings_contract.py"],
 }
-SWAPS = {ast.Lt: ast.LtE, ast.LtE: ast.Lt, ast.Gt: ast.GtE, ast.GtE: ast.Gt, ast.Eq: ast.NotEq, ast.NotEq: ast.Eq,
-         ast.Add: ast.Sub, ast.Sub: ast.Add, ast.Mult: ast.Div, ast.And: ast.Or, ast.Or: ast.And}
+SWAPS = {
+    ast.Lt: ast.LtE,
+    ast.LtE: ast.Lt,
+    ast.Gt: ast.GtE,
+    ast.GtE: ast.Gt,
+    ast.Eq: ast.NotEq,
+    ast.NotEq: ast.Eq,
+    ast.Add: ast.Sub,
+    ast.Sub: ast.Add,
+    ast.Mult: ast.Div,
+    ast.And: ast.Or,
+    ast.Or: ast.And,
+}
 
 
 @dataclass(frozen=True)
@@ -90,9 +101,13 @@ def killed(mutant: Mutant) -> bool:
     try:
         path.write_text(_mutated_source(original, mutant.index))
         # no bytecode written: a mutant's .pyc must never outlive it
-        run = subprocess.run([sys.executable, "-B", "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
-                              *TARGETS[mutant.file]], cwd=ROOT, capture_output=True, text=True,
-                             env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+        run = subprocess.run(
+            [sys.executable, "-B", "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *TARGETS[mutant.file]],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+        )
         return run.returncode != 0
     finally:
         path.write_text(original)
@@ -117,7 +132,10 @@ def main() -> int:
     survivors = []
     for i, mutant in enumerate(mutants, 1):
         dead = killed(mutant)
-        print(f"[{i}/{len(mutants)}] {'killed  ' if dead else 'SURVIVED'} {mutant.file}:{mutant.line} {mutant.what}", flush=True)
+        print(
+            f"[{i}/{len(mutants)}] {'killed  ' if dead else 'SURVIVED'} {mutant.file}:{mutant.line} {mutant.what}",
+            flush=True,
+        )
         if not dead:
             survivors.append(mutant)
     score = (len(mutants) - len(survivors)) / len(mutants)

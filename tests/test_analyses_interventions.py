@@ -8,13 +8,13 @@ import torch
 from scipy import stats
 
 from analyses import evaluation as E
-from analyses.data.examples import shapes_examples
 from analyses import interventions as I
 from analyses import patch_masking as PM
 from analyses import patching as P
-from vlm_lens.errors import InputError, UnsupportedModelError
+from analyses.data.examples import shapes_examples
 from analyses.stats import paired_bootstrap_diff
 from tests.conftest import PROMPTS, make_images
+from vlm_lens.errors import InputError, UnsupportedModelError
 
 
 def raw(model, inputs, path, fn, pre=False):
@@ -22,7 +22,9 @@ def raw(model, inputs, path, fn, pre=False):
     if pre:
         handle = module.register_forward_pre_hook(lambda m, args: (fn(args[0]), *args[1:]))
     else:
-        handle = module.register_forward_hook(lambda m, a, out: (fn(out[0]), *out[1:]) if isinstance(out, tuple) else fn(out))
+        handle = module.register_forward_hook(
+            lambda m, a, out: (fn(out[0]), *out[1:]) if isinstance(out, tuple) else fn(out)
+        )
     try:
         with torch.no_grad():
             return model.hf_model(**inputs.tensors).logits
@@ -75,7 +77,9 @@ def test_random_neurons_are_seeded_and_avoid_excluded(model):
 
 def test_interventions_are_data():
     a = I.neurons(2, [5, 1], "clamp", value=3.0)
-    assert a == I.Neurons(layer=2, indices=(5, 1), mode="clamp", value=3.0) and hash(a) == hash(I.neurons(2, (5, 1), "clamp", 3.0))
+    assert a == I.Neurons(layer=2, indices=(5, 1), mode="clamp", value=3.0) and hash(a) == hash(
+        I.neurons(2, (5, 1), "clamp", 3.0)
+    )
     combined = a + I.mlp_bypass(1, "image") + I.NOTHING
     assert combined.parts == (a, I.MLPBypass(1, "image"))
     assert combined.name == "clamp 2 neurons @L2 + bypass MLP @L1 (image)"
@@ -143,10 +147,12 @@ def test_attention_knockout_equals_masking_before_softmax(model, inputs, eager_h
         return (out, *output[1:])
 
     layers = eager_hf.get_submodule(model.adapter.modules["layers"])
-    handles = [layer.get_submodule(model.adapter.block_at(model.hf_model.config, l)["attn"]).register_forward_hook(silence)
-               if l in model.cfg.cross_layers else
-               layer.get_submodule(model.adapter.block["attn"]).register_forward_pre_hook(block_image, with_kwargs=True)
-               for l, layer in enumerate(layers)]
+    handles = [
+        layer.get_submodule(model.adapter.block_at(model.hf_model.config, l)["attn"]).register_forward_hook(silence)
+        if l in model.cfg.cross_layers
+        else layer.get_submodule(model.adapter.block["attn"]).register_forward_pre_hook(block_image, with_kwargs=True)
+        for l, layer in enumerate(layers)
+    ]
     try:
         with torch.no_grad():
             expected = eager_hf(**inputs.tensors).logits
@@ -176,7 +182,9 @@ def test_token_patch_mask_equals_raw_embedding_edit(model, inputs):
                 hidden = []
                 for c in item_cells:
                     r, col = divmod(c, wide[item] * side)
-                    hidden.append((r // side * wide[item] + col // side) * (side * side + 1) + 1 + r % side * side + col % side)
+                    hidden.append(
+                        (r // side * wide[item] + col // side) * (side * side + 1) + 1 + r % side * side + col % side
+                    )
                 per_item[item, hidden] = per_item[item, patches].mean(0)
             assert tiles * (side * side + 1) == per_item.shape[1]
             return x
@@ -254,14 +262,18 @@ def test_paired_bootstrap_against_scipy():
     before = rng.random(300) < 0.7
     after = before & (rng.random(300) < 0.85)
     est = paired_bootstrap_diff(before, after, n_resamples=10_000, seed=0)
-    ref = stats.bootstrap((after.astype(float) - before,), np.mean, n_resamples=10_000, method="percentile", random_state=0)
+    ref = stats.bootstrap(
+        (after.astype(float) - before,), np.mean, n_resamples=10_000, method="percentile", random_state=0
+    )
     assert est.value == pytest.approx(after.mean() - before.mean())
     assert est.ci == pytest.approx((ref.confidence_interval.low, ref.confidence_interval.high), abs=0.01)
 
 
 def test_evaluate_intervention_table(model):
     examples = shapes_examples(12, seed=3)
-    table = E.evaluate_intervention(model, examples, I.mlp_bypass(0), control=I.neurons(0, [1], "scale", value=1.0), n_resamples=200)
+    table = E.evaluate_intervention(
+        model, examples, I.mlp_bypass(0), control=I.neurons(0, [1], "scale", value=1.0), n_resamples=200
+    )
     assert set(table.condition) == {"bypass MLP @L0 (all)", "scale 1 neurons @L0"}
     control = table[(table.condition == "scale 1 neurons @L0") & (table.type == "all")].iloc[0]
     assert control["diff"] == 0 and control.acc_before == control.acc_after
@@ -279,27 +291,33 @@ def test_causal_trace_restoring_the_last_state_gives_the_clean_answer(model):
     assert spans.effects.shape == (model.cfg.n_layers, 1)
 
 
-@pytest.mark.parametrize("make, says", [
-    (lambda m: I.neurons(0, [m.cfg.d_mlp], "zero"), r"neuron indices \[\d+\] outside the model's \d+ MLP neurons"),
-    (lambda m: I.neurons(0, [m.cfg.d_model], "zero", site="resid"), r"outside the model's \d+ residual units"),
-    (lambda m: I.neurons(m.cfg.n_layers, [0], "zero"), r"layer \[\d+\] outside the model's \d+ language layers"),
-    (lambda m: I.HeadAblation(0, (m.cfg.n_heads,)), r"heads \[\d+\] outside the model's \d+ attention heads"),
-    (lambda m: I.mlp_bypass(m.cfg.n_layers), r"outside the model's \d+ language layers"),
-    (lambda m: I.attention_knockout([0], query_positions=[-10_000]), r"query positions \[-10000\] fall outside"),
-    (lambda m: I.image_embedding_edit([[0]]), r"positions for 1 items, but the batch has 2"),
-])
+@pytest.mark.parametrize(
+    "make, says",
+    [
+        (lambda m: I.neurons(0, [m.cfg.d_mlp], "zero"), r"neuron indices \[\d+\] outside the model's \d+ MLP neurons"),
+        (lambda m: I.neurons(0, [m.cfg.d_model], "zero", site="resid"), r"outside the model's \d+ residual units"),
+        (lambda m: I.neurons(m.cfg.n_layers, [0], "zero"), r"layer \[\d+\] outside the model's \d+ language layers"),
+        (lambda m: I.HeadAblation(0, (m.cfg.n_heads,)), r"heads \[\d+\] outside the model's \d+ attention heads"),
+        (lambda m: I.mlp_bypass(m.cfg.n_layers), r"outside the model's \d+ language layers"),
+        (lambda m: I.attention_knockout([0], query_positions=[-10_000]), r"query positions \[-10000\] fall outside"),
+        (lambda m: I.image_embedding_edit([[0]]), r"positions for 1 items, but the batch has 2"),
+    ],
+)
 def test_indices_outside_the_model_are_refused_before_a_hook_runs(model, inputs, make, says):
     with pytest.raises(InputError, match=says):
         make(model).hooks(model, inputs)
 
 
-@pytest.mark.parametrize("make, says", [
-    (lambda: I.neurons(0, [-1], "zero"), "must be non-negative"),
-    (lambda: I.neurons(0, [1.7], "zero"), "must be whole numbers, got 1.7"),
-    (lambda: I.HeadAblation(0, (-2,)), "heads must be non-negative"),
-    (lambda: I.image_embedding_edit([[-1]]), "positions must be non-negative"),
-    (lambda: I.neurons(0, [1], "clamp"), "needs a value"),
-])
+@pytest.mark.parametrize(
+    "make, says",
+    [
+        (lambda: I.neurons(0, [-1], "zero"), "must be non-negative"),
+        (lambda: I.neurons(0, [1.7], "zero"), "must be whole numbers, got 1.7"),
+        (lambda: I.HeadAblation(0, (-2,)), "heads must be non-negative"),
+        (lambda: I.image_embedding_edit([[-1]]), "positions must be non-negative"),
+        (lambda: I.neurons(0, [1], "clamp"), "needs a value"),
+    ],
+)
 def test_negative_or_fractional_indices_are_refused_not_reinterpreted(make, says):
     with pytest.raises(InputError, match=says):
         make()

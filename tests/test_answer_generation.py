@@ -15,8 +15,9 @@ STEPS = 4
 
 
 def _hf_greedy(model, inputs, stop):
-    out = model.hf_model.generate(**inputs.tensors, max_new_tokens=STEPS, do_sample=False, eos_token_id=[stop],
-                                  pad_token_id=stop)
+    out = model.hf_model.generate(
+        **inputs.tensors, max_new_tokens=STEPS, do_sample=False, eos_token_id=[stop], pad_token_id=stop
+    )
     return out[:, inputs.input_ids.shape[1] :].tolist()
 
 
@@ -57,19 +58,25 @@ def test_generated_answers_match_hf_and_a_teacher_forced_forward(model, images):
         assert generated.geometric_mean[item] == pytest.approx(float(logprobs.mean().exp()), rel=1e-4)
         # Eq. 1: the map averaged over heads and the answer tokens, then its entropy
         if cross:  # the keys are the image's tiles: laid on the picture by hand
-            entropy = [spatial_entropy(cross_grid_by_hand(model, single, 0, cache["pattern_rows", l][0].float().mean((0, 1))))
-                       for l in layers]
+            entropy = [
+                spatial_entropy(cross_grid_by_hand(model, single, 0, cache["pattern_rows", l][0].float().mean((0, 1))))
+                for l in layers
+            ]
         else:
             span = single.image_spans[0][0]
             keys = list(span.base.positions)  # a multi-crop image: its base view
-            entropy = [spatial_entropy(cache["pattern_rows", l][0][:, :, keys].float().mean((0, 1)).reshape(span.base.grid).numpy())
-                       for l in layers]
+            entropy = [
+                spatial_entropy(
+                    cache["pattern_rows", l][0][:, :, keys].float().mean((0, 1)).reshape(span.base.grid).numpy()
+                )
+                for l in layers
+            ]
         np.testing.assert_allclose(maps[item][1], entropy, rtol=1e-4)
 
 
 def test_an_answer_stops_at_its_stop_token_and_is_scored_whole():
-    from vlm_lens import HookedVLM
     from analyses.data.examples import shapes_examples
+    from vlm_lens import HookedVLM
 
     model = HookedVLM.from_pretrained("toy-llava")
     examples = shapes_examples(4, 1)
@@ -85,8 +92,8 @@ def test_an_answer_stops_at_its_stop_token_and_is_scored_whole():
 def test_spatial_entropy_of_the_answer_tokens_mean_map_by_hand():
     """Two answer tokens, each all on a different patch: Eq. 1 reads the averaged map (two patches, log 2), where
     the mean of per-token entropies would read 0."""
-    from vlm_lens import HookedVLM
     from analyses.data.examples import shapes_examples
+    from vlm_lens import HookedVLM
 
     model = HookedVLM.from_pretrained("toy-llava")
     example = shapes_examples(1, 3)[0]
@@ -99,7 +106,7 @@ def test_spatial_entropy_of_the_answer_tokens_mean_map_by_hand():
         steps.append({f"blocks.{l}.attn.hook_pattern_rows": row for l in range(model.cfg.n_layers)})
     at = answers.AnswerActivations(torch.zeros(1, 8), {}, inputs, model.vocab)
     generated = answers.GeneratedAnswers([[11, 12]], ["two tokens"], [[0.5, 0.5]], at, steps)
-    (grid, entropy), = answer_token_attention(generated)
+    ((grid, entropy),) = answer_token_attention(generated)
     np.testing.assert_allclose(entropy, np.log(2), rtol=1e-6)
     assert grid[0].ravel()[[0, 5]].tolist() == [0.5, 0.5]
 

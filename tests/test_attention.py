@@ -26,7 +26,10 @@ def test_rows_equal_eager_attentions_at_image_columns(model, inputs, eager_hf):
         rows = cache["pattern_rows", layer]
         cross = layer in model.cfg.cross_layers  # keys: the image's tile patches, not the sequence's positions
         keys = ref[layer].shape[-1] if cross else inputs.input_ids.shape[1]
-        assert rows.shape == (inputs.batch_size, model.cfg.n_heads, 1, keys) and (keys != inputs.input_ids.shape[1]) == cross
+        assert (
+            rows.shape == (inputs.batch_size, model.cfg.n_heads, 1, keys)
+            and (keys != inputs.input_ids.shape[1]) == cross
+        )
         for item in range(inputs.batch_size):
             if not cross:
                 cols = inputs.image_positions(item)
@@ -39,8 +42,9 @@ def test_rows_at_chosen_positions(model, inputs, eager_hf):
     ref = eager_attentions(eager_hf, inputs)
     middle = inputs.input_ids.shape[1] // 2  # an absolute position
     with torch.no_grad():
-        _, cache = model.run_with_cache(inputs, names_filter=lambda n: n.endswith("attn.hook_pattern_rows"),
-                                        query_positions=[-1, -3, middle])
+        _, cache = model.run_with_cache(
+            inputs, names_filter=lambda n: n.endswith("attn.hook_pattern_rows"), query_positions=[-1, -3, middle]
+        )
     last = inputs.last_positions()
     for layer in range(model.cfg.n_layers):  # every layer: sliding-window layers (Gemma 3) read their own mask
         for item in range(inputs.batch_size):
@@ -54,8 +58,11 @@ def test_full_pattern_equals_eager_at_real_rows(model, inputs, eager_hf):
         _, cache = model.run_with_cache(inputs, names_filter=lambda n: n.endswith("attn.hook_pattern"))
     real = inputs.attention_mask.bool()
     for layer in range(model.cfg.n_layers):
-        assert torch.allclose(cache["pattern", layer][real.nonzero(as_tuple=True)[0], :, real.nonzero(as_tuple=True)[1]],
-                              ref[layer][real.nonzero(as_tuple=True)[0], :, real.nonzero(as_tuple=True)[1]], atol=ATOL)
+        assert torch.allclose(
+            cache["pattern", layer][real.nonzero(as_tuple=True)[0], :, real.nonzero(as_tuple=True)[1]],
+            ref[layer][real.nonzero(as_tuple=True)[0], :, real.nonzero(as_tuple=True)[1]],
+            atol=ATOL,
+        )
 
 
 def test_default_cache_leaves_full_pattern_out(model, inputs):
@@ -122,7 +129,9 @@ def test_sliding_window_layers_rows_in_prefill_and_generation(family):
         tensors = {**inputs.tensors, "input_ids": generated, "attention_mask": torch.ones_like(generated)}
         for key in ("token_type_ids",):
             if key in tensors:
-                extra = torch.full((1, generated.shape[1] - inputs.input_ids.shape[1]), model.adapter.answer_token_types.get(key, 0))
+                extra = torch.full(
+                    (1, generated.shape[1] - inputs.input_ids.shape[1]), model.adapter.answer_token_types.get(key, 0)
+                )
                 tensors[key] = torch.cat([inputs.tensors[key], extra], 1)
         ref = eager(**tensors, output_attentions=True).attentions
     last = inputs.input_ids.shape[1] - 1
@@ -131,5 +140,7 @@ def test_sliding_window_layers_rows_in_prefill_and_generation(family):
             row = rows[step][layer]  # head key
             assert row.shape[-1] == last + step + 1  # every position so far, not only the window's
             assert torch.allclose(row, ref[layer][0, :, last + step, : last + step + 1], atol=ATOL), (step, layer)
-    sliding = [l for l, kind in enumerate(model.hf_model.config.get_text_config().layer_types) if kind == "sliding_attention"]
+    sliding = [
+        l for l, kind in enumerate(model.hf_model.config.get_text_config().layer_types) if kind == "sliding_attention"
+    ]
     assert (rows[2][sliding[0]][:, : last + 2 - 6] == 0).all()  # outside the window: no attention

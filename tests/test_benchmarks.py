@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from analyses.data import scoring as A
 from analyses.data import benchmarks as B
+from analyses.data import scoring as A
 from vlm_lens.errors import DataError, InputError
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "pope"
@@ -26,24 +26,26 @@ def test_real_pope_excerpts_shipped_with_the_tests(name):
 
 
 @pytest.mark.skipif(not SHARED.is_dir(), reason=f"the full POPE files are in {SHARED}, beside the repo, absent here")
-@pytest.mark.parametrize("name", ["coco_pope_random.json", "coco_pope_popular.json", "coco_pope_adversarial.json",
-                                  "gqa_pope_seem_adversarial.json"])
+@pytest.mark.parametrize(
+    "name",
+    ["coco_pope_random.json", "coco_pope_popular.json", "coco_pope_adversarial.json", "gqa_pope_seem_adversarial.json"],
+)
 def test_real_pope_files(name):
     records = B.load_pope(SHARED / name)
     assert len(records) == 3000
     labels = [r.label for r in records]
     assert labels.count("yes") == 1500 and labels.count("no") == 1500
     assert records[0].text.startswith("Is there")
-    assert A.score("Yes, there is a snowboard.", records[0].golds, records[0].metric) == float(records[0].label == "yes")
+    assert A.score("Yes, there is a snowboard.", records[0].golds, records[0].metric) == float(
+        records[0].label == "yes"
+    )
 
 
 def test_pope_formats_agree(tmp_path):
     rows = [{"question_id": 1, "image": "a.jpg", "text": "Is there a cat?", "label": "no"}]
     (tmp_path / "lines.json").write_text("\n".join(json.dumps(r) for r in rows))
     (tmp_path / "array.json").write_text(json.dumps(rows, indent=2))
-    assert B.load_pope(tmp_path / "lines.json") == [
-        B.Record(1, "a.jpg", "Is there a cat?", ("no",), "lines", "yesno")
-    ]
+    assert B.load_pope(tmp_path / "lines.json") == [B.Record(1, "a.jpg", "Is there a cat?", ("no",), "lines", "yesno")]
     assert [r.golds for r in B.load_pope(tmp_path / "array.json")] == [("no",)]
     (tmp_path / "bad.json").write_text(json.dumps([{"question_id": 1, "text": "x"}]))
     with pytest.raises(ValueError, match="lacks"):
@@ -51,10 +53,20 @@ def test_pope_formats_agree(tmp_path):
 
 
 def test_vqav2_and_official_accuracy(tmp_path):
-    questions = {"data_subtype": "val2014", "questions": [{"image_id": 42, "question": "How many dogs?", "question_id": 7}]}
+    questions = {
+        "data_subtype": "val2014",
+        "questions": [{"image_id": 42, "question": "How many dogs?", "question_id": 7}],
+    }
     answers = ["2"] * 2 + ["two"] + ["3"] * 7
-    annotations = {"annotations": [{"question_id": 7, "answer_type": "number",
-                                    "answers": [{"answer": a, "answer_id": i + 1} for i, a in enumerate(answers)]}]}
+    annotations = {
+        "annotations": [
+            {
+                "question_id": 7,
+                "answer_type": "number",
+                "answers": [{"answer": a, "answer_id": i + 1} for i, a in enumerate(answers)],
+            }
+        ]
+    }
     (tmp_path / "q.json").write_text(json.dumps(questions))
     (tmp_path / "a.json").write_text(json.dumps(annotations))
     (record,) = B.load_vqav2(tmp_path / "q.json", tmp_path / "a.json")
@@ -76,17 +88,28 @@ def test_vqa_normalisation_by_hand():
 
 
 def test_textvqa_llava_bench_counting(tmp_path):
-    (tmp_path / "t.json").write_text(json.dumps({"data": [{"question_id": 1, "question": "What brand?", "image_id": "abc",
-                                                           "answers": ["nike"] * 10}]}))
+    (tmp_path / "t.json").write_text(
+        json.dumps(
+            {"data": [{"question_id": 1, "question": "What brand?", "image_id": "abc", "answers": ["nike"] * 10}]}
+        )
+    )
     (rec,) = B.load_textvqa(tmp_path / "t.json")
     assert rec.image == "abc.jpg" and A.score("Nike", rec.golds, rec.metric) == 1.0
-    (tmp_path / "q.jsonl").write_text(json.dumps({"question_id": 3, "image": "x.jpg", "text": "Describe.", "category": "detail"}))
+    (tmp_path / "q.jsonl").write_text(
+        json.dumps({"question_id": 3, "image": "x.jpg", "text": "Describe.", "category": "detail"})
+    )
     (tmp_path / "ans.jsonl").write_text(json.dumps({"question_id": 3, "text": "A red bus on a street."}))
     (rec,) = B.load_llava_bench(tmp_path / "q.jsonl", tmp_path / "ans.jsonl")
     assert rec.type == "detail" and not rec.closed_form and rec.label == "A red bus on a street."
-    (tmp_path / "c.jsonl").write_text("\n".join(json.dumps(r) for r in [
-        {"question_id": 1, "image": "x.jpg", "text": "How many?", "label": 3},
-        {"question_id": 2, "image": "x.jpg", "text": "Is the cup left of the plate?", "label": "left"}]))
+    (tmp_path / "c.jsonl").write_text(
+        "\n".join(
+            json.dumps(r)
+            for r in [
+                {"question_id": 1, "image": "x.jpg", "text": "How many?", "label": 3},
+                {"question_id": 2, "image": "x.jpg", "text": "Is the cup left of the plate?", "label": "left"},
+            ]
+        )
+    )
     count, spatial = B.load_counting_spatial(tmp_path / "c.jsonl")
     assert (count.type, spatial.type) == ("count", "spatial")
     assert A.score("There are three.", count.golds, count.metric) == 1.0
@@ -98,17 +121,23 @@ def test_textvqa_llava_bench_counting(tmp_path):
     assert A.score("many", count.golds, count.metric) == 0.0
     with pytest.raises(ValueError, match="judge model"):
         A.score("A bus.", rec.golds, rec.metric)
-    (tmp_path / "attr.jsonl").write_text(json.dumps({"question_id": 9, "image": "x.jpg", "text": "Colour?", "label": "blue"}))
+    (tmp_path / "attr.jsonl").write_text(
+        json.dumps({"question_id": 9, "image": "x.jpg", "text": "Colour?", "label": "blue"})
+    )
     (attribute,) = B.load_counting_spatial(tmp_path / "attr.jsonl")
     assert attribute.metric == "exact" and attribute.closed_form  # an attribute: the normalised gold, in a phrase too
-    assert A.score("the blue one", attribute.golds, "exact") == 1.0 and A.score("bluish", attribute.golds, "exact") == 0.0
+    assert (
+        A.score("the blue one", attribute.golds, "exact") == 1.0 and A.score("bluish", attribute.golds, "exact") == 0.0
+    )
 
 
 def test_relations_read_from_answers():
     assert A.relation("The cat sits in front of the door") == "in front of"
     assert A.relation("It is underneath the table.") == "under"
     assert A.relation("left") == "left" and A.relation("a red ball") is None
-    assert A.score("It's below the lamp", ["below"], "relation") == 1.0 and A.score("above", ["below"], "relation") == 0.0
+    assert (
+        A.score("It's below the lamp", ["below"], "relation") == 1.0 and A.score("above", ["below"], "relation") == 0.0
+    )
 
 
 def test_missing_images_reported_before_work(tmp_path):
@@ -132,27 +161,44 @@ def test_shapes_folder_loads_as_pope(tmp_path):
 
 def write_formats(folder: Path) -> dict[str, tuple[Path, Path | None]]:
     """One small file per supported format (and its annotations where it has them)."""
-    pope = [{"question_id": 1, "image": "a.jpg", "text": "Is there a cat?", "label": "Yes"},
-            {"question_id": 2, "image": "a.jpg", "text": "Is there a dog?", "label": "no"}]
+    pope = [
+        {"question_id": 1, "image": "a.jpg", "text": "Is there a cat?", "label": "Yes"},
+        {"question_id": 2, "image": "a.jpg", "text": "Is there a dog?", "label": "no"},
+    ]
     (folder / "pope.jsonl").write_text("\n".join(json.dumps(r) for r in pope))
-    counting = [{"question_id": 1, "image": "a.jpg", "text": "How many cats?", "label": 2},
-                {"question_id": 2, "image": "a.jpg", "text": "Is the cat left of the dog?", "label": "yes"}]
+    counting = [
+        {"question_id": 1, "image": "a.jpg", "text": "How many cats?", "label": 2},
+        {"question_id": 2, "image": "a.jpg", "text": "Is the cat left of the dog?", "label": "yes"},
+    ]
     (folder / "counting.json").write_text(json.dumps(counting))
-    (folder / "vqa_q.json").write_text(json.dumps({"questions": [{"image_id": 5, "question": "What colour?", "question_id": 9}]}))
-    (folder / "vqa_a.json").write_text(json.dumps({"annotations": [{"question_id": 9, "answers": [{"answer": "red"}] * 10}]}))
-    (folder / "textvqa.json").write_text(json.dumps({"data": [{"question_id": 3, "question": "Brand?", "image_id": "x",
-                                                               "answers": ["nike"] * 10}]}))
-    (folder / "bench_q.jsonl").write_text(json.dumps({"question_id": 4, "image": "b.jpg", "text": "Describe it.", "category": "detail"}))
+    (folder / "vqa_q.json").write_text(
+        json.dumps({"questions": [{"image_id": 5, "question": "What colour?", "question_id": 9}]})
+    )
+    (folder / "vqa_a.json").write_text(
+        json.dumps({"annotations": [{"question_id": 9, "answers": [{"answer": "red"}] * 10}]})
+    )
+    (folder / "textvqa.json").write_text(
+        json.dumps({"data": [{"question_id": 3, "question": "Brand?", "image_id": "x", "answers": ["nike"] * 10}]})
+    )
+    (folder / "bench_q.jsonl").write_text(
+        json.dumps({"question_id": 4, "image": "b.jpg", "text": "Describe it.", "category": "detail"})
+    )
     (folder / "bench_a.jsonl").write_text(json.dumps({"question_id": 4, "text": "A red bus."}))
-    return {"pope": (folder / "pope.jsonl", None), "counting": (folder / "counting.json", None),
-            "vqav2": (folder / "vqa_q.json", folder / "vqa_a.json"), "textvqa": (folder / "textvqa.json", None),
-            "llava_bench": (folder / "bench_q.jsonl", folder / "bench_a.jsonl")}
+    return {
+        "pope": (folder / "pope.jsonl", None),
+        "counting": (folder / "counting.json", None),
+        "vqav2": (folder / "vqa_q.json", folder / "vqa_a.json"),
+        "textvqa": (folder / "textvqa.json", None),
+        "llava_bench": (folder / "bench_q.jsonl", folder / "bench_a.jsonl"),
+    }
 
 
 def test_formats_are_detected_from_the_content(tmp_path):
     files = write_formats(tmp_path)
     assert {name: B.detect_format(q) for name, (q, _) in files.items()} == {name: name for name in files}
-    assert B.detect_format(EXCERPTS / "gqa_pope_seem_adversarial_first40.json") == "pope"  # a JSON array of POPE records
+    assert (
+        B.detect_format(EXCERPTS / "gqa_pope_seem_adversarial_first40.json") == "pope"
+    )  # a JSON array of POPE records
     loaded = {name: B.load(q, a) for name, (q, a) in files.items()}
     assert loaded["pope"][0].golds == ("Yes",) and loaded["counting"][0].golds == ("2",)
     assert loaded["vqav2"][0].metric == "vqa" and loaded["textvqa"][0].metric == "vqa"
@@ -189,7 +235,9 @@ def _png_claiming(width: int, height: int) -> bytes:
 
 def test_an_image_header_claiming_too_many_pixels_is_refused_in_one_line(tmp_path):
     (tmp_path / "bomb.png").write_bytes(_png_claiming(30_000, 30_000))
-    with pytest.raises(DataError, match=r"1 image\(s\) .* cannot be decoded: bomb.png \(its header claims more pixels") as e:
+    with pytest.raises(
+        DataError, match=r"1 image\(s\) .* cannot be decoded: bomb.png \(its header claims more pixels"
+    ) as e:
         B.check_images([B.Record(0, "bomb.png", "q", ("yes",))], tmp_path)
     assert "\n" not in str(e.value)
 

@@ -17,8 +17,16 @@ from analyses.logit_lens import best_references, truth_margin
 from vlm_lens import HookedVLM
 from vlm_lens.errors import DataError
 
-CORPUS = ["There are twenty-one circles.", "Yes, there is a dog.\nIt is brown.", "No.", "yes no Yes No",
-          "There is no dog in the image.", "It is on the left side.", "three 3 Three", "green Green blue"] * 20
+CORPUS = [
+    "There are twenty-one circles.",
+    "Yes, there is a dog.\nIt is brown.",
+    "No.",
+    "yes no Yes No",
+    "There is no dog in the image.",
+    "It is on the left side.",
+    "three 3 Three",
+    "green Green blue",
+] * 20
 
 
 @pytest.fixture(scope="module")
@@ -26,8 +34,12 @@ def bpe() -> PreTrainedTokenizerFast:
     backend = Tokenizer(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
-    backend.train_from_iterator(CORPUS, trainers.BpeTrainer(vocab_size=600, special_tokens=["<eos>"],
-                                                             initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    backend.train_from_iterator(
+        CORPUS,
+        trainers.BpeTrainer(
+            vocab_size=600, special_tokens=["<eos>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        ),
+    )
     return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<eos>")
 
 
@@ -56,9 +68,11 @@ def test_closed_form_confidence_is_the_answer_tokens_probability(word, bpe):
             value, expected = _at_word(tok, text, decided, metric)
             assert value == expected
     # a number in sub-word pieces, a relation after a leading space (the answer text is stripped, the tokens not)
-    for text, decided, metric in [("There are twenty-one circles.", "twenty", "count"),
-                                  (" It is on the left side.", "left", "relation"),
-                                  ("Yes, there is a dog.", "Yes", "yesno")]:
+    for text, decided, metric in [
+        ("There are twenty-one circles.", "twenty", "count"),
+        (" It is on the left side.", "left", "relation"),
+        ("Yes, there is a dog.", "Yes", "yesno"),
+    ]:
         value, expected = _at_word(bpe, text, decided, metric)
         assert value == expected and value > 0.1 or decided == "Yes"
 
@@ -71,7 +85,9 @@ def test_free_form_confidence_is_the_geometric_mean_to_the_first_newline(bpe):
     expected = float(np.exp(np.mean(np.log(probs[:cut]))))
     assert 0 < cut < len(ids) - 1
     assert answers.output_confidence(bpe, ids, probs, "vqa", False) == pytest.approx(expected)
-    assert answers.output_confidence(bpe, ids, probs, "vqa", False) != pytest.approx(float(np.exp(np.mean(np.log(probs)))))
+    assert answers.output_confidence(bpe, ids, probs, "vqa", False) != pytest.approx(
+        float(np.exp(np.mean(np.log(probs))))
+    )
     assert answers.output_confidence(bpe, [], [0.7], "vqa", False) == 0.7  # empty answer: the stop token's
 
 

@@ -89,18 +89,26 @@ def test_a_generation_continued_from_the_prefill_sees_hf_greedys_logits(model, i
     from transformers import GenerationConfig
 
     with torch.no_grad():
-        greedy = model.hf_model.generate(**inputs.tensors, max_new_tokens=3, do_sample=False, output_logits=True,
-                                         return_dict_in_generate=True)
+        greedy = model.hf_model.generate(
+            **inputs.tensors, max_new_tokens=3, do_sample=False, output_logits=True, return_dict_in_generate=True
+        )
         out = C.prefill(model, inputs)
         torch.testing.assert_close(out.logits[:, -1], greedy.logits[0], atol=1e-5, rtol=1e-5)
         length = inputs.input_ids.shape[1]
         mask = torch.cat([inputs.attention_mask, torch.ones_like(inputs.attention_mask[:, :1])], 1)
-        extended = {key: torch.cat([inputs.tensors[key], inputs.tensors[key][:, -1:]], 1)  # the cross-attention mask
-                    for key in model.adapter.repeat_last_keys}
-        continued = model.hf_model.generate(input_ids=greedy.sequences[:, : length + 1], attention_mask=mask,
-                                            past_key_values=copy.deepcopy(out.past_key_values), output_logits=True,
-                                            generation_config=GenerationConfig(max_new_tokens=2, do_sample=False),
-                                            return_dict_in_generate=True, **extended)
+        extended = {
+            key: torch.cat([inputs.tensors[key], inputs.tensors[key][:, -1:]], 1)  # the cross-attention mask
+            for key in model.adapter.repeat_last_keys
+        }
+        continued = model.hf_model.generate(
+            input_ids=greedy.sequences[:, : length + 1],
+            attention_mask=mask,
+            past_key_values=copy.deepcopy(out.past_key_values),
+            output_logits=True,
+            generation_config=GenerationConfig(max_new_tokens=2, do_sample=False),
+            return_dict_in_generate=True,
+            **extended,
+        )
     # 5e-4: a prefill counting the padding is off by 1.5e-3 to 2.5e-3 on these models; PaliGemma's continuation
     # differs from its from-scratch greedy by 1.7e-4 at every item, padded or not (noticed, not explained)
     for step in range(2):

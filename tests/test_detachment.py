@@ -25,8 +25,12 @@ def _llava(rng):
 
 
 def _paligemma(rng):
-    return (_per_question(np.full(LAYERS, 3.0), rng), np.full(LAYERS, 6.0),
-            _per_question(np.full(LAYERS, 0.3), rng, 0.02), None)
+    return (
+        _per_question(np.full(LAYERS, 3.0), rng),
+        np.full(LAYERS, 6.0),
+        _per_question(np.full(LAYERS, 0.3), rng, 0.02),
+        None,
+    )
 
 
 def test_the_llava_shape_meets_all_three():
@@ -66,7 +70,10 @@ def test_a_cross_attention_model_names_its_cross_layers_and_leaves_the_writes_un
     assert collapse.value == pytest.approx(1.0 - 4.0, abs=0.05)
     assert "layer 33 of most attention" in table.loc["commitment before re-engagement", "measure"]  # column 6
     assert table.loc["commitment before re-engagement", "value"] == 33 - 20
-    assert not table.loc["dormant middle, late surge", "holds"] and "not defined" in table.loc["dormant middle, late surge", "measure"]
+    assert (
+        not table.loc["dormant middle, late surge", "holds"]
+        and "not defined" in table.loc["dormant middle, late surge", "measure"]
+    )
     assert not table.loc["symbolic detachment", "holds"]
     one = detachment_criteria(entropy[:, :1], None, share[:, :1], 1, n_resamples=100, layers=[1])
     assert "one layer only" in one.set_index("criterion").loc["early entropy collapse", "measure"]

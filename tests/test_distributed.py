@@ -16,16 +16,44 @@ import pytest
 from vlm_lens import zoo
 
 CLI = shutil.which("vlm-lens") or str(Path(sys.executable).parent / "vlm-lens")
-ARGS = ["vrp", "--model", zoo.names()[0], "--n", "120", "--k", "3", "--shard-size", "10", "--batch-size", "5",
-        "--n-resamples", "300"]
-pytestmark = pytest.mark.skipif(not Path(CLI).exists(), reason="the vlm-lens command is not installed (pip install -e .)")
+ARGS = [
+    "vrp",
+    "--model",
+    zoo.names()[0],
+    "--n",
+    "120",
+    "--k",
+    "3",
+    "--shard-size",
+    "10",
+    "--batch-size",
+    "5",
+    "--n-resamples",
+    "300",
+]
+pytestmark = pytest.mark.skipif(
+    not Path(CLI).exists(), reason="the vlm-lens command is not installed (pip install -e .)"
+)
 
 
 def torchrun(out: Path, **popen) -> subprocess.Popen:
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "--no-python", "--",
-               CLI, *ARGS, "--out", str(out)]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "--no-python",
+        "--",
+        CLI,
+        *ARGS,
+        "--out",
+        str(out),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True, **popen)
+    return subprocess.Popen(
+        command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True, **popen
+    )
 
 
 def shards(out: Path) -> list[dict]:
@@ -70,7 +98,9 @@ def released(lock: Path) -> None:
 @pytest.fixture(scope="module")
 def single(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("single")
-    done = subprocess.run([CLI, *ARGS, "--out", str(out)], capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    done = subprocess.run(
+        [CLI, *ARGS, "--out", str(out)], capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return out
 

@@ -13,8 +13,8 @@ import analyses.answers
 import analyses.data.examples
 import analyses.interventions
 import model_adapters.testing
-import vlm_lens.spans
 import vlm_lens.names
+import vlm_lens.spans
 import vlm_lens.zoo
 from analyses.cli import app
 from tests.conftest import FAMILIES
@@ -34,8 +34,11 @@ def test_readme_test_command_is_what_ci_runs():
     setup = re.search(r"```bash\n(.*?)```", README.read_text(), flags=re.S).group(1).strip().splitlines()
     assert len(setup) == 2, setup
     install, tests = setup
-    ci = [line for line in (Path(__file__).parents[1] / ".ci" / "run").read_text().splitlines()
-          if line.strip() and not line.lstrip().startswith("#")]
+    ci = [
+        line
+        for line in (Path(__file__).parents[1] / ".ci" / "run").read_text().splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
     assert ci[-1].strip() == tests.strip() and tests.startswith("python -m pytest")
     assert 'pip install -e ".[all]"' in install and any('pip install -q -e ".[all]"' in line for line in ci)
     assert install.rstrip().endswith("vlm-lens vrp")  # the main job on the built-in default
@@ -80,13 +83,27 @@ def test_core_imports_no_outer_layer():
     import subprocess
     import sys
 
-    code = ("import vlm_lens, sys; print([m for m in ('analyses', 'typer', 'pandas', 'sklearn', 'plotly', "
-            "'model_adapters') if m in sys.modules])")
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
+    code = (
+        "import vlm_lens, sys; print([m for m in ('analyses', 'typer', 'pandas', 'sklearn', 'plotly', "
+        "'model_adapters') if m in sys.modules])"
+    )
+    assert (
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
+    )
 
 
-@pytest.mark.parametrize("module", [vlm_lens.spans, vlm_lens.names, vlm_lens.zoo, model_adapters.testing, analyses.answers,
-                                    analyses.data.examples, analyses.interventions])
+@pytest.mark.parametrize(
+    "module",
+    [
+        vlm_lens.spans,
+        vlm_lens.names,
+        vlm_lens.zoo,
+        model_adapters.testing,
+        analyses.answers,
+        analyses.data.examples,
+        analyses.interventions,
+    ],
+)
 def test_doctests(module):
     result = doctest.testmod(module)
     assert result.attempted > 0 and result.failed == 0

@@ -61,7 +61,9 @@ def test_not_an_image(model):
 def test_unsupported_architecture_names_the_supported_ones():
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    llama = LlamaForCausalLM(LlamaConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, vocab_size=10))
+    llama = LlamaForCausalLM(
+        LlamaConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, vocab_size=10)
+    )
     with pytest.raises(UnsupportedModelError, match="LlavaForConditionalGeneration.*PaliGemma.*Qwen2VL"):
         HookedVLM.from_hf(llama)
 
@@ -100,7 +102,9 @@ def test_hook_returning_wrong_shape(model, inputs):
 
 
 def test_generate_refuses_right_padding(model, images):
-    inputs = model.prepare(images=images, prompts=["is there a red square in the image ?", "how many"], padding_side="right")
+    inputs = model.prepare(
+        images=images, prompts=["is there a red square in the image ?", "how many"], padding_side="right"
+    )
     with pytest.raises(InputError, match="padding_side='left'"):
         model.generate(inputs, max_new_tokens=2)
 
@@ -109,5 +113,7 @@ def test_generate_refuses_right_padding(model, images):
 def test_attention_mask_of_another_shape_is_refused(model, inputs, cut):
     mask = inputs.tensors["attention_mask"]
     wrong = mask[:1] if cut == "batch" else mask[:, 1:]
-    with pytest.raises(InputError, match=r"attention_mask has shape .* but input_ids .*one attention_mask entry per token"):
+    with pytest.raises(
+        InputError, match=r"attention_mask has shape .* but input_ids .*one attention_mask entry per token"
+    ):
         model.as_inputs(**{**inputs.tensors, "attention_mask": wrong})

@@ -42,8 +42,12 @@ CONFIG = VRPConfig("tiny", n=60, shard_size=4, batch_size=3, k=3, max_new_tokens
 
 def run(folder: Path, stop_after: int | None = None) -> subprocess.Popen:
     extra = [] if stop_after is None else [str(stop_after)]
-    return subprocess.Popen([sys.executable, "-c", SCRIPT, str(folder), *extra], cwd=Path(__file__).parents[1],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [sys.executable, "-c", SCRIPT, str(folder), *extra],
+        cwd=Path(__file__).parents[1],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
 
 
 def shards_done(folder: Path) -> int:
@@ -120,8 +124,13 @@ def test_other_config_or_format_is_refused_naming_what_changed(tmp_path, full):
     folder = tmp_path / "x"
     shutil.copytree(full, folder)
     with pytest.raises(DataError, match=r"another configuration \(k=3 \(now 4\)\)"):
-        X.extract(model, examples, folder, VRPConfig("tiny", n=60, shard_size=4, batch_size=3, k=4, max_new_tokens=1),
-                  progress=False)
+        X.extract(
+            model,
+            examples,
+            folder,
+            VRPConfig("tiny", n=60, shard_size=4, batch_size=3, k=4, max_new_tokens=1),
+            progress=False,
+        )
     manifest = json.loads((folder / "manifest.json").read_text())
     manifest["config"]["extraction_format"] = 2
     (folder / "manifest.json").write_text(json.dumps(manifest))
@@ -131,10 +140,15 @@ def test_other_config_or_format_is_refused_naming_what_changed(tmp_path, full):
         X.load(folder)
 
 
-@pytest.mark.parametrize("content, says", [("[1]", "a JSON list, not an object"), ('"x"', "a JSON str"),
-                                           ('{"fingerprint": "a", "config": {}, "shards": []}', "no 'data' dict"),
-                                           ('{"fingerprint": "a", "config": {}, "data": {"examples": []}, "shards": [3]}',
-                                            "a shard entry 3")])
+@pytest.mark.parametrize(
+    "content, says",
+    [
+        ("[1]", "a JSON list, not an object"),
+        ('"x"', "a JSON str"),
+        ('{"fingerprint": "a", "config": {}, "shards": []}', "no 'data' dict"),
+        ('{"fingerprint": "a", "config": {}, "data": {"examples": []}, "shards": [3]}', "a shard entry 3"),
+    ],
+)
 def test_a_manifest_of_another_shape_is_refused_in_one_line(tmp_path, content, says):
     (tmp_path / "manifest.json").write_text(content)
     with pytest.raises(DataError, match="not a vlm-lens extraction manifest") as raised:
@@ -156,8 +170,14 @@ def test_fingerprint_covers_what_extraction_stores_only():
     assert VRPConfig(n=10, batch_size=7, n_resamples=50, ablation_ks=(3,)).fingerprint() == base.fingerprint()
     # where the data lives is not what it is: the data's digests guard a resume (tests/test_faults.py)
     assert VRPConfig(n=10, benchmark="x.json", images="elsewhere").fingerprint() == base.fingerprint()
-    for changed in (dict(k=4), dict(seed=1), dict(top_p=0.5), dict(format="pope"), dict(neuron_layers=(1,)),
-                    dict(attention_view="stitched")):
+    for changed in (
+        dict(k=4),
+        dict(seed=1),
+        dict(top_p=0.5),
+        dict(format="pope"),
+        dict(neuron_layers=(1,)),
+        dict(attention_view="stitched"),
+    ):
         assert VRPConfig(n=10, **changed).fingerprint() != base.fingerprint(), changed
     assert "attention_view" not in base.extraction()  # added later: at its default, earlier extractions still resume
 

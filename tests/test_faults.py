@@ -27,7 +27,7 @@ from analyses.data import shapes
 from analyses.data.examples import shapes_examples
 from analyses.study import extract as X
 from analyses.study import files
-from analyses.study.config import VRPConfig, smallest_n, size_of_test_split
+from analyses.study.config import VRPConfig, size_of_test_split, smallest_n
 from analyses.study.validate import SHAPES_EVAL_SEED
 from tests.conftest import FAMILIES, PROMPTS, tiny
 from vlm_lens.errors import DataError, HookSessionError, InputError, VLMLensWarning
@@ -50,8 +50,10 @@ def one_line_error(err: str) -> str:
 @pytest.fixture
 def no_model(monkeypatch):
     """A run that gets as far as loading the model has missed the fault: fail loudly instead."""
+
     def refuse(*args, **kwargs):
         raise AssertionError("the model was loaded: the fault should have been caught before")
+
     monkeypatch.setattr("analyses.study.pipeline.load_model", refuse)
 
 
@@ -65,8 +67,10 @@ def pope(folder: Path, records: list[dict] | None = None, n: int = 4) -> tuple[P
     images.mkdir(exist_ok=True)
     for i in range(n):
         png(images / f"{i}.png", (50 * i, 40, 40))
-    good = [{"question_id": i, "image": f"{i}.png", "text": "Is there a red square?", "label": "yes" if i % 2 else "no"}
-            for i in range(n)]
+    good = [
+        {"question_id": i, "image": f"{i}.png", "text": "Is there a red square?", "label": "yes" if i % 2 else "no"}
+        for i in range(n)
+    ]
     path = folder / "q.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in (records or good)))
     return path, images
@@ -100,7 +104,9 @@ def test_duplicate_question_ids(tmp_path, capsys, no_model):
     records = [{"question_id": i % 3, "image": f"{i}.png", "text": "Is there a cat?", "label": "no"} for i in range(4)]
     bench, images = pope(tmp_path, records)
     code, err = vrp(capsys, bench, images, tmp_path / "out")
-    assert code == 2 and "question_id(s) appear more than once (0 at q.jsonl line 1, q.jsonl line 4)" in one_line_error(err)
+    assert code == 2 and "question_id(s) appear more than once (0 at q.jsonl line 1, q.jsonl line 4)" in one_line_error(
+        err
+    )
 
 
 def test_truncated_json_line_and_non_utf8(tmp_path, capsys, no_model):
@@ -126,20 +132,38 @@ def test_a_corrupt_image_is_found_before_the_first_question(tmp_path, capsys, no
 
 def test_images_outside_the_folder_need_a_flag(tmp_path, capsys, no_model):
     png(tmp_path / "outside.png")
-    records = [{"question_id": 0, "image": "../outside.png", "text": "Is there a cat?", "label": "no"},
-               {"question_id": 1, "image": str(tmp_path / "outside.png"), "text": "Is there a dog?", "label": "yes"}]
+    records = [
+        {"question_id": 0, "image": "../outside.png", "text": "Is there a cat?", "label": "no"},
+        {"question_id": 1, "image": str(tmp_path / "outside.png"), "text": "Is there a dog?", "label": "yes"},
+    ]
     bench, images = pope(tmp_path, records, n=0)
     code, err = cli(capsys, "vrp", "--benchmark", bench, "--images", images, "--n", 2, "--out", tmp_path / "out")
-    assert code == 2 and "2 image path(s) leave the image folder" in one_line_error(err) and "--allow-outside-images" in err
-    code, err = cli(capsys, "vrp", "--benchmark", bench, "--images", images, "--n", 2, "--out", tmp_path / "out",
-                    "--allow-outside-images")
+    assert (
+        code == 2
+        and "2 image path(s) leave the image folder" in one_line_error(err)
+        and "--allow-outside-images" in err
+    )
+    code, err = cli(
+        capsys,
+        "vrp",
+        "--benchmark",
+        bench,
+        "--images",
+        images,
+        "--n",
+        2,
+        "--out",
+        tmp_path / "out",
+        "--allow-outside-images",
+    )
     assert code == 1 and "the model was loaded" in err  # with the flag, validation passes and the run goes on
 
 
 @pytest.mark.parametrize("option, value", [("--n", 0), ("--n", -5), ("--k", 0), ("--k", -2), ("--batch-size", 0)])
 def test_counts_out_of_range_are_usage_errors(tmp_path, capsys, no_model, option, value):
     code, err = cli(capsys, "vrp", option, value, "--out", tmp_path)
-    assert code == 2 and f"Invalid value for '{option}'" in err
+    setting = option[2:].replace("-", "_")  # checked by VRPConfig, the one validation for every way in
+    assert code == 2 and err.strip() == f"error: {setting} must be at least 1, got {value}"
 
 
 def test_shapes_refuses_a_negative_count(tmp_path, capsys):
@@ -161,6 +185,7 @@ def test_out_must_be_a_writable_folder(tmp_path, capsys, no_model, monkeypatch):
 
     def denied(*args, **kwargs):
         raise PermissionError(errno.EACCES, "Permission denied")
+
     monkeypatch.setattr("analyses.study.validate.tempfile.NamedTemporaryFile", denied)
     code, err = vrp(capsys, bench, images, tmp_path / "read_only")
     assert code == 2 and "cannot write into --out" in one_line_error(err) and "Permission denied" in err
@@ -223,14 +248,28 @@ def test_small_n_warns_with_the_smallest_n_that_gives_a_test_split_of_100(tmp_pa
 
 # --- a finished run, then changed data, a full disk, a second writer ----------------------------------------
 
+
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
     """A finished study from a benchmark file: the folder, the file, the images and the command that made it."""
     root = tmp_path_factory.mktemp("finished")
     bench = shapes.write_benchmark(root / "bench", 60, seed=SHAPES_EVAL_SEED)
     images = bench.parent / "images"
-    argv = ["vrp", "--benchmark", str(bench), "--images", str(images), "--n", "60", "--k", "2", "--n-resamples", "100",
-            "--out", str(root / "out")]
+    argv = [
+        "vrp",
+        "--benchmark",
+        str(bench),
+        "--images",
+        str(images),
+        "--n",
+        "60",
+        "--k",
+        "2",
+        "--n-resamples",
+        "100",
+        "--out",
+        str(root / "out"),
+    ]
     assert main(argv) == 0
     return root, bench, images, argv
 
@@ -240,8 +279,11 @@ def copied(finished, tmp_path) -> tuple[Path, Path, Path, list[str]]:
     root, bench, images, argv = finished
     shutil.copytree(root, tmp_path / "run")
     mine = tmp_path / "run"
-    swap = {str(root / "out"): str(mine / "out"), str(bench): str(mine / "bench" / bench.name),
-            str(images): str(mine / "bench" / "images")}
+    swap = {
+        str(root / "out"): str(mine / "out"),
+        str(bench): str(mine / "bench" / bench.name),
+        str(images): str(mine / "bench" / "images"),
+    }
     return mine / "out", mine / "bench" / bench.name, mine / "bench" / "images", [swap.get(a, a) for a in argv]
 
 
@@ -281,6 +323,7 @@ def test_a_full_disk_leaves_the_last_report_whole(finished, tmp_path, capsys, mo
             real(path, data[: len(data) // 3])
             raise OSError(errno.ENOSPC, "No space left on device")
         real(path, data)
+
     monkeypatch.setattr(files, "_write_bytes", full)
     code, err = cli(capsys, *argv)
     assert code == 2 and "the disk is full" in one_line_error(err) and "report.html was not written" in err
@@ -301,15 +344,24 @@ def test_a_second_writer_is_refused_and_a_stale_lock_taken_over(finished, tmp_pa
 
 
 def test_two_processes_on_one_out(tmp_path):
-    first = subprocess.Popen([sys.executable, "-m", "analyses.cli", "vrp", "--n", "60", "--k", "2", "--out",
-                              str(tmp_path)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    first = subprocess.Popen(
+        [sys.executable, "-m", "analyses.cli", "vrp", "--n", "60", "--k", "2", "--out", str(tmp_path)],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     lock = tmp_path / files.RunLock.NAME
     deadline = time.time() + 120
     while (not lock.exists() or not lock.read_text()) and time.time() < deadline and first.poll() is None:
         time.sleep(0.05)
     try:
-        second = subprocess.run([sys.executable, "-m", "analyses.cli", "vrp", "--n", "60", "--k", "2", "--out",
-                                 str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+        second = subprocess.run(
+            [sys.executable, "-m", "analyses.cli", "vrp", "--n", "60", "--k", "2", "--out", str(tmp_path)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert second.returncode == 2, second.stderr
         assert f"in use by another vlm-lens run (pid {first.pid}" in second.stderr
     finally:
@@ -348,8 +400,10 @@ def flip_correct(folder: Path) -> None:
 TAMPERINGS = {
     "flipped floats": (flip_floats, "shard-00001.safetensors does not match the sha256"),
     "flipped correct flags": (flip_correct, "shard-00001.json does not match the sha256"),
-    "truncated json": (lambda f: (f / "shard-00001.json").write_text((f / "shard-00001.json").read_text()[:50]),
-                       "shard-00001.json does not match the sha256"),
+    "truncated json": (
+        lambda f: (f / "shard-00001.json").write_text((f / "shard-00001.json").read_text()[:50]),
+        "shard-00001.json does not match the sha256",
+    ),
     "deleted safetensors": (lambda f: (f / "shard-00001.safetensors").unlink(), "shard-00001.safetensors is missing"),
 }
 
@@ -384,12 +438,14 @@ def test_atomic_write_cleans_up_after_a_failing_writer(tmp_path):
     def half_then_full(path):
         path.write_text("new, cut sh")
         raise OSError(errno.ENOSPC, "No space left on device")
+
     with pytest.raises(DataError, match="the disk is full"):
         files.write_atomic(target, half_then_full)
     assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["tables.md"]
 
 
 # --- hook sessions -----------------------------------------------------------------------------------------
+
 
 def torch_hooks(model) -> int:
     return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.hf_model.modules())
@@ -456,8 +512,10 @@ def test_an_edit_to_pattern_rows_is_applied_as_the_full_pattern_edit_would_be(mo
 
 @pytest.mark.parametrize("dtype", [torch.int64, torch.float16, torch.float64])
 def test_a_hook_returning_another_dtype_is_named(model, inputs, dtype):
-    with pytest.raises(TypeError, match=f"hook on blocks.1.hook_resid_post returned a {dtype} tensor on cpu; the "
-                                        "activation is torch.float32"):
+    with pytest.raises(
+        TypeError,
+        match=f"hook on blocks.1.hook_resid_post returned a {dtype} tensor on cpu; the activation is torch.float32",
+    ):
         model.run_with_hooks(inputs, fwd_hooks=[("blocks.1.hook_resid_post", lambda x, hook: x.to(dtype))])
 
 
@@ -519,7 +577,9 @@ def test_an_image_the_processor_refuses_is_an_input_error():
     from vlm_lens.errors import InputError
 
     model = tiny("qwen2_vl")
-    with pytest.raises(InputError, match=r"the qwen2_vl processor refused the images \(4000x16\): absolute aspect ratio"):
+    with pytest.raises(
+        InputError, match=r"the qwen2_vl processor refused the images \(4000x16\): absolute aspect ratio"
+    ):
         model.prepare(images=[Image.new("RGB", (4000, 16))], prompts=["q"])
 
 
@@ -567,7 +627,9 @@ def test_ctrl_c_in_a_terminal_says_how_to_resume_and_exits_130(tmp_path):
         # an ignored SIGINT survives exec (a shell ignores it for a command run in the background with &, as a
         # CI script may run the suite): a user's terminal starts the command with the default, and so does this
         signal.signal(signal.SIGINT, signal.SIG_DFL)
-        os.execvp(sys.executable, [sys.executable, "-m", "analyses.cli", "vrp", "--n", "600", "--out", str(tmp_path / "run")])
+        os.execvp(
+            sys.executable, [sys.executable, "-m", "analyses.cli", "vrp", "--n", "600", "--out", str(tmp_path / "run")]
+        )
     fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))  # a terminal's size: progress bars draw
     seen, typed = b"", False
     while True:

@@ -18,11 +18,11 @@ def test_a_saved_activation_gets_the_gradient_backward_hooks_see(model, inputs, 
         name = f"blocks.{layer}.{suffix}"
         saved, seen = {}, {}
 
-        def keep(act, hook):
+        def keep(act, hook, saved=saved):
             act.retain_grad()
             saved["act"] = act
 
-        def grad(g, hook):
+        def grad(g, hook, seen=seen):
             seen["grad"] = g.detach().clone()
 
         with torch.no_grad():

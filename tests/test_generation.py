@@ -30,5 +30,7 @@ def test_hooks_act_at_every_step(model, inputs):
     finally:
         handle.remove()
     with torch.no_grad():
-        ours = model.generate(inputs, max_new_tokens=4, fwd_hooks=[("blocks.1.hook_resid_post", lambda a, h: a + direction)])
+        ours = model.generate(
+            inputs, max_new_tokens=4, fwd_hooks=[("blocks.1.hook_resid_post", lambda a, h: a + direction)]
+        )
     assert torch.equal(ours, raw)

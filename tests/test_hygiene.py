@@ -5,8 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_forward_hooks_with_kwargs", "_forward_pre_hooks_with_kwargs",
-              "_forward_hooks_always_called", "_backward_hooks", "_backward_pre_hooks")
+HOOK_DICTS = (
+    "_forward_hooks",
+    "_forward_pre_hooks",
+    "_forward_hooks_with_kwargs",
+    "_forward_pre_hooks_with_kwargs",
+    "_forward_hooks_always_called",
+    "_backward_hooks",
+    "_backward_pre_hooks",
+)
 
 
 def warm(model, inputs) -> None:
@@ -20,7 +27,9 @@ def hook_census(module: torch.nn.Module) -> dict:
 
 
 def attn_impls(model) -> list:
-    return [m.config._attn_implementation for m in model.hf_model.modules() if hasattr(m, "config") and hasattr(m, "q_proj")]
+    return [
+        m.config._attn_implementation for m in model.hf_model.modules() if hasattr(m, "config") and hasattr(m, "q_proj")
+    ]
 
 
 class Boom(RuntimeError):
@@ -31,7 +40,9 @@ def boom(act, hook):
     raise Boom(hook.name)
 
 
-@pytest.mark.parametrize("where", ["blocks.1.hook_mlp_out", "blocks.0.attn.hook_pattern", "vision.blocks.0.hook_resid_post"])
+@pytest.mark.parametrize(
+    "where", ["blocks.1.hook_mlp_out", "blocks.0.attn.hook_pattern", "vision.blocks.0.hook_resid_post"]
+)
 def test_exception_in_hook_leaves_exactly_the_hooks_before(model, inputs, where):
     # A hook the user added themselves, and transformers' own, must survive.
     warm(model, inputs)
@@ -57,7 +68,9 @@ def test_exception_in_forward_cleans_up(model, inputs):
     bad = dict(inputs.tensors)
     bad["pixel_values"] = bad["pixel_values"][..., :5]  # the HF forward itself fails
     with pytest.raises((RuntimeError, ValueError)):
-        with model.hooks([("blocks.0.hook_resid_post", lambda a, h: None), ("blocks.0.attn.hook_pattern_rows", lambda a, h: None)]):
+        with model.hooks(
+            [("blocks.0.hook_resid_post", lambda a, h: None), ("blocks.0.attn.hook_pattern_rows", lambda a, h: None)]
+        ):
             model.hf_model(**bad)
     assert hook_census(model.hf_model) == before
 

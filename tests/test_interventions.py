@@ -44,7 +44,9 @@ def test_zero_mlp_out_removes_the_mlp(model, inputs):
     zero = lambda act, hook=None: torch.zeros_like(act)  # noqa: E731
     with torch.no_grad():
         ours, cache = model.run_with_cache(
-            inputs, fwd_hooks=[("blocks.0.hook_mlp_out", zero)], names_filter=["blocks.0.hook_resid_mid", "blocks.0.hook_resid_post"]
+            inputs,
+            fwd_hooks=[("blocks.0.hook_mlp_out", zero)],
+            names_filter=["blocks.0.hook_resid_mid", "blocks.0.hook_resid_post"],
         )
     raw = raw_run(model, inputs, layer_path(model, 0, "mlp_out"), fn=zero)
     assert torch.equal(ours, raw)

@@ -35,7 +35,10 @@ def test_reference_tokens(model):
     tok = model.tokenizer
     assert A.reference_token_ids(tok, ["yes"]) == [tok.convert_tokens_to_ids("yes")]
     assert A.reference_token_ids(tok, ["  3"]) == [tok.convert_tokens_to_ids("3")]
-    assert A.reference_token_ids(tok, ["red square", "blue"]) == [tok.convert_tokens_to_ids("red"), tok.convert_tokens_to_ids("blue")]
+    assert A.reference_token_ids(tok, ["red square", "blue"]) == [
+        tok.convert_tokens_to_ids("red"),
+        tok.convert_tokens_to_ids("blue"),
+    ]
     with pytest.raises(ValueError, match="no reference token"):
         A.reference_token_ids(tok, ["zebra"])
 
@@ -99,17 +102,21 @@ def test_head_contributions_sum_to_the_attention_contribution(model, inputs):
     np.testing.assert_allclose(summed.to_numpy(), attn.loc[summed.index].to_numpy(), atol=1e-4)
     top = D.top_heads(heads, k=3)
     means = heads.groupby(["layer", "head"]).contribution.mean().sort_values(ascending=False)
-    assert list(zip(top["layer"], top["head"])) == list(means.index[:3]) and top["mean"].tolist() == pytest.approx(means[:3].tolist())
+    assert list(zip(top["layer"], top["head"])) == list(means.index[:3]) and top["mean"].tolist() == pytest.approx(
+        means[:3].tolist()
+    )
 
 
 def test_mlp_share_by_hand():
-    frame = pd.DataFrame([
-        {"item": 0, "layer": -1, "component": "embed", "contribution": 5.0},
-        {"item": 0, "layer": 0, "component": "attn", "contribution": 1.0},
-        {"item": 0, "layer": 0, "component": "mlp", "contribution": 3.0},
-        {"item": 0, "layer": 1, "component": "attn", "contribution": 2.0},
-        {"item": 0, "layer": 1, "component": "mlp", "contribution": 2.0},
-    ])
+    frame = pd.DataFrame(
+        [
+            {"item": 0, "layer": -1, "component": "embed", "contribution": 5.0},
+            {"item": 0, "layer": 0, "component": "attn", "contribution": 1.0},
+            {"item": 0, "layer": 0, "component": "mlp", "contribution": 3.0},
+            {"item": 0, "layer": 1, "component": "attn", "contribution": 2.0},
+            {"item": 0, "layer": 1, "component": "mlp", "contribution": 2.0},
+        ]
+    )
     assert D.mlp_share(frame, upto_layer=0) == pytest.approx(0.75)
     assert D.mlp_share(frame, upto_layer=1) == pytest.approx(5 / 8)
 

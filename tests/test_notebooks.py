@@ -12,12 +12,19 @@ NOTEBOOKS = sorted((Path(__file__).parents[1] / "notebooks").glob("*.ipynb"))
 
 
 def test_notebooks_exist():
-    assert [p.name for p in NOTEBOOKS] == ["01_circuit_exploration.ipynb", "02_ablation_experiments.ipynb",
-                                            "03_margin_curves.ipynb"]
+    assert [p.name for p in NOTEBOOKS] == [
+        "01_circuit_exploration.ipynb",
+        "02_ablation_experiments.ipynb",
+        "03_margin_curves.ipynb",
+    ]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_runs(path):
     book = nbformat.read(path, as_version=4)
-    assert all(not cell.get("outputs") for cell in book.cells if cell.cell_type == "code"), "commit notebooks without outputs"
-    NotebookClient(book, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
+    assert all(not cell.get("outputs") for cell in book.cells if cell.cell_type == "code"), (
+        "commit notebooks without outputs"
+    )
+    NotebookClient(
+        book, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
+    ).execute()

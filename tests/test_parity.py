@@ -99,7 +99,9 @@ def test_residual_decomposition_is_exact(model, inputs):
 
 def test_final_norm_and_unembed_reproduce_logits(model, inputs):
     with torch.no_grad():
-        logits, cache = model.run_with_cache(inputs, names_filter=["blocks.1.hook_resid_post", "ln_final.hook_normalized"])
+        logits, cache = model.run_with_cache(
+            inputs, names_filter=["blocks.1.hook_resid_post", "ln_final.hook_normalized"]
+        )
         norm = model.hf_model.get_submodule(model.adapter.modules["final_norm"])
         unembed = model.hf_model.get_submodule(model.adapter.modules["unembed"])
         assert torch.allclose(unembed(norm(cache["resid_post", -1])), logits, atol=ATOL)
@@ -119,8 +121,10 @@ def test_vision_and_projector_hooks_match_hf(model, inputs):
     takes = inspect.signature(model.hf_model.model.get_image_features).parameters
     image_tensors = {key: value for key, value in inputs.tensors.items() if key in takes and key != "input_ids"}
     with torch.no_grad():
-        _, cache = model.run_with_cache(inputs, names_filter=lambda n: n.startswith(("vision", "projector", "hook_embed"))
-                                        or n.endswith("hook_deepstack"))
+        _, cache = model.run_with_cache(
+            inputs,
+            names_filter=lambda n: n.startswith(("vision", "projector", "hook_embed")) or n.endswith("hook_deepstack"),
+        )
         output = model.hf_model.model.get_image_features(**image_tensors)
         feats = output.pooler_output  # HF's own image features
         feats = torch.cat(list(feats)) if isinstance(feats, (list, tuple)) else feats.flatten(0, 1)
@@ -164,7 +168,9 @@ def test_nnsight_oracle_per_layer(model, inputs):
         for layer in range(model.cfg.n_layers):
             block, block_paths = layers[layer], model.adapter.block_at(model.hf_model.config, layer)
             saved[f"blocks.{layer}.hook_resid_pre"] = block.input.save()
-            attn_out = envoy(block, block_paths["attn_out"]).output  # attention's (out, weights), or a post-norm's tensor
+            attn_out = envoy(
+                block, block_paths["attn_out"]
+            ).output  # attention's (out, weights), or a post-norm's tensor
             attn_out = (attn_out[0] if isinstance(attn_out, tuple) else attn_out).save()
             if layer in model.cfg.cross_layers:  # gated writes: what ln2 reads is resid_mid
                 cross[layer] = (attn_out, envoy(block, block_paths["ln2"]).input.save())
@@ -174,14 +180,19 @@ def test_nnsight_oracle_per_layer(model, inputs):
             if layer not in model.cfg.cross_layers:
                 saved[f"blocks.{layer}.hook_mlp_out"] = envoy(block, block_paths["mlp_out"]).output.save()
             saved[f"blocks.{layer}.hook_resid_post"] = block.output.save()
-    names = list(saved) + [f"blocks.{l}.{h}" for l in cross for h in ("hook_attn_out", "hook_cross_attn_out",
-                                                                       "hook_resid_mid", "hook_mlp_out")]
+    names = list(saved) + [
+        f"blocks.{l}.{h}"
+        for l in cross
+        for h in ("hook_attn_out", "hook_cross_attn_out", "hook_resid_mid", "hook_mlp_out")
+    ]
     with torch.no_grad():
         _, cache = model.run_with_cache(inputs, names_filter=names)
     for name, value in saved.items():
         assert torch.allclose(cache[name], value, atol=ATOL), name
     for layer, (attn_out, mid) in cross.items():  # the residual's differences, and HF's own tanh gate on attention
-        gate = model.hf_model.get_parameter(f"{modules['layers']}.{layer}.{model.adapter.cross_block['attn_write_gate']}")
+        gate = model.hf_model.get_parameter(
+            f"{modules['layers']}.{layer}.{model.adapter.cross_block['attn_write_gate']}"
+        )
         assert torch.equal(cache["resid_mid", layer], mid)
         assert torch.equal(cache["attn_out", layer], mid - saved[f"blocks.{layer}.hook_resid_pre"])
         assert torch.equal(cache["cross_attn_out", layer], cache["attn_out", layer])
@@ -197,10 +208,15 @@ def test_editing_what_is_added_between_blocks(model, inputs):
     layer = model.vocab.injected_layers[0]
     blocks = model.hf_model.get_submodule(model.adapter.modules["layers"])
     seen = {}
-    handles = [blocks[layer].register_forward_hook(lambda m, a, out: seen.__setitem__("out", out)),
-               blocks[layer + 1].register_forward_pre_hook(lambda m, args, kwargs: ((seen["out"], *args[1:]), kwargs)
-                                                           if args else (args, {**kwargs, "hidden_states": seen["out"]}),
-                                                           with_kwargs=True)]
+    handles = [
+        blocks[layer].register_forward_hook(lambda m, a, out: seen.__setitem__("out", out)),
+        blocks[layer + 1].register_forward_pre_hook(
+            lambda m, args, kwargs: (
+                ((seen["out"], *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": seen["out"]})
+            ),
+            with_kwargs=True,
+        ),
+    ]
     try:
         with torch.no_grad():
             expected = model.hf_model(**inputs.tensors).logits

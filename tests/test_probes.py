@@ -62,7 +62,7 @@ def test_stacked_probe_and_roundtrip(planted, tmp_path):
 def test_classifier_probes(kind):
     rng = np.random.default_rng(1)
     x = rng.normal(size=(400, 6))
-    y = (x[:, 0] * x[:, 1] > 0)  # non-linear: a linear probe cannot read it
+    y = x[:, 0] * x[:, 1] > 0  # non-linear: a linear probe cannot read it
     fitted = P.classifier_probe(x, y, kind, n_resamples=100)
     assert fitted.test.value > 0.75
     split = P.stratified_split(y, 0)

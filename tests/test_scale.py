@@ -23,7 +23,12 @@ from vlm_lens import HookedVLM, zoo
 
 
 def test_capture_at_answer_equals_the_full_cache_at_the_answer(model, inputs):
-    names = ["blocks.0.hook_resid_post", "blocks.1.mlp.hook_post", "blocks.1.hook_attn_out", "blocks.1.attn.hook_pattern_rows"]
+    names = [
+        "blocks.0.hook_resid_post",
+        "blocks.1.mlp.hook_post",
+        "blocks.1.hook_attn_out",
+        "blocks.1.attn.hook_pattern_rows",
+    ]
     with torch.no_grad():
         logits, cache = model.run_with_cache(inputs, names_filter=names)
     captured = answers.capture_at_answer(model, inputs, names)
@@ -68,9 +73,26 @@ def test_half_precision_checkpoint_loads_in_its_own_dtype(half_checkpoint):
 
 def test_half_precision_checkpoint_runs_the_study_to_the_report(half_checkpoint, tmp_path):
     _, folder = half_checkpoint
-    result = CliRunner().invoke(app, ["vrp", "--model", str(folder), "--n", "40", "--k", "2", "--batch-size", "7",
-                                      "--storage-dtype", "float16", "--n-resamples", "300",
-                                      "--out", str(tmp_path)])
+    result = CliRunner().invoke(
+        app,
+        [
+            "vrp",
+            "--model",
+            str(folder),
+            "--n",
+            "40",
+            "--k",
+            "2",
+            "--batch-size",
+            "7",
+            "--storage-dtype",
+            "float16",
+            "--n-resamples",
+            "300",
+            "--out",
+            str(tmp_path),
+        ],
+    )
     assert result.exit_code == 0, result.output
     tables = json.loads((tmp_path / "tables.json").read_text())
     assert tables["table8_accounting"][0]["extracted"] == 40 and (tmp_path / "report.html").stat().st_size > 10_000
@@ -116,11 +138,32 @@ def test_images_of_five_sizes_run_the_study_to_the_report(tmp_path):
     for i, line in enumerate(bench.read_text().splitlines()):
         path = bench.parent / "images" / json.loads(line)["image"]
         Image.open(path).resize(sizes[i % 5]).save(path)
-    result = CliRunner().invoke(app, ["vrp", "--model", qwen, "--benchmark", str(bench), "--images",
-                                      str(bench.parent / "images"), "--n", "60", "--k", "2", "--n-resamples", "300",
-                                      "--out", str(tmp_path / "o")])
+    result = CliRunner().invoke(
+        app,
+        [
+            "vrp",
+            "--model",
+            qwen,
+            "--benchmark",
+            str(bench),
+            "--images",
+            str(bench.parent / "images"),
+            "--n",
+            "60",
+            "--k",
+            "2",
+            "--n-resamples",
+            "300",
+            "--out",
+            str(tmp_path / "o"),
+        ],
+    )
     assert result.exit_code == 0, result.output
-    rows = [r for shard in sorted((tmp_path / "o" / "extraction").glob("shard-*.json")) for r in json.loads(shard.read_text())]
+    rows = [
+        r
+        for shard in sorted((tmp_path / "o" / "extraction").glob("shard-*.json"))
+        for r in json.loads(shard.read_text())
+    ]
     assert len({tuple(r["grid"]) for r in rows}) >= 3
     assert (tmp_path / "o" / "report.html").exists()
 
@@ -141,7 +184,9 @@ def test_device_map_loads_the_same_model():
 def test_a_run_with_only_right_or_only_wrong_answers_says_so(right):
     from analyses.study.extract import Extraction
     from analyses.study.predictors import predictor_table
+    from analyses.study.results import AttentionFeatures
 
-    ex = Extraction([{"correct": right}] * 10, None, None, [], {})
+    ex = object.__new__(Extraction)  # the refusal reads only the rows: no stored activations needed
+    object.__setattr__(ex, "rows", [{"correct": right}] * 10)
     with pytest.raises(ValueError, match=f"all 10 answers are {'right' if right else 'wrong'}"):
-        predictor_table(ex, None, VRPConfig(n=10))
+        predictor_table(ex, object.__new__(AttentionFeatures), VRPConfig(n=10))

@@ -18,14 +18,35 @@ from vlm_lens.errors import DataError, InputError
 
 # --- the official VQA evaluation (vqaEval.py), transcribed: the oracle --------------------------------------
 
-_MANUAL = {"none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5", "six": "6",
-           "seven": "7", "eight": "8", "nine": "9", "ten": "10"}
+_MANUAL = {
+    "none": "0",
+    "zero": "0",
+    "one": "1",
+    "two": "2",
+    "three": "3",
+    "four": "4",
+    "five": "5",
+    "six": "6",
+    "seven": "7",
+    "eight": "8",
+    "nine": "9",
+    "ten": "10",
+}
 _ART = ["a", "an", "the"]
 _PERIOD = re.compile(r"(?!<=\d)(\.)(?!\d)")
 _COMMA = re.compile(r"(\d)(,)(\d)")
 _PUNCT = [";", r"/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`", ",", "?", "!"]
-_CONTRACTIONS = {"dont": "don't", "isnt": "isn't", "whats": "what's", "thats": "that's", "cant": "can't",
-                 "wont": "won't", "im": "i'm", "theres": "there's", "its": "it's"}  # the entries these cases reach
+_CONTRACTIONS = {
+    "dont": "don't",
+    "isnt": "isn't",
+    "whats": "what's",
+    "thats": "that's",
+    "cant": "can't",
+    "wont": "won't",
+    "im": "i'm",
+    "theres": "there's",
+    "its": "it's",
+}  # the entries these cases reach
 
 
 def _process_punctuation(in_text):
@@ -76,6 +97,7 @@ def official_vqa(res_ans: str, gt_answers: list[str]) -> float:
 
 # --- POPE's evaluate.py, transcribed ----------------------------------------------------------------------
 
+
 def official_pope(text: str) -> str:
     if text.find(".") != -1:
         text = text.split(".")[0]
@@ -90,11 +112,20 @@ def official_pope(text: str) -> str:
 # rule scored 0; and phrases and sentences.
 IDENTICAL = ["one way", "10:30", "route 66", "7 up", "$3.99", "iphone 6", "no parking", "u.s. air force", "yes", "2"]
 VQA_CASES = [
-    ("One way.", ["one way"] * 10), ("10:30", ["10:30"] * 7 + ["10:35"] * 3), ("Route 66", ["route 66"] * 10),
-    ("$3.99", ["$3.99"] * 2 + ["3.99"] * 8), ("the iPhone 6", ["iphone 6"] * 10), ("two", ["2"] * 3 + ["3"] * 7),
-    ("Yes, there is a dog.", ["yes"] * 10), ("There are 2", ["2"] * 10), ("no", ["no"] * 9 + ["yes"]),
-    ("It's a dog!", ["it's dog"] * 4 + ["dog"] * 6), ("dont know", ["don't know"] * 10), ("1,000", ["1000"] * 10),
-    ("red-white", ["red white"] * 5 + ["red"] * 5), ("u.s. air force", ["us air force"] * 10),
+    ("One way.", ["one way"] * 10),
+    ("10:30", ["10:30"] * 7 + ["10:35"] * 3),
+    ("Route 66", ["route 66"] * 10),
+    ("$3.99", ["$3.99"] * 2 + ["3.99"] * 8),
+    ("the iPhone 6", ["iphone 6"] * 10),
+    ("two", ["2"] * 3 + ["3"] * 7),
+    ("Yes, there is a dog.", ["yes"] * 10),
+    ("There are 2", ["2"] * 10),
+    ("no", ["no"] * 9 + ["yes"]),
+    ("It's a dog!", ["it's dog"] * 4 + ["dog"] * 6),
+    ("dont know", ["don't know"] * 10),
+    ("1,000", ["1000"] * 10),
+    ("red-white", ["red white"] * 5 + ["red"] * 5),
+    ("u.s. air force", ["us air force"] * 10),
 ]
 
 
@@ -114,9 +145,23 @@ def test_vqa_words_and_phrases_by_hand():
     assert S.score("two", ["2"] * 3 + ["3"] * 7, "vqa") == pytest.approx(0.9)
 
 
-POPE_ANSWERS = ["Yes", "No", "yes", "no", "There is no dog in the image.", "Yes, there is a dog.",
-                "No, there is not.", "NO", "The dog is not visible. Yes.", "I see a dog", "Nope",
-                "There is a cat, but no dog.", "Not at all", "no.", "Yes. There is no cat."]
+POPE_ANSWERS = [
+    "Yes",
+    "No",
+    "yes",
+    "no",
+    "There is no dog in the image.",
+    "Yes, there is a dog.",
+    "No, there is not.",
+    "NO",
+    "The dog is not visible. Yes.",
+    "I see a dog",
+    "Nope",
+    "There is a cat, but no dog.",
+    "Not at all",
+    "no.",
+    "Yes. There is no cat.",
+]
 
 
 @pytest.mark.parametrize("answer", POPE_ANSWERS)
@@ -148,12 +193,23 @@ def test_counts_by_hand():
     assert S.whole_integer("twenty-one") == 21 and S.whole_integer("one way") is None and S.whole_integer("no") is None
 
 
-@pytest.mark.parametrize("answer, relation", [
-    ("on the left", "left"), ("It is on the right side.", "right"), ("to the left of the plate", "left"),
-    ("on top of the box", "on top of"), ("It sits on top.", "on top of"), ("It is on the table", "on"),
-    ("in front of the door", "in front of"), ("It is in the box", "in"), ("underneath", "under"),
-    ("beside the cup", "next to"), ("a red ball", None), ("above", "above"),
-])
+@pytest.mark.parametrize(
+    "answer, relation",
+    [
+        ("on the left", "left"),
+        ("It is on the right side.", "right"),
+        ("to the left of the plate", "left"),
+        ("on top of the box", "on top of"),
+        ("It sits on top.", "on top of"),
+        ("It is on the table", "on"),
+        ("in front of the door", "in front of"),
+        ("It is in the box", "in"),
+        ("underneath", "under"),
+        ("beside the cup", "next to"),
+        ("a red ball", None),
+        ("above", "above"),
+    ],
+)
 def test_relations_by_hand(answer, relation):
     assert S.relation(answer) == relation
 
@@ -169,11 +225,19 @@ def test_exact_is_the_normalised_gold_also_in_a_phrase():
     assert S.score("bluish", ["blue"], "exact") == 0.0 and S.score("green", ["Green "], "exact") == 1.0
 
 
-@pytest.mark.parametrize("answer, metric, decided", [
-    ("Yes, there is a dog.", "yesno", "Yes"), ("There is no dog.", "yesno", "no"), ("There are three.", "count", "three"),
-    ("There are twenty-one.", "count", "twenty-one"), ("It is on the left.", "relation", "left"),
-    ("on top of it", "relation", "top"), ("blue", "exact", None), ("many", "count", None),
-])
+@pytest.mark.parametrize(
+    "answer, metric, decided",
+    [
+        ("Yes, there is a dog.", "yesno", "Yes"),
+        ("There is no dog.", "yesno", "no"),
+        ("There are three.", "count", "three"),
+        ("There are twenty-one.", "count", "twenty-one"),
+        ("It is on the left.", "relation", "left"),
+        ("on top of it", "relation", "top"),
+        ("blue", "exact", None),
+        ("many", "count", None),
+    ],
+)
 def test_decisive_span(answer, metric, decided):
     span = S.decisive_span(answer, metric)
     assert (answer[span[0] : span[1]] if span else None) == decided

@@ -11,20 +11,28 @@ import typer
 
 from analyses import training
 from analyses.cli import app, main
-from analyses.study.config import RULES, VRPConfig
+from analyses.study.config import OPTIONS, RULES, VRPConfig
 from vlm_lens.errors import DataError, InputError
 
 FIELDS = {f.name: str(f.type) for f in dataclasses.fields(VRPConfig)}
 NUMERIC = {name for name, kind in FIELDS.items() if "int" in kind or "float" in kind}
 # settings of a fixed set of words, and a value outside it
-WORDS = {"dtype": "float8", "device": "gpu", "device_map": "everywhere", "storage_dtype": "int8", "attention_view": "side"}
+WORDS = {
+    "dtype": "float8",
+    "device": "gpu",
+    "device_map": "everywhere",
+    "storage_dtype": "int8",
+    "attention_view": "side",
+}
 
 
 def _bad_values(name: str) -> list:
     kind = FIELDS[name]
     values = [b for b in RULES[name].breaks if "float" in kind or float(b).is_integer()]
-    return [(int(b) if "float" not in kind else b,) if "tuple" in kind else (int(b) if "float" not in kind else b)
-            for b in values]
+    return [
+        (int(b) if "float" not in kind else b,) if "tuple" in kind else (int(b) if "float" not in kind else b)
+        for b in values
+    ]
 
 
 def test_every_numeric_setting_has_a_rule():
@@ -73,6 +81,18 @@ def _bad_option_value(name: str) -> str | None:
     return None
 
 
+def test_vrp_options_are_built_from_the_one_settings_table():
+    """Each ``OPTIONS`` setting is a ``vrp`` option with its help and VRPConfig's default, unset unless typed (so a
+    config file's value stands): the command line cannot drift from the settings' definitions."""
+    params = {p.name: p for p in typer.main.get_command(app).commands["vrp"].params}  # type: ignore[attr-defined]
+    fields = {f.name: f for f in dataclasses.fields(VRPConfig)}
+    for name, help in OPTIONS.items():
+        param = params[name]
+        assert param.opts == [f"--{name.replace('_', '-')}"] and param.help.startswith(help), name
+        default = fields[name].default
+        assert param.default is None and (default is None or f"(default {default})" in param.help), name
+
+
 def test_every_vrp_option_that_is_a_setting_is_in_the_catalogue():
     options = _options("vrp")
     settings = set(options) & set(FIELDS)
@@ -90,12 +110,15 @@ def test_each_vrp_option_out_of_range_is_one_line_and_exit_2(name, tmp_path, cap
     assert not (tmp_path / "run" / "extraction").exists()  # refused before any model work
 
 
-@pytest.mark.parametrize("args, says", [
-    (["--steps", "0"], "steps must be an integer of at least 1"),
-    (["--seed", "-1"], "seed must be an integer of at least 0"),
-    (["--device", "gpu"], "unknown device 'gpu'"),
-    (["--answers", "sentences"], "answers must be one of"),
-])
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (["--steps", "0"], "steps must be an integer of at least 1"),
+        (["--seed", "-1"], "seed must be an integer of at least 0"),
+        (["--device", "gpu"], "unknown device 'gpu'"),
+        (["--answers", "sentences"], "answers must be one of"),
+    ],
+)
 def test_train_toy_options_out_of_range_are_one_line_and_exit_2(args, says, tmp_path, capsys):
     assert main(["train-toy", "llava", *args, "--out", str(tmp_path / "toy")]) == 2
     err = capsys.readouterr().err.strip()
@@ -103,15 +126,33 @@ def test_train_toy_options_out_of_range_are_one_line_and_exit_2(args, says, tmp_
     assert not (tmp_path / "toy").exists()
 
 
-@pytest.mark.parametrize("field, value", [("lr", 0), ("batch_size", 0), ("warmup", 0), ("image_size", 8), ("eval_n", 0),
-                                          ("steps", 1.5), ("family", "llama")])
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("lr", 0),
+        ("batch_size", 0),
+        ("warmup", 0),
+        ("image_size", 8),
+        ("eval_n", 0),
+        ("steps", 1.5),
+        ("family", "llama"),
+    ],
+)
 def test_train_config_refuses_out_of_range(field, value):
     with pytest.raises(InputError, match=field if field != "family" else "no family 'llama'"):
         training.TrainConfig(**{"family": "llava", field: value})
 
 
-@pytest.mark.parametrize("args", [["demo", "--seed", "-1"], ["shapes", "--out", "x", "--seed", "-1"], ["vrp", "--n", "many"],
-                                  ["vrp", "--no-such-option", "1"], ["no-such-command"]])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["demo", "--seed", "-1"],
+        ["shapes", "--out", "x", "--seed", "-1"],
+        ["vrp", "--n", "many"],
+        ["vrp", "--no-such-option", "1"],
+        ["no-such-command"],
+    ],
+)
 def test_usage_errors_are_one_line_and_exit_2(args, capsys):
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
@@ -121,7 +162,16 @@ def test_usage_errors_are_one_line_and_exit_2(args, capsys):
 # Where a built-in exception is still raised on purpose: an adapter author's mistake (a module map or
 # registration that cannot work, found when the adapter is registered), never a user's input.
 ADAPTER_AUTHORS = {"vlm_lens/adapter.py", "model_adapters/__init__.py", "vlm_lens/hooks.py"}
-BUILT_IN = {"ValueError", "TypeError", "RuntimeError", "KeyError", "IndexError", "Exception", "AssertionError", "OSError"}
+BUILT_IN = {
+    "ValueError",
+    "TypeError",
+    "RuntimeError",
+    "KeyError",
+    "IndexError",
+    "Exception",
+    "AssertionError",
+    "OSError",
+}
 
 
 def test_user_reachable_code_raises_only_the_projects_own_exceptions():
@@ -145,9 +195,21 @@ def test_user_reachable_code_raises_only_the_projects_own_exceptions():
     assert not found, found
 
 
-@pytest.mark.parametrize("settings", [dict(n_resamples=0), dict(temperature=0), dict(dense_C=0), dict(sparse_C=-1.0),
-                                      dict(hidden_layers=(-1,)), dict(seed=-1), dict(k=0), dict(top_p=1.5),
-                                      dict(val_fraction=0.5, test_fraction=0.5), dict(mask_fraction=0)])
+@pytest.mark.parametrize(
+    "settings",
+    [
+        dict(n_resamples=0),
+        dict(temperature=0),
+        dict(dense_C=0),
+        dict(sparse_C=-1.0),
+        dict(hidden_layers=(-1,)),
+        dict(seed=-1),
+        dict(k=0),
+        dict(top_p=1.5),
+        dict(val_fraction=0.5, test_fraction=0.5),
+        dict(mask_fraction=0),
+    ],
+)
 def test_the_issues_cases_by_hand(settings):
     """The values the issue found passing validation, written out here rather than read from RULES (a rule
     loosened by mistake would otherwise test itself)."""

@@ -12,8 +12,8 @@ from PIL import Image
 from scipy import ndimage
 from typer.testing import CliRunner
 
-from analyses.data import scoring, shapes
 from analyses.cli import app
+from analyses.data import scoring, shapes
 
 
 def test_deterministic_by_seed(tmp_path):
@@ -77,7 +77,13 @@ def answer_from_pixels(text: str, objects) -> str:
     if words[:2] == ["what", "colour"]:
         return next(c for c, k, _, _ in objects if k == words[4])
     first = next(o for o in objects if o[:2] == (words[2], words[3]))
-    if words[4:9] == ["on", "the", "left", "or", "on"]:  # "is the red circle on the left or on the right of the blue square ?"
+    if words[4:9] == [
+        "on",
+        "the",
+        "left",
+        "or",
+        "on",
+    ]:  # "is the red circle on the left or on the right of the blue square ?"
         second = next(o for o in objects if o[:2] == (words[-3], words[-2]))
         return "left" if first[2] < second[2] else "right"
     # "is the red circle left of the blue square ?" / "is the red circle above the blue square ?"
@@ -106,11 +112,15 @@ def test_spoken_answers_score_right_by_their_benchmark_rule_and_the_opposite_wro
         assert set(said.split()) <= set(shapes.SPOKEN_WORDS), said  # the words toy's vocabulary says it
         metric = shapes.metric_of(s.type)
         assert scoring.score(said, s.label, metric) == 1.0, (said, s.label, metric)
-        wrong = opposite.get(s.label) or (str((int(s.label) + 1) % 6) if s.type == "count" else
-                                          next(c for c in shapes.COLOURS if c != s.label))
+        wrong = opposite.get(s.label) or (
+            str((int(s.label) + 1) % 6) if s.type == "count" else next(c for c in shapes.COLOURS if c != s.label)
+        )
         assert scoring.score(said, wrong, metric) == 0.0, (said, wrong, metric)
-    by_hand = {("count", "0"): "there are no circles .", ("count", "1"): "there is one circle .",
-               ("count", "3"): "there are three circles ."}
+    by_hand = {
+        ("count", "0"): "there are no circles .",
+        ("count", "1"): "there is one circle .",
+        ("count", "3"): "there are three circles .",
+    }
     for (kind, label), said in by_hand.items():
         sample = shapes.Sample(0, "0.png", "how many circles are there ?", label, kind, ())
         assert shapes.spoken(sample) == said

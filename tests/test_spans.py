@@ -44,7 +44,9 @@ def test_right_padding_reported_and_positions_shift(model, images):
 
 def test_forward_tensors_give_the_same_spans(model, inputs):
     alone = model.as_inputs(**inputs.tensors).image_spans
-    assert [[s.positions for s in item] for item in alone] == [[s.positions for s in item] for item in inputs.image_spans]
+    assert [[s.positions for s in item] for item in alone] == [
+        [s.positions for s in item] for item in inputs.image_spans
+    ]
     # a tiled family's arrangement is not in the forward tensors (InternVL): given back, the spans are equal
     assert model.as_inputs(**inputs.tensors, tile_layout=inputs.tile_layout).image_spans == inputs.image_spans
     if inputs.tile_layout is None:
@@ -63,7 +65,9 @@ def test_layout_matches_the_family_spec(model, spec, inputs, images):
         if spec.after_image is not None:
             assert ids[item, span.end] == tok(spec.after_image)
         assert span.grid == spec.expected_grid(images[item], model.processor)
-        if spec.expected_views is not None:  # multi-crop: each view's kind and grid, from the processor's own arithmetic
+        if (
+            spec.expected_views is not None
+        ):  # multi-crop: each view's kind and grid, from the processor's own arithmetic
             assert [(v.kind, v.grid) for v in span.views] == spec.expected_views(images[item], model.processor)
 
 

@@ -31,12 +31,26 @@ def real(request):
 def test_real_sizes_on_meta(real):
     name, model = real
     family, size = REAL[name]
-    layers, vision, d_mlp, heads, d_head, d_vision = (size.n_layers, size.n_vision_layers, size.d_mlp, size.n_heads,
-                                                      size.d_head, size.d_vision)
+    layers, vision, d_mlp, heads, d_head, d_vision = (
+        size.n_layers,
+        size.n_vision_layers,
+        size.d_mlp,
+        size.n_heads,
+        size.d_head,
+        size.d_vision,
+    )
     cfg = model.cfg
     assert cfg.family == family
-    assert (cfg.n_layers, cfg.n_vision_layers, cfg.d_model, cfg.d_mlp, cfg.n_heads, cfg.d_head, cfg.d_vocab, cfg.d_vision) == (
-        layers, vision, size.d_model, d_mlp, heads, d_head, size.d_vocab, d_vision)
+    assert (
+        cfg.n_layers,
+        cfg.n_vision_layers,
+        cfg.d_model,
+        cfg.d_mlp,
+        cfg.n_heads,
+        cfg.d_head,
+        cfg.d_vocab,
+        cfg.d_vision,
+    ) == (layers, vision, size.d_model, d_mlp, heads, d_head, size.d_vocab, d_vision)
     assert next(model.hf_model.parameters()).device.type == "meta"
     names = model.hook_names()
     # 19 per block (7 of them opt-in), a DeepStack point after each injecting layer, hook_cross_attn_out at each

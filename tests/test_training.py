@@ -32,8 +32,15 @@ def test_teacher_forced_logits_are_what_generate_computes(family):
     model, _, inputs = _toy_batch(family)
     hf = model.hf_model.eval()
     special = sorted({*model.tokenizer.all_special_ids, *model.tokenizer.added_tokens_decoder})  # image tokens too
-    out = hf.generate(**inputs.tensors, max_new_tokens=STEPS, do_sample=False, suppress_tokens=special,
-                      output_logits=True, return_dict_in_generate=True, pad_token_id=model.tokenizer.pad_token_id)
+    out = hf.generate(
+        **inputs.tensors,
+        max_new_tokens=STEPS,
+        do_sample=False,
+        suppress_tokens=special,
+        output_logits=True,
+        return_dict_in_generate=True,
+        pad_token_id=model.tokenizer.pad_token_id,
+    )
     prompt = inputs.input_ids.shape[1]
     ids = out.sequences[:, prompt:].tolist()
     tensors, targets = training.forced(model, inputs, ids)
@@ -51,7 +58,9 @@ def test_words_loss_is_hf_loss_on_the_spoken_answer(family):
     prompt = inputs.input_ids.shape[1]
     labels = torch.full_like(tensors["input_ids"], -100)  # HF's convention: the token itself, shifted inside
     for i, sample in enumerate(samples):
-        said = model.tokenizer(shapes.spoken(sample), add_special_tokens=False)["input_ids"] + [model.tokenizer.eos_token_id]
+        said = model.tokenizer(shapes.spoken(sample), add_special_tokens=False)["input_ids"] + [
+            model.tokenizer.eos_token_id
+        ]
         labels[i, prompt : prompt + len(said)] = torch.tensor(said)
         assert model.tokenizer.decode(said[:-1]) == shapes.spoken(sample)  # every spoken word is in the vocabulary
     expected = model.hf_model(**tensors, labels=labels).loss
@@ -73,11 +82,15 @@ def test_short_words_run_is_deterministic_and_writes_a_words_card(tmp_path):
     assert losses_a == losses_b and losses_a[-1] < losses_a[0]
     card = training.save(first, tmp_path, cfg, losses_a, 1.0)
     tokenizer = first.tokenizer
-    longest = max(len(tokenizer(shapes.spoken(s), add_special_tokens=False)["input_ids"])
-                  for s in shapes.generate(4_000, training.HELD_OUT_SEED, types=shapes.WORD_TYPES))
+    longest = max(
+        len(tokenizer(shapes.spoken(s), add_special_tokens=False)["input_ids"])
+        for s in shapes.generate(4_000, training.HELD_OUT_SEED, types=shapes.WORD_TYPES)
+    )
     assert card["answer_tokens"] == longest + 1 > 5  # the study generates the longest answer and its stop
     assert card["benchmark"] == "shapes-words" and card["answers"] == "words"
-    assert {"metric:yesno", "metric:count", "metric:exact", "metric:relation", "spatial_side", "all"} <= set(card["held_out"]["accuracy"])
+    assert {"metric:yesno", "metric:count", "metric:exact", "metric:relation", "spatial_side", "all"} <= set(
+        card["held_out"]["accuracy"]
+    )
     assert json.loads((tmp_path / "card.json").read_text()) == card
     assert "--answers words" in (tmp_path / "README.md").read_text()
 

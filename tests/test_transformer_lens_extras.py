@@ -25,8 +25,11 @@ def module_outputs(model, keys: list[str], layer: int = LAYER) -> dict:
     block = layer_list(model.hf_model, model.adapter.modules["layers"])[layer]
     seen, handles = {}, []
     for key in keys:
-        handles.append(get_module(block, model.adapter.block_at(model.hf_model.config, layer)[key]).register_forward_hook(
-            lambda m, a, o, key=key: seen.__setitem__(key, o)))
+        handles.append(
+            get_module(block, model.adapter.block_at(model.hf_model.config, layer)[key]).register_forward_hook(
+                lambda m, a, o, key=key: seen.__setitem__(key, o)
+            )
+        )
     return seen, handles
 
 
@@ -35,8 +38,13 @@ def test_q_k_v_scores_result_and_scale_hook_points_against_the_hf_modules(model,
     eps = model.hf_model.config.get_text_config().rms_norm_eps
     seen, handles = module_outputs(model, ["attn_q", "attn_k", "attn_v", "attn_o"])
     names = [f"blocks.{LAYER}.attn.hook_{k}" for k in ("q", "k", "v", "attn_scores", "pattern", "result", "z")]
-    names += [f"blocks.{LAYER}.ln1.hook_scale", f"blocks.{LAYER}.hook_resid_pre", f"blocks.{LAYER}.hook_attn_out",
-              "ln_final.hook_scale", f"blocks.{cfg.n_layers - 1}.hook_resid_post"]
+    names += [
+        f"blocks.{LAYER}.ln1.hook_scale",
+        f"blocks.{LAYER}.hook_resid_pre",
+        f"blocks.{LAYER}.hook_attn_out",
+        "ln_final.hook_scale",
+        f"blocks.{cfg.n_layers - 1}.hook_resid_post",
+    ]
     try:
         with torch.no_grad():
             logits, cache = model.run_with_cache(inputs, names_filter=names)
@@ -49,10 +57,14 @@ def test_q_k_v_scores_result_and_scale_hook_points_against_the_hf_modules(model,
         assert act.shape[-2:] == (heads, cfg.d_head)
         torch.testing.assert_close(act.flatten(-2), seen[f"attn_{key}"], atol=0, rtol=0)
     # the scale: sqrt(mean(x^2) + eps) with the config's eps, float32, [batch pos 1]
-    for scale, resid in ((f"blocks.{LAYER}.ln1.hook_scale", f"blocks.{LAYER}.hook_resid_pre"),
-                         ("ln_final.hook_scale", f"blocks.{cfg.n_layers - 1}.hook_resid_post")):
+    for scale, resid in (
+        (f"blocks.{LAYER}.ln1.hook_scale", f"blocks.{LAYER}.hook_resid_pre"),
+        ("ln_final.hook_scale", f"blocks.{cfg.n_layers - 1}.hook_resid_post"),
+    ):
         x = cache[resid].double()
-        torch.testing.assert_close(cache[scale].double(), (x.pow(2).mean(-1, keepdim=True) + eps).sqrt(), atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(
+            cache[scale].double(), (x.pow(2).mean(-1, keepdim=True) + eps).sqrt(), atol=1e-6, rtol=1e-6
+        )
     # scores: their softmax is the pattern; masked keys hold the dtype's minimum (a cross-attention layer's keys are
     # the image's tile patches: its padded tiles, as the cross-attention mask says)
     scores, pattern = cache[names[3]], cache[names[4]]
@@ -65,8 +77,12 @@ def test_q_k_v_scores_result_and_scale_hook_points_against_the_hf_modules(model,
         last_row = scores[:, :, -1].transpose(1, 2)  # batch key head
         assert bool((last_row[~seen_keys] == torch.finfo(scores.dtype).min).all())
     else:
-        torch.testing.assert_close(torch.softmax(scores, -1)[real[:, None, :, None].expand_as(scores)],
-                                   pattern[real[:, None, :, None].expand_as(pattern)], atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(
+            torch.softmax(scores, -1)[real[:, None, :, None].expand_as(scores)],
+            pattern[real[:, None, :, None].expand_as(pattern)],
+            atol=1e-6,
+            rtol=1e-5,
+        )
         padded = int((~real).sum(-1).argmax())  # the item with padding: its real queries never see the padded keys
         assert not bool(real[padded].all())
         last = int(inputs.last_positions()[padded])
@@ -76,8 +92,12 @@ def test_q_k_v_scores_result_and_scale_hook_points_against_the_hf_modules(model,
     assert result.shape[-2:] == (cfg.n_heads, cfg.d_model)
     torch.testing.assert_close(result.sum(-2) + model.b_O[LAYER], seen["attn_o"], atol=1e-5, rtol=1e-4)
     block = layer_list(model.hf_model, model.adapter.modules["layers"])[LAYER]
-    torch.testing.assert_close(post_norm(model, block, "attn", seen["attn_o"], LAYER),
-                               cache[f"blocks.{LAYER}.hook_attn_out"], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(
+        post_norm(model, block, "attn", seen["attn_o"], LAYER),
+        cache[f"blocks.{LAYER}.hook_attn_out"],
+        atol=1e-5,
+        rtol=1e-4,
+    )
 
 
 def test_edits_at_the_new_points_equal_the_same_edit_made_elsewhere(model, inputs):
@@ -108,7 +128,9 @@ def test_edits_at_the_new_points_equal_the_same_edit_made_elsewhere(model, input
         by_result = model.run_with_hooks(inputs, fwd_hooks=[(result_name, zero_head)])
         in_place = model.run_with_hooks(inputs, fwd_hooks=[(result_name, zero_head_in_place)])
         by_scores = model.run_with_hooks(inputs, fwd_hooks=[(f"blocks.{LAYER}.attn.hook_attn_scores", drop_key)])
-        by_pattern = model.run_with_hooks(inputs, fwd_hooks=[(f"blocks.{LAYER}.attn.hook_pattern", renormalise_without)])
+        by_pattern = model.run_with_hooks(
+            inputs, fwd_hooks=[(f"blocks.{LAYER}.attn.hook_pattern", renormalise_without)]
+        )
         doubled = model.run_with_hooks(inputs, fwd_hooks=[("ln_final.hook_scale", lambda s, hook: s * 2)])
     real = inputs.attention_mask.bool()
     assert (by_z - logits)[real].abs().max() > 1e-3  # the edit matters
@@ -122,13 +144,19 @@ def test_edits_at_the_new_points_equal_the_same_edit_made_elsewhere(model, input
 
 def test_gradients_at_the_new_points_and_nothing_counted_twice(model, inputs):
     n = model.cfg.n_layers
-    probe = [f"blocks.{LAYER}.attn.hook_result", "ln_final.hook_scale", f"blocks.{LAYER}.ln2.hook_scale",
-             f"blocks.{LAYER}.attn.hook_q"]
+    probe = [
+        f"blocks.{LAYER}.attn.hook_result",
+        "ln_final.hook_scale",
+        f"blocks.{LAYER}.ln2.hook_scale",
+        f"blocks.{LAYER}.attn.hook_q",
+    ]
     base = ["ln_final.hook_normalized", f"blocks.{LAYER}.hook_attn_out", "blocks.0.hook_resid_pre"]
     _, plain = model.run_with_cache(inputs, names_filter=base, return_type="loss", incl_bwd=True)
     _, cache = model.run_with_cache(inputs, names_filter=base + probe, return_type="loss", incl_bwd=True)
     # hooks that only read leave every other gradient as it was (no path counted twice)
-    torch.testing.assert_close(cache["blocks.0.hook_resid_pre_grad"], plain["blocks.0.hook_resid_pre_grad"], atol=1e-7, rtol=1e-5)
+    torch.testing.assert_close(
+        cache["blocks.0.hook_resid_pre_grad"], plain["blocks.0.hook_resid_pre_grad"], atol=1e-7, rtol=1e-5
+    )
     # out = gain * x / s, so dL/ds = -sum(dL/dout * out) / s
     out, s = cache["ln_final.hook_normalized"], cache["ln_final.hook_scale"]
     expected = -(plain["ln_final.hook_normalized_grad"] * out).sum(-1, keepdim=True) / s
@@ -218,6 +246,7 @@ def test_an_sae_spliced_in_with_its_features_as_hook_points(model, inputs):
             edit = acts.clone()
             edit[..., feature] = 0
             return a + sae.decode(edit) - sae.decode(acts)
+
         by_hand = model.run_with_hooks(inputs, fwd_hooks=[(host, ablated)])
 
         try:
@@ -225,13 +254,16 @@ def test_an_sae_spliced_in_with_its_features_as_hook_points(model, inputs):
             spliced, cache = model.run_with_cache(inputs)
             torch.testing.assert_close(spliced, logits, atol=1e-5, rtol=1e-5)  # the error term: output unchanged
             torch.testing.assert_close(cache[acts_name], sae.encode(x), atol=1e-6, rtol=1e-5)
-            torch.testing.assert_close(cache[f"{host}.hook_sae_error"], x - sae.decode(sae.encode(x)), atol=1e-6, rtol=1e-5)
+            torch.testing.assert_close(
+                cache[f"{host}.hook_sae_error"], x - sae.decode(sae.encode(x)), atol=1e-6, rtol=1e-5
+            )
             assert model.hook_shape(acts_name) == ("batch", "pos", "d_sae")
 
             def zero_feature(acts, hook):
                 acts = acts.clone()
                 acts[..., feature] = 0
                 return acts
+
             edited = model.run_with_hooks(inputs, fwd_hooks=[(acts_name, zero_feature)])
             torch.testing.assert_close(edited, by_hand, atol=1e-5, rtol=1e-4)
             assert (edited - logits).abs().max() > 1e-4
@@ -243,8 +275,9 @@ def test_an_sae_spliced_in_with_its_features_as_hook_points(model, inputs):
     # gradients at the features: recons = acts W_dec + b_dec, so dL/dacts = dL/drecons W_dec^T (where a feature is on)
     model.add_sae(sae, host, use_error_term=True)
     try:
-        _, grads = model.run_with_cache(inputs, names_filter=[acts_name, f"{host}.hook_sae_recons"], return_type="loss",
-                                        incl_bwd=True)
+        _, grads = model.run_with_cache(
+            inputs, names_filter=[acts_name, f"{host}.hook_sae_recons"], return_type="loss", incl_bwd=True
+        )
     finally:
         model.reset_saes()
     expected = grads[f"{host}.hook_sae_recons_grad"] @ sae.W_dec.detach().T
@@ -269,7 +302,7 @@ def test_full_residual_decomposition_sums_to_the_residual(model, inputs):
         torch.testing.assert_close(parts.sum(0), cache["resid_post", -1], atol=1e-5, rtol=1e-4)
         mlps, mlp_labels = cache.get_full_resid_decomposition(LAYER, expand_neurons=False, return_labels=True)
         deepstack = [f"{l}_deepstack" for l in model.vocab.injected_layers if l < LAYER]
-        assert mlp_labels[LAYER * H:] == [f"{l}_mlp_out" for l in range(LAYER)] + deepstack + ["embed", "bias"]
+        assert mlp_labels[LAYER * H :] == [f"{l}_mlp_out" for l in range(LAYER)] + deepstack + ["embed", "bias"]
         torch.testing.assert_close(mlps.sum(0), cache["resid_pre", LAYER], atol=1e-5, rtol=1e-4)
         mid = cache.get_full_resid_decomposition(LAYER, mlp_input=True, expand_neurons=False)
         torch.testing.assert_close(mid.sum(0), cache["resid_mid", LAYER], atol=1e-5, rtol=1e-4)
@@ -305,8 +338,9 @@ def test_compute_head_results_fills_the_cache_as_the_live_hook_point(model, inpu
 def test_run_with_hooks_reset_hooks_end_false_leaves_the_hooks_on(model, inputs):
     calls = []
     with torch.no_grad():
-        model.run_with_hooks(inputs, fwd_hooks=[("blocks.0.hook_resid_post", lambda a, h: calls.append(h.name))],
-                             reset_hooks_end=False)
+        model.run_with_hooks(
+            inputs, fwd_hooks=[("blocks.0.hook_resid_post", lambda a, h: calls.append(h.name))], reset_hooks_end=False
+        )
         assert calls == ["blocks.0.hook_resid_post"]
         model(inputs)  # a plain forward afterwards: the hook is still there (TL's semantics)
         assert len(calls) == 2
@@ -329,13 +363,18 @@ def test_transformer_lens_patching_and_cache_run_on_hookedvlm_unchanged(model, i
         _, clean = model.run_with_cache(inputs)
         table = patching.get_act_patch_resid_pre(model, corrupted, clean, metric)
         heads = patching.get_act_patch_attn_head_out_all_pos(model, corrupted, clean, metric)
-    assert table.shape == (model.cfg.n_layers, inputs.shape[1]) and heads.shape == (model.cfg.n_layers, model.cfg.n_heads)
+    assert table.shape == (model.cfg.n_layers, inputs.shape[1]) and heads.shape == (
+        model.cfg.n_layers,
+        model.cfg.n_heads,
+    )
     span = inputs.image_spans[0][0]
     for layer, pos in ((0, span.start), (LAYER, inputs.shape[1] - 1)):  # by hand: one cell each
-        def patch(act, hook, pos=pos):
+
+        def patch(act, hook, pos=pos, layer=layer):
             act = act.clone()
             act[:, pos] = clean["resid_pre", layer][:, pos]
             return act
+
         with torch.no_grad():
             by_hand = metric(model.run_with_hooks(corrupted, fwd_hooks=[(f"blocks.{layer}.hook_resid_pre", patch)]))
         torch.testing.assert_close(table[layer, pos], by_hand, atol=1e-5, rtol=1e-5)
@@ -347,8 +386,9 @@ def test_transformer_lens_patching_and_cache_run_on_hookedvlm_unchanged(model, i
         assert (table - baseline).abs().max() > 1e-4  # somewhere, the clean image matters
     else:  # the image reaches the residual only through its first cross-attention layer: no resid_pre up to it knows
         first_cross = min(model.cfg.cross_layers)
-        torch.testing.assert_close(table[: first_cross + 1], baseline.expand(first_cross + 1, table.shape[1]),
-                                   atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(
+            table[: first_cross + 1], baseline.expand(first_cross + 1, table.shape[1]), atol=1e-6, rtol=1e-6
+        )
     # TL's own ActivationCache over ours: the stacks that need no folded weights agree
     tl = TLCache(dict(clean), model)
     ours, labels = clean.decompose_resid(return_labels=True)
@@ -356,8 +396,9 @@ def test_transformer_lens_patching_and_cache_run_on_hookedvlm_unchanged(model, i
     torch.testing.assert_close(tl.decompose_resid(), ours[kept], atol=0, rtol=0)
     # TL knows no norm after o_proj (Gemma 3), nor a gate on a cross-attention layer's write (Llama-3.2-Vision)
     if not any(key.endswith("_post_norm") for key in model.adapter.block) and not model.cfg.cross_layers:
-        torch.testing.assert_close(tl.stack_head_results(pos_slice=-1), clean.stack_head_results(pos_slice=-1),
-                                   atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(
+            tl.stack_head_results(pos_slice=-1), clean.stack_head_results(pos_slice=-1), atol=1e-6, rtol=1e-5
+        )
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -396,8 +437,12 @@ def test_W_E_of_the_tokens_is_what_layer_0_receives_at_text_positions(model, inp
         _, cache = model.run_with_cache(inputs, names_filter="hook_embed")
         for item, spans in enumerate(inputs.image_spans):
             image = {p for span in spans for p in span.positions}
-            text = [p for p in range(inputs.input_ids.shape[1])
-                    if p not in image and inputs.tensors["attention_mask"][item, p] and inputs.input_ids[item, p] !=
-                    model.cfg.image_token_id]
+            text = [
+                p
+                for p in range(inputs.input_ids.shape[1])
+                if p not in image
+                and inputs.tensors["attention_mask"][item, p]
+                and inputs.input_ids[item, p] != model.cfg.image_token_id
+            ]
             ids = inputs.input_ids[item, text]
             torch.testing.assert_close(model.W_E[ids], cache["embed"][item, text], atol=1e-6, rtol=1e-5)

@@ -46,7 +46,11 @@ def hf_gradients(model, eager_hf, inputs, layer: int) -> dict[str, torch.Tensor]
 
     block = layer_list(eager_hf, model.adapter.modules["layers"])[layer]
     seen, handles = {}, []
-    grab = lambda key: lambda m, args, out=None: seen.__setitem__(key, args[0] if out is None else out[0] if isinstance(out, tuple) else out)  # noqa: E731
+    grab = lambda key: (
+        lambda m, args, out=None: seen.__setitem__(
+            key, args[0] if out is None else out[0] if isinstance(out, tuple) else out
+        )
+    )  # noqa: E731
     table = model.adapter.block_at(model.hf_model.config, layer)
     handles.append(block.register_forward_hook(grab("resid_post")))
     if layer in model.cfg.cross_layers:  # gated writes: ln2's input is the very tensor resid_mid (the residual too)
@@ -68,10 +72,15 @@ def hf_gradients(model, eager_hf, inputs, layer: int) -> dict[str, torch.Tensor]
 
 def test_backward_hooks_and_cached_gradients_equal_autograd_on_the_hf_model(model, eager_hf, inputs):
     layer = 1
-    names = {f"blocks.{layer}.hook_resid_post": "resid_post", f"blocks.{layer}.hook_resid_mid": "attn_out",
-             f"blocks.{layer}.mlp.hook_post": "post", f"blocks.{layer}.attn.hook_pattern_rows": "pattern"}
-    loss, cache = model.run_with_cache(inputs, names_filter=list(names) + [f"blocks.{layer}.attn.hook_z"],
-                                       return_type="loss", incl_bwd=True)
+    names = {
+        f"blocks.{layer}.hook_resid_post": "resid_post",
+        f"blocks.{layer}.hook_resid_mid": "attn_out",
+        f"blocks.{layer}.mlp.hook_post": "post",
+        f"blocks.{layer}.attn.hook_pattern_rows": "pattern",
+    }
+    loss, cache = model.run_with_cache(
+        inputs, names_filter=list(names) + [f"blocks.{layer}.attn.hook_z"], return_type="loss", incl_bwd=True
+    )
     ref = hf_gradients(model, eager_hf, inputs, layer)
     torch.testing.assert_close(loss, ref["loss"], atol=1e-5, rtol=1e-5)
     for name, key in names.items():
@@ -87,8 +96,11 @@ def test_a_backward_hook_can_replace_the_gradient(model, inputs):
     zero = lambda grad, hook: torch.zeros_like(grad)  # noqa: E731
     keep = lambda grad, hook: seen.__setitem__(hook.name, grad.clone())  # noqa: E731
     with torch.enable_grad():
-        loss = model.run_with_hooks(inputs, return_type="loss", bwd_hooks=[
-            (f"blocks.{last}.hook_resid_post", zero), ("blocks.0.hook_resid_pre", keep)])
+        loss = model.run_with_hooks(
+            inputs,
+            return_type="loss",
+            bwd_hooks=[(f"blocks.{last}.hook_resid_post", zero), ("blocks.0.hook_resid_pre", keep)],
+        )
         loss.backward()  # after the call returns: the hooks ride on this forward's tensors
     assert seen["blocks.0.hook_resid_pre"].abs().max() == 0  # everything reaches the loss through the last layer
 
@@ -123,12 +135,24 @@ def test_stop_at_layer_returns_the_residual_entering_it(model, inputs):
         _, cache = model.run_with_cache(inputs, names_filter=lambda name: "resid" in name)
         fired = []
         for layer in range(n):
-            resid = model.run_with_hooks(inputs, stop_at_layer=layer, fwd_hooks=[
-                (lambda name: name.endswith("resid_pre") or name == "hook_embed", lambda a, hook: fired.append(hook.name))])
+            resid = model.run_with_hooks(
+                inputs,
+                stop_at_layer=layer,
+                fwd_hooks=[
+                    (
+                        lambda name: name.endswith("resid_pre") or name == "hook_embed",
+                        lambda a, hook: fired.append(hook.name),
+                    )
+                ],
+            )
             torch.testing.assert_close(resid, cache["resid_pre", layer], atol=0, rtol=0)
             assert fired == ["hook_embed"] + [f"blocks.{l}.hook_resid_pre" for l in range(layer)]  # layer l never runs
             fired.clear()
-        final, partial = model.run_with_cache(inputs, stop_at_layer=n, names_filter=lambda name: name.startswith("blocks.") and name.endswith("resid_post"))
+        final, partial = model.run_with_cache(
+            inputs,
+            stop_at_layer=n,
+            names_filter=lambda name: name.startswith("blocks.") and name.endswith("resid_post"),
+        )
     torch.testing.assert_close(final, cache["resid_post", n - 1], atol=0, rtol=0)
     assert len(partial) == n  # cached up to the stop, the last layer's output included
     with pytest.raises(InputError, match=f"stop_at_layer must be in 0..{n}"):
@@ -161,15 +185,18 @@ def test_weights_reproduce_the_hf_projections_and_the_cache(model, inputs):
     z_last = torch.einsum("bhk,bhke->bhe", cache["pattern_rows", layer][:, :, 0], v)
     torch.testing.assert_close(z_last, cache["z", layer][:, -1], atol=1e-5, rtol=1e-4)
     attn_out = torch.einsum("bphe,hed->bpd", cache["z", layer], w.attn.W_O) + w.attn.b_O
-    torch.testing.assert_close(post_norm(model, block, "attn", attn_out, layer), cache["attn_out", layer], atol=1e-5,
-                               rtol=1e-4)
+    torch.testing.assert_close(
+        post_norm(model, block, "attn", attn_out, layer), cache["attn_out", layer], atol=1e-5, rtol=1e-4
+    )
     torch.testing.assert_close(ln2 @ model.W_gate[layer], cache["pre", layer], atol=1e-5, rtol=1e-4)
     mlp_out = cache["post", layer] @ model.W_out[layer] + model.b_out[layer]
-    torch.testing.assert_close(post_norm(model, block, "mlp", mlp_out, layer, inputs), cache["mlp_out", layer], atol=1e-5,
-                               rtol=1e-4)
+    torch.testing.assert_close(
+        post_norm(model, block, "mlp", mlp_out, layer, inputs), cache["mlp_out", layer], atol=1e-5, rtol=1e-4
+    )
     if cfg.act_fn == "silu":  # LLaVA's and Qwen's MLP: silu(gate) * up
-        torch.testing.assert_close(silu(cache["pre", layer]) * (ln2 @ model.W_in[layer]), cache["post", layer],
-                                   atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(
+            silu(cache["pre", layer]) * (ln2 @ model.W_in[layer]), cache["post", layer], atol=1e-5, rtol=1e-4
+        )
     torch.testing.assert_close(cache["ln_final"] @ model.W_U + model.b_U, logits, atol=1e-5, rtol=1e-4)
     token = int(logits[0, -1].argmax())
     torch.testing.assert_close(model.tokens_to_residual_directions(token), model.W_U[:, token])
@@ -181,7 +208,11 @@ def test_the_model_is_a_module_with_transformer_lens_config_fields(model, inputs
     assert set(model.state_dict()) == {f"hf_model.{k}" for k in hf.state_dict()}
     assert model.to("cpu") is model and cfg.device == torch.device("cpu") and cfg.dtype == torch.float32
     text = hf.config.get_text_config()
-    assert (cfg.n_ctx, cfg.n_key_value_heads, cfg.normalization_type) == (text.max_position_embeddings, text.num_key_value_heads, "RMS")
+    assert (cfg.n_ctx, cfg.n_key_value_heads, cfg.normalization_type) == (
+        text.max_position_embeddings,
+        text.num_key_value_heads,
+        "RMS",
+    )
     tokens = model.to_str_tokens(inputs)
     assert len(tokens) == 2 and len(tokens[0]) == inputs.input_ids.shape[1]
     span = inputs.image_spans[0][0]
@@ -204,11 +235,14 @@ def test_the_cache_as_an_analysis_api(model, inputs):
         torch.testing.assert_close(final, cache["ln_final"], atol=1e-5, rtol=1e-4)
 
         parts, names = cache.decompose_resid(return_labels=True)
-        assert names[:3] == ["embed", "0_attn_out", "0_mlp_out"] and len(names) == 2 * n + 1 + len(model.vocab.injected_layers)
+        assert names[:3] == ["embed", "0_attn_out", "0_mlp_out"] and len(names) == 2 * n + 1 + len(
+            model.vocab.injected_layers
+        )
         torch.testing.assert_close(parts.sum(0), cache["resid_post", -1], atol=1e-5, rtol=1e-4)
         torch.testing.assert_close(cache.decompose_resid(layer=1).sum(0), cache["resid_pre", 1], atol=1e-5, rtol=1e-4)
-        torch.testing.assert_close(cache.decompose_resid(layer=1, mlp_input=True).sum(0), cache["resid_mid", 1],
-                                   atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(
+            cache.decompose_resid(layer=1, mlp_input=True).sum(0), cache["resid_mid", 1], atol=1e-5, rtol=1e-4
+        )
         attrs = cache.logit_attrs(cache.decompose_resid(pos_slice=-1), tokens=t, incorrect_tokens=u, pos_slice=-1)
         difference = (logits[:, -1, t] - model.b_U[t]) - (logits[:, -1, u] - model.b_U[u])
         torch.testing.assert_close(attrs.sum(0), difference, atol=1e-4, rtol=1e-4)
@@ -216,7 +250,9 @@ def test_the_cache_as_an_analysis_api(model, inputs):
         right, wrong = logits[:, -1].argmax(-1), logits[:, -1].argmin(-1)
         per_item = cache.logit_attrs(cache.decompose_resid(), tokens=right, incorrect_tokens=wrong)
         items = torch.arange(len(right))
-        expected = (logits[items, :, right] - model.b_U[right][:, None]) - (logits[items, :, wrong] - model.b_U[wrong][:, None])
+        expected = (logits[items, :, right] - model.b_U[right][:, None]) - (
+            logits[items, :, wrong] - model.b_U[wrong][:, None]
+        )
         assert per_item.shape == (len(names), *logits.shape[:2])
         torch.testing.assert_close(per_item.sum(0), expected, atol=1e-4, rtol=1e-4)
 
@@ -224,8 +260,9 @@ def test_the_cache_as_an_analysis_api(model, inputs):
         H = model.cfg.n_heads
         assert heads.shape[0] == n * H and head_labels[H] == "L1H0"
         for l in range(n):
-            torch.testing.assert_close(heads[l * H:(l + 1) * H].sum(0) + model.b_O[l], cache["attn_out", l][:, -1],
-                                       atol=1e-5, rtol=1e-4)
+            torch.testing.assert_close(
+                heads[l * H : (l + 1) * H].sum(0) + model.b_O[l], cache["attn_out", l][:, -1], atol=1e-5, rtol=1e-4
+            )
         neurons, neuron_labels = cache.stack_neuron_results(1, return_labels=True, pos_slice=-1)
         assert neuron_labels[:2] == ["L0N0", "L0N1"]
         torch.testing.assert_close(neurons.sum(0) + model.b_out[0], cache["mlp_out", 0][:, -1], atol=1e-5, rtol=1e-4)
@@ -235,7 +272,7 @@ def test_the_cache_as_an_analysis_api(model, inputs):
         one = model.prepare(images=make_images()[:1], prompts=["how many"])
         _, single = model.run_with_cache(one)
         image_tokens = one.input_ids[0] == model.cfg.image_token_id  # (LLaVA-NeXT's newlines are image tokens too)
-        torch.testing.assert_close(single.accumulated_resid(pos_slice="image")[0],
-                                   single["resid_pre", 0][:, image_tokens], atol=0, rtol=0)
+        torch.testing.assert_close(
+            single.accumulated_resid(pos_slice="image")[0], single["resid_pre", 0][:, image_tokens], atol=0, rtol=0
+        )
         assert single.remove_batch_dim()["resid_post", 0].shape == single["resid_post", 0].shape[1:]
-

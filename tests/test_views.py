@@ -74,15 +74,22 @@ def test_inconsistent_views_are_refused():
         View("tile", (1, 2, 3), (2, 2))
     with pytest.raises(ValueError, match="view kind"):
         View("crop", (1,), (1, 1))
-    mixed = ImageSpan(0, 0, 6, (1, 1), views=(View("tile", (0,), (1, 1), tiles=(1, 2)),
-                                               View("tile", (1, 2, 3, 4), (2, 2), tile=(0, 1), tiles=(1, 2))))
+    mixed = ImageSpan(
+        0,
+        0,
+        6,
+        (1, 1),
+        views=(View("tile", (0,), (1, 1), tiles=(1, 2)), View("tile", (1, 2, 3, 4), (2, 2), tile=(0, 1), tiles=(1, 2))),
+    )
     with pytest.raises(ValueError, match="cannot be stitched"):
         mixed.stitch(torch.zeros(6))
 
 
 def test_covering_finds_every_token_over_a_base_cell_by_hand():
     # a picture cut into 2x2 tiles of 2x2 tokens (positions 10.., row-major, tile by tile), then a 2x2 base (50..53)
-    tiles = [View("tile", tuple(range(10 + 4 * k, 14 + 4 * k)), (2, 2), tile=divmod(k, 2), tiles=(2, 2)) for k in range(4)]
+    tiles = [
+        View("tile", tuple(range(10 + 4 * k, 14 + 4 * k)), (2, 2), tile=divmod(k, 2), tiles=(2, 2)) for k in range(4)
+    ]
     span = ImageSpan(0, 10, 54, (2, 2), views=(*tiles, View("base", (50, 51, 52, 53), (2, 2))))
     assert span.covering(0, 0) == [10, 11, 12, 13, 50]  # the top-left quarter: all of tile (0, 0)
     assert span.covering(1, 1) == [22, 23, 24, 25, 53]
@@ -95,7 +102,8 @@ def test_covering_finds_every_token_over_a_base_cell_by_hand():
     assert ImageSpan(0, 5, 9, (2, 2)).covering(1, 0) == [7]  # one view: the cell's own token
     with pytest.raises(IndexError, match="outside the 2x2 grid"):
         span.covering(2, 0)
-    unknown = ImageSpan(0, 0, 12, (2, 2), views=(View("tile", (0, 1, 2, 3), (2, 2), tiles=None),
-                                                   View("base", (8, 9, 10, 11), (2, 2))))
+    unknown = ImageSpan(
+        0, 0, 12, (2, 2), views=(View("tile", (0, 1, 2, 3), (2, 2), tiles=None), View("base", (8, 9, 10, 11), (2, 2)))
+    )
     with pytest.raises(ValueError, match="arranged"):
         unknown.covering(0, 0)

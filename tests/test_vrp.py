@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
+import html
 import json
 import os
 
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from scipy import stats as scipy_stats
 from sklearn.metrics import roc_auc_score
 from typer.testing import CliRunner
-
-import torch
 
 from analyses import probes
 from analyses.cli import app
@@ -46,6 +46,20 @@ def test_outputs_written(study):
     assert "Table 6" in (out / "tables.md").read_text()
 
 
+def test_every_table_has_its_title_and_note_in_the_report(study):
+    """A table's key is defined once (``StudyResults.tables``); the report's words for it are looked up by that key,
+    so a new table without a title or a reading note fails here, and every titled table is shown."""
+    out, results = study
+    from analyses.study import report
+
+    keys = set(results.tables())
+    assert keys <= set(report.TITLES) and keys <= set(report.NOTES)
+    page = (out / "report.html").read_text()
+    shown = {key for key in keys if f"<h2>{html.escape(report.TITLES[key])}</h2>" in page}
+    figures = {"figure4_delta_entropy", "figure5_visual_updates"}  # shown under their figure's own title
+    assert shown == keys - figures, keys - figures - shown
+
+
 def test_tables_agree_with_the_extraction(study):
     """Each table recomputed from the stored extraction with scipy / sklearn / numpy."""
     out, results = study
@@ -54,17 +68,23 @@ def test_tables_agree_with_the_extraction(study):
     assert results.accounting.extracted == 150 and results.accounting.correct == int(correct.sum())
     model = results.setup.model
     card = zoo.get(results.config.model).card
-    assert (model["family"], model["language_layers"], model["parameters"]) == (card["family"], card["language_layers"],
-                                                                                card["parameters"])
+    assert (model["family"], model["language_layers"], model["parameters"]) == (
+        card["family"],
+        card["language_layers"],
+        card["parameters"],
+    )
     assert results.setup.benchmark["accuracy"] == pytest.approx(correct.mean())
     assert results.setup.benchmark["questions used"] == 150 and results.setup.benchmark["format"] == "shapes"
     assert results.accuracy.overall == pytest.approx(correct.mean())
     test = results.predictors.split.test
     confidence = np.array([r["confidence"] for r in ex.rows])
-    assert results.predictors["confidence"].estimate.value == pytest.approx(roc_auc_score(correct[test], confidence[test]))
+    assert results.predictors["confidence"].estimate.value == pytest.approx(
+        roc_auc_score(correct[test], confidence[test])
+    )
     consistency = np.array([r["consistency"] for r in ex.rows])
     assert results.predictors["self_consistency"].estimate.value == pytest.approx(
-        roc_auc_score(correct[test], consistency[test]))
+        roc_auc_score(correct[test], consistency[test])
+    )
     gap = ex.margins[:, correct].mean(axis=1) - ex.margins[:, ~correct].mean(axis=1)
     peak = int(np.argmax(gap))  # where right and wrong answers' margins are furthest apart
     assert results.margins.peak_layer == peak and results.margins.gap_at_peak == pytest.approx(gap[peak])
@@ -82,7 +102,9 @@ def test_mlp_update_share_recomputed_from_a_full_cache(study):
     shares = []
     for chunk, inputs in batches(model, examples, 25):
         with torch.no_grad():
-            _, cache = model.run_with_cache(inputs, names_filter=lambda n: n.endswith(("hook_attn_out", "hook_mlp_out")))
+            _, cache = model.run_with_cache(
+                inputs, names_filter=lambda n: n.endswith(("hook_attn_out", "hook_mlp_out"))
+            )
         last, rows = inputs.last_positions(), torch.arange(len(chunk))
         layer = results.margins.peak_layer
         attn = cache["attn_out", layer][rows, last].norm(dim=-1)
@@ -102,8 +124,9 @@ def test_ablations_zero_the_probe_units_and_match_random_controls(study):
         assert (probe.note != "") == (len(kept) < k)  # a probe that kept fewer units says so
         controls = [r for r in ablations.group("random units") if r.k_requested == k]
         assert len(controls) == cfg.random_controls
-        assert all(len(c.intervention.indices) == probe.k and not set(c.intervention.indices) & set(kept[:k])
-                   for c in controls)
+        assert all(
+            len(c.intervention.indices) == probe.k and not set(c.intervention.indices) & set(kept[:k]) for c in controls
+        )
     unedited = [r for r in ablations.rows if not r.condition.startswith("top minus random")]  # those are paired rows
     assert {r.acc_before for r in unedited} == {ablations.rows[0].acc_before}  # one baseline for every condition
     frame = ablations.frame(("escalating random", "probe units")).set_index("condition")
@@ -134,12 +157,20 @@ def test_causal_conditions_recomputed_by_hand(study):
     assert extreme_right.intervention.value == pytest.approx(values.mean() + towards_right * spread, rel=1e-5)
     assert extreme_wrong.intervention.value == pytest.approx(values.mean() - towards_right * spread, rel=1e-5)
     singles = ablations.group("single units")
-    assert [list(r.intervention.indices) for r in singles] == [[u] for u in ablations.neurons[: min(results.config.ablation_ks)]]
+    assert [list(r.intervention.indices) for r in singles] == [
+        [u] for u in ablations.neurons[: min(results.config.ablation_ks)]
+    ]
     for row in ablations.group("other layers"):
         if row.condition.startswith("top-") and row.intervention is not None:
             position = ex.stored_layers("hidden").index(row.layer)
-            refit = probes.fit_probe(ex.hidden[position][split.train], ex.correct[split.train], position, "l1",
-                                     results.config.sparse_C, results.config.seed)
+            refit = probes.fit_probe(
+                ex.hidden[position][split.train],
+                ex.correct[split.train],
+                position,
+                "l1",
+                results.config.sparse_C,
+                results.config.seed,
+            )
             chosen = probes.selected_neurons(refit)["index"].tolist()[: max(results.config.ablation_ks)]
             assert list(row.intervention.indices) == chosen and row.layer != ablations.layer
     model = HookedVLM.from_pretrained(results.config.model)
@@ -163,7 +194,9 @@ def test_headline_comparisons_recomputed(study):
     assert len(frame) == 6 and frame.p_perm.notna().all()
     ck = results.features.components.mean(1) - 1
     assert frame.value[0] == pytest.approx(scipy_stats.pointbiserialr(ex.correct, ck).statistic)
-    assert frame.value[1] == pytest.approx(scipy_stats.pointbiserialr(ex.correct, results.features.entropy.mean(1)).statistic)
+    assert frame.value[1] == pytest.approx(
+        scipy_stats.pointbiserialr(ex.correct, results.features.entropy.mean(1)).statistic
+    )
     consistency = np.array([r["consistency"] for r in ex.rows])
     assert frame.value[2] == pytest.approx(scipy_stats.pointbiserialr(ex.correct, consistency).statistic)
     assert frame.value[3] == results.predictors["dense_probe"].estimate.value
@@ -196,14 +229,29 @@ def test_dbscan_rerun_recounted_with_sklearn_and_can_disagree(study):
     out, results = study
     ex, cfg = load(out / "extraction"), results.config
     table = results.dbscan.set_index("layer")
-    counts = np.array([[len(set(DBSCAN(eps=cfg.dbscan_eps, min_samples=cfg.dbscan_min_samples).fit(
-        np.argwhere(top_mass_mask(g.reshape(r["grid"]), cfg.top_mass))).labels_) - {-1}) for g in attn]
-        for attn, r in zip(ex.attention, ex.rows)])
+    counts = np.array(
+        [
+            [
+                len(
+                    set(
+                        DBSCAN(eps=cfg.dbscan_eps, min_samples=cfg.dbscan_min_samples)
+                        .fit(np.argwhere(top_mass_mask(g.reshape(r["grid"]), cfg.top_mass)))
+                        .labels_
+                    )
+                    - {-1}
+                )
+                for g in attn
+            ]
+            for attn, r in zip(ex.attention, ex.rows)
+        ]
+    )
     for layer in range(counts.shape[1]):
         agree = np.mean(counts[:, layer] == results.features.components[:, layer])
         assert table.loc[str(layer), "agreement with C_k"] == pytest.approx(agree)
         assert table.loc[str(layer), "mean DBSCAN clusters"] == pytest.approx(counts[:, layer].mean())
-    assert table.loc["all", "r_pb (DBSCAN)"] == pytest.approx(scipy_stats.pointbiserialr(ex.correct, counts.mean(1)).statistic)
+    assert table.loc["all", "r_pb (DBSCAN)"] == pytest.approx(
+        scipy_stats.pointbiserialr(ex.correct, counts.mean(1)).statistic
+    )
     assert table.loc["all", "agreement with C_k"] < 1  # at these settings the re-count is a real check
 
 
@@ -213,7 +261,9 @@ def test_probe_seeds_and_table9_floor(study):
     seeds = results.probe_seeds.set_index("probe")
     dense = seeds.loc["dense probe (L2)"]
     assert dense.seeds == cfg.probe_seeds == len(dense["per seed"])
-    assert dense["per seed"][0] == pytest.approx(results.predictors["dense_probe"].estimate.value, abs=1e-4)  # seed 0: Table 6's
+    assert dense["per seed"][0] == pytest.approx(
+        results.predictors["dense_probe"].estimate.value, abs=1e-4
+    )  # seed 0: Table 6's
     assert dense.se == pytest.approx(np.std(dense["per seed"], ddof=1) / np.sqrt(cfg.probe_seeds), rel=1e-3)
     test = results.predictors.split.test
     noise = np.random.default_rng(cfg.seed).random(len(ex.rows))[test]
@@ -273,8 +323,9 @@ def test_labels_in_any_case_give_the_same_tables(study, tmp_path):
             record["label"] = variants[record["label"]][i % 3]
         lines.append(json.dumps(record))
     path.write_text("\n".join(lines))
-    shouting = run(VRPConfig(benchmark=str(path), images=str(path.parent / "images"), **SMALL), tmp_path / "out",
-                   progress=False)
+    shouting = run(
+        VRPConfig(benchmark=str(path), images=str(path.parent / "images"), **SMALL), tmp_path / "out", progress=False
+    )
     assert shouting.accuracy.frame().equals(results.accuracy.frame())
     pd.testing.assert_frame_equal(shouting.ablations.frame(), results.ablations.frame())
     assert shouting.predictors.frame().equals(results.predictors.frame())
@@ -300,11 +351,29 @@ def test_stray_arguments_without_compare_are_refused():
 
 def test_missing_images_stop_before_model_work(tmp_path):
     questions = tmp_path / "q.json"
-    questions.write_text("\n".join(json.dumps({"question_id": i, "image": f"img{i}.jpg", "text": "Is there a cat?",
-                                               "label": "no"}) for i in range(3)))
+    questions.write_text(
+        "\n".join(
+            json.dumps({"question_id": i, "image": f"img{i}.jpg", "text": "Is there a cat?", "label": "no"})
+            for i in range(3)
+        )
+    )
     (tmp_path / "images").mkdir()
-    result = CliRunner().invoke(app, ["vrp", "--model", "no/such-model", "--benchmark", str(questions),
-                                      "--images", str(tmp_path / "images"), "--n", "3", "--out", str(tmp_path / "o")])
+    result = CliRunner().invoke(
+        app,
+        [
+            "vrp",
+            "--model",
+            "no/such-model",
+            "--benchmark",
+            str(questions),
+            "--images",
+            str(tmp_path / "images"),
+            "--n",
+            "3",
+            "--out",
+            str(tmp_path / "o"),
+        ],
+    )
     assert isinstance(result.exception, DataError)
     assert "3 image(s) missing" in str(result.exception)
 
@@ -322,30 +391,60 @@ def test_a_vqav2_pair_built_from_shapes_runs_from_the_command_line(tmp_path):
         questions.append({"image_id": qid, "question": record["text"], "question_id": qid})
         other = "no" if record["label"] != "no" else "yes"
         answers = [record["label"]] * 8 + [other] * 2
-        annotations.append({"question_id": qid, "answer_type": record["type"],
-                            "answers": [{"answer": a, "answer_id": i + 1} for i, a in enumerate(answers)]})
+        annotations.append(
+            {
+                "question_id": qid,
+                "answer_type": record["type"],
+                "answers": [{"answer": a, "answer_id": i + 1} for i, a in enumerate(answers)],
+            }
+        )
     (tmp_path / "q.json").write_text(json.dumps({"data_subtype": "val2014", "questions": questions}))
     (tmp_path / "a.json").write_text(json.dumps({"annotations": annotations}))
-    result = CliRunner().invoke(app, ["vrp", "--benchmark", str(tmp_path / "q.json"), "--annotations", str(tmp_path / "a.json"),
-                                      "--images", str(images), "--n", "60", "--k", "2", "--n-resamples", "200",
-                                      "--out", str(tmp_path / "out")])
+    result = CliRunner().invoke(
+        app,
+        [
+            "vrp",
+            "--benchmark",
+            str(tmp_path / "q.json"),
+            "--annotations",
+            str(tmp_path / "a.json"),
+            "--images",
+            str(images),
+            "--n",
+            "60",
+            "--k",
+            "2",
+            "--n-resamples",
+            "200",
+            "--out",
+            str(tmp_path / "out"),
+        ],
+    )
     assert result.exit_code == 0, result.output
-    rows = [r for f in sorted((tmp_path / "out" / "extraction").glob("shard-*.json")) for r in json.loads(f.read_text())]
+    rows = [
+        r for f in sorted((tmp_path / "out" / "extraction").glob("shard-*.json")) for r in json.loads(f.read_text())
+    ]
     assert all(r["metric"] == "vqa" and len(r["golds"]) == 10 for r in rows)
     # with 8 of 10 humans giving the label, VQA accuracy 1.0 for the label, 0.6 for the other answer, else 0
     for r in rows:
-        expected = r["prediction"] == r["label"] or (r["prediction"] in r["golds"] and r["golds"].count(r["prediction"]) >= 2)
+        expected = r["prediction"] == r["label"] or (
+            r["prediction"] in r["golds"] and r["golds"].count(r["prediction"]) >= 2
+        )
         assert r["correct"] == expected
 
 
 def test_study_settings_from_a_config_file_with_command_line_overrides(tmp_path):
     (tmp_path / "study.json").write_text(json.dumps({"n": 30, "k": 2, "n_resamples": 100, "hidden_layers": [2, 3]}))
-    result = CliRunner().invoke(app, ["vrp", "--config", str(tmp_path / "study.json"), "--n", "40", "--out", str(tmp_path / "o")])
+    result = CliRunner().invoke(
+        app, ["vrp", "--config", str(tmp_path / "study.json"), "--n", "40", "--out", str(tmp_path / "o")]
+    )
     assert result.exit_code == 0, result.output
     used = json.loads((tmp_path / "o" / "tables.json").read_text())["config"]
     assert (used["n"], used["k"], used["n_resamples"], used["hidden_layers"]) == (40, 2, 100, [2, 3])
     (tmp_path / "bad.json").write_text(json.dumps({"nn": 3}))
-    assert "unknown study settings" in str(CliRunner().invoke(app, ["vrp", "--config", str(tmp_path / "bad.json")]).exception)
+    assert "unknown study settings" in str(
+        CliRunner().invoke(app, ["vrp", "--config", str(tmp_path / "bad.json")]).exception
+    )
 
 
 def test_findings_state_this_runs_numbers_and_warn_about_small_n(study):
@@ -357,11 +456,15 @@ def test_findings_state_this_runs_numbers_and_warn_about_small_n(study):
     where = found["Where does the margin form, and who builds it?"]
     assert f"l* = {results.margins.peak_layer}" in where and f"{results.margins.mlp_update_share_at_peak:.0%}" in where
     attention = results.predictors["attention_entropy"].estimate
-    assert f"{attention.value:.3f} [95% CI {attention.ci[0]:.3f}, {attention.ci[1]:.3f}], n = 30" in found[
-        "Does attention sharpness predict correctness?"]
+    assert (
+        f"{attention.value:.3f} [95% CI {attention.ci[0]:.3f}, {attention.ci[1]:.3f}], n = 30"
+        in found["Does attention sharpness predict correctness?"]
+    )
     verdict = concentration(results)
     assert verdict in ("concentrated", "no evidence")
-    assert ("concentrated in those units" in found["Is reliability concentrated or distributed?"]) == (verdict == "concentrated")
+    assert ("concentrated in those units" in found["Is reliability concentrated or distributed?"]) == (
+        verdict == "concentrated"
+    )
     cautions = warnings(results)
     assert any("only 30 questions" in w and "n = 496" in w for w in cautions)  # sklearn: ceil(0.2 x 496) = 100
     page = (out / "report.html").read_text()
@@ -379,8 +482,14 @@ def test_concentration_verdict_by_hand(study):
     k = max(r.k_requested for r in rows if r.group == "probe units")
 
     def verdict(probe_change, control_change):
-        edited = [replace(r, change=probe_change) if r.group == "probe units" else
-                  replace(r, change=control_change) if r.group == "random units" else r for r in rows]
+        edited = [
+            replace(r, change=probe_change)
+            if r.group == "probe units"
+            else replace(r, change=control_change)
+            if r.group == "random units"
+            else r
+            for r in rows
+        ]
         return concentration(replace(results, ablations=replace(results.ablations, rows=edited)))
 
     hurt = Estimate(-0.3, (-0.4, -0.2), 30)
@@ -414,19 +523,28 @@ def test_masking_finding_reads_the_paired_difference(study):
     _, results = study
     rows = {r.condition: r for r in results.ablations.group("patch masking")}
     for level in ("token", "pixel"):
-        top, rand = (next(r for c, r in rows.items() if c.startswith(f"mask {k}") and c.endswith(f"({level})"))
-                     for k in ("top", "random"))
+        top, rand = (
+            next(r for c, r in rows.items() if c.startswith(f"mask {k}") and c.endswith(f"({level})"))
+            for k in ("top", "random")
+        )
         paired = rows[f"top minus random ({level})"]
         assert paired.change.value == pytest.approx(top.acc_after - rand.acc_after)
         assert paired.change.n == top.change.n == len(top.after)
-    made = [replace(r, change=Estimate(-0.05, (-0.12, 0.02), 120)) if r.condition.startswith("mask top") else
-            replace(r, change=Estimate(0.03, (-0.04, 0.10), 120)) if r.condition.startswith("mask random") else
-            replace(r, change=Estimate(-0.083, (-0.158, -0.008), 120)) for r in results.ablations.rows
-            if r.group == "patch masking"]
+    made = [
+        replace(r, change=Estimate(-0.05, (-0.12, 0.02), 120))
+        if r.condition.startswith("mask top")
+        else replace(r, change=Estimate(0.03, (-0.04, 0.10), 120))
+        if r.condition.startswith("mask random")
+        else replace(r, change=Estimate(-0.083, (-0.158, -0.008), 120))
+        for r in results.ablations.rows
+        if r.group == "patch masking"
+    ]
     text = masking(replace(results, ablations=replace(results.ablations, rows=made))).answer
     assert "hurts more" in text and "no clear difference" not in text
-    made = [replace(r, change=Estimate(-0.02, (-0.09, 0.05), 120)) if r.condition.startswith("top minus") else r
-            for r in made]
+    made = [
+        replace(r, change=Estimate(-0.02, (-0.09, 0.05), 120)) if r.condition.startswith("top minus") else r
+        for r in made
+    ]
     text = masking(replace(results, ablations=replace(results.ablations, rows=made))).answer
     assert "no clear difference" in text and "hurts more" not in text
 
@@ -444,18 +562,40 @@ def test_an_open_ended_benchmark_reports_answers_and_says_what_is_not_scored(tmp
 
     bench = shapes.write_benchmark(tmp_path / "shapes", 20, seed=SHAPES_EVAL_SEED)
     records = [json.loads(line) for line in bench.read_text().splitlines()]
-    (tmp_path / "q.jsonl").write_text("\n".join(json.dumps({"question_id": r["question_id"], "image": r["image"],
-                                                            "text": r["text"], "category": r["type"]}) for r in records))
-    (tmp_path / "a.jsonl").write_text("\n".join(json.dumps({"question_id": r["question_id"], "text": f"{r['label']} {r['label']}"})
-                                                for r in records))
-    result = CliRunner().invoke(app, ["vrp", "--benchmark", str(tmp_path / "q.jsonl"), "--annotations", str(tmp_path / "a.jsonl"),
-                                      "--images", str(bench.parent / "images"), "--n", "20", "--k", "2",
-                                      "--out", str(tmp_path / "out")])
+    (tmp_path / "q.jsonl").write_text(
+        "\n".join(
+            json.dumps({"question_id": r["question_id"], "image": r["image"], "text": r["text"], "category": r["type"]})
+            for r in records
+        )
+    )
+    (tmp_path / "a.jsonl").write_text(
+        "\n".join(json.dumps({"question_id": r["question_id"], "text": f"{r['label']} {r['label']}"}) for r in records)
+    )
+    result = CliRunner().invoke(
+        app,
+        [
+            "vrp",
+            "--benchmark",
+            str(tmp_path / "q.jsonl"),
+            "--annotations",
+            str(tmp_path / "a.jsonl"),
+            "--images",
+            str(bench.parent / "images"),
+            "--n",
+            "20",
+            "--k",
+            "2",
+            "--out",
+            str(tmp_path / "out"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     data = json.loads((tmp_path / "out" / "tables.json").read_text())
     assert "judge model" in data["not_scored"] and "table6_predictors" not in data
     assert data["table7_benchmarks"][0]["format"] == "llava_bench" and data["table7_benchmarks"][0]["accuracy"] is None
-    rows = [r for f in sorted((tmp_path / "out" / "extraction").glob("shard-*.json")) for r in json.loads(f.read_text())]
+    rows = [
+        r for f in sorted((tmp_path / "out" / "extraction").glob("shard-*.json")) for r in json.loads(f.read_text())
+    ]
     answers = data["open_ended_answers"]
     assert [a["answer"] for a in answers] == [r["prediction"] for r in rows] and all(r["correct"] is None for r in rows)
     # the reference repeats the label: F1 = 2PR/(P+R) with P = 1, R = 1/2 when the toy answers the label
@@ -516,9 +656,30 @@ def test_several_models_and_benchmarks_give_cross_family_tables(tmp_path):
     from analyses.study.many import normalised_sharpness
 
     bench = shapes.write_benchmark(tmp_path / "pope", 40, seed=SHAPES_EVAL_SEED + 1)
-    result = CliRunner().invoke(app, ["vrp", "--model", "toy-llava", "--model", "toy-paligemma", "--benchmark", "shapes",
-                                      "--benchmark", str(bench), "--images", str(bench.parent / "images"), "--n", "40",
-                                      "--k", "2", "--n-resamples", "200", "--out", str(tmp_path / "out")])
+    result = CliRunner().invoke(
+        app,
+        [
+            "vrp",
+            "--model",
+            "toy-llava",
+            "--model",
+            "toy-paligemma",
+            "--benchmark",
+            "shapes",
+            "--benchmark",
+            str(bench),
+            "--images",
+            str(bench.parent / "images"),
+            "--n",
+            "40",
+            "--k",
+            "2",
+            "--n-resamples",
+            "200",
+            "--out",
+            str(tmp_path / "out"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     data = json.loads((tmp_path / "out" / "tables.json").read_text())
     runs = ["toy-llava__shapes", "toy-llava__questions", "toy-paligemma__shapes", "toy-paligemma__questions"]
@@ -542,22 +703,31 @@ def test_several_models_and_benchmarks_give_cross_family_tables(tmp_path):
     for run_name in runs:
         ex = load(tmp_path / "out" / run_name / "extraction")
         four = ndimage.generate_binary_structure(2, 1)
-        components.append([np.mean([ndimage.label(top_mass_mask(g.reshape(r["grid"]), 0.5), four)[1] for g in attn]) - 1
-                           for attn, r in zip(ex.attention, ex.rows)])
+        components.append(
+            [
+                np.mean([ndimage.label(top_mass_mask(g.reshape(r["grid"]), 0.5), four)[1] for g in attn]) - 1
+                for attn, r in zip(ex.attention, ex.rows)
+            ]
+        )
     expected = scipy_stats.pointbiserialr(np.concatenate(labels), np.concatenate(components)).statistic
     assert rows["pooled", "C_k - 1"]["r_pb"] == pytest.approx(expected) and rows["pooled", "C_k - 1"]["n"] == 160
     # Table 7 as the paper's: confidence and probe AUROC per model x benchmark, from each run's Table 6
     table7 = {r["run"]: r for r in data["table7_confidence_vs_probe"]}
     assert list(table7) == runs
     for run_name in runs:
-        own = {r["key"]: r for r in json.loads((tmp_path / "out" / run_name / "tables.json").read_text())["table6_predictors"]}
+        own = {
+            r["key"]: r
+            for r in json.loads((tmp_path / "out" / run_name / "tables.json").read_text())["table6_predictors"]
+        }
         assert table7[run_name]["confidence auroc"] == own["confidence"]["auroc"]
         assert table7[run_name]["probe auroc"] == own["dense_probe"]["auroc"]
     assert (tmp_path / "out" / "compare.html").exists()
 
 
 def test_annotations_must_pair_with_benchmarks():
-    result = CliRunner().invoke(app, ["vrp", "--benchmark", "a.json", "--benchmark", "b.json", "--annotations", "x.json"])
+    result = CliRunner().invoke(
+        app, ["vrp", "--benchmark", "a.json", "--benchmark", "b.json", "--annotations", "x.json"]
+    )
     assert result.exit_code != 0 and "1 --annotations for 2 --benchmark" in result.output
 
 
@@ -569,8 +739,24 @@ def test_the_study_on_a_toy_that_answers_in_words(name, tmp_path):
     """The whole study to its report on answers of several tokens, each scored by its family's own rule."""
     from analyses.data.scoring import is_correct
 
-    result = CliRunner().invoke(app, ["vrp", "--model", name, "--benchmark", "shapes-words", "--n", "150", "--k", "3",
-                                      "--n-resamples", "200", "--out", str(tmp_path / "out")])
+    result = CliRunner().invoke(
+        app,
+        [
+            "vrp",
+            "--model",
+            name,
+            "--benchmark",
+            "shapes-words",
+            "--n",
+            "150",
+            "--k",
+            "3",
+            "--n-resamples",
+            "200",
+            "--out",
+            str(tmp_path / "out"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     ex = load(tmp_path / "out" / "extraction")
     assert ex.config["max_new_tokens"] == zoo.get(name).card["answer_tokens"] > 5  # the card's answer length
@@ -584,7 +770,9 @@ def test_the_study_on_a_toy_that_answers_in_words(name, tmp_path):
     assert len(data["headline_comparisons"]) == 6 and (tmp_path / "out" / "report.html").exists()
 
 
-MULTI_CROP_TOYS = [n for n in zoo.names() if zoo.get(n).family in ("llava_next", "llava_onevision", "idefics3", "smolvlm")]
+MULTI_CROP_TOYS = [
+    n for n in zoo.names() if zoo.get(n).family in ("llava_next", "llava_onevision", "idefics3", "smolvlm")
+]
 
 
 @pytest.mark.parametrize("name", MULTI_CROP_TOYS)
@@ -593,8 +781,24 @@ def test_the_study_on_a_multi_crop_toy(name, view, tmp_path):
     """The whole study to its report on a family that cuts an image into views (a base view and high-resolution
     crops): attention maps on the base view, or on the crops stitched where they sit in the picture."""
     model = HookedVLM.from_pretrained(name)
-    result = CliRunner().invoke(app, ["vrp", "--model", name, "--n", "150", "--k", "3", "--n-resamples", "200",
-                                      "--attention-view", view, "--out", str(tmp_path / "out")])
+    result = CliRunner().invoke(
+        app,
+        [
+            "vrp",
+            "--model",
+            name,
+            "--n",
+            "150",
+            "--k",
+            "3",
+            "--n-resamples",
+            "200",
+            "--attention-view",
+            view,
+            "--out",
+            str(tmp_path / "out"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     ex = load(tmp_path / "out" / "extraction")
     image = shapes_examples(1, SHAPES_EVAL_SEED)[0]
@@ -611,14 +815,15 @@ def test_the_study_on_a_multi_crop_toy(name, view, tmp_path):
 def test_the_study_on_a_cross_attention_toy(tmp_path):
     """The whole study to its report on Llama-3.2-Vision's toy, whose image is the keys of its cross-attention
     layers: attention measures at those layers only, each map its tiles on the picture, masking at both levels."""
-    from analyses.attention_structure import answer_token_attention
     from analyses import answers
+    from analyses.attention_structure import answer_token_attention
 
     name = "toy-mllama"
     model = HookedVLM.from_pretrained(name)
     cross = list(model.cfg.cross_layers)
-    result = CliRunner().invoke(app, ["vrp", "--model", name, "--n", "150", "--k", "3", "--n-resamples", "200",
-                                      "--out", str(tmp_path / "out")])
+    result = CliRunner().invoke(
+        app, ["vrp", "--model", name, "--n", "150", "--k", "3", "--n-resamples", "200", "--out", str(tmp_path / "out")]
+    )
     assert result.exit_code == 0, result.output
     ex = load(tmp_path / "out" / "extraction")
     assert ex.attention_layers == cross and all(a.shape[0] == len(cross) for a in ex.attention)

@@ -52,7 +52,9 @@ def test_toy_loads_offline_with_its_processor(toy):
 def test_toy_scores_within_two_points_of_its_card(toy):
     name, model = toy
     torch.set_num_threads(1)
-    fresh = training.evaluate(model, n=card(name)["held_out"]["n"], seed=FRESH_SEED, answers=card(name).get("answers", "token"))
+    fresh = training.evaluate(
+        model, n=card(name)["held_out"]["n"], seed=FRESH_SEED, answers=card(name).get("answers", "token")
+    )
     claimed = card(name)["held_out"]["accuracy"]
     assert abs(fresh["all"] - claimed["all"]) <= 2.0, (fresh, claimed)
     # neither chance (about 40-50% on these mixtures of yes/no, counts, colours) nor perfect, and wrong answers in
@@ -109,4 +111,6 @@ def test_words_toy_says_its_answer_in_words(name):
     assert np.mean(right) > 0.6
     assert {e.metric for e in examples} == {"yesno", "count", "exact", "relation"}
     assert card(name)["answer_tokens"] == training.longest_answer(shapes.WORD_TYPES, model.tokenizer)
-    assert {"metric:yesno", "metric:count", "metric:exact", "metric:relation"} <= set(card(name)["held_out"]["accuracy"])
+    assert {"metric:yesno", "metric:count", "metric:exact", "metric:relation"} <= set(
+        card(name)["held_out"]["accuracy"]
+    )

@@ -64,8 +64,10 @@ def test_masking_the_most_attended_patches_hurts_more_than_random(toy, level):
     """On every toy (measured: 0.10-0.26 more accuracy lost), the paired difference's CI excludes zero."""
     model, examples = toy
     if level == "pixel" and model.adapter.fill_patches is None:
-        pytest.skip(f"the {model.adapter.family} adapter does not say where a patch's pixels lie (fill_patches): "
-                    "token level only, as the study does")
+        pytest.skip(
+            f"the {model.adapter.family} adapter does not say where a patch's pixels lie (fill_patches): "
+            "token level only, as the study does"
+        )
     after = {}
     for rank in ("top", "random"):
         transform, intervention = patch_masking(0.3, rank, level, "mean")

@@ -26,12 +26,26 @@ from vlm_lens.errors import (
     UnsupportedModelError,
     VLMLensError,
 )
-from vlm_lens.hooked_vlm import HookedVLM, VLMConfig
 from vlm_lens.hook_calls import Hook
+from vlm_lens.hooked_vlm import HookedVLM, VLMConfig
 from vlm_lens.inputs import ImageSpan, VLMInputs, to_rgb
 
 __all__ = [
-    "ActivationCache", "Adapter", "DeviceMismatchError", "Hook", "HookNameError", "HookedVLM", "ImageSpan",
-    "ImageTokenMismatchError", "InputError", "LayerIndexError", "UnknownToyError", "UnsupportedModelError", "VLMConfig", "VLMInputs",
-    "VLMLensError", "register", "to_rgb",
+    "ActivationCache",
+    "Adapter",
+    "DeviceMismatchError",
+    "Hook",
+    "HookNameError",
+    "HookedVLM",
+    "ImageSpan",
+    "ImageTokenMismatchError",
+    "InputError",
+    "LayerIndexError",
+    "UnknownToyError",
+    "UnsupportedModelError",
+    "VLMConfig",
+    "VLMInputs",
+    "VLMLensError",
+    "register",
+    "to_rgb",
 ]

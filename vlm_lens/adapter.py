@@ -24,8 +24,20 @@ from vlm_lens.spans import ImageSpan
 # are relative to one language-model layer.
 MODEL_KEYS = ("layers", "final_norm", "unembed", "embed", "vision_layers", "projector")
 CROSS_KEYS = ("attn_write_gate", "mlp_write_gate")
-BLOCK_KEYS = ("attn", "attn_q", "attn_k", "attn_v", "attn_o", "attn_out", "ln1", "ln2", "mlp_gate", "mlp_up", "mlp_down",
-              "mlp_out")
+BLOCK_KEYS = (
+    "attn",
+    "attn_q",
+    "attn_k",
+    "attn_v",
+    "attn_o",
+    "attn_out",
+    "ln1",
+    "ln2",
+    "mlp_gate",
+    "mlp_up",
+    "mlp_down",
+    "mlp_out",
+)
 
 
 @dataclass(frozen=True)
@@ -101,8 +113,8 @@ class Adapter:
         return self.cross_block if layer in self.crossing(config) else self.block
 
 
-def get_module(root: nn.Module, path: str) -> nn.Module:
-    """The submodule at a dotted path; a clear error names the first missing part."""
+def get_module(root: nn.Module, path: str) -> Any:
+    """The submodule (or parameter) at a dotted path; a clear error names the first missing part."""
     module = root
     for part in path.split("."):
         if not hasattr(module, part):
@@ -114,7 +126,7 @@ def get_module(root: nn.Module, path: str) -> nn.Module:
     return module
 
 
-def layer_list(root: nn.Module, path: str) -> Sequence[nn.Module]:
+def layer_list(root: nn.Module, path: str) -> nn.ModuleList | list | tuple:
     layers = get_module(root, path)
     if not isinstance(layers, (nn.ModuleList, list, tuple)):
         raise TypeError(f"{path!r} is a {type(layers).__name__}, not a list of layers")

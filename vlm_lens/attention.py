@@ -83,10 +83,12 @@ def attention_forward(module, query, key, value, attention_mask, *args, base: st
     if request.pattern is not None or request.scores is not None:
         return _eager_with_pattern(module, query, key, value, attention_mask, request, base, **kwargs)
     out, weights = _base_function(base, module)(module, query, key, value, attention_mask, *args, **kwargs)
+    rows_hook = request.rows
+    assert rows_hook is not None  # the branches above leave only a rows request
     positions = _positions(request.query_positions, query)
     scaling = kwargs.get("scaling") or module.scaling
     rows, kv_len = _softmax_rows(module, query, key, attention_mask, positions, scaling, kwargs.get("softcap"), base)
-    edited = _padded(request.rows, (request.key_length or kv_len) - kv_len)(rows)
+    edited = _padded(rows_hook, (request.key_length or kv_len) - kv_len)(rows)
     if edited is not rows or request.differentiable_rows:  # recompute those rows' outputs from the (edited) weights
         values = _repeat_kv(value[:, :, :kv_len], getattr(module, "num_key_value_groups", 1))
         new = torch.matmul(edited, values).transpose(1, 2).to(out.dtype)  # batch row head d_head
@@ -138,7 +140,7 @@ def _apply(scores: Tensor, mask: Tensor | None, softcap: float | None) -> Tensor
     return scores + mask
 
 
-def _softmax_rows(module, query, key, attention_mask, positions, scaling, softcap, base) -> Tensor:
+def _softmax_rows(module, query, key, attention_mask, positions, scaling, softcap, base) -> tuple[Tensor, int]:
     q_len = query.shape[2]
     mask, kv_len = _keep_mask(attention_mask, positions, key.shape[2], module, base, q_len)
     keys = _repeat_kv(key[:, :, :kv_len], getattr(module, "num_key_value_groups", 1))

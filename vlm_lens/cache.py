@@ -1,9 +1,9 @@
 """Activations from one forward pass, keyed by canonical name or (alias, layer).
 
-    cache["blocks.3.hook_resid_post"] is cache["resid_post", 3]
-    cache["resid_post", -1]                 # negative layers count from the end
-    cache.stack("resid_post")               # [layer batch pos d_model]
-    cache.accumulated_resid(apply_ln=True)  # TransformerLens's analysis methods: vlm_lens.resid
+cache["blocks.3.hook_resid_post"] is cache["resid_post", 3]
+cache["resid_post", -1]                 # negative layers count from the end
+cache.stack("resid_post")               # [layer batch pos d_model]
+cache.accumulated_resid(apply_ln=True)  # TransformerLens's analysis methods: vlm_lens.resid
 """
 
 from __future__ import annotations

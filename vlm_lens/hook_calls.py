@@ -7,11 +7,12 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from torch import Tensor
 
-from vlm_lens.names import HookInfo
 from vlm_lens.errors import InputError, InputTypeError
+from vlm_lens.names import HookInfo
 
 HookFn = Callable[[Tensor, "Hook"], Tensor | None]
 
@@ -61,8 +62,10 @@ def check_result(name: str, result: Tensor, tensor: Tensor) -> None:
     if result.shape != tensor.shape:
         raise InputError(f"hook on {name} returned shape {tuple(result.shape)}, expected {tuple(tensor.shape)}")
     if result.dtype != tensor.dtype or result.device != tensor.device:
-        raise InputTypeError(f"hook on {name} returned a {result.dtype} tensor on {result.device}; the activation is "
-                        f"{tensor.dtype} on {tensor.device}: return result.to(activation.device, activation.dtype)")
+        raise InputTypeError(
+            f"hook on {name} returned a {result.dtype} tensor on {result.device}; the activation is "
+            f"{tensor.dtype} on {tensor.device}: return result.to(activation.device, activation.dtype)"
+        )
 
 
 def run_chain(chain: list[tuple[HookInfo, HookFn]], tensor: Tensor, state: RunState) -> Tensor:
@@ -81,7 +84,8 @@ def tl_calling(fn: HookFn) -> HookFn:
     except (TypeError, ValueError):  # builtins without a signature
         return fn
     if param is not None and param.kind is inspect.Parameter.KEYWORD_ONLY:
-        return lambda tensor, hook: fn(tensor, hook=hook)
+        keyword: Callable[..., Any] = fn
+        return lambda tensor, hook: keyword(tensor, hook=hook)
     return fn
 
 

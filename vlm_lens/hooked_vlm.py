@@ -11,9 +11,10 @@ The wrapped HF model is never changed: hooks come and go through one session
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 from jaxtyping import Float, Int
@@ -91,7 +92,9 @@ class HookedVLM(Preparing, Weights, PersistentHooks, SAESplicing, nn.Module):
     prefixed ``hf_model.``), ``.eval()`` act on it. TL's weight names are in ``vlm_lens.weights``, its
     persistent hooks in ``vlm_lens.persistent``, SAE splicing in ``vlm_lens.sae``."""
 
-    def __init__(self, hf_model: nn.Module, adapter: Adapter, processor=None):
+    hf_model: Any  # a transformers PreTrainedModel of a registered family (its config, generate, ...)
+
+    def __init__(self, hf_model: Any, adapter: Adapter, processor=None):
         super().__init__()
         self.hf_model = hf_model
         self.train(hf_model.training)  # the wrapper reports (and keeps) the HF model's mode
@@ -99,8 +102,8 @@ class HookedVLM(Preparing, Weights, PersistentHooks, SAESplicing, nn.Module):
         self.processor = processor
         self._sessions = Sessions()  # the hook sessions active on this model (they share attention routing)
         self._running = False  # a forward is in progress: a hook must not start another
-        self._added = []  # persistent hooks (vlm_lens.persistent), oldest first
-        self._saes = {}  # spliced SAEs by host name (vlm_lens.sae)
+        self._added: list = []  # persistent hooks (vlm_lens.persistent), oldest first
+        self._saes: dict = {}  # spliced SAEs by host name (vlm_lens.sae)
         layers = layer_list(hf_model, adapter.modules["layers"])
         vision_layers = layer_list(hf_model, adapter.modules["vision_layers"])
         injected = adapter.injected_layers(hf_model.config) if adapter.injected_layers else ()
@@ -187,8 +190,16 @@ class HookedVLM(Preparing, Weights, PersistentHooks, SAESplicing, nn.Module):
         Qwen2-VL packs all images' vision tokens in one dimension: its vision hooks are [patch, d].
         """
         cfg = self._cfg
-        sizes = {"d_model": cfg.d_model, "d_mlp": cfg.d_mlp, "head": cfg.n_heads, "kv_head": cfg.n_kv_heads,
-                 "d_head": cfg.d_head, "d_vision": cfg.d_vision, "vocab": cfg.d_vocab, "1": 1}
+        sizes = {
+            "d_model": cfg.d_model,
+            "d_mlp": cfg.d_mlp,
+            "head": cfg.n_heads,
+            "kv_head": cfg.n_kv_heads,
+            "d_head": cfg.d_head,
+            "d_vision": cfg.d_vision,
+            "vocab": cfg.d_vocab,
+            "1": 1,
+        }
         dims = self.vocab.info(name).spec.shape.split()
         if self.adapter.packed_vision and dims[0] == "image":
             dims = dims[1:]
@@ -205,20 +216,36 @@ class HookedVLM(Preparing, Weights, PersistentHooks, SAESplicing, nn.Module):
         return model_device_dtype(self.hf_model)[1]
 
     # -- running -------------------------------------------------------------------------
-    def hooks(self, fwd_hooks: Iterable[tuple[str, HookFn]] = (), *, bwd_hooks: Iterable[tuple[str, HookFn]] = (),
-              inputs: VLMInputs | None = None, query_positions=None) -> HookSession:
+    def hooks(
+        self,
+        fwd_hooks: Iterable[tuple[str, HookFn]] = (),
+        *,
+        bwd_hooks: Iterable[tuple[str, HookFn]] = (),
+        inputs: VLMInputs | None = None,
+        query_positions=None,
+    ) -> HookSession:
         """Context manager adding ``fwd_hooks`` (and ``bwd_hooks``) for its duration; removes exactly what it added."""
         positions = None if inputs is None else self._query_positions(inputs, query_positions)
-        return HookSession(self.hf_model, self.adapter, self.vocab, self._expand(fwd_hooks), positions, self._sessions,
-                           self._expand(bwd_hooks), None if inputs is None else inputs.input_ids.shape[1])
+        return HookSession(
+            self.hf_model,
+            self.adapter,
+            self.vocab,
+            self._expand(fwd_hooks),
+            positions,
+            self._sessions,
+            self._expand(bwd_hooks),
+            None if inputs is None else inputs.input_ids.shape[1],
+        )
 
     @contextmanager
     def _one_run(self, method: str) -> Iterator[None]:
         """A model run that is not nested in another: a hook calling the model it hooks would recurse without end."""
         if self._running:
-            raise HookSessionError(f"{method}() was called while this model is running, from inside a hook: a hook "
-                                   "cannot run the model it is hooked into; keep what you need in the hook (hook.ctx) "
-                                   "and run again after this forward returns")
+            raise HookSessionError(
+                f"{method}() was called while this model is running, from inside a hook: a hook "
+                "cannot run the model it is hooked into; keep what you need in the hook (hook.ctx) "
+                "and run again after this forward returns"
+            )
         self._running = True
         try:
             yield
@@ -227,7 +254,7 @@ class HookedVLM(Preparing, Weights, PersistentHooks, SAESplicing, nn.Module):
 
     def _expand(self, fwd_hooks) -> list[tuple[str, HookFn]]:
         """TransformerLens also takes a name filter in place of a name."""
-        out = []
+        out: list[tuple[str, HookFn]] = []
         for name, fn in fwd_hooks:
             if callable(name):
                 out.extend((n, fn) for n in self.vocab.names() if name(n))
@@ -248,7 +275,12 @@ class HookedVLM(Preparing, Weights, PersistentHooks, SAESplicing, nn.Module):
 
         def stop(resid: Tensor, hook) -> None:
             raise _Stopped(resid)
-        return ([(f"blocks.{layer}.hook_resid_pre", stop)], []) if layer < n else ([], [(f"blocks.{n - 1}.hook_resid_post", stop)])
+
+        return (
+            ([(f"blocks.{layer}.hook_resid_pre", stop)], [])
+            if layer < n
+            else ([], [(f"blocks.{n - 1}.hook_resid_post", stop)])
+        )
 
     def _labels(self, inputs: VLMInputs) -> Int[Tensor, "batch pos"]:
         """TL's loss target: every text token that a real token predicts (-100, which HF ignores, at padding, at image
@@ -260,8 +292,19 @@ class HookedVLM(Preparing, Weights, PersistentHooks, SAESplicing, nn.Module):
         labels[(mask == 0) | after_padding | (labels == self._cfg.image_token_id)] = -100
         return labels
 
-    def _run(self, method: str, inputs: VLMInputs, fwd_hooks, bwd_hooks, query_positions, logits_to_keep: int,
-             return_type: str | None, stop_at_layer: int | None, labels: Tensor | None, extra=()):
+    def _run(
+        self,
+        method: str,
+        inputs: VLMInputs,
+        fwd_hooks,
+        bwd_hooks,
+        query_positions,
+        logits_to_keep: int,
+        return_type: str | None,
+        stop_at_layer: int | None,
+        labels: Tensor | None,
+        extra=(),
+    ):
         """One hooked forward: what ``forward``, ``run_with_hooks`` and ``run_with_cache`` share."""
         if return_type not in RETURN_TYPES:
             raise InputError(f"return_type must be one of {RETURN_TYPES}, got {return_type!r}")
@@ -272,7 +315,10 @@ class HookedVLM(Preparing, Weights, PersistentHooks, SAESplicing, nn.Module):
         first, last = self._stoppers(stop_at_layer)
         hooks = first + list(self._expand(fwd_hooks)) + list(extra) + last
         try:
-            with self._one_run(method), self.hooks(hooks, bwd_hooks=bwd_hooks, inputs=inputs, query_positions=query_positions):
+            with (
+                self._one_run(method),
+                self.hooks(hooks, bwd_hooks=bwd_hooks, inputs=inputs, query_positions=query_positions),
+            ):
                 out = self.hf_model(**inputs.tensors, **kwargs)
         except _Stopped as stopped:
             return stopped.resid
@@ -280,9 +326,16 @@ class HookedVLM(Preparing, Weights, PersistentHooks, SAESplicing, nn.Module):
             return None
         return {"logits": out.logits, "loss": out.loss}.get(return_type, (out.logits, out.loss))
 
-    def forward(self, inputs: VLMInputs | None = None, *, logits_to_keep: int = 0, return_type: str | None = "logits",
-                stop_at_layer: int | None = None, labels: Tensor | None = None, **tensors
-                ) -> Float[Tensor, "batch pos vocab"] | Float[Tensor, ""] | tuple | None:
+    def forward(
+        self,
+        inputs: VLMInputs | None = None,
+        *,
+        logits_to_keep: int = 0,
+        return_type: str | None = "logits",
+        stop_at_layer: int | None = None,
+        labels: Tensor | None = None,
+        **tensors,
+    ) -> Float[Tensor, "batch pos vocab"] | Float[Tensor, ""] | tuple | None:
         """Logits, as HF computes them. ``logits_to_keep=k`` keeps only the last k positions (the answer
         position of a left-padded batch with k=1): a [batch, k, vocab] tensor instead of [batch, pos, vocab].
 
@@ -294,10 +347,18 @@ class HookedVLM(Preparing, Weights, PersistentHooks, SAESplicing, nn.Module):
         return self._run("forward", inputs, (), (), None, logits_to_keep, return_type, stop_at_layer, labels)
 
     def run_with_hooks(
-        self, inputs: VLMInputs | None = None, *, fwd_hooks: Iterable[tuple[str, HookFn]] = (),
-        bwd_hooks: Iterable[tuple[str, HookFn]] = (), query_positions=None, logits_to_keep: int = 0,
-        return_type: str | None = "logits", stop_at_layer: int | None = None, labels: Tensor | None = None,
-        reset_hooks_end: bool = True, **tensors
+        self,
+        inputs: VLMInputs | None = None,
+        *,
+        fwd_hooks: Iterable[tuple[str, HookFn]] = (),
+        bwd_hooks: Iterable[tuple[str, HookFn]] = (),
+        query_positions=None,
+        logits_to_keep: int = 0,
+        return_type: str | None = "logits",
+        stop_at_layer: int | None = None,
+        labels: Tensor | None = None,
+        reset_hooks_end: bool = True,
+        **tensors,
     ):
         """``forward`` with hooks for this call. Backward hooks are attached to this forward's tensors: they fire
         when ``backward`` runs through it, after this returns. ``reset_hooks_end=False`` (TL's): the hooks stay
@@ -309,8 +370,17 @@ class HookedVLM(Preparing, Weights, PersistentHooks, SAESplicing, nn.Module):
             for name, fn in bwd_hooks:
                 self.add_hook(name, fn, dir="bwd")
             fwd_hooks, bwd_hooks = (), ()
-        return self._run("run_with_hooks", inputs, fwd_hooks, bwd_hooks, query_positions, logits_to_keep, return_type,
-                         stop_at_layer, labels)
+        return self._run(
+            "run_with_hooks",
+            inputs,
+            fwd_hooks,
+            bwd_hooks,
+            query_positions,
+            logits_to_keep,
+            return_type,
+            stop_at_layer,
+            labels,
+        )
 
     def cache_names(self, names_filter: NamesFilter) -> list[str]:
         """The names a names_filter selects. None: all but the opt-in full attention patterns."""
@@ -354,12 +424,24 @@ class HookedVLM(Preparing, Weights, PersistentHooks, SAESplicing, nn.Module):
 
         names = self.cache_names(names_filter)
         if incl_bwd and return_type != "loss":
-            raise InputError("incl_bwd=True runs backward from the output, which must be a scalar: "
-                             "use return_type='loss' (or bwd_hooks with your own backward)")
+            raise InputError(
+                "incl_bwd=True runs backward from the output, which must be a scalar: "
+                "use return_type='loss' (or bwd_hooks with your own backward)"
+            )
         grads = [(name, save_grad) for name in names] if incl_bwd else []
         with torch.enable_grad() if incl_bwd else nullcontext():
-            out = self._run("run_with_cache", inputs, fwd_hooks, list(self._expand(bwd_hooks)) + grads, query_positions,
-                            logits_to_keep, return_type, stop_at_layer, labels, extra=[(name, save) for name in names])
+            out = self._run(
+                "run_with_cache",
+                inputs,
+                fwd_hooks,
+                list(self._expand(bwd_hooks)) + grads,
+                query_positions,
+                logits_to_keep,
+                return_type,
+                stop_at_layer,
+                labels,
+                extra=[(name, save) for name in names],
+            )
             if incl_bwd:
                 out.backward()
         return out, ActivationCache(store, self.vocab, inputs, self)
@@ -372,10 +454,10 @@ class HookedVLM(Preparing, Weights, PersistentHooks, SAESplicing, nn.Module):
         fwd_hooks: Iterable[tuple[str, HookFn]] = (),
         do_sample: bool = False,
         **kwargs,
-    ) -> Int[Tensor, "batch total_pos"]:
+    ) -> Int[Tensor, "batch total_pos"] | Mapping:
         """HF ``generate`` with hooks active at every step (``hook.step``: 0 = prefill).
 
-        Returns the prompt and new tokens, as HF does. Extra keyword arguments go to HF's
+        Returns the prompt and new tokens, as HF does (HF's output object with ``return_dict_in_generate=True``). Extra keyword arguments go to HF's
         ``generate`` (temperature, top_p, num_return_sequences, ...); forward tensors go in ``inputs``.
         """
         tensor_keys = set(kwargs) & set(self.adapter.forward_keys)

@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import replace
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -36,7 +37,7 @@ from vlm_lens.names import HookInfo, Vocabulary
 from vlm_lens.resid import norm_scale
 
 
-def site_module(hf_model: nn.Module, adapter: Adapter, info: HookInfo) -> nn.Module:
+def site_module(hf_model: Any, adapter: Adapter, info: HookInfo) -> nn.Module:
     """The module whose torch hooks carry a name: its input or output's module, the attention module for the
     pattern, rows and scores, the attention output's for resid_mid."""
     kind, key = info.spec.site.kind, info.spec.site.key
@@ -44,18 +45,20 @@ def site_module(hf_model: nn.Module, adapter: Adapter, info: HookInfo) -> nn.Mod
         raise HookNameError(f"{info.name!r} is an SAE's hook: it sits on the SAE spliced at {key!r}, not on a module")
     if kind == "inject":  # read at the next block's input (the final norm's after the last block)
         layers = layer_list(hf_model, adapter.modules["layers"])
-        return layers[info.layer + 1] if info.layer + 1 < len(layers) else get_module(hf_model, adapter.modules["final_norm"])
+        return layers[info.at + 1] if info.at + 1 < len(layers) else get_module(hf_model, adapter.modules["final_norm"])
     if kind in ("pattern", "pattern_rows", "scores", "resid_mid"):
         key = "attn" if kind != "resid_mid" else "attn_out"
     if kind in ("cross_write", "cross_mid"):  # read at ln2's input and the layer's output (vlm_lens.cross)
         key = "block"
     if key == "block":
-        return layer_list(hf_model, adapter.modules["layers"])[info.layer]
+        return layer_list(hf_model, adapter.modules["layers"])[info.at]
     if key == "vision_block":
-        return layer_list(hf_model, adapter.modules["vision_layers"])[info.layer]
+        return layer_list(hf_model, adapter.modules["vision_layers"])[info.at]
+    if key is None:
+        raise HookNameError(f"{info.name!r} names no module")
     if key in adapter.block:
-        table = adapter.block_at(hf_model.config, info.layer)
-        return get_module(layer_list(hf_model, adapter.modules["layers"])[info.layer], table[key])
+        table = adapter.block_at(hf_model.config, info.at)
+        return get_module(layer_list(hf_model, adapter.modules["layers"])[info.at], table[key])
     return get_module(hf_model, adapter.modules[key])
 
 
@@ -78,14 +81,16 @@ class Sessions:
 
     def __init__(self):
         self.active: list[HookSession] = []
-        self._restore: list[tuple[object, str | None]] = []
+        self._restore: list[tuple[Any, str | None]] = []  # (an HF config, its attention implementation)
         # hooks at a spliced SAE's names (vlm_lens.sae), by name: (info, fn, the session's state), run by the splice
         self.sae_hooks: dict[str, list[tuple[HookInfo, HookFn, RunState]]] = defaultdict(list)
 
     def enter(self, session: HookSession) -> None:
         if any(s is session for s in self.active):
-            raise HookSessionError("this hook session is already active: entering it again would fire its hooks twice; "
-                                   "make a second one with model.hooks(...)")
+            raise HookSessionError(
+                "this hook session is already active: entering it again would fire its hooks twice; "
+                "make a second one with model.hooks(...)"
+            )
         self.active.append(session)
 
     def route(self, config) -> None:
@@ -131,20 +136,20 @@ class HookSession:
         for info, fn in self.hooks + self.bwd_hooks:
             if not callable(fn):
                 raise InputTypeError(f"the hook for {info.name} is not callable: {fn!r}")
-        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._handles: list[torch.utils.hooks.RemovableHandle | _Listed] = []
 
     # -- module resolution -------------------------------------------------------------
     def _module(self, info: HookInfo) -> nn.Module:
         return site_module(self.hf_model, self.adapter, info)
 
-    def _attn_module(self, layer: int) -> nn.Module:
+    def _attn_module(self, layer: int) -> Any:  # the family's attention module (its head_dim, ...)
         block = layer_list(self.hf_model, self.adapter.modules["layers"])[layer]
         return get_module(block, self.adapter.block_at(self.hf_model.config, layer)["attn"])
 
     def _head_dim(self, info: HookInfo) -> int | None:
         """d_head where a module's flat [.., head*d_head] tensor is seen per head (hook_z, hook_q/k/v)."""
         if info.spec.site.kind in ("in", "out") and info.spec.shape.endswith("d_head"):
-            return self._attn_module(info.layer).head_dim
+            return int(self._attn_module(info.at).head_dim)
         return None
 
     # -- context manager -----------------------------------------------------------------
@@ -202,20 +207,20 @@ class HookSession:
             if site.kind == "inject":  # at the next module's input, as the difference from block l's stashed output
                 module = self._module(info)
                 modules[id(module)] = module
-                ins[id(module)].append((info, self._injected(fn, info.layer)))
-                injected.add(info.layer)
+                ins[id(module)].append((info, self._injected(fn, info.at)))
+                injected.add(info.at)
             elif site.kind in ("in", "out", "scale", "result"):
                 module = self._module(info)
                 modules[id(module)] = module
                 {"in": ins, "out": outs}.get(site.kind, views)[id(module)].append((info, fn))
             elif site.kind == "resid_mid":
-                mids[info.layer].append((info, fn))
+                mids[info.at].append((info, fn))
             elif site.kind in ("cross_write", "cross_mid"):
-                cross[info.layer][site.key or "mid"].append((info, fn))
+                cross[info.at][site.key or "mid"].append((info, fn))
             elif site.kind == "sae":  # run by the SAE's splice at its host name, while this session lasts
                 self._handles.append(_Listed(self.sessions.sae_hooks[info.name], (info, fn, self.state)))
             else:
-                attn[info.layer][site.kind].append((info, fn))
+                attn[info.at][site.kind].append((info, fn))
 
         # resid_mid = resid_pre + attn_out: stash resid_pre (after its own hooks), edit via attn_out.
         attn_out_modules = {}
@@ -235,8 +240,11 @@ class HookSession:
             modules[id(block)] = block
             ins[id(block)].append((None, layer))
             ln2 = get_module(block, self.adapter.block_at(self.hf_model.config, layer)["ln2"])
-            self._handles.append(ln2.register_forward_pre_hook(
-                cross_hooks.mid_hook(self.state, layer, chains["attn"], chains["mid"]), with_kwargs=True))
+            self._handles.append(
+                ln2.register_forward_pre_hook(
+                    cross_hooks.mid_hook(self.state, layer, chains["attn"], chains["mid"]), with_kwargs=True
+                )
+            )
             self._handles.append(block.register_forward_hook(cross_hooks.out_hook(self.state, layer, chains["mlp"])))
         for key, chain in ins.items():
             self._handles.append(modules[key].register_forward_pre_hook(self._pre_hook(chain), with_kwargs=True))
@@ -248,7 +256,9 @@ class HookSession:
             fields = {self.adapter.output_fields.get(info.spec.site.key) for info, _ in chain}
             if len(fields) > 1:
                 raise ValueError(f"hooks on one module read different output fields {sorted(map(str, fields))}")
-            hook = self._out_hook(chain, mid, mids.get(mid, []), fields.pop() if fields else None)
+            hook = self._out_hook(
+                chain, mid, mids.get(mid, []) if mid is not None else [], fields.pop() if fields else None
+            )
             self._handles.append(modules[key].register_forward_hook(hook))
         for layer in sorted(injected):  # after block l's output hooks: the stash holds resid_post as edited
             block = layer_list(self.hf_model, self.adapter.modules["layers"])[layer]
@@ -311,6 +321,7 @@ class HookSession:
     def _stash_output(self, layer: int):
         def hook(module, args, output):
             self.state.block_out[layer] = output[0] if isinstance(output, tuple) else output
+
         return hook
 
     def _injected(self, fn, layer: int):
@@ -342,8 +353,8 @@ class HookSession:
 
         return hook
 
-    def _result_hook(self, chain: list, o_proj: nn.Module):
-        state, head_dim = self.state, self._attn_module(chain[0][0].layer).head_dim
+    def _result_hook(self, chain: list, o_proj: Any):  # o_proj: the attention's output projection (a Linear)
+        state, head_dim = self.state, int(self._attn_module(chain[0][0].at).head_dim)
 
         def results(z: Tensor) -> Tensor:  # batch pos head d_model
             w = o_proj.weight.view(o_proj.weight.shape[0], -1, head_dim)
@@ -366,8 +377,16 @@ class HookSession:
 
             cross = layer in self.adapter.crossing(self.hf_model.config)  # keys: the image's, not positions
 
-            def inject(module, args, kwargs, pattern=pattern, rows=rows, scores=scores, differentiable=layer in grad_rows,
-                       cross=cross):
+            def inject(
+                module,
+                args,
+                kwargs,
+                pattern=pattern,
+                rows=rows,
+                scores=scores,
+                differentiable=layer in grad_rows,
+                cross=cross,
+            ):
                 request = attention.AttentionRequest(
                     pattern=(lambda p: run_chain(pattern, p, state)) if pattern else None,
                     scores=(lambda s: run_chain(scores, s, state)) if scores else None,

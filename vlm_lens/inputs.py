@@ -96,13 +96,20 @@ def to_rgb(image: Image.Image, where: str = "image") -> Image.Image:
     if image.mode in SIXTEEN_BIT or image.mode == "I":
         values = np.asarray(image).astype(np.int64)
         if values.min(initial=0) < 0 or values.max(initial=0) > 65535:
-            raise InputError(f"{where}: a 32-bit image (mode 'I') with values {values.min()}..{values.max()}, past "
-                             "16 bits: scale it to 8-bit RGB yourself")
-        scaled = np.rint(values / 257).astype(np.uint8) if image.mode in SIXTEEN_BIT or values.max(initial=0) > 255 \
+            raise InputError(
+                f"{where}: a 32-bit image (mode 'I') with values {values.min()}..{values.max()}, past "
+                "16 bits: scale it to 8-bit RGB yourself"
+            )
+        scaled = (
+            np.rint(values / 257).astype(np.uint8)
+            if image.mode in SIXTEEN_BIT or values.max(initial=0) > 255
             else values.astype(np.uint8)
+        )
         return Image.fromarray(scaled, mode="L").convert("RGB")
-    raise InputError(f"{where}: image mode {image.mode!r} has no faithful 8-bit RGB form (float or multi-band "
-                     "data): convert it to 8-bit RGB yourself")
+    raise InputError(
+        f"{where}: image mode {image.mode!r} has no faithful 8-bit RGB form (float or multi-band "
+        "data): convert it to 8-bit RGB yourself"
+    )
 
 
 def check_image(image, where: str) -> Image.Image:
@@ -116,8 +123,10 @@ def check_image(image, where: str) -> Image.Image:
     if image.width == 0 or image.height == 0:
         raise InputError(f"{where}: the image has size {image.width}x{image.height}; it needs at least one pixel")
     if image.mode != "RGB":
-        raise InputError(f"{where}: image mode is {image.mode!r}, expected 'RGB' (use vlm_lens.to_rgb(image): 16-bit "
-                         "images scaled, not saturated as image.convert('RGB') does)")
+        raise InputError(
+            f"{where}: image mode is {image.mode!r}, expected 'RGB' (use vlm_lens.to_rgb(image): 16-bit "
+            "images scaled, not saturated as image.convert('RGB') does)"
+        )
     return image
 
 

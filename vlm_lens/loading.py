@@ -7,6 +7,7 @@ architectures (names, layer counts, sizes) without weights.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 import transformers
@@ -18,7 +19,7 @@ from vlm_lens.adapter import REGISTRY, Adapter
 from vlm_lens.errors import InputError, ModelLoadError
 
 
-def _adapter_and_class(config) -> tuple[Adapter, type]:
+def _adapter_and_class(config) -> tuple[Adapter, Any]:  # the transformers model class
     archs = getattr(config, "architectures", None) or []
     if not archs:
         raise ModelLoadError(f"config of model_type {config.model_type!r} names no architectures; cannot pick a class")
@@ -38,8 +39,10 @@ def check_name(name: str) -> None:
     path = Path(name).expanduser()
     if not (path / "config.json").is_file():
         what = "does not exist" if not path.exists() else "holds no config.json"
-        raise ModelLoadError(f"model {name!r}: the folder {what}; give a checkpoint folder, a hub id (org/name) "
-                             f"or a zoo toy ({', '.join(zoo.names())})")
+        raise ModelLoadError(
+            f"model {name!r}: the folder {what}; give a checkpoint folder, a hub id (org/name) "
+            f"or a zoo toy ({', '.join(zoo.names())})"
+        )
 
 
 def _config(source: str):
@@ -48,14 +51,22 @@ def _config(source: str):
         return transformers.AutoConfig.from_pretrained(source)
     except OSError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ModelLoadError(f"cannot load model {source!r}: {first} Give a zoo toy ({', '.join(zoo.names())}), a local "
-                             "checkpoint folder, or a hub id that is in the local cache (HF_HUB_OFFLINE=1) or reachable"
-                             ) from e
+        raise ModelLoadError(
+            f"cannot load model {source!r}: {first} Give a zoo toy ({', '.join(zoo.names())}), a local "
+            "checkpoint folder, or a hub id that is in the local cache (HF_HUB_OFFLINE=1) or reachable"
+        ) from e
 
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
-          "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16,
-          "float": torch.float32, "half": torch.float16}  # (torch's own aliases)
+DTYPES = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "fp32": torch.float32,
+    "fp16": torch.float16,
+    "bf16": torch.bfloat16,
+    "float": torch.float32,
+    "half": torch.float16,
+}  # (torch's own aliases)
 FLOATS = (torch.float32, torch.float16, torch.bfloat16)
 
 
@@ -86,14 +97,19 @@ def check_device(device: torch.device | str | None) -> None:
     try:
         parsed = torch.device(device)
     except RuntimeError:
-        raise InputError(f"unknown device {device!r}; use one of {list(DEVICE_TYPES)}, with an index where it "
-                         "has several ('cuda:1')") from None
+        raise InputError(
+            f"unknown device {device!r}; use one of {list(DEVICE_TYPES)}, with an index where it has several ('cuda:1')"
+        ) from None
     if parsed.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"device {device!r}: this torch sees no CUDA GPU (torch {torch.__version__}, "
-                         f"built for CUDA {torch.version.cuda}); use device 'cpu', or install a CUDA build of torch")
+        raise InputError(
+            f"device {device!r}: this torch sees no CUDA GPU (torch {torch.__version__}, "
+            f"built for CUDA {torch.version.cuda}); use device 'cpu', or install a CUDA build of torch"
+        )
     if parsed.type == "cuda" and parsed.index is not None and parsed.index >= torch.cuda.device_count():
-        raise InputError(f"device {device!r}: there are {torch.cuda.device_count()} CUDA GPUs (cuda:0.."
-                         f"cuda:{torch.cuda.device_count() - 1})")
+        raise InputError(
+            f"device {device!r}: there are {torch.cuda.device_count()} CUDA GPUs (cuda:0.."
+            f"cuda:{torch.cuda.device_count() - 1})"
+        )
     if parsed.type == "mps" and not torch.backends.mps.is_available():
         raise InputError(f"device {device!r}: this machine has no MPS (Apple GPU); use device 'cpu'")
 
@@ -121,7 +137,7 @@ def load_pretrained(
     source = zoo.resolve(name_or_path)
     config = _config(source)
     adapter, cls = _adapter_and_class(config)
-    kwargs = {"dtype": parse_dtype(dtype) or "auto"}
+    kwargs: dict[str, Any] = {"dtype": parse_dtype(dtype) or "auto"}
     if device_map is not None:
         kwargs["device_map"] = device_map
     if attn_implementation is not None:
@@ -130,8 +146,10 @@ def load_pretrained(
         model = cls.from_pretrained(source, config=config, **kwargs)
     except (OSError, SafetensorError) as e:  # no weights file, or a truncated one
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ModelLoadError(f"cannot load the weights of model {name_or_path!r}: {first} (a checkpoint folder needs "
-                             "complete model.safetensors or pytorch_model.bin files; copy or download it again)") from e
+        raise ModelLoadError(
+            f"cannot load the weights of model {name_or_path!r}: {first} (a checkpoint folder needs "
+            "complete model.safetensors or pytorch_model.bin files; copy or download it again)"
+        ) from e
     if device is not None:
         model = model.to(device)
     if processor is None:

@@ -69,21 +69,32 @@ BLOCK_HOOKS: tuple[HookSpec, ...] = (
 # (kind "cross_write": resid_mid - resid_pre, resid_post - resid_mid; "cross_mid": resid_mid), edited there; its
 # keys and values run over the image's tile patches. hook_cross_attn_out is a second name for its attention's write.
 _CROSS = {
-    "blocks.{l}.attn.hook_k": HookSpec("blocks.{l}.attn.hook_k", Site("out", "attn_k"), "batch image_key kv_head d_head"),
-    "blocks.{l}.attn.hook_v": HookSpec("blocks.{l}.attn.hook_v", Site("out", "attn_v"), "batch image_key kv_head d_head"),
-    "blocks.{l}.attn.hook_attn_scores": HookSpec("blocks.{l}.attn.hook_attn_scores", Site("scores"),
-                                                 "batch head query image_key"),
-    "blocks.{l}.attn.hook_pattern": HookSpec("blocks.{l}.attn.hook_pattern", Site("pattern"), "batch head query image_key"),
-    "blocks.{l}.attn.hook_pattern_rows": HookSpec("blocks.{l}.attn.hook_pattern_rows", Site("pattern_rows"),
-                                                  "batch head row image_key"),
+    "blocks.{l}.attn.hook_k": HookSpec(
+        "blocks.{l}.attn.hook_k", Site("out", "attn_k"), "batch image_key kv_head d_head"
+    ),
+    "blocks.{l}.attn.hook_v": HookSpec(
+        "blocks.{l}.attn.hook_v", Site("out", "attn_v"), "batch image_key kv_head d_head"
+    ),
+    "blocks.{l}.attn.hook_attn_scores": HookSpec(
+        "blocks.{l}.attn.hook_attn_scores", Site("scores"), "batch head query image_key"
+    ),
+    "blocks.{l}.attn.hook_pattern": HookSpec(
+        "blocks.{l}.attn.hook_pattern", Site("pattern"), "batch head query image_key"
+    ),
+    "blocks.{l}.attn.hook_pattern_rows": HookSpec(
+        "blocks.{l}.attn.hook_pattern_rows", Site("pattern_rows"), "batch head row image_key"
+    ),
     "blocks.{l}.hook_attn_out": HookSpec("blocks.{l}.hook_attn_out", Site("cross_write", "attn"), "batch pos d_model"),
     "blocks.{l}.hook_resid_mid": HookSpec("blocks.{l}.hook_resid_mid", Site("cross_mid"), "batch pos d_model"),
     "blocks.{l}.hook_mlp_out": HookSpec("blocks.{l}.hook_mlp_out", Site("cross_write", "mlp"), "batch pos d_model"),
 }
 CROSS_ATTN_OUT = HookSpec("blocks.{l}.hook_cross_attn_out", Site("cross_write", "attn"), "batch pos d_model")
 CROSS_BLOCK_HOOKS: tuple[HookSpec, ...] = tuple(
-    spec for base in BLOCK_HOOKS
-    for spec in ((_CROSS.get(base.template, base),) + ((CROSS_ATTN_OUT,) if base.template.endswith("hook_attn_out") else ()))
+    spec
+    for base in BLOCK_HOOKS
+    for spec in (
+        (_CROSS.get(base.template, base),) + ((CROSS_ATTN_OUT,) if base.template.endswith("hook_attn_out") else ())
+    )
 )
 
 # hook_embed is the tensor entering layer 0 (image features merged, any embedding scale
@@ -99,8 +110,15 @@ PROJECTOR_HOOK = HookSpec("projector.hook_out", Site("out", "projector"), "image
 
 # Names never cached unless asked for: the full pattern and scores cost a quadratic eager computation, the
 # per-head and norm views (TL's q, k, v, result, scale) add memory the default cache does not need.
-OPT_IN_SUFFIXES = ("attn.hook_pattern", "attn.hook_attn_scores", "attn.hook_q", "attn.hook_k", "attn.hook_v",
-                   "attn.hook_result", "hook_scale")
+OPT_IN_SUFFIXES = (
+    "attn.hook_pattern",
+    "attn.hook_attn_scores",
+    "attn.hook_q",
+    "attn.hook_k",
+    "attn.hook_v",
+    "attn.hook_result",
+    "hook_scale",
+)
 
 # Short aliases for cache lookups: cache["resid_post", 3] == cache["blocks.3.hook_resid_post"].
 ALIASES: dict[str, str] = {
@@ -143,6 +161,13 @@ class HookInfo:
     layer: int | None  # language or vision layer index; None for model-wide hooks
     order: float  # firing order within one forward; used to run a site's hooks in sequence
 
+    @property
+    def at(self) -> int:
+        """``layer`` for a name that has one (a block's or a vision block's hook), as the int it then is."""
+        if self.layer is None:
+            raise HookNameError(f"{self.name!r} is a model-wide hook: it belongs to no layer")
+        return self.layer
+
 
 def block_names(layer: int, cross: bool = False) -> list[str]:
     return [spec.template.format(l=layer) for spec in (CROSS_BLOCK_HOOKS if cross else BLOCK_HOOKS)]
@@ -171,9 +196,12 @@ class Vocabulary:
         self._listing = (
             [VISION_BLOCK_HOOK.template.format(l=l) for l in range(n_vision_layers)]
             + [PROJECTOR_HOOK.template, EMBED_HOOK.template]
-            + [name for l in range(n_layers)
-               for name in block_names(l, l in self.cross_layers)
-               + ([INJECT_HOOK.template.format(l=l)] if l in self.injected_layers else [])]
+            + [
+                name
+                for l in range(n_layers)
+                for name in block_names(l, l in self.cross_layers)
+                + ([INJECT_HOOK.template.format(l=l)] if l in self.injected_layers else [])
+            ]
             + [FINAL_SCALE_HOOK.template, FINAL_HOOK.template]
         )
 
@@ -191,7 +219,9 @@ class Vocabulary:
         names = [f"{host}.{suffix}" for suffix in SAE_HOOKS]
         for k, (suffix, name) in enumerate(zip(SAE_HOOKS, names)):
             shape = f"{dims} d_sae" if suffix == "hook_sae_acts_post" else info.spec.shape
-            self._infos[name] = HookInfo(name, HookSpec(name, Site("sae", host), shape), info.layer, info.order + (k + 1) / 10)
+            self._infos[name] = HookInfo(
+                name, HookSpec(name, Site("sae", host), shape), info.layer, info.order + (k + 1) / 10
+            )
         at = self._listing.index(host) + 1
         self._listing[at:at] = names
         return names
@@ -235,7 +265,9 @@ class Vocabulary:
         n = self.n_vision_layers if template.startswith("vision.") else self.n_layers
         layer = rest[0] + n if rest[0] < 0 else rest[0]
         if not 0 <= layer < n:
-            raise LayerIndexError(f"layer {rest[0]} is out of range for {alias!r}: the model has {n} layers (0..{n - 1})")
+            raise LayerIndexError(
+                f"layer {rest[0]} is out of range for {alias!r}: the model has {n} layers (0..{n - 1})"
+            )
         return template.format(l=layer)
 
     def _unknown(self, name: str) -> HookNameError:

@@ -17,11 +17,17 @@ A persistent hook on the attention rows reads the last position (there are no pe
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from torch import nn
 
 from vlm_lens.errors import InputError
 from vlm_lens.hooks import HookFn, HookSession, site_module
+
+if TYPE_CHECKING:
+    from vlm_lens.hosts import ModelHost as _Host
+else:
+    _Host = object
 
 DIRECTIONS = ("fwd", "bwd")
 
@@ -47,8 +53,9 @@ class HookPoint:
     def layer(self) -> int | None:
         return self.model.vocab.info(self.name).layer
 
-    def add_hook(self, hook: HookFn, dir: str = "fwd", is_permanent: bool = False, level=None,
-                 prepend: bool = False) -> None:
+    def add_hook(
+        self, hook: HookFn, dir: str = "fwd", is_permanent: bool = False, level=None, prepend: bool = False
+    ) -> None:
         self.model.add_hook(self.name, hook, dir=dir, is_permanent=is_permanent, level=level, prepend=prepend)
 
     def add_perma_hook(self, hook: HookFn, dir: str = "fwd") -> None:
@@ -69,20 +76,27 @@ class HookPoint:
         return f"HookPoint({self.name!r}, {len(self.fwd_hooks)} fwd, {len(self.bwd_hooks)} bwd)"
 
 
-class PersistentHooks:
+class PersistentHooks(_Host):  # its host, for the type checker only (vlm_lens.hosts)
     """Mixin for ``HookedVLM`` (needs ``hooks()``, ``vocab``, ``hf_model``, ``adapter`` and ``_added``)."""
 
-    def add_hook(self, name, hook: HookFn, dir: str = "fwd", is_permanent: bool = False, level=None,
-                 prepend: bool = False) -> None:
+    _added: list[Added]  # the persistent hooks, oldest first (HookedVLM.__init__ starts it empty)
+
+    def add_hook(
+        self, name, hook: HookFn, dir: str = "fwd", is_permanent: bool = False, level=None, prepend: bool = False
+    ) -> None:
         """Add ``hook`` at ``name`` (or every name a filter function accepts) until ``reset_hooks()``; with
         ``is_permanent``, until ``reset_hooks(including_permanent=True)``. ``dir="bwd"``: a backward hook."""
         if dir not in DIRECTIONS:
             raise InputError(f"dir must be 'fwd' or 'bwd', got {dir!r}")
         if prepend:
-            raise InputError("prepend=True is not supported: persistent hooks fire in the order they were added, "
-                             "before any per-call hook; add this one first (reset_hooks() and re-add)")
+            raise InputError(
+                "prepend=True is not supported: persistent hooks fire in the order they were added, "
+                "before any per-call hook; add this one first (reset_hooks() and re-add)"
+            )
         if level is not None:
-            raise InputError("hook levels (TL's hooks contexts) are not supported; every persistent hook is at one level")
+            raise InputError(
+                "hook levels (TL's hooks contexts) are not supported; every persistent hook is at one level"
+            )
         for one_name, fn in self._expand([(name, hook)]):
             pair = [(one_name, fn)]
             session = self.hooks(pair if dir == "fwd" else (), bwd_hooks=pair if dir == "bwd" else ())
@@ -92,16 +106,25 @@ class PersistentHooks:
     def add_perma_hook(self, name, hook: HookFn, dir: str = "fwd") -> None:
         self.add_hook(name, hook, dir=dir, is_permanent=True)
 
-    def reset_hooks(self, clear_contexts: bool = True, direction: str = "both", including_permanent: bool = False,
-                    level=None, names: set[str] | None = None) -> None:
+    def reset_hooks(
+        self,
+        clear_contexts: bool = True,
+        direction: str = "both",
+        including_permanent: bool = False,
+        level=None,
+        names: set[str] | None = None,
+    ) -> None:
         """Remove the persistent hooks (``direction`` "fwd", "bwd" or "both"; permanent ones only with
         ``including_permanent``), newest first; each removes exactly the torch hooks it added."""
         if direction not in (*DIRECTIONS, "both"):
             raise InputError(f"direction must be 'fwd', 'bwd' or 'both', got {direction!r}")
-        kept = []
+        kept: list = []
         for added in reversed(self._added):
-            if (direction in ("both", added.dir) and (including_permanent or not added.permanent)
-                    and (names is None or added.name in names)):
+            if (
+                direction in ("both", added.dir)
+                and (including_permanent or not added.permanent)
+                and (names is None or added.name in names)
+            ):
                 added.session.__exit__(None, None, None)
             else:
                 kept.append(added)
@@ -120,6 +143,9 @@ class PersistentHooks:
         out = {}
         for name in self.vocab.names():
             info = self.vocab.info(name)
-            out[name] = (self._saes[info.spec.site.key].sae if info.spec.site.kind == "sae"
-                         else site_module(self.hf_model, self.adapter, info))
+            out[name] = (
+                self._saes[info.spec.site.key].sae
+                if info.spec.site.kind == "sae"
+                else site_module(self.hf_model, self.adapter, info)
+            )
         return out

@@ -7,6 +7,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 import torch
 from jaxtyping import Int
@@ -15,8 +16,13 @@ from torch import Tensor
 from vlm_lens.errors import DeviceMismatchError, ImageTokenMismatchError, InputError, VLMLensWarning
 from vlm_lens.inputs import VLMInputs, last_positions, normalise_images, padding_side_of, select_tensors
 
+if TYPE_CHECKING:
+    from vlm_lens.hosts import ModelHost as _Host
+else:
+    _Host = object
 
-class Preparing:
+
+class Preparing(_Host):  # its host, for the type checker only (vlm_lens.hosts)
     """Mixin for ``HookedVLM`` (needs ``processor``, ``adapter``, ``hf_model``, ``device``, ``dtype``, ``_cfg``)."""
 
     def prepare(
@@ -69,12 +75,16 @@ class Preparing:
         flat = [img for imgs in per_prompt for img in imgs]
         images_arg = per_prompt if self.adapter.nested_images else flat
         try:
-            encoded = processor(images=images_arg, text=texts, return_tensors="pt", padding=True, padding_side=padding_side)
+            encoded = processor(
+                images=images_arg, text=texts, return_tensors="pt", padding=True, padding_side=padding_side
+            )
         except ValueError as e:  # e.g. Qwen-VL's aspect-ratio limit, or an image smaller than a patch
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             sizes = ", ".join(f"{img.width}x{img.height}" for img in flat[:4])
-            raise InputError(f"the {self.adapter.family} processor refused the images ({sizes}{' ...' if len(flat) > 4 else ''})"
-                             f": {first}") from e
+            raise InputError(
+                f"the {self.adapter.family} processor refused the images ({sizes}{' ...' if len(flat) > 4 else ''})"
+                f": {first}"
+            ) from e
         tensors = select_tensors(dict(encoded), self.adapter.forward_keys, self.adapter.drop_keys)
         if self.device.type != "meta":  # the model's device; pixels in its dtype (bfloat16 / float16 checkpoints)
             tensors = {k: v.to(self.device, self.dtype if v.is_floating_point() else None) for k, v in tensors.items()}
@@ -88,9 +98,12 @@ class Preparing:
         limit = getattr(self.hf_model.config.get_text_config(), "max_position_embeddings", None)
         length = int(inputs.attention_mask.sum(-1).max())
         if limit is not None and length > limit:
-            warnings.warn(f"a prompt is {length} tokens (image tokens included) but the language model was trained on "
-                          f"{limit} positions: results past position {limit} are extrapolation; shorten the prompt",
-                          VLMLensWarning, stacklevel=3)
+            warnings.warn(
+                f"a prompt is {length} tokens (image tokens included) but the language model was trained on "
+                f"{limit} positions: results past position {limit} are extrapolation; shorten the prompt",
+                VLMLensWarning,
+                stacklevel=3,
+            )
 
     def as_inputs(self, inputs: VLMInputs | None = None, *, tile_layout=None, **tensors) -> VLMInputs:
         """``VLMInputs`` from either a ``VLMInputs`` or the HF forward keyword tensors (a tiled family's also need
@@ -99,7 +112,9 @@ class Preparing:
             if tensors:
                 raise InputError(f"pass either VLMInputs or forward tensors, not both (got {sorted(tensors)})")
             if not isinstance(inputs, VLMInputs):
-                raise InputError(f"expected VLMInputs, got {type(inputs).__name__}; or pass input_ids=..., pixel_values=...")
+                raise InputError(
+                    f"expected VLMInputs, got {type(inputs).__name__}; or pass input_ids=..., pixel_values=..."
+                )
             self._check_device(inputs.tensors)
             return inputs
         if "input_ids" not in tensors:
@@ -112,8 +127,10 @@ class Preparing:
         for key in ("attention_mask", "token_type_ids", "mm_token_type_ids"):  # one entry per token of input_ids
             value = tensors.get(key)
             if value is not None and tuple(value.shape) != tuple(ids.shape):
-                raise InputError(f"{key} has shape {tuple(value.shape)} but input_ids {tuple(ids.shape)}: give one "
-                                 f"{key} entry per token (the same [batch, pos])")
+                raise InputError(
+                    f"{key} has shape {tuple(value.shape)} but input_ids {tuple(ids.shape)}: give one "
+                    f"{key} entry per token (the same [batch, pos])"
+                )
         n_image_tokens = int((ids == self._cfg.image_token_id).sum())
         if "pixel_values" not in tensors:
             raise InputError("no pixel_values: a VLM forward needs the images (prepare() builds them)")
@@ -143,8 +160,11 @@ class Preparing:
         per_item = len(inputs.image_spans[0])
         spans = [[replace(s, image=s.image + row * per_item) for s in inputs.image_spans[0]] for row in range(n)]
         layout = None if inputs.tile_layout is None else list(inputs.tile_layout) * n
-        keys = None if inputs.key_spans is None else [
-            [replace(s, image=s.image + row * per_item) for s in inputs.key_spans[0]] for row in range(n)]
+        keys = (
+            None
+            if inputs.key_spans is None
+            else [[replace(s, image=s.image + row * per_item) for s in inputs.key_spans[0]] for row in range(n)]
+        )
         return VLMInputs(tensors, spans, inputs.padding_side, tile_layout=layout, key_spans=keys)
 
     def _check_device(self, tensors: dict[str, Tensor]) -> None:
@@ -153,7 +173,9 @@ class Preparing:
             return
         for key, value in tensors.items():
             if value.device != device:
-                raise DeviceMismatchError(f"{key} is on {value.device} but the model is on {device}; use inputs.to({str(device)!r})")
+                raise DeviceMismatchError(
+                    f"{key} is on {value.device} but the model is on {device}; use inputs.to({str(device)!r})"
+                )
             if value.is_floating_point() and value.dtype != dtype:
                 raise DeviceMismatchError(
                     f"{key} is {value.dtype} but the model is {dtype}; use inputs.to(model.device, model.dtype)"

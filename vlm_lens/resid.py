@@ -17,6 +17,7 @@ a batch whose items share one layout).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from jaxtyping import Float
@@ -24,6 +25,11 @@ from torch import Tensor, nn
 
 from vlm_lens.adapter import get_module, layer_list
 from vlm_lens.errors import InputError, UnsupportedModelError
+
+if TYPE_CHECKING:
+    from vlm_lens.hosts import CacheHost as _Host
+else:
+    _Host = object
 
 
 def norm_eps(norm: nn.Module) -> float:
@@ -33,7 +39,7 @@ def norm_eps(norm: nn.Module) -> float:
     return float(eps)
 
 
-def norm_gain(norm: nn.Module, width: int, like: Tensor) -> Float[Tensor, "d_model"]:
+def norm_gain(norm: nn.Module, width: int, like: Tensor) -> Float[Tensor, " d_model"]:
     """The RMSNorm's per-channel gain (Gemma's 1 + w included), read off the module itself: norm(c * ones) = gain."""
     probe = torch.full((width,), 1e3, dtype=torch.float32, device=like.device)
     return norm.forward(probe.to(like.dtype)).float() * torch.sqrt(torch.tensor(1.0 + norm_eps(norm) / 1e6))
@@ -86,25 +92,29 @@ def _norm_at(model, layer: int | None, mlp_input: bool) -> nn.Module:
     return get_module(block, model.adapter.block_at(model.hf_model.config, layer)["ln2" if mlp_input else "ln1"])
 
 
-class ResidualMethods:
+class ResidualMethods(_Host):  # its host, for the type checker only (vlm_lens.hosts)
     """Mixin for ``ActivationCache`` (needs ``self.model``, ``self.inputs`` and item access)."""
 
     def _need_model(self):
         if getattr(self, "model", None) is None:
-            raise InputError("this cache was built without its model; use model.run_with_cache(...) to get one that has it")
+            raise InputError(
+                "this cache was built without its model; use model.run_with_cache(...) to get one that has it"
+            )
         return self.model
 
     def _positions(self, pos_slice) -> slice | list[int] | int:
         if pos_slice is None:
             return slice(None)
         if isinstance(pos_slice, str):
-            if pos_slice not in ("image", "text") or self.inputs is None:
+            if pos_slice not in ("image", "text") or self.inputs is None or self.model is None:
                 raise InputError(f"pos_slice takes an int, a slice, positions, 'image' or 'text'; got {pos_slice!r}")
             image = (self.inputs.input_ids == self.model.cfg.image_token_id) & (self.inputs.attention_mask == 1)
             text = (self.inputs.input_ids != self.model.cfg.image_token_id) & (self.inputs.attention_mask == 1)
             chosen = image if pos_slice == "image" else text
             if not bool((chosen == chosen[:1]).all()):
-                raise InputError(f"pos_slice={pos_slice!r} needs items that share one layout; index each item's own positions")
+                raise InputError(
+                    f"pos_slice={pos_slice!r} needs items that share one layout; index each item's own positions"
+                )
             return chosen[0].nonzero().flatten().tolist()
         return pos_slice
 
@@ -113,12 +123,18 @@ class ResidualMethods:
 
     def _write_factor(self, layer: int, kind: str, total: Tensor, pos_slice) -> Tensor | float:
         rows = None
-        if kind == "mlp" and "cross_attention_mask" in self.inputs.tensors:
+        if kind == "mlp" and self.inputs is not None and "cross_attention_mask" in self.inputs.tensors:
             rows = self._at(sees_image(self.inputs.tensors["cross_attention_mask"]), pos_slice)
         return write_factor(self.model, layer, kind, total, rows)
 
-    def apply_ln_to_stack(self, residual_stack: Float[Tensor, "component batch ... d_model"], layer: int | None = None,
-                          mlp_input: bool = False, pos_slice=None, recompute_ln: bool = False) -> Tensor:
+    def apply_ln_to_stack(
+        self,
+        residual_stack: Float[Tensor, "component batch ... d_model"],
+        layer: int | None = None,
+        mlp_input: bool = False,
+        pos_slice=None,
+        recompute_ln: bool = False,
+    ) -> Tensor:
         """The norm that reads the residual at ``layer`` (None or n_layers: the final norm; else ln1, or ln2 with
         ``mlp_input``), applied to each component as it acts on the whole residual: gain * x / rms(resid).
         ``recompute_ln`` (final norm only): each component normalised by its own rms, as the logit lens does."""
@@ -135,8 +151,15 @@ class ResidualMethods:
         gain = norm_gain(norm, resid.shape[-1], resid)
         return (residual_stack.float() / scale * gain).to(residual_stack.dtype)
 
-    def accumulated_resid(self, layer: int | None = None, incl_mid: bool = False, apply_ln: bool = False,
-                          pos_slice=None, mlp_input: bool = False, return_labels: bool = False):
+    def accumulated_resid(
+        self,
+        layer: int | None = None,
+        incl_mid: bool = False,
+        apply_ln: bool = False,
+        pos_slice=None,
+        mlp_input: bool = False,
+        return_labels: bool = False,
+    ):
         """The residual stream entering each layer up to ``layer`` (None: every layer and the final residual):
         [layer + 1 (more with ``incl_mid``), batch, pos, d_model], labelled "0_pre", "0_mid", ..., "final_post".
         ``apply_ln`` at the final layer is the logit lens: ``accumulated_resid(apply_ln=True) @ W_U``."""
@@ -159,8 +182,16 @@ class ResidualMethods:
             stack = self.apply_ln_to_stack(stack, layer, mlp_input, pos_slice, recompute_ln=layer == n)
         return (stack, labels) if return_labels else stack
 
-    def decompose_resid(self, layer: int | None = None, mlp_input: bool = False, mode: str = "all",
-                        apply_ln: bool = False, pos_slice=None, incl_embeds: bool = True, return_labels: bool = False):
+    def decompose_resid(
+        self,
+        layer: int | None = None,
+        mlp_input: bool = False,
+        mode: str = "all",
+        apply_ln: bool = False,
+        pos_slice=None,
+        incl_embeds: bool = True,
+        return_labels: bool = False,
+    ):
         """What each block wrote into the residual stream entering ``layer`` (None: the final residual):
         "embed" (image features merged in), then "{l}_attn_out" and "{l}_mlp_out" per layer (``mode`` "attn" or
         "mlp" keeps one kind), and "{l}_deepstack" where the model adds visual features between blocks (Qwen3-VL).
@@ -186,9 +217,14 @@ class ResidualMethods:
             stack = self.apply_ln_to_stack(stack, layer, mlp_input, pos_slice)
         return (stack, labels) if return_labels else stack
 
-    def logit_attrs(self, residual_stack: Float[Tensor, "component batch ... d_model"], tokens: int | str | Tensor,
-                    incorrect_tokens: int | str | Tensor | None = None, pos_slice=None, has_batch_dim: bool = True
-                    ) -> Float[Tensor, "component batch ..."]:
+    def logit_attrs(
+        self,
+        residual_stack: Float[Tensor, "component batch ... d_model"],
+        tokens: int | str | Tensor,
+        incorrect_tokens: int | str | Tensor | None = None,
+        pos_slice=None,
+        has_batch_dim: bool = True,
+    ) -> Float[Tensor, "component batch ..."]:
         """Each component's direct contribution to logit[tokens] (minus logit[incorrect_tokens]) through the final
         norm linearised at the final residual: the components of ``decompose_resid`` sum to the logit difference
         (less the unembedding's bias). ``residual_stack`` holds components not yet normalised."""
@@ -204,8 +240,14 @@ class ResidualMethods:
             direction = direction.unsqueeze(1)
         return (scaled.float() * direction.float()).sum(-1)
 
-    def stack_neuron_results(self, layer: int, pos_slice=None, neuron_slice: Sequence[int] | slice | None = None,
-                             return_labels: bool = False, apply_ln: bool = False):
+    def stack_neuron_results(
+        self,
+        layer: int,
+        pos_slice=None,
+        neuron_slice: Sequence[int] | slice | None = None,
+        return_labels: bool = False,
+        apply_ln: bool = False,
+    ):
         """Each MLP neuron's write to the residual stream in the layers below ``layer``: post x W_out row,
         [neuron x layer, batch, pos, d_model], labelled "L{l}N{i}" (through a post-MLP norm, scaled by gain /
         rms(down_proj's output), as the heads). Memory: layers x d_mlp x pos x d_model
@@ -219,14 +261,17 @@ class ResidualMethods:
             writes = torch.einsum("b...n,nd->nb...d", post[..., chosen], mlp.W_out[chosen])
             factor = self._write_factor(l, "mlp", post @ mlp.W_out + mlp.b_out, pos_slice)
             parts.append(writes if isinstance(factor, float) else (writes.float() * factor).to(writes.dtype))
-            labels += [f"L{l}N{i}" for i in (list(range(model.cfg.d_mlp))[chosen] if isinstance(chosen, slice) else chosen)]
+            labels += [
+                f"L{l}N{i}" for i in (list(range(model.cfg.d_mlp))[chosen] if isinstance(chosen, slice) else chosen)
+            ]
         stack = torch.cat(parts) if parts else torch.empty(0)
         if apply_ln and parts:
             stack = self.apply_ln_to_stack(stack, layer, pos_slice=pos_slice)
         return (stack, labels) if return_labels else stack
 
-    def stack_head_results(self, layer: int | None = None, pos_slice=None, return_labels: bool = False,
-                           apply_ln: bool = False):
+    def stack_head_results(
+        self, layer: int | None = None, pos_slice=None, return_labels: bool = False, apply_ln: bool = False
+    ):
         """Each head's write to the residual stream in the layers below ``layer`` (None: all): z_h @ W_O[h],
         [layer x head, batch, pos, d_model], labelled "L{l}H{h}" (o_proj's bias is not any head's and is left
         out); through a post-attention norm (Gemma 3) scaled by gain / rms(o_proj's output), so the heads sum to
@@ -262,9 +307,15 @@ class ResidualMethods:
             if name not in self._store:
                 self._store[name] = torch.einsum("bphe,hed->bphd", self["z", l], model.blocks[l].attn.W_O)
 
-    def get_full_resid_decomposition(self, layer: int | None = None, mlp_input: bool = False,
-                                     expand_neurons: bool = True, apply_ln: bool = False, pos_slice=None,
-                                     return_labels: bool = False):
+    def get_full_resid_decomposition(
+        self,
+        layer: int | None = None,
+        mlp_input: bool = False,
+        expand_neurons: bool = True,
+        apply_ln: bool = False,
+        pos_slice=None,
+        return_labels: bool = False,
+    ):
         """The residual entering ``layer`` (None: the final one; ``mlp_input``: layer's MLP input) as every head's
         write ("L{l}H{h}"), every neuron's ("L{l}N{i}"; ``expand_neurons=False``: each MLP's "{l}_mlp_out"), then
         "embed" and "bias" (the o_proj and down_proj biases, zeros where a family has none): the components sum to
@@ -282,8 +333,9 @@ class ResidualMethods:
             parts.append(neurons)
             labels += neuron_labels
         elif layer > 0:
-            mlps, mlp_labels = self.decompose_resid(layer, mode="mlp", incl_embeds=False, pos_slice=pos_slice,
-                                                     return_labels=True)
+            mlps, mlp_labels = self.decompose_resid(
+                layer, mode="mlp", incl_embeds=False, pos_slice=pos_slice, return_labels=True
+            )
             parts.append(mlps)
             labels += mlp_labels
         injected = [l for l in self._vocab.injected_layers if l < layer]  # Qwen3-VL's DeepStack, between blocks
@@ -291,10 +343,14 @@ class ResidualMethods:
             parts.append(torch.stack([self._at(self["deepstack", l], pos_slice) for l in injected]))
             labels += [f"{l}_deepstack" for l in injected]
         embed = self._at(self["embed"], pos_slice)
-        bias = model.accumulated_bias(layer, mlp_input and layer < n, include_mlp_biases=expand_neurons) + torch.zeros_like(embed)
+        bias = model.accumulated_bias(
+            layer, mlp_input and layer < n, include_mlp_biases=expand_neurons
+        ) + torch.zeros_like(embed)
         if bias.abs().max() > 0 and any(k.endswith("_post_norm") for k in model.adapter.block):
-            raise InputError("biases under a post-norm are scaled per layer and position; this decomposition does "
-                             "not split them out: decompose_resid() gives each layer's whole write")
+            raise InputError(
+                "biases under a post-norm are scaled per layer and position; this decomposition does "
+                "not split them out: decompose_resid() gives each layer's whole write"
+            )
         stack = torch.cat(parts + [embed[None], bias[None]])
         labels += ["embed", "bias"]
         if apply_ln:
@@ -306,5 +362,9 @@ class ResidualMethods:
         sizes = {v.shape[0] for k, v in self.items() if not k.startswith(("vision.", "projector"))}
         if sizes != {1}:
             raise InputError(f"remove_batch_dim needs a batch of one, got batch sizes {sorted(sizes)}")
-        return type(self)({k: v[0] if not k.startswith(("vision.", "projector")) else v for k, v in self.items()},
-                          self._vocab, self.inputs, self.model)
+        return type(self)(
+            {k: v[0] if not k.startswith(("vision.", "projector")) else v for k, v in self.items()},
+            self._vocab,
+            self.inputs,
+            self.model,
+        )

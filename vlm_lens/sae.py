@@ -24,6 +24,7 @@ decode at the host (a second with the error term while hooks edit the features).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -32,16 +33,21 @@ from vlm_lens.errors import InputError
 from vlm_lens.hook_calls import run_chain
 from vlm_lens.hooks import HookSession, Sessions
 
+if TYPE_CHECKING:
+    from vlm_lens.hosts import ModelHost as _Host
+else:
+    _Host = object
+
 
 @dataclass
 class Splice:
-    sae: nn.Module
+    sae: Any
     host: str
     use_error_term: bool
     session: HookSession
 
 
-def _default_hook_name(sae: nn.Module) -> str:
+def _default_hook_name(sae: Any) -> str:
     cfg = getattr(sae, "cfg", None)
     name = getattr(cfg, "hook_name", None) or getattr(getattr(cfg, "metadata", None), "hook_name", None)
     if not isinstance(name, str):
@@ -49,7 +55,7 @@ def _default_hook_name(sae: nn.Module) -> str:
     return name
 
 
-def _splice(sae: nn.Module, host: str, use_error_term: bool, sessions: Sessions):
+def _splice(sae: Any, host: str, use_error_term: bool, sessions: Sessions):
     param = next(iter(sae.parameters()), None)
 
     def run(suffix: str, tensor: Tensor) -> Tensor:
@@ -62,8 +68,10 @@ def _splice(sae: nn.Module, host: str, use_error_term: bool, sessions: Sessions)
         acts = run("hook_sae_acts_post", sae.encode(run("hook_sae_input", sae_x)))
         out = run("hook_sae_recons", sae.decode(acts))
         if use_error_term:
-            hooked = any(sessions.sae_hooks.get(f"{host}.{s}") for s in ("hook_sae_input", "hook_sae_acts_post",
-                                                                             "hook_sae_recons"))
+            hooked = any(
+                sessions.sae_hooks.get(f"{host}.{s}")
+                for s in ("hook_sae_input", "hook_sae_acts_post", "hook_sae_recons")
+            )
             with torch.no_grad():
                 clean = sae.decode(sae.encode(sae_x)) if hooked else out.detach()
             out = out + run("hook_sae_error", sae_x - clean)
@@ -72,10 +80,10 @@ def _splice(sae: nn.Module, host: str, use_error_term: bool, sessions: Sessions)
     return splice
 
 
-class SAESplicing:
+class SAESplicing(_Host):  # its host, for the type checker only (vlm_lens.hosts)
     """Mixin for ``HookedVLM`` (needs ``hooks()``, ``vocab``, ``hook_shape`` and ``_saes``)."""
 
-    def add_sae(self, sae: nn.Module, hook_name: str | None = None, use_error_term: bool | None = None) -> list[str]:
+    def add_sae(self, sae: Any, hook_name: str | None = None, use_error_term: bool | None = None) -> list[str]:
         """Splice ``sae`` at ``hook_name`` (default: the SAE's own cfg) until ``reset_saes()``; returns its hook
         names. ``use_error_term`` (default: the SAE's attribute, else False) adds back what it fails to reconstruct."""
         host = _default_hook_name(sae) if hook_name is None else hook_name

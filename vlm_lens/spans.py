@@ -36,8 +36,10 @@ from torch import Tensor
 from vlm_lens.errors import ImageTokenMismatchError, InputError, InputIndexError
 
 VIEW_KINDS = ("base", "tile", "highres")
-_UNKNOWN = ("how these tiles are arranged in the picture is unknown (spans read from forward tensors alone): "
-            "build the inputs with model.prepare(), or pass model.as_inputs(..., tile_layout=...)")
+_UNKNOWN = (
+    "how these tiles are arranged in the picture is unknown (spans read from forward tensors alone): "
+    "build the inputs with model.prepare(), or pass model.as_inputs(..., tile_layout=...)"
+)
 
 
 @dataclass(frozen=True)
@@ -60,8 +62,10 @@ class View:
         if self.kind not in VIEW_KINDS:
             raise InputError(f"view kind must be one of {VIEW_KINDS}, got {self.kind!r}")
         if len(self.positions) != self.grid[0] * self.grid[1]:
-            raise ImageTokenMismatchError(f"a {self.grid[0]}x{self.grid[1]} {self.kind} view needs "
-                                          f"{self.grid[0] * self.grid[1]} patch tokens, got {len(self.positions)}")
+            raise ImageTokenMismatchError(
+                f"a {self.grid[0]}x{self.grid[1]} {self.kind} view needs "
+                f"{self.grid[0] * self.grid[1]} patch tokens, got {len(self.positions)}"
+            )
 
     def position_of(self, row: int, col: int) -> int:
         rows, cols = self.grid
@@ -135,7 +139,12 @@ class ImageSpan:
             raise InputIndexError(f"patch ({row}, {col}) is outside the {rows}x{cols} grid")
         if not self.views:
             return [self.position_of(row, col)]
-        top, left, bottom, right = Fraction(row, rows), Fraction(col, cols), Fraction(row + 1, rows), Fraction(col + 1, cols)
+        top, left, bottom, right = (
+            Fraction(row, rows),
+            Fraction(col, cols),
+            Fraction(row + 1, rows),
+            Fraction(col + 1, cols),
+        )
         out = []
         for view in self.views:
             if view.tiles is None:
@@ -160,22 +169,27 @@ class ImageSpan:
         """A per-position quantity (e.g. an attention row over keys) on the image's grid: the high-resolution
         views ("tile" or "highres") placed where they sit in the original image, or ``kind="base"`` the base view.
         A single-view span gives its own grid."""
-        views = [v for v in self.all_views if v.kind == kind] if kind else (
-            [v for v in self.all_views if v.kind != "base"] or [self.base])
+        views = (
+            [v for v in self.all_views if v.kind == kind]
+            if kind
+            else ([v for v in self.all_views if v.kind != "base"] or [self.base])
+        )
         if not views:
             raise InputError(f"this image has no {kind!r} view; its views: {[v.kind for v in self.all_views]}")
         if len(views) == 1:
             return values[..., list(views[0].positions)].reshape(*values.shape[:-1], *views[0].grid)
-        if any(v.tiles is None for v in views):
+        tiles = views[0].tiles
+        if tiles is None or any(v.tiles is None for v in views):
             raise InputError(_UNKNOWN)
-        (rows, cols), (tr, tc) = views[0].grid, views[0].tiles
+        (rows, cols), (tr, tc) = views[0].grid, tiles
         if any(v.grid != (rows, cols) or v.tiles != (tr, tc) for v in views):
             raise InputError("tiles of different grids or tilings cannot be stitched into one grid")
         out = values.new_zeros(*values.shape[:-1], tr * rows, tc * cols)
         for v in views:
             r, c = v.tile
-            out[..., r * rows:(r + 1) * rows, c * cols:(c + 1) * cols] = values[..., list(v.positions)].reshape(
-                *values.shape[:-1], rows, cols)
+            out[..., r * rows : (r + 1) * rows, c * cols : (c + 1) * cols] = values[..., list(v.positions)].reshape(
+                *values.shape[:-1], rows, cols
+            )
         return out
 
 

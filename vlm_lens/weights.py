@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from types import SimpleNamespace
+from typing import TYPE_CHECKING
 
 import torch
 from jaxtyping import Float
@@ -24,9 +25,18 @@ from torch import Tensor, nn
 from vlm_lens.adapter import get_module, layer_list
 from vlm_lens.errors import LayerIndexError
 
+if TYPE_CHECKING:
+    from vlm_lens.hosts import ModelHost as _Host
+else:
+    _Host = object
 
-def _bias(linear: nn.Module, size: int, like: Tensor) -> Tensor:
-    return linear.bias if getattr(linear, "bias", None) is not None else torch.zeros(size, dtype=like.dtype, device=like.device)
+
+def _bias(linear: nn.Linear, size: int, like: Tensor) -> Tensor:
+    return (
+        linear.bias
+        if getattr(linear, "bias", None) is not None
+        else torch.zeros(size, dtype=like.dtype, device=like.device)
+    )
 
 
 class BlockWeights:
@@ -39,24 +49,33 @@ class BlockWeights:
         q, k, v, o = part("attn_q"), part("attn_k"), part("attn_v"), part("attn_o")
         group = cfg.n_heads // cfg.n_kv_heads
 
-        def heads(linear: nn.Module, n: int) -> Tensor:  # [n*d_head, d_model] -> [head, d_model, d_head]
+        def heads(linear: nn.Linear, n: int) -> Tensor:  # [n*d_head, d_model] -> [head, d_model, d_head]
             w = linear.weight.view(n, cfg.d_head, cfg.d_model).transpose(1, 2)
             return w.repeat_interleave(group, dim=0) if n != cfg.n_heads else w
 
-        def head_bias(linear: nn.Module, n: int) -> Tensor:
+        def head_bias(linear: nn.Linear, n: int) -> Tensor:
             b = _bias(linear, n * cfg.d_head, linear.weight).view(n, cfg.d_head)
             return b.repeat_interleave(group, dim=0) if n != cfg.n_heads else b
 
         self.module = block
         self.attn = SimpleNamespace(
-            W_Q=heads(q, cfg.n_heads), W_K=heads(k, cfg.n_kv_heads), W_V=heads(v, cfg.n_kv_heads),
+            W_Q=heads(q, cfg.n_heads),
+            W_K=heads(k, cfg.n_kv_heads),
+            W_V=heads(v, cfg.n_kv_heads),
             W_O=o.weight.view(cfg.d_model, cfg.n_heads, cfg.d_head).permute(1, 2, 0),
-            b_Q=head_bias(q, cfg.n_heads), b_K=head_bias(k, cfg.n_kv_heads), b_V=head_bias(v, cfg.n_kv_heads),
+            b_Q=head_bias(q, cfg.n_heads),
+            b_K=head_bias(k, cfg.n_kv_heads),
+            b_V=head_bias(v, cfg.n_kv_heads),
             b_O=_bias(o, cfg.d_model, o.weight),
         )
         gate, up, down = part("mlp_gate"), part("mlp_up"), part("mlp_down")
-        self.mlp = SimpleNamespace(W_gate=gate.weight.T, W_in=up.weight.T, W_out=down.weight.T,
-                                   b_in=_bias(up, cfg.d_mlp, up.weight), b_out=_bias(down, cfg.d_model, down.weight))
+        self.mlp = SimpleNamespace(
+            W_gate=gate.weight.T,
+            W_in=up.weight.T,
+            W_out=down.weight.T,
+            b_in=_bias(up, cfg.d_mlp, up.weight),
+            b_out=_bias(down, cfg.d_model, down.weight),
+        )
 
 
 class Blocks(Sequence):
@@ -77,7 +96,7 @@ class Blocks(Sequence):
         return BlockWeights(self.model, layer % n)
 
 
-class Weights:
+class Weights(_Host):  # its host, for the type checker only (vlm_lens.hosts)
     """Mixin for ``HookedVLM``: TL's weight properties (see the module docstring)."""
 
     @property
@@ -92,7 +111,7 @@ class Weights:
         return get_module(self.hf_model, self.adapter.modules["unembed"]).weight.T
 
     @property
-    def b_U(self) -> Float[Tensor, "vocab"]:
+    def b_U(self) -> Float[Tensor, " vocab"]:
         unembed = get_module(self.hf_model, self.adapter.modules["unembed"])
         return _bias(unembed, self.cfg.d_vocab, unembed.weight)
 
@@ -120,8 +139,9 @@ class Weights:
     b_in = property(lambda self: self._stack("mlp", "b_in"), doc="[layer, d_mlp]")
     b_out = property(lambda self: self._stack("mlp", "b_out"), doc="[layer, d_model]")
 
-    def accumulated_bias(self, layer: int, mlp_input: bool = False, include_mlp_biases: bool = True
-                         ) -> Float[Tensor, "d_model"]:
+    def accumulated_bias(
+        self, layer: int, mlp_input: bool = False, include_mlp_biases: bool = True
+    ) -> Float[Tensor, " d_model"]:
         """TL's: the biases the blocks below ``layer`` add to the residual (o_proj's, and down_proj's with
         ``include_mlp_biases``; ``mlp_input`` adds layer's own o_proj bias). Zeros for families without them."""
         bias = self.b_O[: layer + (1 if mlp_input else 0)].sum(0)

@@ -22,8 +22,8 @@ from pathlib import Path
 from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
-from analyses.data.scoring import relation, whole_integer
 from analyses.data.examples import Example
+from analyses.data.scoring import relation, whole_integer
 from vlm_lens.errors import DataError
 from vlm_lens.inputs import to_rgb
 
@@ -47,6 +47,7 @@ class Record:
 
 # --- reading files, with the file and line in every error ----------------------------------------------
 
+
 def _text(path: Path) -> str:
     if not path.is_file():
         raise DataError(f"benchmark file {path} does not exist" if not path.exists() else f"{path} is not a file")
@@ -54,8 +55,9 @@ def _text(path: Path) -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise DataError(f"{path} is not UTF-8 text (byte {data[e.start]:#04x} at offset {e.start}): "
-                        "save it as UTF-8 JSON") from None
+        raise DataError(
+            f"{path} is not UTF-8 text (byte {data[e.start]:#04x} at offset {e.start}): save it as UTF-8 JSON"
+        ) from None
 
 
 def _json(path: Path):
@@ -84,8 +86,10 @@ def _read_json_records(path: Path) -> list[tuple[str, dict]]:
             try:
                 pairs.append((f"{path.name} line {number}", json.loads(line)))
             except json.JSONDecodeError as e:
-                raise DataError(f"{path} line {number}: not valid JSON ({e.msg} at column {e.colno}); "
-                                "a line cut short by an interrupted download or edit?") from None
+                raise DataError(
+                    f"{path} line {number}: not valid JSON ({e.msg} at column {e.colno}); "
+                    "a line cut short by an interrupted download or edit?"
+                ) from None
     elif isinstance(data, list):
         pairs = [(f"{path.name} record {i + 1}", r) for i, r in enumerate(data)]
     else:
@@ -101,11 +105,18 @@ def _field(record: dict, key: str, where: str, kind: str):
     if key not in record:
         raise DataError(f"{where}: lacks {key!r} (it has {sorted(record)})")
     value = record[key]
-    ok = {"text": isinstance(value, str) and value.strip() != "",
-          "id": isinstance(value, (int, str)) and not isinstance(value, bool) and str(value) != "",
-          "answer": (isinstance(value, str) and value.strip() != "") or (isinstance(value, int) and not isinstance(value, bool))}
+    ok = {
+        "text": isinstance(value, str) and value.strip() != "",
+        "id": isinstance(value, (int, str)) and not isinstance(value, bool) and str(value) != "",
+        "answer": (isinstance(value, str) and value.strip() != "")
+        or (isinstance(value, int) and not isinstance(value, bool)),
+    }
     if not ok[kind]:
-        wanted = {"text": "a non-empty string", "id": "an integer or a string", "answer": "a non-empty string or an integer"}
+        wanted = {
+            "text": "a non-empty string",
+            "id": "an integer or a string",
+            "answer": "a non-empty string or an integer",
+        }
         raise DataError(f"{where}: {key} is {json.dumps(value)}, expected {wanted[kind]}")
     return value
 
@@ -117,16 +128,23 @@ def _unique(records: list[Record], path: Path) -> list[Record]:
     repeated = {qid: places for qid, places in seen.items() if len(places) > 1}
     if repeated:
         shown = "; ".join(f"{qid!r} at {', '.join(places[:3])}" for qid, places in list(repeated.items())[:3])
-        raise DataError(f"{path}: {len(repeated)} question_id(s) appear more than once ({shown}): "
-                        "each question needs its own id (results are stored by it)")
+        raise DataError(
+            f"{path}: {len(repeated)} question_id(s) appear more than once ({shown}): "
+            "each question needs its own id (results are stored by it)"
+        )
     return records
 
 
 # --- the formats -----------------------------------------------------------------------------------------
 
+
 def _base(r: dict, where: str, image: str = "image", text: str = "text") -> dict:
-    return {"question_id": _field(r, "question_id", where, "id"), "image": _field(r, image, where, "text"),
-            "text": _field(r, text, where, "text"), "source": where}
+    return {
+        "question_id": _field(r, "question_id", where, "id"),
+        "image": _field(r, image, where, "text"),
+        "text": _field(r, text, where, "text"),
+        "source": where,
+    }
 
 
 def load_pope(path: str | Path) -> list[Record]:
@@ -136,10 +154,13 @@ def load_pope(path: str | Path) -> list[Record]:
     for where, r in _read_json_records(path):
         label = _field(r, "label", where, "answer")
         if str(label).strip().lower() not in ("yes", "no"):
-            raise DataError(f"{where}: label {json.dumps(label)} is not yes or no, the only POPE answers; "
-                            "a counting/spatial suite takes --format counting")
-        records.append(Record(**_base(r, where), golds=(str(label).strip(),), type=str(r.get("type", path.stem)),
-                              metric="yesno"))
+            raise DataError(
+                f"{where}: label {json.dumps(label)} is not yes or no, the only POPE answers; "
+                "a counting/spatial suite takes --format counting"
+            )
+        records.append(
+            Record(**_base(r, where), golds=(str(label).strip(),), type=str(r.get("type", path.stem)), metric="yesno")
+        )
     return _unique(records, path)
 
 
@@ -177,8 +198,18 @@ def load_vqav2(questions: str | Path, annotations: str | Path) -> list[Record]:
         counts = Counter(golds)
         golds = tuple(sorted(golds, key=lambda g: -counts[g]))
         image = f"COCO_{subtype}_{image_id:012d}.jpg"
-        records.append(Record(qid, image, _field(q, "question", where, "text"), golds, a.get("answer_type", "all"), "vqa",
-                              a.get("answer_type") in ("yes/no", "number"), source=where))
+        records.append(
+            Record(
+                qid,
+                image,
+                _field(q, "question", where, "text"),
+                golds,
+                a.get("answer_type", "all"),
+                "vqa",
+                a.get("answer_type") in ("yes/no", "number"),
+                source=where,
+            )
+        )
     return _unique(records, questions)
 
 
@@ -194,23 +225,42 @@ def load_textvqa(path: str | Path) -> list[Record]:
         given = d.get("answers") if isinstance(d, dict) else None
         if not isinstance(given, list) or not given or not all(isinstance(g, str) and g.strip() for g in given):
             raise DataError(f"{where}: 'answers' must be a non-empty list of strings, got {json.dumps(given)}")
-        records.append(Record(_field(d, "question_id", where, "id"), f"{_field(d, 'image_id', where, 'id')}.jpg",
-                              _field(d, "question", where, "text"), tuple(given), "textvqa", "vqa", False, source=where))
+        records.append(
+            Record(
+                _field(d, "question_id", where, "id"),
+                f"{_field(d, 'image_id', where, 'id')}.jpg",
+                _field(d, "question", where, "text"),
+                tuple(given),
+                "textvqa",
+                "vqa",
+                False,
+                source=where,
+            )
+        )
     return _unique(records, path)
 
 
 def load_llava_bench(questions: str | Path, answers: str | Path) -> list[Record]:
     """LLaVA-Bench in-the-wild: questions.jsonl and the reference answers file; open-ended."""
     questions = Path(questions)
-    refs = {_field(r, "question_id", where, "id"): _field(r, "text", where, "text")
-            for where, r in _read_json_records(Path(answers))}
+    refs = {
+        _field(r, "question_id", where, "id"): _field(r, "text", where, "text")
+        for where, r in _read_json_records(Path(answers))
+    }
     records = []
     for where, q in _read_json_records(questions):
         base = _base(q, where)
         if base["question_id"] not in refs:
             raise DataError(f"{where}: question {base['question_id']!r} has no reference answer in {answers}")
-        records.append(Record(**base, golds=(refs[base["question_id"]],), type=str(q.get("category", "all")),
-                              metric="open", closed_form=False))
+        records.append(
+            Record(
+                **base,
+                golds=(refs[base["question_id"]],),
+                type=str(q.get("category", "all")),
+                metric="open",
+                closed_form=False,
+            )
+        )
     return _unique(records, questions)
 
 
@@ -233,14 +283,22 @@ def load_counting_spatial(path: str | Path) -> list[Record]:
         label = str(_field(r, "label", where, "answer")).strip()
         kind = _kind_of_label(label)
         metric = {"count": "count", "spatial": "relation", "yesno": "yesno", "other": "exact"}[kind]
-        records.append(Record(**_base(r, where), golds=(label,), type=str(r.get("type", "count" if kind == "count" else "spatial")),
-                              metric=metric))
+        records.append(
+            Record(
+                **_base(r, where),
+                golds=(label,),
+                type=str(r.get("type", "count" if kind == "count" else "spatial")),
+                metric=metric,
+            )
+        )
     return _unique(records, path)
 
 
 FORMATS = ("pope", "counting", "vqav2", "textvqa", "llava_bench")
-NEEDS_ANNOTATIONS = {"vqav2": "the annotations JSON (ten human answers per question)",
-                     "llava_bench": "the reference answers file (answers_gpt4.jsonl)"}
+NEEDS_ANNOTATIONS = {
+    "vqav2": "the annotations JSON (ten human answers per question)",
+    "llava_bench": "the reference answers file (answers_gpt4.jsonl)",
+}
 
 
 def detect_format(path: str | Path) -> str:
@@ -265,8 +323,10 @@ def detect_format(path: str | Path) -> str:
     if "label" in first:
         kinds = {_kind_of_label(str(r.get("label", "")).strip()) for r in records}
         return "counting" if kinds - {"yesno"} else "pope"
-    raise DataError(f"{path}: records hold {sorted(first)}; expected POPE's question_id, image, text, label "
-                    f"or another format: pass --format one of {FORMATS}")
+    raise DataError(
+        f"{path}: records hold {sorted(first)}; expected POPE's question_id, image, text, label "
+        f"or another format: pass --format one of {FORMATS}"
+    )
 
 
 def load(path: str | Path, annotations: str | Path | None = None, format: str | None = None) -> list[Record]:
@@ -286,6 +346,7 @@ def load(path: str | Path, annotations: str | Path | None = None, format: str | 
 
 
 # --- images -----------------------------------------------------------------------------------------------
+
 
 def _inside(folder: Path, name: str) -> bool:
     """Whether ``folder / name`` stays inside ``folder``: as written (no absolute path, no ``..`` out of it), and
@@ -316,18 +377,23 @@ def _decode_error(data: bytes) -> str | None:
     return None
 
 
-def check_images(records: list[Record], folder: str | Path, allow_outside: bool = False,
-                 progress: bool = False) -> dict[str, str]:
+def check_images(
+    records: list[Record], folder: str | Path, allow_outside: bool = False, progress: bool = False
+) -> dict[str, str]:
     """Every image the records name, checked before any model work: inside ``folder`` (unless ``allow_outside``),
     present, and decodable. Returns each image's sha256; raises ``DataError`` naming every bad one and the count."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise DataError(f"image folder {folder} does not exist" if not folder.exists() else f"--images {folder} is not a folder")
+        raise DataError(
+            f"image folder {folder} does not exist" if not folder.exists() else f"--images {folder} is not a folder"
+        )
     names = sorted({r.image for r in records})
     outside = [n for n in names if not _inside(folder, n)]
     if outside and not allow_outside:
-        raise DataError(f"{len(outside)} image path(s) leave the image folder {folder} ({shown(outside)}); "
-                        "pass --allow-outside-images if the benchmark means to read them")
+        raise DataError(
+            f"{len(outside)} image path(s) leave the image folder {folder} ({shown(outside)}); "
+            "pass --allow-outside-images if the benchmark means to read them"
+        )
     missing = [n for n in names if not (folder / n).is_file()]
     if missing:
         raise DataError(f"{len(missing)} image(s) missing from {folder}: {shown(missing)}")
@@ -350,5 +416,7 @@ def shown(items: list, most: int = 5) -> str:
 
 def to_examples(records: list[Record], folder: str | Path) -> list[Example]:
     """Examples whose images are opened (RGB) batch by batch (``check_images`` first, to fail before the model)."""
-    return [Example(Path(folder) / r.image, r.text, r.golds, r.type, r.metric, r.question_id, r.closed_form)
-            for r in records]
+    return [
+        Example(Path(folder) / r.image, r.text, r.golds, r.type, r.metric, r.question_id, r.closed_form)
+        for r in records
+    ]

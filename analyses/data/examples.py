@@ -1,8 +1,8 @@
 """``Example``: one question, its image, its gold answers and the rule that scores it.
 
-    >>> example = Example("cat.jpg", "Is there a cat?", "yes")
-    >>> example.golds, example.label, example.metric, example.closed_form
-    (('yes',), 'yes', 'exact', False)
+>>> example = Example("cat.jpg", "Is there a cat?", "yes")
+>>> example.golds, example.label, example.metric, example.closed_form
+(('yes',), 'yes', 'exact', False)
 """
 
 from __future__ import annotations
@@ -12,12 +12,10 @@ from pathlib import Path
 
 from PIL import Image
 
+from analyses.data import shapes
+from analyses.data.scoring import CLOSED_FORM, METRICS
 from vlm_lens.errors import DataError, InputError
 from vlm_lens.inputs import to_rgb
-
-from analyses.data.scoring import CLOSED_FORM, METRICS
-from analyses.data import shapes
-
 
 
 @dataclass(frozen=True)
@@ -61,15 +59,24 @@ class Example:
         except (OSError, SyntaxError, ValueError) as e:  # missing, zero bytes, truncated, not an image
             if isinstance(e, InputError):
                 raise
-            raise DataError(f"image {self.image} cannot be read: {str(e).strip() or type(e).__name__} (check the file; "
-                            "vlm-lens vrp checks every image before it starts)") from None
+            raise DataError(
+                f"image {self.image} cannot be read: {str(e).strip() or type(e).__name__} (check the file; "
+                "vlm-lens vrp checks every image before it starts)"
+            ) from None
 
 
 def shapes_examples(n: int, seed: int, size: int = 32, types: tuple[str, ...] = shapes.TYPES) -> list[Example]:
     """``n`` Shapes questions drawn with ``seed``, images rendered in memory; ``types=shapes.WORD_TYPES`` is the
     words benchmark (``shapes-words``: the same families plus one answered by a relation phrase)."""
     return [
-        Example(Image.fromarray(shapes.image_of(s, seed, size)), s.text, s.label, s.type, shapes.metric_of(s.type),
-                s.question_id, closed_form=True)
+        Example(
+            Image.fromarray(shapes.image_of(s, seed, size)),
+            s.text,
+            s.label,
+            s.type,
+            shapes.metric_of(s.type),
+            s.question_id,
+            closed_form=True,
+        )
         for s in shapes.generate(n, seed, size, types)
     ]

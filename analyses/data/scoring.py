@@ -55,7 +55,7 @@ CLOSED_FORM = ("yesno", "count", "relation")  # questions whose answer is one of
 
 
 def pope_reading(answer: str) -> str:
-    """"yes" or "no" as POPE's ``evaluate.py`` reads an answer (case-sensitive, as published)."""
+    """ "yes" or "no" as POPE's ``evaluate.py`` reads an answer (case-sensitive, as published)."""
     text = answer.split(".")[0] if "." in answer else answer
     words = text.replace(",", "").split(" ")
     return "no" if ("No" in words or "not" in words or "no" in words) else "yes"
@@ -102,8 +102,20 @@ CONTRACTIONS = _contraction_map()
 _PUNCT = [";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`", ",", "?", "!"]
 _PERIOD = re.compile(r"(?!<=\d)(\.)(?!\d)")  # sic: the official pattern (a period not followed by a digit)
 _COMMA_DIGITS = re.compile(r"(\d)(,)(\d)")
-_VQA_DIGITS = {"none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5", "six": "6",
-               "seven": "7", "eight": "8", "nine": "9", "ten": "10"}  # vqaEval.manualMap
+_VQA_DIGITS = {
+    "none": "0",
+    "zero": "0",
+    "one": "1",
+    "two": "2",
+    "three": "3",
+    "four": "4",
+    "five": "5",
+    "six": "6",
+    "seven": "7",
+    "eight": "8",
+    "nine": "9",
+    "ten": "10",
+}  # vqaEval.manualMap
 ARTICLES = ("a", "an", "the")
 
 
@@ -137,9 +149,13 @@ def vqa_accuracy(prediction: str, answers: Sequence[str]) -> float:
 
 # --- integers, in digits or words ------------------------------------------------------------------
 
-_UNITS = {w: i for i, w in enumerate(
-    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
-    "seventeen eighteen nineteen".split())}
+_UNITS = {
+    w: i
+    for i, w in enumerate(
+        "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
+        "seventeen eighteen nineteen".split()
+    )
+}
 _TENS = {w: 10 * i for i, w in enumerate("twenty thirty forty fifty sixty seventy eighty ninety".split(), 2)}
 _SCALES = {"hundred": 100, "thousand": 1_000, "million": 1_000_000, "billion": 1_000_000_000}
 _NUMBER_WORDS = {**_UNITS, **_TENS, **_SCALES, "none": 0}
@@ -196,7 +212,7 @@ def whole_integer(text: str) -> int | None:
     """The integer ``text`` is, written in digits or in words and nothing else ("21", "twenty-one"), or None."""
     text = text.strip()
     numbers = _numbers(text)
-    rest = text.lower()[numbers[0][2]:].strip() if len(numbers) == 1 and numbers[0][1] == 0 else None
+    rest = text.lower()[numbers[0][2] :].strip() if len(numbers) == 1 and numbers[0][1] == 0 else None
     return numbers[0][0] if rest == "" else None
 
 
@@ -212,8 +228,14 @@ def _integer_span(answer: str) -> tuple[int, int, int] | None:
 
 RELATIONS = ("in front of", "on top of", "next to", "left", "right", "above", "below", "under", "behind", "inside")
 _BARE = ("on", "in")  # named only when no other relation is
-_RELATION_WORDS = {"beneath": "below", "underneath": "under", "over": "above", "beside": "next to", "within": "inside",
-                   "top": "on top of"}
+_RELATION_WORDS = {
+    "beneath": "below",
+    "underneath": "under",
+    "over": "above",
+    "beside": "next to",
+    "within": "inside",
+    "top": "on top of",
+}
 
 
 def _relation_span(answer: str) -> tuple[str, int, int] | None:
@@ -241,8 +263,10 @@ def _metric(metric: str) -> str:
     if metric not in METRICS:
         raise InputError(f"metric {metric!r} is not a scoring rule: one of {METRICS}")
     if metric == OPEN_ENDED:
-        raise InputError("open-ended answers (LLaVA-Bench) are scored by a judge model, which vlm-lens does not run; "
-                         "the study reports their answers and judge-free metrics instead")
+        raise InputError(
+            "open-ended answers (LLaVA-Bench) are scored by a judge model, which vlm-lens does not run; "
+            "the study reports their answers and judge-free metrics instead"
+        )
     return metric
 
 
@@ -281,7 +305,9 @@ def score(prediction: str, golds: Sequence[str] | str, metric: str = "exact") ->
     return float(any(answer == vqa_normalise(g) or _contains(answer, vqa_normalise(g)) for g in golds))
 
 
-def is_correct(prediction: str, golds: Sequence[str] | str, metric: str = "exact", threshold: float = CORRECT_AT) -> bool:
+def is_correct(
+    prediction: str, golds: Sequence[str] | str, metric: str = "exact", threshold: float = CORRECT_AT
+) -> bool:
     return score(prediction, golds, metric) >= threshold
 
 

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
+
 from vlm_lens.errors import InputError
 
 COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (230, 200, 30)}
@@ -46,12 +47,39 @@ POPULARITY = sorted(OBJECTS, key=lambda o: -_COLOUR_P[list(COLOURS).index(o[0])]
 # Question-family mixture (existence split evenly over its three negative kinds).
 TYPES = ("exist_random", "exist_popular", "exist_adversarial", "count", "spatial_left", "spatial_above", "attribute")
 WORD_TYPES = (*TYPES, "spatial_side")  # the words benchmark adds a question whose answer is a relation phrase
-_TYPE_P = {"exist_random": 0.15, "exist_popular": 0.15, "exist_adversarial": 0.15, "count": 0.2, "spatial_left": 0.1,
-           "spatial_above": 0.1, "attribute": 0.15, "spatial_side": 0.1}
+_TYPE_P = {
+    "exist_random": 0.15,
+    "exist_popular": 0.15,
+    "exist_adversarial": 0.15,
+    "count": 0.2,
+    "spatial_left": 0.1,
+    "spatial_above": 0.1,
+    "attribute": 0.15,
+    "spatial_side": 0.1,
+}
 
 WORDS = (
-    *COLOURS, *SHAPES, *PLURAL.values(), *NUMBERS, "yes", "no", "is", "there", "a", "in", "the", "image", "?",
-    "how", "many", "are", "what", "colour", "left", "of", "above",
+    *COLOURS,
+    *SHAPES,
+    *PLURAL.values(),
+    *NUMBERS,
+    "yes",
+    "no",
+    "is",
+    "there",
+    "a",
+    "in",
+    "the",
+    "image",
+    "?",
+    "how",
+    "many",
+    "are",
+    "what",
+    "colour",
+    "left",
+    "of",
+    "above",
 )
 NUMBER_WORDS = ("no", "one", "two", "three", "four", "five")  # a count in words ("there are no circles .")
 SPOKEN_WORDS = (*WORDS, ",", ".", "it", "on", "or", "right", "below", "one", "two", "three", "four", "five")
@@ -80,7 +108,13 @@ class Sample:
     shapes: tuple[Shape, ...]
 
     def record(self) -> dict:
-        return {"question_id": self.question_id, "image": self.image, "text": self.text, "label": self.label, "type": self.type}
+        return {
+            "question_id": self.question_id,
+            "image": self.image,
+            "text": self.text,
+            "label": self.label,
+            "type": self.type,
+        }
 
 
 def sample_scene(rng: np.random.Generator, size: int = 32, max_shapes: int = 5) -> tuple[Shape, ...]:
@@ -93,7 +127,10 @@ def sample_scene(rng: np.random.Generator, size: int = 32, max_shapes: int = 5) 
             break
         side = int(rng.integers(lo, hi + 1))
         x0, y0 = (int(v) for v in rng.integers(0, size - side + 1, size=2))
-        if any(x0 < s.x0 + s.size + 1 and s.x0 < x0 + side + 1 and y0 < s.y0 + s.size + 1 and s.y0 < y0 + side + 1 for s in shapes):
+        if any(
+            x0 < s.x0 + s.size + 1 and s.x0 < x0 + side + 1 and y0 < s.y0 + s.size + 1 and s.y0 < y0 + side + 1
+            for s in shapes
+        ):
             continue
         colour = list(COLOURS)[int(rng.choice(len(COLOURS), p=_COLOUR_P))]
         shape = SHAPES[int(rng.choice(len(SHAPES), p=_SHAPE_P))]

@@ -15,9 +15,9 @@ import torch
 from analyses import answers, decomposition, interventions, logit_lens, probes, stats
 from analyses.data.examples import Example
 from analyses.evaluation import batches, correct
+from analyses.patch_masking import patch_masking
 from analyses.study.config import VRPConfig
 from analyses.study.extract import Extraction
-from analyses.patch_masking import patch_masking
 from analyses.study.results import Ablation, Ablations, MarginBuilding, Predictors
 
 DECOMPOSED = ("hook_resid_pre", "hook_resid_post", "hook_attn_out", "hook_mlp_out", "attn.hook_z")
@@ -49,13 +49,19 @@ def margin_building(model, examples: list[Example], ex: Extraction, cfg: VRPConf
     updates = decomposition.layer_means(pd.concat(norms, ignore_index=True))  # means over the questions
     peak = summary["peak_layer"]
     return MarginBuilding(
-        peak_layer=peak, gap_at_peak=summary["gap_at_peak"], separation_layer=summary["separation_layer"],
+        peak_layer=peak,
+        gap_at_peak=summary["gap_at_peak"],
+        separation_layer=summary["separation_layer"],
         mlp_update_share_at_peak=float(updates.mlp_share[peak]),
         mlp_margin_share_to_peak=decomposition.mlp_share(contributions, peak),
-        max_margin_layer=summary["max_margin_layer"], n_items=len(subset), curves=curves,
-        contributions=decomposition.layer_table(contributions), updates=updates,
+        max_margin_layer=summary["max_margin_layer"],
+        n_items=len(subset),
+        curves=curves,
+        contributions=decomposition.layer_table(contributions),
+        updates=updates,
         top_heads=decomposition.top_heads(pd.concat(heads, ignore_index=True), cfg.top_heads),
-        visual_updates=decomposition.image_update_table(visual))
+        visual_updates=decomposition.image_update_table(visual),
+    )
 
 
 class _TestSplit:
@@ -68,15 +74,36 @@ class _TestSplit:
         self.before = self.correct()
 
     def correct(self, intervention=interventions.NOTHING, transform=None) -> np.ndarray:
-        return np.array(correct(self.model, self.examples, intervention, batch_size=self.cfg.batch_size,
-                                max_new_tokens=self.cfg.max_new_tokens, transform=transform), float)
+        return np.array(
+            correct(
+                self.model,
+                self.examples,
+                intervention,
+                batch_size=self.cfg.batch_size,
+                max_new_tokens=self.cfg.max_new_tokens,
+                transform=transform,
+            ),
+            float,
+        )
 
     def row(self, group: str, condition: str, intervention=None, transform=None, **extra) -> Ablation:
         after = self.correct(intervention or interventions.NOTHING, transform)
         change = stats.paired_bootstrap_diff(self.before, after, self.cfg.n_resamples, self.cfg.seed)
-        by_type = {t: float(after[self.types == t].mean() - self.before[self.types == t].mean()) for t in sorted(set(self.types))}
-        return Ablation(group, condition, float(self.before.mean()), float(after.mean()), change, by_type, intervention,
-                        after=after, **extra)
+        by_type = {
+            t: float(after[self.types == t].mean() - self.before[self.types == t].mean())
+            for t in sorted(set(self.types))
+        }
+        return Ablation(
+            group,
+            condition,
+            float(self.before.mean()),
+            float(after.mean()),
+            change,
+            by_type,
+            intervention,
+            after=after,
+            **extra,
+        )
 
     def paired(self, group: str, condition: str, base: Ablation, other: Ablation) -> Ablation:
         """``other`` against ``base`` on the same questions: the paired-bootstrap CI of other's accuracy minus
@@ -88,11 +115,21 @@ class _TestSplit:
     def not_run(self, group: str, condition: str, note: str, **extra) -> Ablation:
         """A row for a condition that could not run, saying why (no change, no CI)."""
         nan = float("nan")
-        return Ablation(group, condition, float(self.before.mean()), nan, stats.Estimate(nan, (nan, nan), len(self.before)),
-                        {}, note=note, **extra)
+        return Ablation(
+            group,
+            condition,
+            float(self.before.mean()),
+            nan,
+            stats.Estimate(nan, (nan, nan), len(self.before)),
+            {},
+            note=note,
+            **extra,
+        )
 
 
-def _unit_rows(split: _TestSplit, ex: Extraction, predictors: Predictors, cfg: VRPConfig) -> tuple[int, list[int], list[Ablation]]:
+def _unit_rows(
+    split: _TestSplit, ex: Extraction, predictors: Predictors, cfg: VRPConfig
+) -> tuple[int, list[int], list[Ablation]]:
     """Tables 4-5: top-k probe units vs random units of the same layer and size, a single-unit clamp, and
     escalating random ablations, all on residual-stream units of the sparse probe's layer."""
     sparse = predictors.sparse
@@ -105,36 +142,80 @@ def _unit_rows(split: _TestSplit, ex: Extraction, predictors: Predictors, cfg: V
         chosen = kept[:k]
         note = "" if len(chosen) == k else f"the L1 probe kept only {len(kept)} units: {len(chosen)} zeroed, not {k}"
         if not chosen:
-            rows.append(split.not_run("probe units", f"top-{k} probe units", "untested: the L1 probe kept no units",
-                                      layer=layer, k=0, k_requested=k))
+            rows.append(
+                split.not_run(
+                    "probe units",
+                    f"top-{k} probe units",
+                    "untested: the L1 probe kept no units",
+                    layer=layer,
+                    k=0,
+                    k_requested=k,
+                )
+            )
             continue
-        rows.append(split.row("probe units", f"top-{k} probe units", interventions.neurons(layer, chosen, "zero", site="resid"),
-                              layer=layer, k=len(chosen), k_requested=k, note=note))
+        rows.append(
+            split.row(
+                "probe units",
+                f"top-{k} probe units",
+                interventions.neurons(layer, chosen, "zero", site="resid"),
+                layer=layer,
+                k=len(chosen),
+                k_requested=k,
+                note=note,
+            )
+        )
         for seed in range(cfg.random_controls):
-            control = interventions.random_neurons(split.model, layer, len(chosen), seed=cfg.seed + seed, exclude=chosen,
-                                                   site="resid")
-            rows.append(split.row("random units", f"random control {seed} (k={len(chosen)})", control, layer=layer,
-                                  k=len(chosen), k_requested=k))
+            control = interventions.random_neurons(
+                split.model, layer, len(chosen), seed=cfg.seed + seed, exclude=chosen, site="resid"
+            )
+            rows.append(
+                split.row(
+                    "random units",
+                    f"random control {seed} (k={len(chosen)})",
+                    control,
+                    layer=layer,
+                    k=len(chosen),
+                    k_requested=k,
+                )
+            )
     if cfg.single_units and kept:
         for rank, unit in enumerate(kept[: min(cfg.ablation_ks)]):
-            rows.append(split.row("single units", f"zero unit {unit} alone (probe rank {rank + 1})",
-                                  interventions.neurons(layer, [unit], "zero", site="resid"), layer=layer, k=1, k_requested=1))
+            rows.append(
+                split.row(
+                    "single units",
+                    f"zero unit {unit} alone (probe rank {rank + 1})",
+                    interventions.neurons(layer, [unit], "zero", site="resid"),
+                    layer=layer,
+                    k=1,
+                    k_requested=1,
+                )
+            )
     if cfg.clamp_unit and kept:
         rows += _clamp_rows(split, ex, predictors, cfg, position, layer, kept[0])
     rows += _other_layer_rows(split, ex, predictors, cfg, position)
     for size in cfg.random_sizes:
         if size >= width:
-            rows.append(split.not_run("escalating random", f"random {size} units",
-                                      f"skipped: the model has only {width} residual units", layer=layer, k=0,
-                                      k_requested=size))
+            rows.append(
+                split.not_run(
+                    "escalating random",
+                    f"random {size} units",
+                    f"skipped: the model has only {width} residual units",
+                    layer=layer,
+                    k=0,
+                    k_requested=size,
+                )
+            )
             continue
         control = interventions.random_neurons(split.model, layer, size, seed=cfg.seed, site="resid")
-        rows.append(split.row("escalating random", f"random {size} units", control, layer=layer, k=size, k_requested=size))
+        rows.append(
+            split.row("escalating random", f"random {size} units", control, layer=layer, k=size, k_requested=size)
+        )
     return layer, kept, rows
 
 
-def _clamp_rows(split: _TestSplit, ex: Extraction, predictors: Predictors, cfg: VRPConfig, position: int, layer: int,
-                unit: int) -> list[Ablation]:
+def _clamp_rows(
+    split: _TestSplit, ex: Extraction, predictors: Predictors, cfg: VRPConfig, position: int, layer: int, unit: int
+) -> list[Ablation]:
     """The strongest unit clamped to its mean on wrong (and right) training answers, and to the extreme clamp:
     ``cfg.extreme_clamp`` standard deviations beyond its training mean, towards wrong (and right) answers."""
     train = predictors.split.train
@@ -144,18 +225,33 @@ def _clamp_rows(split: _TestSplit, ex: Extraction, predictors: Predictors, cfg: 
     rows = []
     for side, mask, sign in (("wrong", ~right, -towards_right), ("right", right, towards_right)):
         value = float(values[mask].mean())
-        rows.append(split.row("single-unit clamp", f"clamp unit {unit} to its mean on {side} answers ({value:+.3f})",
-                              interventions.neurons(layer, [unit], "clamp", value=value, site="resid"), layer=layer, k=1,
-                              k_requested=1))
+        rows.append(
+            split.row(
+                "single-unit clamp",
+                f"clamp unit {unit} to its mean on {side} answers ({value:+.3f})",
+                interventions.neurons(layer, [unit], "clamp", value=value, site="resid"),
+                layer=layer,
+                k=1,
+                k_requested=1,
+            )
+        )
         extreme = float(values.mean() + sign * cfg.extreme_clamp * values.std())
-        rows.append(split.row("single-unit clamp", f"extreme clamp unit {unit}: {cfg.extreme_clamp:g} sd towards {side} "
-                              f"answers ({extreme:+.3f})", interventions.neurons(layer, [unit], "clamp", value=extreme,
-                              site="resid"), layer=layer, k=1, k_requested=1))
+        rows.append(
+            split.row(
+                "single-unit clamp",
+                f"extreme clamp unit {unit}: {cfg.extreme_clamp:g} sd towards {side} answers ({extreme:+.3f})",
+                interventions.neurons(layer, [unit], "clamp", value=extreme, site="resid"),
+                layer=layer,
+                k=1,
+                k_requested=1,
+            )
+        )
     return rows
 
 
-def _other_layer_rows(split: _TestSplit, ex: Extraction, predictors: Predictors, cfg: VRPConfig, position: int
-                      ) -> list[Ablation]:
+def _other_layer_rows(
+    split: _TestSplit, ex: Extraction, predictors: Predictors, cfg: VRPConfig, position: int
+) -> list[Ablation]:
     """The top-k ablation (the largest k) replicated at other stored layers: each layer's own sparse probe (fitted on
     the training split) gives its units; one random control of the same size beside each."""
     stored, k = ex.stored_layers("hidden"), max(cfg.ablation_ks)
@@ -164,24 +260,56 @@ def _other_layer_rows(split: _TestSplit, ex: Extraction, predictors: Predictors,
     for offset in cfg.replicate_layers:
         other = position + offset
         if offset == 0 or not 0 <= other < len(stored):
-            rows.append(split.not_run("other layers", f"top-{k} probe units at stored layer {other}",
-                                      f"skipped: the probe reads stored layer {position}; there is no stored layer {other}", k=0,
-                                      k_requested=k))
+            rows.append(
+                split.not_run(
+                    "other layers",
+                    f"top-{k} probe units at stored layer {other}",
+                    f"skipped: the probe reads stored layer {position}; there is no stored layer {other}",
+                    k=0,
+                    k_requested=k,
+                )
+            )
             continue
         layer = stored[other]
         probe = probes.fit_probe(ex.hidden[other][train], correct[train], other, "l1", cfg.sparse_C, cfg.seed)
         chosen = probes.selected_neurons(probe)["index"].tolist()[:k]
         if not chosen:
-            rows.append(split.not_run("other layers", f"top-{k} probe units @L{layer}", "untested: the L1 probe kept no units",
-                                      layer=layer, k=0, k_requested=k))
+            rows.append(
+                split.not_run(
+                    "other layers",
+                    f"top-{k} probe units @L{layer}",
+                    "untested: the L1 probe kept no units",
+                    layer=layer,
+                    k=0,
+                    k_requested=k,
+                )
+            )
             continue
         note = "" if len(chosen) == k else f"the L1 probe kept only {len(chosen)} units"
-        rows.append(split.row("other layers", f"top-{k} probe units @L{layer}",
-                              interventions.neurons(layer, chosen, "zero", site="resid"), layer=layer, k=len(chosen),
-                              k_requested=k, note=note))
-        control = interventions.random_neurons(split.model, layer, len(chosen), seed=cfg.seed, exclude=chosen, site="resid")
-        rows.append(split.row("other layers", f"random control @L{layer} (k={len(chosen)})", control, layer=layer,
-                              k=len(chosen), k_requested=k))
+        rows.append(
+            split.row(
+                "other layers",
+                f"top-{k} probe units @L{layer}",
+                interventions.neurons(layer, chosen, "zero", site="resid"),
+                layer=layer,
+                k=len(chosen),
+                k_requested=k,
+                note=note,
+            )
+        )
+        control = interventions.random_neurons(
+            split.model, layer, len(chosen), seed=cfg.seed, exclude=chosen, site="resid"
+        )
+        rows.append(
+            split.row(
+                "other layers",
+                f"random control @L{layer} (k={len(chosen)})",
+                control,
+                layer=layer,
+                k=len(chosen),
+                k_requested=k,
+            )
+        )
     return rows
 
 
@@ -209,5 +337,6 @@ def ablation_table(model, examples: list[Example], ex: Extraction, predictors: P
     """Every causal check on the test split, each with the paired-bootstrap CI of its accuracy change."""
     split = _TestSplit(model, examples, cfg, predictors.split.test)
     layer, kept, rows = _unit_rows(split, ex, predictors, cfg)
-    return Ablations(layer, kept, rows + _bypass_rows(split, cfg) + _masking_rows(split, cfg), model.cfg.d_model,
-                     split.before)
+    return Ablations(
+        layer, kept, rows + _bypass_rows(split, cfg) + _masking_rows(split, cfg), model.cfg.d_model, split.before
+    )

@@ -49,12 +49,19 @@ def circuit_table(ex: Extraction, predictors: Predictors, ablations: Ablations, 
         right, wrong = values[correct, unit], values[~correct, unit]
         pooled = np.sqrt((right.var(ddof=1) + wrong.var(ddof=1)) / 2)
         smallest = next((z for z in zeroed if z[0] > rank), None)  # the smallest top-k ablation holding this unit
-        rows.append({"layer": ablations.layer, "unit": int(unit), "coefficient": float(coefficient),
-                     "mean (right)": float(right.mean()), "mean (wrong)": float(wrong.mean()),
-                     "shift": float(right.mean() - wrong.mean()),
-                     "cohens_d": float((right.mean() - wrong.mean()) / pooled) if pooled > 0 else float("nan"),
-                     "zeroed in": f"top-{smallest[1]}" if smallest else "",
-                     "acc change (top-k zeroed)": smallest[2] if smallest else None})
+        rows.append(
+            {
+                "layer": ablations.layer,
+                "unit": int(unit),
+                "coefficient": float(coefficient),
+                "mean (right)": float(right.mean()),
+                "mean (wrong)": float(wrong.mean()),
+                "shift": float(right.mean() - wrong.mean()),
+                "cohens_d": float((right.mean() - wrong.mean()) / pooled) if pooled > 0 else float("nan"),
+                "zeroed in": f"top-{smallest[1]}" if smallest else "",
+                "acc change (top-k zeroed)": smallest[2] if smallest else None,
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -62,8 +69,9 @@ def _bootstrap_ci(samples: tuple[np.ndarray, ...], statistic, cfg: VRPConfig) ->
     """The percentile bootstrap 95% CI of ``statistic`` over ``samples`` (NaNs when ``cfg.n_resamples`` is 0)."""
     if not cfg.n_resamples:
         return float("nan"), float("nan")
-    ci = scipy_stats.bootstrap(samples, statistic, vectorized=True, n_resamples=cfg.n_resamples, method="percentile",
-                               rng=cfg.seed).confidence_interval
+    ci = scipy_stats.bootstrap(
+        samples, statistic, vectorized=True, n_resamples=cfg.n_resamples, method="percentile", rng=cfg.seed
+    ).confidence_interval
     return float(ci.low), float(ci.high)
 
 
@@ -74,8 +82,16 @@ def delta_entropy(features: AttentionFeatures, correct: np.ndarray, cfg: VRPConf
         right, wrong = features.entropy[correct, column], features.entropy[~correct, column]
         diff = float(right.mean() - wrong.mean())
         low, high = _bootstrap_ci((right, wrong), lambda a, b, axis: a.mean(axis) - b.mean(axis), cfg)
-        rows.append({"layer": layer, "h_s right": float(right.mean()), "h_s wrong": float(wrong.mean()), "delta_h_s": diff,
-                     "ci_low": low, "ci_high": high})
+        rows.append(
+            {
+                "layer": layer,
+                "h_s right": float(right.mean()),
+                "h_s wrong": float(wrong.mean()),
+                "delta_h_s": diff,
+                "ci_low": low,
+                "ci_high": high,
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -88,11 +104,21 @@ def entropy_change(features: AttentionFeatures, correct: np.ndarray, cfg: VRPCon
     for index in range(change.shape[1]):
         values = change[:, index]
         low, high = _bootstrap_ci((values,), np.mean, cfg)
-        rows.append({"layer": features.layers[index + 1], "from layer": features.layers[index],
-                     "delta_h_s": float(values.mean()), "ci_low": low, "ci_high": high,
-                     "delta_h_s (right)": float(values[correct].mean()), "delta_h_s (wrong)": float(values[~correct].mean())})
-    return pd.DataFrame(rows, columns=["layer", "from layer", "delta_h_s", "ci_low", "ci_high", "delta_h_s (right)",
-                                       "delta_h_s (wrong)"])  # one image layer (a cross model): no change to show
+        rows.append(
+            {
+                "layer": features.layers[index + 1],
+                "from layer": features.layers[index],
+                "delta_h_s": float(values.mean()),
+                "ci_low": low,
+                "ci_high": high,
+                "delta_h_s (right)": float(values[correct].mean()),
+                "delta_h_s (wrong)": float(values[~correct].mean()),
+            }
+        )
+    return pd.DataFrame(
+        rows,
+        columns=["layer", "from layer", "delta_h_s", "ci_low", "ci_high", "delta_h_s (right)", "delta_h_s (wrong)"],
+    )  # one image layer (a cross model): no change to show
 
 
 def _thirds(n_layers: int) -> tuple[slice, slice, slice]:
@@ -100,9 +126,15 @@ def _thirds(n_layers: int) -> tuple[slice, slice, slice]:
     return slice(0, third), slice(third, max(third + 1, n_layers - third)), slice(n_layers - third, n_layers)
 
 
-def detachment_criteria(entropy: np.ndarray, writes: np.ndarray | None, image_share: np.ndarray,
-                        separation_layer: int | None, n_resamples: int = 10_000, seed: int = 0,
-                        layers: list[int] | None = None) -> pd.DataFrame:
+def detachment_criteria(
+    entropy: np.ndarray,
+    writes: np.ndarray | None,
+    image_share: np.ndarray,
+    separation_layer: int | None,
+    n_resamples: int = 10_000,
+    seed: int = 0,
+    layers: list[int] | None = None,
+) -> pd.DataFrame:
     """The three criteria (module docstring) from per-question H_s ``entropy`` [n, layer], the image-token writes
     per layer ``writes`` [layer], per-question attention mass on the image ``image_share`` [n, layer] and the
     separation layer; each with its measure and whether it holds, and the verdict. ``layers``: the model layers
@@ -117,49 +149,82 @@ def detachment_criteria(entropy: np.ndarray, writes: np.ndarray | None, image_sh
     reengage = layers[int(second[np.argmax(image_share[:, second].mean(0))])]
     commit = separation_layer
     if n_layers < 2:
-        collapse_row = {"criterion": "early entropy collapse", "value": NAN, "ci_low": None, "ci_high": None,
-                        "measure": f"not defined: attention reads the image at one layer only ({layers})",
-                        "holds": False}
+        collapse_row = {
+            "criterion": "early entropy collapse",
+            "value": NAN,
+            "ci_low": None,
+            "ci_high": None,
+            "measure": f"not defined: attention reads the image at one layer only ({layers})",
+            "holds": False,
+        }
     else:
         collapse = stats.paired_bootstrap_diff(entropy[:, 0], entropy[:, lock], n_resamples, seed)
-        collapse_row = {"criterion": "early entropy collapse",
-                        "measure": f"mean H_s (layer {layers[lock]}, sharpest of the first half) - H_s (layer {layers[0]})",
-                        "value": collapse.value, "ci_low": collapse.ci[0], "ci_high": collapse.ci[1],
-                        "holds": bool(collapse.ci[1] < 0)}
+        collapse_row = {
+            "criterion": "early entropy collapse",
+            "measure": f"mean H_s (layer {layers[lock]}, sharpest of the first half) - H_s (layer {layers[0]})",
+            "value": collapse.value,
+            "ci_low": collapse.ci[0],
+            "ci_high": collapse.ci[1],
+            "holds": bool(collapse.ci[1] < 0),
+        }
     if writes is None:
-        writes_row = {"criterion": "dormant middle, late surge", "value": NAN, "ci_low": None, "ci_high": None,
-                      "measure": "not defined: the image enters through cross-attention, as keys no layer writes to",
-                      "holds": False}
+        writes_row = {
+            "criterion": "dormant middle, late surge",
+            "value": NAN,
+            "ci_low": None,
+            "ci_high": None,
+            "measure": "not defined: the image enters through cross-attention, as keys no layer writes to",
+            "holds": False,
+        }
     else:
         early, middle, late = _thirds(len(writes))
         dormant = float(writes[middle].mean() / writes[early].mean())
         surge = float(writes[late].mean() / writes[middle].mean())
-        writes_row = {"criterion": "dormant middle, late surge",
-                      "measure": f"image-token writes: middle / first third {dormant:.3f} (< {STAGNATION_RATIO}), "
-                                 f"last / middle third {surge:.3f} (> {1 / STAGNATION_RATIO:g})",
-                      "value": dormant, "ci_low": None, "ci_high": None,
-                      "holds": bool(dormant < STAGNATION_RATIO and surge > 1 / STAGNATION_RATIO)}
+        writes_row = {
+            "criterion": "dormant middle, late surge",
+            "measure": f"image-token writes: middle / first third {dormant:.3f} (< {STAGNATION_RATIO}), "
+            f"last / middle third {surge:.3f} (> {1 / STAGNATION_RATIO:g})",
+            "value": dormant,
+            "ci_low": None,
+            "ci_high": None,
+            "holds": bool(dormant < STAGNATION_RATIO and surge > 1 / STAGNATION_RATIO),
+        }
     rows = [
-        collapse_row, writes_row,
-        {"criterion": "commitment before re-engagement",
-         "measure": f"separation layer {commit} vs layer {reengage} of most attention to the image (second half)",
-         "value": float("nan") if commit is None else float(reengage - commit), "ci_low": None, "ci_high": None,
-         "holds": commit is not None and commit < reengage},
+        collapse_row,
+        writes_row,
+        {
+            "criterion": "commitment before re-engagement",
+            "measure": f"separation layer {commit} vs layer {reengage} of most attention to the image (second half)",
+            "value": float("nan") if commit is None else float(reengage - commit),
+            "ci_low": None,
+            "ci_high": None,
+            "holds": commit is not None and commit < reengage,
+        },
     ]
-    rows.append({"criterion": "symbolic detachment", "measure": "all three criteria hold", "value": None, "ci_low": None,
-                 "ci_high": None, "holds": all(r["holds"] for r in rows)})
+    rows.append(
+        {
+            "criterion": "symbolic detachment",
+            "measure": "all three criteria hold",
+            "value": None,
+            "ci_low": None,
+            "ci_high": None,
+            "holds": all(r["holds"] for r in rows),
+        }
+    )
     return pd.DataFrame(rows)
 
 
-def symbolic_detachment(ex: Extraction, features: AttentionFeatures, margins: MarginBuilding, cfg: VRPConfig,
-                        cross: bool = False) -> pd.DataFrame:
+def symbolic_detachment(
+    ex: Extraction, features: AttentionFeatures, margins: MarginBuilding, cfg: VRPConfig, cross: bool = False
+) -> pd.DataFrame:
     """``detachment_criteria`` on this run's H_s, image-token writes (Figure 5), maps and separation layer
     (``cross``: a cross-attention model, whose image has no tokens to write to)."""
     visual = margins.visual_updates.set_index("layer")
     writes = None if cross else (visual["attn_norm"] + visual["mlp_norm"]).to_numpy()
     image_share = np.array([[a.sum() for a in attn] for attn in ex.attention])  # question layer: attention on the image
-    return detachment_criteria(features.entropy, writes, image_share, margins.separation_layer, cfg.n_resamples, cfg.seed,
-                               features.layers)
+    return detachment_criteria(
+        features.entropy, writes, image_share, margins.separation_layer, cfg.n_resamples, cfg.seed, features.layers
+    )
 
 
 def monitor_precision(predictors: Predictors, correct: np.ndarray, tau: float) -> dict:
@@ -170,9 +235,12 @@ def monitor_precision(predictors: Predictors, correct: np.ndarray, tau: float) -
     flagged = probability < tau
     wrong = ~correct[predictors.split.test]
     hits = int((flagged & wrong).sum())
-    return {"monitor": f"{p.method}, flags p(right) < {tau}", "flagged": int(flagged.sum()),
-            "precision@tau": hits / flagged.sum() if flagged.any() else float("nan"),
-            "recall@tau": hits / wrong.sum() if wrong.any() else float("nan")}
+    return {
+        "monitor": f"{p.method}, flags p(right) < {tau}",
+        "flagged": int(flagged.sum()),
+        "precision@tau": hits / flagged.sum() if flagged.any() else float("nan"),
+        "recall@tau": hits / wrong.sum() if wrong.any() else float("nan"),
+    }
 
 
 def case_study(ex: Extraction, features: AttentionFeatures, predictors: Predictors) -> int | None:

@@ -11,15 +11,15 @@ import dataclasses
 import hashlib
 import json
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, ClassVar
+from typing import ClassVar, no_type_check
 
 from analyses.data.scoring import CORRECT_AT
 from vlm_lens import zoo
 from vlm_lens.errors import DataError, InputError
 from vlm_lens.loading import check_device, parse_dtype
-
 
 EXTRACTION_FORMAT = 4  # 2: generated answers, H_s over the answer tokens; 3: data digests and shard sha256s;
 # 4: each benchmark's own scoring rule, H_s of the mean map, confidence by question form, margins over every gold.
@@ -68,23 +68,76 @@ ANY_OFFSET = Rule(lambda v: v != 0, "a non-zero layer offset", (0,))
 # one validation for the command line, config files and the Python API (layers are checked against the model
 # once it loads: ``check_against``)
 RULES: dict[str, Rule] = {
-    "n": at_least(1), "seed": at_least(0), "k": at_least(1), "top_p": SHARE, "temperature": POSITIVE,
-    "max_new_tokens": at_least(1), "shard_size": at_least(1), "batch_size": at_least(1), "sample_rows": at_least(1),
-    "hidden_layers": at_least(0), "neuron_layers": at_least(0), "correct_threshold": SHARE,
-    "val_fraction": OPEN_SHARE, "test_fraction": OPEN_SHARE, "dense_C": POSITIVE, "sparse_C": POSITIVE,
-    "stacked_layers": at_least(1), "top_mass": SHARE, "attention_grid": at_least(1), "dbscan_eps": POSITIVE,
-    "dbscan_min_samples": at_least(1), "probe_seeds": at_least(1), "margin_items": at_least(1), "top_heads": at_least(1),
-    "ablation_ks": at_least(1), "random_controls": at_least(0), "random_sizes": at_least(1), "extreme_clamp": POSITIVE,
-    "replicate_layers": ANY_OFFSET, "bypass_layers": at_least(0), "mask_fraction": SHARE, "flag_tau": OPEN_SHARE,
+    "n": at_least(1),
+    "seed": at_least(0),
+    "k": at_least(1),
+    "top_p": SHARE,
+    "temperature": POSITIVE,
+    "max_new_tokens": at_least(1),
+    "shard_size": at_least(1),
+    "batch_size": at_least(1),
+    "sample_rows": at_least(1),
+    "hidden_layers": at_least(0),
+    "neuron_layers": at_least(0),
+    "correct_threshold": SHARE,
+    "val_fraction": OPEN_SHARE,
+    "test_fraction": OPEN_SHARE,
+    "dense_C": POSITIVE,
+    "sparse_C": POSITIVE,
+    "stacked_layers": at_least(1),
+    "top_mass": SHARE,
+    "attention_grid": at_least(1),
+    "dbscan_eps": POSITIVE,
+    "dbscan_min_samples": at_least(1),
+    "probe_seeds": at_least(1),
+    "margin_items": at_least(1),
+    "top_heads": at_least(1),
+    "ablation_ks": at_least(1),
+    "random_controls": at_least(0),
+    "random_sizes": at_least(1),
+    "extreme_clamp": POSITIVE,
+    "replicate_layers": ANY_OFFSET,
+    "bypass_layers": at_least(0),
+    "mask_fraction": SHARE,
+    "flag_tau": OPEN_SHARE,
     "n_resamples": at_least(1),
 }
 
 
+# The settings ``vlm-lens vrp`` takes as options, each with its help: the one definition (``analyses.cli`` builds
+# the options from it, with VRPConfig's types and defaults, and VRPConfig checks the values), so the command line,
+# config files and the Python API cannot drift apart. Every other setting is reached through ``--config``.
+OPTIONS: dict[str, str] = {
+    "n": "number of questions",
+    "k": "self-consistency samples per question",
+    "seed": "seed of splits, sampling and bootstraps",
+    "device": "cpu, cuda, cuda:1 (under torchrun, cuda means each rank's own GPU)",
+    "dtype": "bfloat16, float16 or float32 (default: the checkpoint's own)",
+    "device_map": "'auto': shard a model too large for one GPU across all visible GPUs",
+    "batch_size": "questions per forward pass; peak memory grows with it",
+    "shard_size": "questions per resumable shard",
+    "sample_rows": "rows of KV cache per self-consistency decode (questions x k)",
+    "max_new_tokens": "longest answer, greedy and sampled (each stops at end of sequence); default: the model's own "
+    "(a toy's card says, else 16)",
+    "temperature": "sampling temperature of the self-consistency samples",
+    "top_p": "nucleus of the self-consistency samples",
+    "storage_dtype": "stored activations: float16 or bfloat16 halve the extraction",
+    "attention_view": "a multi-crop image's attention map: base (its global view) or stitched (its crops laid out "
+    "where they sit in the picture)",
+    "mask_fraction": "patch masking: the share of most-attended (and of random) patches hidden",
+    "flag_tau": "the monitor flags an answer when the dense probe's p(right) falls below this",
+    "n_resamples": "bootstrap resamples for every confidence interval",
+}
+
+
+@no_type_check  # checks its own settings (the error contract): the tests' run-time type checker stays out
 @dataclass(frozen=True)
 class VRPConfig:
     # what to run
     model: str = "toy-llava"
-    benchmark: str = "shapes"  # "shapes", "shapes-words", or a questions file of any supported format (analyses.data.benchmarks)
+    benchmark: str = (
+        "shapes"  # "shapes", "shapes-words", or a questions file of any supported format (analyses.data.benchmarks)
+    )
     annotations: str | None = None  # VQAv2's annotations / LLaVA-Bench's reference answers
     format: str | None = None  # force a format (pope, counting, vqav2, textvqa, llava_bench); None: detected
     images: str | None = None  # image folder for a benchmark file
@@ -144,8 +197,23 @@ class VRPConfig:
     n_resamples: int = 10_000  # bootstrap resamples for every CI (the study's 10,000)
 
     EXTRACTION_FIELDS: ClassVar[tuple[str, ...]] = (
-        "model", "benchmark", "annotations", "format", "images", "n", "seed", "dtype", "k", "top_p", "temperature", "max_new_tokens",
-        "shard_size", "hidden_layers", "neuron_layers", "storage_dtype", "correct_threshold",
+        "model",
+        "benchmark",
+        "annotations",
+        "format",
+        "images",
+        "n",
+        "seed",
+        "dtype",
+        "k",
+        "top_p",
+        "temperature",
+        "max_new_tokens",
+        "shard_size",
+        "hidden_layers",
+        "neuron_layers",
+        "storage_dtype",
+        "correct_threshold",
         "attention_view",
     )
 
@@ -157,10 +225,14 @@ class VRPConfig:
             value = getattr(self, name)
             values = value if isinstance(value, tuple) else (value,)
             if value is not None and not all(rule.holds(v) for v in values):
-                raise DataError(f"{name} must be {rule.says}{' (each)' if isinstance(value, tuple) else ''}, got {value!r}")
+                raise DataError(
+                    f"{name} must be {rule.says}{' (each)' if isinstance(value, tuple) else ''}, got {value!r}"
+                )
         if self.val_fraction + self.test_fraction >= 1:
-            raise DataError(f"val_fraction and test_fraction must leave a training split (sum below 1), "
-                             f"got {self.val_fraction} and {self.test_fraction}")
+            raise DataError(
+                f"val_fraction and test_fraction must leave a training split (sum below 1), "
+                f"got {self.val_fraction} and {self.test_fraction}"
+            )
         if self.device is not None and self.device_map is not None:
             raise DataError("give device (one device) or device_map (sharded across GPUs), not both")
         try:
@@ -180,13 +252,22 @@ class VRPConfig:
         for name in ("hidden_layers", "neuron_layers", "bypass_layers"):
             outside = [l for l in getattr(self, name) or () if l >= n_layers]
             if outside:
-                raise DataError(f"{name} {outside} outside the model's {n_layers} language layers: give layers "
-                                f"0..{n_layers - 1} (or leave {name} unset for all)")
+                raise DataError(
+                    f"{name} {outside} outside the model's {n_layers} language layers: give layers "
+                    f"0..{n_layers - 1} (or leave {name} unset for all)"
+                )
 
     def _check_types(self) -> None:
         """Each setting of its declared type (a config file may hold "n": "600" or "k": true)."""
-        kinds = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,), "None": (type(None),),
-                 "tuple[int, ...]": (tuple,), "tuple[int, int]": (tuple,)}
+        kinds = {
+            "int": (int,),
+            "float": (int, float),
+            "str": (str,),
+            "bool": (bool,),
+            "None": (type(None),),
+            "tuple[int, ...]": (tuple,),
+            "tuple[int, int]": (tuple,),
+        }
         for spec in dataclasses.fields(self):
             name = spec.name
             if isinstance(getattr(self, name), list) and "tuple" in str(spec.type):  # JSON and Python lists
@@ -226,9 +307,11 @@ class VRPConfig:
         test = size_of_test_split(self.n, self.test_fraction)
         if test >= MIN_TEST:
             return []
-        return [f"n={self.n} gives a test split of {test} question{'s' if test != 1 else ''} (test fraction {self.test_fraction}): every AUROC "
-                f"and probe CI will be wide; --n {smallest_n(self.test_fraction)} or more gives a test split of at "
-                f"least {MIN_TEST}"]
+        return [
+            f"n={self.n} gives a test split of {test} question{'s' if test != 1 else ''} (test fraction {self.test_fraction}): every AUROC "
+            f"and probe CI will be wide; --n {smallest_n(self.test_fraction)} or more gives a test split of at "
+            f"least {MIN_TEST}"
+        ]
 
     def as_dict(self) -> dict:
         """Every setting, JSON-ready (tuples as lists): what tables.json records and ``from_file`` reads back."""
@@ -247,6 +330,8 @@ class VRPConfig:
             raise DataError(f"{path}: expected a JSON object of setting: value pairs, got {type(data).__name__}")
         unknown = sorted(set(data) - set(cls.__dataclass_fields__))
         if unknown:
-            raise DataError(f"{path}: unknown study settings {unknown}; the settings are {sorted(cls.__dataclass_fields__)}")
+            raise DataError(
+                f"{path}: unknown study settings {unknown}; the settings are {sorted(cls.__dataclass_fields__)}"
+            )
         data = {k: tuple(v) if isinstance(v, list) else v for k, v in {**data, **overrides}.items()}
         return cls(**data)

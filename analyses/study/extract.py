@@ -58,7 +58,7 @@ from analyses.study.distributed import Ranks
 from analyses.study.files import manifest_lock, sha256, write_atomic
 from analyses.study.validate import digests
 from vlm_lens import HookedVLM
-from vlm_lens.errors import DataError, VLMLensWarning, InputError, InputIndexError
+from vlm_lens.errors import DataError, InputError, InputIndexError, VLMLensWarning
 from vlm_lens.loading import parse_dtype
 
 
@@ -72,8 +72,9 @@ def _manifest(folder: Path) -> dict:
         raise DataError(f"{path} is damaged (not valid JSON): this folder cannot be resumed; use a new --out") from None
     problem = _manifest_problem(manifest)
     if problem:
-        raise DataError(f"{path} is not a vlm-lens extraction manifest ({problem}): this folder cannot be resumed; "
-                        "use a new --out")
+        raise DataError(
+            f"{path} is not a vlm-lens extraction manifest ({problem}): this folder cannot be resumed; use a new --out"
+        )
     return manifest
 
 
@@ -88,8 +89,12 @@ def _manifest_problem(manifest) -> str | None:
     if not isinstance(manifest["data"].get("examples"), list):
         return "no data.examples list"
     for shard in manifest["shards"]:
-        if not (isinstance(shard, dict) and isinstance(shard.get("start"), int) and isinstance(shard.get("end"), int)
-                and isinstance(shard.get("name"), str)):
+        if not (
+            isinstance(shard, dict)
+            and isinstance(shard.get("start"), int)
+            and isinstance(shard.get("end"), int)
+            and isinstance(shard.get("name"), str)
+        ):
             return f"a shard entry {shard!r} without start, end and name"
     return None
 
@@ -102,24 +107,32 @@ def _check_same_run(folder: Path, manifest: dict, cfg: VRPConfig, data: list[lis
     """Refuse to resume a folder made with other settings or other data, saying what changed."""
     stored = manifest.get("config", {})
     if stored.get("extraction_format") != EXTRACTION_FORMAT:
-        raise DataError(f"{folder} holds an extraction in format {stored.get('extraction_format')}, from another "
-                        f"vlm-lens version (this one writes format {EXTRACTION_FORMAT}): use a new --out")
+        raise DataError(
+            f"{folder} holds an extraction in format {stored.get('extraction_format')}, from another "
+            f"vlm-lens version (this one writes format {EXTRACTION_FORMAT}): use a new --out"
+        )
     if manifest.get("fingerprint") != cfg.fingerprint():
         changes = ", ".join(f"{k}={old!r} (now {new!r})" for k, (old, new) in cfg.changed_from(stored).items())
-        raise DataError(f"{folder} holds a run with another configuration ({changes}); use a new --out, or the "
-                        "settings it was made with to resume it")
+        raise DataError(
+            f"{folder} holds a run with another configuration ({changes}); use a new --out, or the "
+            "settings it was made with to resume it"
+        )
     old = manifest["data"]["examples"]
     questions = [i for i, (a, b) in enumerate(zip(old, data)) if a[0] != b[0]]
     images = [b[2] for a, b in zip(old, data) if a[1] != b[1]]
     if questions or images:
         what = []
         if questions:
-            what.append(f"{len(questions)} of {len(data)} questions (text, answers or id) differ, at positions "
-                        f"{shown(questions)}")
+            what.append(
+                f"{len(questions)} of {len(data)} questions (text, answers or id) differ, at positions "
+                f"{shown(questions)}"
+            )
         if images:
             what.append(f"{len(images)} image(s) differ: {shown(images)}")
-        raise DataError(f"the data changed since {folder} was extracted: {'; '.join(what)}. Resuming would mix "
-                        "two datasets: use a new --out, or restore the data the run began with")
+        raise DataError(
+            f"the data changed since {folder} was extracted: {'; '.join(what)}. Resuming would mix "
+            "two datasets: use a new --out, or restore the data the run began with"
+        )
 
 
 def check_resumable(folder: str | Path, cfg: VRPConfig, data: list[list[str]]) -> None:
@@ -150,8 +163,11 @@ def _repair(folder: Path, manifest: dict) -> dict:
         if why is None:
             kept.append(shard)
             continue
-        warnings.warn(f"{folder}: {why} (changed or damaged since); re-extracting questions "
-                      f"{shard['start']}..{shard['end'] - 1}", VLMLensWarning, stacklevel=3)
+        warnings.warn(
+            f"{folder}: {why} (changed or damaged since); re-extracting questions {shard['start']}..{shard['end'] - 1}",
+            VLMLensWarning,
+            stacklevel=3,
+        )
         for kind in shard["sha256"]:
             (folder / f"{shard['name']}.{kind}").unlink(missing_ok=True)
     if len(kept) != len(manifest["shards"]):
@@ -176,7 +192,9 @@ def _correct(prediction: str, example: Example, cfg: VRPConfig) -> bool | None:
 
 
 @torch.no_grad()
-def _extract_batch(model: HookedVLM, examples: list[Example], inputs, start: int, cfg: VRPConfig) -> tuple[list[dict], dict]:
+def _extract_batch(
+    model: HookedVLM, examples: list[Example], inputs, start: int, cfg: VRPConfig
+) -> tuple[list[dict], dict]:
     n_layers = model.cfg.n_layers
     hidden_layers = _layers(cfg.hidden_layers, n_layers)
     neuron_layers = _layers(cfg.neuron_layers, n_layers)
@@ -196,20 +214,32 @@ def _extract_batch(model: HookedVLM, examples: list[Example], inputs, start: int
     rows = []
     for i, example in enumerate(examples):
         prediction = generated.texts[i]
-        rows.append({
-            "index": start + i, "type": example.type, "label": example.label, "golds": list(example.golds),
-            "metric": example.metric, "prediction": prediction, "answer_tokens": len(generated.tokens[i]),
-            "correct": _correct(prediction, example, cfg),
-            "confidence": answers.output_confidence(model.tokenizer, generated.tokens[i], generated.probs[i],
-                                                    example.metric, example.closed_form),
-            "closed_form": example.closed_form, "token_probs": generated.probs[i],
-            "entropy": float(-(probs[i] * torch.log(probs[i].clamp_min(1e-30))).sum()),  # of the first token
-            "margins": margins[:, i].tolist(), "grid": list(attention[i][0].shape[1:]),
-            "attention_layers": attention_layers,  # the model layers behind the attention rows below
-            "attention_entropy": attention[i][1].tolist(),  # H_s per layer of the answer tokens' mean map
-            # [layer][head]: H_s of each head, first answer token (None: no attention to the image)
-            "head_entropy": [[None if np.isnan(v) else round(float(v), 5) for v in layer] for layer in head_entropy[i]],
-        })
+        rows.append(
+            {
+                "index": start + i,
+                "type": example.type,
+                "label": example.label,
+                "golds": list(example.golds),
+                "metric": example.metric,
+                "prediction": prediction,
+                "answer_tokens": len(generated.tokens[i]),
+                "correct": _correct(prediction, example, cfg),
+                "confidence": answers.output_confidence(
+                    model.tokenizer, generated.tokens[i], generated.probs[i], example.metric, example.closed_form
+                ),
+                "closed_form": example.closed_form,
+                "token_probs": generated.probs[i],
+                "entropy": float(-(probs[i] * torch.log(probs[i].clamp_min(1e-30))).sum()),  # of the first token
+                "margins": margins[:, i].tolist(),
+                "grid": list(attention[i][0].shape[1:]),
+                "attention_layers": attention_layers,  # the model layers behind the attention rows below
+                "attention_entropy": attention[i][1].tolist(),  # H_s per layer of the answer tokens' mean map
+                # [layer][head]: H_s of each head, first answer token (None: no attention to the image)
+                "head_entropy": [
+                    [None if np.isnan(v) else round(float(v), 5) for v in layer] for layer in head_entropy[i]
+                ],
+            }
+        )
     arrays = {
         "hidden": resid[hidden_layers].transpose(0, 1).to("cpu", storage).contiguous(),
         "neurons": captured.stack("post", neuron_layers).transpose(0, 1).to("cpu", storage).contiguous(),
@@ -226,8 +256,15 @@ def _self_consistency(model: HookedVLM, examples: list[Example], start: int, cfg
     for part in sample_batches(len(examples), cfg.k, cfg.sample_rows, most=cfg.batch_size):
         chunk = [examples[i] for i in part]
         inputs = model.prepare(images=[e.load_image() for e in chunk], prompts=[e.text for e in chunk])
-        samples += sample_answers(model, inputs, cfg.k, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                                  top_p=cfg.top_p, seed=[cfg.seed + start + i for i in part])
+        samples += sample_answers(
+            model,
+            inputs,
+            cfg.k,
+            max_new_tokens=cfg.max_new_tokens,
+            temperature=cfg.temperature,
+            top_p=cfg.top_p,
+            seed=[cfg.seed + start + i for i in part],
+        )
     return samples
 
 
@@ -246,8 +283,16 @@ def _extract_shard(model: HookedVLM, chunk: list[Example], start: int, cfg: VRPC
     return rows, arrays
 
 
-def extract(model: HookedVLM, examples: list[Example], folder: str | Path, cfg: VRPConfig, progress: bool = True,
-            ranks: Ranks | None = None, data: list[list[str]] | None = None, files: dict | None = None) -> Path:
+def extract(
+    model: HookedVLM,
+    examples: list[Example],
+    folder: str | Path,
+    cfg: VRPConfig,
+    progress: bool = True,
+    ranks: Ranks | None = None,
+    data: list[list[str]] | None = None,
+    files: dict | None = None,
+) -> Path:
     """Run (or resume) extraction into ``folder``. Refuses a folder holding a run of another configuration, or
     of other data: ``data`` are the examples' digests (``validate.digests``, computed here when not given),
     ``files`` the benchmark files' sha256 (kept for the record). Shards whose files went missing or changed since
@@ -266,8 +311,12 @@ def extract(model: HookedVLM, examples: list[Example], folder: str | Path, cfg: 
         if manifest:
             _check_same_run(folder, manifest, cfg, data)
         else:
-            manifest = {"fingerprint": cfg.fingerprint(), "config": cfg.extraction(),
-                        "data": {"examples": data, "files": files or {}}, "shards": []}
+            manifest = {
+                "fingerprint": cfg.fingerprint(),
+                "config": cfg.extraction(),
+                "data": {"examples": data, "files": files or {}},
+                "shards": [],
+            }
             _write_manifest(folder, manifest)
         if ranks.is_main:
             _repair(folder, manifest)
@@ -277,8 +326,12 @@ def extract(model: HookedVLM, examples: list[Example], folder: str | Path, cfg: 
     ranks.barrier()  # every rank has read the same manifest before any rank adds to it
     remaining = [s for s in range(0, cfg.n, cfg.shard_size) if s not in done]
     mine = remaining[ranks.rank :: ranks.world_size]
-    bar = tqdm(total=sum(min(cfg.shard_size, cfg.n - s) for s in mine), desc=f"extract{ranks.label}", unit="q",
-               disable=not progress)
+    bar = tqdm(
+        total=sum(min(cfg.shard_size, cfg.n - s) for s in mine),
+        desc=f"extract{ranks.label}",
+        unit="q",
+        disable=not progress,
+    )
     for start in mine:
         chunk = examples[start : start + cfg.shard_size]
         rows, arrays = _extract_shard(model, chunk, start, cfg)
@@ -288,9 +341,16 @@ def extract(model: HookedVLM, examples: list[Example], folder: str | Path, cfg: 
             write_atomic(folder / f"{name}.{kind}", data)
         with manifest_lock(folder):
             manifest = _manifest(folder)
-            manifest["shards"].append({"start": start, "end": start + len(chunk), "name": name,
-                                       "rank": ranks.rank, "world_size": ranks.world_size,
-                                       "sha256": {kind: hashlib.sha256(data).hexdigest() for kind, data in blobs.items()}})
+            manifest["shards"].append(
+                {
+                    "start": start,
+                    "end": start + len(chunk),
+                    "name": name,
+                    "rank": ranks.rank,
+                    "world_size": ranks.world_size,
+                    "sha256": {kind: hashlib.sha256(data).hexdigest() for kind, data in blobs.items()},
+                }
+            )
             manifest["shards"].sort(key=lambda s: s["start"])
             _write_manifest(folder, manifest)
         bar.update(len(chunk))
@@ -373,8 +433,10 @@ def load(folder: str | Path, verify: bool = True) -> Extraction:
     if not manifest:
         raise DataError(f"no manifest.json in {folder}: not an extraction folder (or its run never started)")
     if manifest.get("config", {}).get("extraction_format") != EXTRACTION_FORMAT:
-        raise DataError(f"{folder} is an extraction in another format ({manifest.get('config', {}).get('extraction_format')}; "
-                        f"this vlm-lens reads {EXTRACTION_FORMAT}): run the study again into a new --out")
+        raise DataError(
+            f"{folder} is an extraction in another format ({manifest.get('config', {}).get('extraction_format')}; "
+            f"this vlm-lens reads {EXTRACTION_FORMAT}): run the study again into a new --out"
+        )
     n = manifest["config"]["n"]
     covered = sum(s["end"] - s["start"] for s in manifest["shards"])
     if covered != n:
@@ -383,8 +445,9 @@ def load(folder: str | Path, verify: bool = True) -> Extraction:
     for shard in manifest["shards"]:
         why = _verified(folder, shard) if verify else None
         if why:
-            raise DataError(f"{folder}: {why} (changed or damaged since); run the study again with the same --out to "
-                            "re-extract it")
+            raise DataError(
+                f"{folder}: {why} (changed or damaged since); run the study again with the same --out to re-extract it"
+            )
         rows += json.loads((folder / f"{shard['name']}.json").read_text())
         path = folder / f"{shard['name']}.safetensors"
         files.append(path)

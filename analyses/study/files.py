@@ -38,8 +38,10 @@ def write_atomic(path: str | Path, content: str | bytes | Callable[[Path], None]
     except OSError as e:
         tmp.unlink(missing_ok=True)
         if e.errno == errno.ENOSPC:
-            raise DataError(f"the disk is full: {path} was not written (any earlier version is intact); "
-                            "free some space and run the same command again") from e
+            raise DataError(
+                f"the disk is full: {path} was not written (any earlier version is intact); "
+                "free some space and run the same command again"
+            ) from e
         raise
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -94,8 +96,10 @@ class RunLock:
             owner = self._owner(handle)
             handle.close()
             who = f"pid {owner.get('pid')} on {owner.get('host')}" if owner else "another process"
-            raise DataError(f"{self.path.parent} is in use by another vlm-lens run ({who}); wait for it to finish, "
-                            "or give this run another --out") from None
+            raise DataError(
+                f"{self.path.parent} is in use by another vlm-lens run ({who}); wait for it to finish, "
+                "or give this run another --out"
+            ) from None
         self.stale = self._owner(handle) or None
         handle.seek(0)
         handle.truncate()

@@ -80,11 +80,15 @@ def masking(results: StudyResults) -> Finding:
             verdict = "masking random patches hurts more (the paired difference's CI lies above 0)."
         else:
             verdict = "no clear difference (the paired difference's CI holds 0)."
-        parts.append(f"At {level} level, masking the most-attended {results.config.mask_fraction:.0%} of patches changes test "
-                     f"accuracy by {_change(top.change)}, random patches by {_change(rand.change)}; top minus random, "
-                     f"paired on the same questions, is {_change(paired.change)}: {verdict}")
-    return Finding("Does masking the most-attended patches hurt more than masking random ones?",
-                   " ".join(parts) or "Not measured: no patch-masking condition ran.")
+        parts.append(
+            f"At {level} level, masking the most-attended {results.config.mask_fraction:.0%} of patches changes test "
+            f"accuracy by {_change(top.change)}, random patches by {_change(rand.change)}; top minus random, "
+            f"paired on the same questions, is {_change(paired.change)}: {verdict}"
+        )
+    return Finding(
+        "Does masking the most-attended patches hurt more than masking random ones?",
+        " ".join(parts) or "Not measured: no patch-masking condition ran.",
+    )
 
 
 def _change(e: Estimate) -> str:
@@ -97,42 +101,64 @@ def findings(results: StudyResults) -> list[Finding]:
     entropy = rpb[rpb.measure == "H_s"].dropna()
     strongest = entropy.loc[entropy.r_pb.abs().idxmax()] if len(entropy) else None
     attention = p["attention_entropy"].estimate
-    out = [Finding(
-        "Does attention sharpness predict correctness?",
-        f"Attention sharpness {strength(attention).replace(', inversely,', '')} correctness here"
-        + (" (inversely: sharper attention goes with wrong answers)" if strength(attention).endswith("inversely,") else "")
-        + f": the attention-entropy predictor's test AUROC (sharper attention scoring higher) is {_ci(attention)}"
-        + (f"; the point-biserial R between H_s and correctness is largest in magnitude at layer {int(strongest.layer)}, "
-           f"R = {strongest.r_pb:.3f} [{strongest.ci_low:.3f}, {strongest.ci_high:.3f}] (n = {results.accounting.extracted})."
-           if strongest is not None else "."),
-    )]
+    out = [
+        Finding(
+            "Does attention sharpness predict correctness?",
+            f"Attention sharpness {strength(attention).replace(', inversely,', '')} correctness here"
+            + (
+                " (inversely: sharper attention goes with wrong answers)"
+                if strength(attention).endswith("inversely,")
+                else ""
+            )
+            + f": the attention-entropy predictor's test AUROC (sharper attention scoring higher) is {_ci(attention)}"
+            + (
+                f"; the point-biserial R between H_s and correctness is largest in magnitude at layer {int(strongest.layer)}, "
+                f"R = {strongest.r_pb:.3f} [{strongest.ci_low:.3f}, {strongest.ci_high:.3f}] (n = {results.accounting.extracted})."
+                if strongest is not None
+                else "."
+            ),
+        )
+    ]
     ranked = sorted((r for r in p.rows if r.key not in ("truth_margin", "random")), key=lambda r: -r.estimate.value)
     best = [r for r in ranked if r.estimate.ci[0] > 0.5 and r.estimate.ci[1] - r.estimate.ci[0] <= WIDE_CI][:3]
-    out.append(Finding(
-        "Which signals predict correctness?",
-        ("The strongest monitors are " + "; ".join(f"{r.method}, AUROC {_ci(r.estimate)}" for r in best) + ". "
-         if best else f"No predictor's test AUROC CI lies above chance and is narrower than {WIDE_CI}. ")
-        + f"The truth margin at layer {p.margin_layer} reaches {_ci(p['truth_margin'].estimate)}, but it needs the gold "
-          "answer: a diagnostic, not a monitor.",
-    ))
+    out.append(
+        Finding(
+            "Which signals predict correctness?",
+            (
+                "The strongest monitors are " + "; ".join(f"{r.method}, AUROC {_ci(r.estimate)}" for r in best) + ". "
+                if best
+                else f"No predictor's test AUROC CI lies above chance and is narrower than {WIDE_CI}. "
+            )
+            + f"The truth margin at layer {p.margin_layer} reaches {_ci(p['truth_margin'].estimate)}, but it needs the gold "
+            "answer: a diagnostic, not a monitor.",
+        )
+    )
     separation = "never" if m.separation_layer is None else f"from layer {m.separation_layer}"
-    out.append(Finding(
-        "Where does the margin form, and who builds it?",
-        f"Right and wrong answers' truth margins separate most at layer l* = {m.peak_layer} (mean gap "
-        f"{m.gap_at_peak:.2f} logits; their CIs stop overlapping {separation}); at l* the MLP writes "
-        f"{m.mlp_update_share_at_peak:.0%} of the residual update's magnitude at the answer position "
-        f"(n = {m.n_items} questions decomposed).",
-    ))
+    out.append(
+        Finding(
+            "Where does the margin form, and who builds it?",
+            f"Right and wrong answers' truth margins separate most at layer l* = {m.peak_layer} (mean gap "
+            f"{m.gap_at_peak:.2f} logits; their CIs stop overlapping {separation}); at l* the MLP writes "
+            f"{m.mlp_update_share_at_peak:.0%} of the residual update's magnitude at the answer position "
+            f"(n = {m.n_items} questions decomposed).",
+        )
+    )
     verdict = concentration(results)
     if verdict == "untested":
         text = "Untested: the sparse probe kept no units to ablate."
     else:
         probe, controls = _probe_and_controls(results)
-        text = (f"Zeroing the sparse probe's {probe.k} strongest residual units at layer {a.layer} changes test accuracy by "
-                f"{_change(probe.change)}; {len(controls)} random sets of the same size change it by "
-                + ", ".join(f"{c.change.value:+.3f}" for c in controls) + ". "
-                + ("Reliability looks concentrated in those units." if verdict == "concentrated" else
-                   "No sign that reliability is concentrated in a few units: it looks distributed."))
+        text = (
+            f"Zeroing the sparse probe's {probe.k} strongest residual units at layer {a.layer} changes test accuracy by "
+            f"{_change(probe.change)}; {len(controls)} random sets of the same size change it by "
+            + ", ".join(f"{c.change.value:+.3f}" for c in controls)
+            + ". "
+            + (
+                "Reliability looks concentrated in those units."
+                if verdict == "concentrated"
+                else "No sign that reliability is concentrated in a few units: it looks distributed."
+            )
+        )
     out.append(Finding("Is reliability concentrated or distributed?", text))
     out.append(masking(results))
     return out
@@ -143,8 +169,10 @@ def warnings(results: StudyResults) -> list[str]:
     out = [f"{r.condition}: {r.note}." for r in results.ablations.rows if r.note]
     if n_test < MIN_TEST:
         smallest = smallest_n(cfg.test_fraction)
-        out.append(f"The test split has only {n_test} questions: every AUROC's CI is wide. n = {smallest} gives a test "
-                   f"split of at least {MIN_TEST} (test fraction {cfg.test_fraction}).")
+        out.append(
+            f"The test split has only {n_test} questions: every AUROC's CI is wide. n = {smallest} gives a test "
+            f"split of at least {MIN_TEST} (test fraction {cfg.test_fraction})."
+        )
     wide = [r.method for r in results.predictors.rows if r.estimate.ci[1] - r.estimate.ci[0] > WIDE_CI]
     if wide:
         out.append(f"CIs wider than {WIDE_CI} (they decide nothing): " + ", ".join(wide) + ".")

@@ -22,13 +22,12 @@ import numpy as np
 import pandas as pd
 
 from analyses.attention_structure import component_count
-from analyses.study import report
-from analyses.study import validate
-from analyses.study.validate import BUILT_IN
+from analyses.study import report, validate
 from analyses.study.config import VRPConfig
+from analyses.study.extract import Extraction, load
 from analyses.study.files import write_atomic
 from analyses.study.headline import rpb_with_ci
-from analyses.study.extract import Extraction, load
+from analyses.study.validate import BUILT_IN
 from vlm_lens.errors import DataError
 
 
@@ -43,8 +42,12 @@ def normalised_sharpness(ex: Extraction) -> np.ndarray:
 
 def mean_components(ex: Extraction, top_mass: float) -> np.ndarray:
     """Per question: C_k - 1 averaged over layers (a count, on each question's own grid)."""
-    return np.array([np.mean([component_count(g.reshape(r["grid"]), top_mass) for g in attn]) - 1
-                     for attn, r in zip(ex.attention, ex.rows)])
+    return np.array(
+        [
+            np.mean([component_count(g.reshape(r["grid"]), top_mass) for g in attn]) - 1
+            for attn, r in zip(ex.attention, ex.rows)
+        ]
+    )
 
 
 def pooled_attention(folders: dict[str, Path], cfg: VRPConfig) -> pd.DataFrame:
@@ -55,13 +58,22 @@ def pooled_attention(folders: dict[str, Path], cfg: VRPConfig) -> pd.DataFrame:
         ex = load(folder / "extraction")
         if any(r["correct"] is None for r in ex.rows):
             continue  # an open-ended benchmark: no labels
-        for measure, values in (("H_s / log patches", normalised_sharpness(ex)), ("C_k - 1", mean_components(ex, cfg.top_mass))):
+        for measure, values in (
+            ("H_s / log patches", normalised_sharpness(ex)),
+            ("C_k - 1", mean_components(ex, cfg.top_mass)),
+        ):
             pooled[measure][0].append(values)
             pooled[measure][1].append(ex.correct)
             rows.append({"run": name, "measure": measure, **rpb_with_ci(values, ex.correct, cfg)})
     for measure, (scores, labels) in pooled.items():
         if len(scores) > 1:
-            rows.append({"run": "pooled", "measure": measure, **rpb_with_ci(np.concatenate(scores), np.concatenate(labels), cfg)})
+            rows.append(
+                {
+                    "run": "pooled",
+                    "measure": measure,
+                    **rpb_with_ci(np.concatenate(scores), np.concatenate(labels), cfg),
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -74,25 +86,47 @@ def confidence_vs_probe(data: dict[str, dict]) -> pd.DataFrame:
             continue  # open-ended: nothing scored
         by_key = {r["key"]: r for r in d["table6_predictors"]}
         conf, probe = by_key["confidence"], by_key["dense_probe"]
-        rows.append({"model": d["config"]["model"], "benchmark": d["table7_benchmarks"][0]["benchmark"], "run": name,
-                     "accuracy": d["table7_benchmarks"][0]["accuracy"], "confidence auroc": conf["auroc"],
-                     "confidence ci_low": conf["ci_low"], "confidence ci_high": conf["ci_high"],
-                     "probe": probe["method"], "probe auroc": probe["auroc"], "probe ci_low": probe["ci_low"],
-                     "probe ci_high": probe["ci_high"], "probe minus confidence": probe["auroc"] - conf["auroc"],
-                     "n_test": probe["n_test"]})
+        rows.append(
+            {
+                "model": d["config"]["model"],
+                "benchmark": d["table7_benchmarks"][0]["benchmark"],
+                "run": name,
+                "accuracy": d["table7_benchmarks"][0]["accuracy"],
+                "confidence auroc": conf["auroc"],
+                "confidence ci_low": conf["ci_low"],
+                "confidence ci_high": conf["ci_high"],
+                "probe": probe["method"],
+                "probe auroc": probe["auroc"],
+                "probe ci_low": probe["ci_low"],
+                "probe ci_high": probe["ci_high"],
+                "probe minus confidence": probe["auroc"] - conf["auroc"],
+                "n_test": probe["n_test"],
+            }
+        )
     return pd.DataFrame(rows)
 
 
 def _cross_tables(folders: dict[str, Path], data: dict[str, dict], cfg: VRPConfig) -> dict[str, pd.DataFrame]:
     models = pd.DataFrame([d["table1_models"][0] for d in data.values()]).drop_duplicates(subset=["model"])
-    benchmarks = pd.DataFrame([{"run": name, "model": d["config"]["model"], **d["table7_benchmarks"][0]}
-                               for name, d in data.items()])
-    return {"table1_models": models, "table7_benchmarks": benchmarks, "table7_confidence_vs_probe": confidence_vs_probe(data),
-            "table2_attention_rpb_pooled": pooled_attention(folders, cfg)}
+    benchmarks = pd.DataFrame(
+        [{"run": name, "model": d["config"]["model"], **d["table7_benchmarks"][0]} for name, d in data.items()]
+    )
+    return {
+        "table1_models": models,
+        "table7_benchmarks": benchmarks,
+        "table7_confidence_vs_probe": confidence_vs_probe(data),
+        "table2_attention_rpb_pooled": pooled_attention(folders, cfg),
+    }
 
 
-def run_many(settings: dict, models: list[str], benchmarks: list[dict], out: str | Path, progress: bool = True,
-             allow_outside_images: bool = False) -> dict:
+def run_many(
+    settings: dict,
+    models: list[str],
+    benchmarks: list[dict],
+    out: str | Path,
+    progress: bool = True,
+    allow_outside_images: bool = False,
+) -> dict:
     """One study per (model, benchmark): ``settings`` are the shared ``VRPConfig`` fields, ``benchmarks`` the
     benchmark/annotations/images/format fields of each. Returns the cross-run tables (also written to ``out``).
     Every run's folder, benchmark and images are checked before the first model loads."""
@@ -114,9 +148,13 @@ def run_many(settings: dict, models: list[str], benchmarks: list[dict], out: str
     data = {name: json.loads((folder / "tables.json").read_text()) for name, folder in folders.items()}
     tables = _cross_tables(folders, data, cfg)
     out.mkdir(parents=True, exist_ok=True)
-    write_atomic(out / "tables.json", json.dumps({k: f.replace({np.nan: None}).to_dict(orient="records")
-                                                 for k, f in tables.items()}, indent=1))
-    md = "\n".join(f"### {report.TITLES.get(k, k)}\n\n{f.to_markdown(index=False, floatfmt='.3f')}\n" for k, f in tables.items())
+    write_atomic(
+        out / "tables.json",
+        json.dumps({k: f.replace({np.nan: None}).to_dict(orient="records") for k, f in tables.items()}, indent=1),
+    )
+    md = "\n".join(
+        f"### {report.TITLES.get(k, k)}\n\n{f.to_markdown(index=False, floatfmt='.3f')}\n" for k, f in tables.items()
+    )
     write_atomic(out / "tables.md", md)
     scored = [folders[name] for name, d in data.items() if "table6_predictors" in d]
     if len(scored) > 1:

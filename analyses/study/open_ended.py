@@ -19,9 +19,11 @@ from analyses.data.scoring import vqa_normalise
 from analyses.study.extract import Extraction
 from analyses.study.results import Setup
 
-NOT_SCORED = ("Open-ended answers are not scored: LLaVA-Bench's score comes from a judge model (GPT-4 rating each answer "
-              "against the reference), which vlm-lens does not run. Accuracy, AUROC, point-biserial R and the ablations "
-              "all need right/wrong labels, so they are not computed for this benchmark.")
+NOT_SCORED = (
+    "Open-ended answers are not scored: LLaVA-Bench's score comes from a judge model (GPT-4 rating each answer "
+    "against the reference), which vlm-lens does not run. Accuracy, AUROC, point-biserial R and the ablations "
+    "all need right/wrong labels, so they are not computed for this benchmark."
+)
 
 
 def token_f1(prediction: str, reference: str) -> float:
@@ -41,16 +43,30 @@ class OpenEndedResults:
     setup: Setup
 
     def tables(self) -> dict[str, pd.DataFrame]:
-        return {"table1_models": self.setup.models(), "table7_benchmarks": self.setup.benchmarks(),
-                "open_ended_summary": self.summary, "open_ended_answers": self.answers}
+        return {
+            "table1_models": self.setup.models(),
+            "table7_benchmarks": self.setup.benchmarks(),
+            "open_ended_summary": self.summary,
+            "open_ended_answers": self.answers,
+        }
 
 
 def open_ended(ex: Extraction, questions: list[str], setup: Setup) -> OpenEndedResults:
-    answers = pd.DataFrame([{
-        "question": q, "category": r["type"], "answer": r["prediction"], "reference": r["label"],
-        "answer_tokens": r["answer_tokens"], "confidence": r["confidence"], "consistency": r["consistency"],
-        "token_f1": token_f1(r["prediction"], r["label"]),
-    } for q, r in zip(questions, ex.rows)])
+    answers = pd.DataFrame(
+        [
+            {
+                "question": q,
+                "category": r["type"],
+                "answer": r["prediction"],
+                "reference": r["label"],
+                "answer_tokens": r["answer_tokens"],
+                "confidence": r["confidence"],
+                "consistency": r["consistency"],
+                "token_f1": token_f1(r["prediction"], r["label"]),
+            }
+            for q, r in zip(questions, ex.rows)
+        ]
+    )
     numbers = ["answer_tokens", "confidence", "consistency", "token_f1"]
     summary = [{"category": "all", "n": len(answers), **answers[numbers].mean().to_dict()}]
     summary += [{"category": c, "n": len(p), **p[numbers].mean().to_dict()} for c, p in answers.groupby("category")]

@@ -25,7 +25,6 @@ from analyses.data import benchmarks
 from analyses.data.examples import Example
 from analyses.data.scoring import OPEN_ENDED
 from analyses.study import circuit, headline, validate
-from analyses.study.validate import BUILT_IN
 from analyses.study.causal import ablation_table, margin_building
 from analyses.study.config import VRPConfig
 from analyses.study.distributed import Ranks
@@ -34,10 +33,12 @@ from analyses.study.files import RunLock
 from analyses.study.open_ended import OpenEndedResults, open_ended
 from analyses.study.predictors import attention_features, attention_table, predictor_table
 from analyses.study.results import Accounting, Accuracy, Setup, StudyResults
+from analyses.study.validate import BUILT_IN
 from vlm_lens import HookedVLM
 from vlm_lens.errors import DataError, VLMLensWarning
 
 MIN_PER_CLASS = 5  # right and wrong answers each: fewer cannot be split three ways with both in every split
+
 
 def is_open(ex: Extraction) -> bool:
     """An open-ended benchmark (LLaVA-Bench): no answer can be called right or wrong without a judge model."""
@@ -60,18 +61,33 @@ def setup_tables(model: HookedVLM, examples: list[Example], ex: Extraction, cfg:
     c = model.cfg
     grid = ex.rows[0]["grid"]
     described = {
-        "model": cfg.model, "family": c.family, "hf_class": type(model.hf_model).__name__,
-        "parameters": sum(p.numel() for p in model.hf_model.parameters()), "dtype": str(model.dtype).removeprefix("torch."),
-        "language_layers": c.n_layers, "d_model": c.d_model, "d_mlp": c.d_mlp, "heads": c.n_heads,
-        "vision_layers": c.n_vision_layers, "image_tokens (first image)": grid[0] * grid[1],
+        "model": cfg.model,
+        "family": c.family,
+        "hf_class": type(model.hf_model).__name__,
+        "parameters": sum(p.numel() for p in model.hf_model.parameters()),
+        "dtype": str(model.dtype).removeprefix("torch."),
+        "language_layers": c.n_layers,
+        "d_model": c.d_model,
+        "d_mlp": c.d_mlp,
+        "heads": c.n_heads,
+        "vision_layers": c.n_vision_layers,
+        "image_tokens (first image)": grid[0] * grid[1],
     }
     built_in = cfg.benchmark in BUILT_IN
     benchmark = cfg.benchmark if built_in else Path(cfg.benchmark).name
     form = cfg.benchmark if built_in else cfg.format or benchmarks.detect_format(cfg.benchmark)
     metrics = sorted({e.metric for e in examples})
-    return Setup(described, {"benchmark": benchmark, "format": form, "questions in file": questions,
-                             "questions used": len(ex.rows), "metric": ", ".join(metrics),
-                             "accuracy": None if is_open(ex) else float(ex.correct.mean())})
+    return Setup(
+        described,
+        {
+            "benchmark": benchmark,
+            "format": form,
+            "questions in file": questions,
+            "questions used": len(ex.rows),
+            "metric": ", ".join(metrics),
+            "accuracy": None if is_open(ex) else float(ex.correct.mean()),
+        },
+    )
 
 
 def analyse(model: HookedVLM, examples: list[Example], ex: Extraction, cfg: VRPConfig, questions: int) -> StudyResults:
@@ -79,8 +95,16 @@ def analyse(model: HookedVLM, examples: list[Example], ex: Extraction, cfg: VRPC
     features = attention_features(ex, cfg)
     predictors = predictor_table(ex, features, cfg)
     split = predictors.split
-    accounting = Accounting(questions, 0, len(ex.rows), int(ex.correct.sum()), len(split.train), len(split.val),
-                            len(split.test), circuit.monitor_precision(predictors, ex.correct, cfg.flag_tau))
+    accounting = Accounting(
+        questions,
+        0,
+        len(ex.rows),
+        int(ex.correct.sum()),
+        len(split.train),
+        len(split.val),
+        len(split.test),
+        circuit.monitor_precision(predictors, ex.correct, cfg.flag_tau),
+    )
     margins = margin_building(model, examples, ex, cfg)
     ablations = ablation_table(model, examples, ex, predictors, cfg)
     return StudyResults(
@@ -108,9 +132,13 @@ def analyse(model: HookedVLM, examples: list[Example], ex: Extraction, cfg: VRPC
 def load_model(cfg: VRPConfig, ranks: Ranks) -> HookedVLM:
     """The study's model on its device and in its dtype (each torchrun rank on its own GPU)."""
     if cfg.device_map is not None and ranks.world_size > 1:
-        raise DataError("--device-map spreads one model over all GPUs; under torchrun each rank has its own GPU: "
-                         "use --device cuda with torchrun, or --device-map without it")
-    return HookedVLM.from_pretrained(cfg.model, dtype=cfg.dtype, device=ranks.device(cfg.device), device_map=cfg.device_map)
+        raise DataError(
+            "--device-map spreads one model over all GPUs; under torchrun each rank has its own GPU: "
+            "use --device cuda with torchrun, or --device-map without it"
+        )
+    return HookedVLM.from_pretrained(
+        cfg.model, dtype=cfg.dtype, device=ranks.device(cfg.device), device_map=cfg.device_map
+    )
 
 
 def check_answers(ex: Extraction) -> None:
@@ -118,13 +146,20 @@ def check_answers(ex: Extraction) -> None:
     right = int(ex.correct.sum())
     fewest = min(right, len(ex.rows) - right)
     if fewest < MIN_PER_CLASS:
-        raise DataError(f"{right} of {len(ex.rows)} answers are right and {len(ex.rows) - right} wrong: the probes and "
-                        f"their CIs need at least {MIN_PER_CLASS} of each; run more questions (--n) or a benchmark "
-                        "the model gets wrong more often (the extraction is kept: a larger --n needs a new --out)")
+        raise DataError(
+            f"{right} of {len(ex.rows)} answers are right and {len(ex.rows) - right} wrong: the probes and "
+            f"their CIs need at least {MIN_PER_CLASS} of each; run more questions (--n) or a benchmark "
+            "the model gets wrong more often (the extraction is kept: a larger --n needs a new --out)"
+        )
 
 
-def run(cfg: VRPConfig, out: str | Path, progress: bool = True, allow_outside_images: bool = False,
-        data: validate.Dataset | None = None) -> StudyResults | OpenEndedResults | None:
+def run(
+    cfg: VRPConfig,
+    out: str | Path,
+    progress: bool = True,
+    allow_outside_images: bool = False,
+    data: validate.Dataset | None = None,
+) -> StudyResults | OpenEndedResults | None:
     """Run the study; write tables and the report into ``out``; return the results.
 
     Before any model work, ``validate.prepare`` checks the output folder, the benchmark and every image
@@ -146,9 +181,15 @@ def run(cfg: VRPConfig, out: str | Path, progress: bool = True, allow_outside_im
     try:
         with lock:
             if getattr(lock, "stale", None):
-                warnings.warn(f"{out}: took over the lock of an earlier run that was killed (pid {lock.stale.get('pid')}); "
-                              "resuming where it stopped", VLMLensWarning, stacklevel=2)
-            check_resumable(out / "extraction", cfg, data.digests)  # other settings or data: refused before the model loads
+                warnings.warn(
+                    f"{out}: took over the lock of an earlier run that was killed (pid {lock.stale.get('pid')}); "
+                    "resuming where it stopped",
+                    VLMLensWarning,
+                    stacklevel=2,
+                )
+            check_resumable(
+                out / "extraction", cfg, data.digests
+            )  # other settings or data: refused before the model loads
             model = load_model(cfg, ranks)
             cfg.check_against(model.cfg.n_layers)
             folder = extract(model, examples, out / "extraction", cfg, progress, ranks, data.digests, data.files)

@@ -24,10 +24,12 @@ from analyses.study.findings import findings, warnings
 from analyses.study.results import StudyResults
 from vlm_lens.errors import DataError
 
-STYLE = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222;line-height:1.45}"
-         "table{border-collapse:collapse;margin:1em 0;font-size:14px}td,th{padding:3px 10px;border-bottom:1px solid #ddd;"
-         "text-align:right}th{background:#f4f4f4}h3{margin-bottom:.2em}.note{color:#555;font-style:italic}.warn{background:#fff4e5;border-left:4px solid "
-         "#f0a020;padding:.5em 1em;margin:1em 0}code{font-size:12px}")
+STYLE = (
+    "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222;line-height:1.45}"
+    "table{border-collapse:collapse;margin:1em 0;font-size:14px}td,th{padding:3px 10px;border-bottom:1px solid #ddd;"
+    "text-align:right}th{background:#f4f4f4}h3{margin-bottom:.2em}.note{color:#555;font-style:italic}.warn{background:#fff4e5;border-left:4px solid "
+    "#f0a020;padding:.5em 1em;margin:1em 0}code{font-size:12px}"
+)
 
 TITLES = {
     "table1_models": "Table 1. The model studied",
@@ -35,17 +37,17 @@ TITLES = {
     "table2_accuracy": "Table 2a. Task accuracy",
     "headline_comparisons": "The paper's headline comparisons (95% CI, permutation p, adjusted over the six)",
     "table2_attention_rpb": "Table 2b. Attention sharpness vs correctness by layer (point-biserial R, 95% CI; "
-                            "p adjusted over layers: an extension)",
+    "p adjusted over layers: an extension)",
     "dbscan_robustness": "C_k re-counted by DBSCAN on the top-mass patches (robustness)",
     "probe_seeds": "Probe AUROC over several splits: mean and standard error",
     "table2_attention_rpb_pooled": "Table 2b (pooled). Attention sharpness (H_s / log patches) and C_k vs "
-                                   "correctness, per run and pooled over every run",
+    "correctness, per run and pooled over every run",
     "table7_confidence_vs_probe": "Table 7. Output confidence vs probe AUROC, per model and benchmark",
     "table2_top_heads": "Table 2c. Attention heads with the largest direct logit contribution to the truth margin",
     "table2_top_heads_attention_rpb": "Table 2d. Attention sharpness of the top heads vs correctness (point-biserial R)",
     "table3_logit_lens": "Table 3. Logit-lens peak, separation and MLP share of the margin",
     "table4_5_ablations": "Tables 4-5. Probe-unit ablations vs random units, single-unit clamp, escalating random "
-                          "(test split, paired bootstrap 95% CI; per-type columns: the object-ID questions among them)",
+    "(test split, paired bootstrap 95% CI; per-type columns: the object-ID questions among them)",
     "mlp_bypass": "MLP bypass by layer (test split, paired bootstrap 95% CI)",
     "patch_masking": "Patch masking: most-attended vs random patches, token and pixel level",
     "table6_predictors": "Table 6. Reliability predictors: test AUROC (bootstrap 95% CI)",
@@ -65,65 +67,69 @@ TITLES = {
 # How to read each section: two sentences, printed under its title in report.html and tables.md.
 NOTES = {
     "table1_models": "The model as this run loaded it: sizes, dtype and how many image tokens one image became. "
-                     "Compare runs only when these match what you meant to study.",
+    "Compare runs only when these match what you meant to study.",
     "table7_benchmarks": "Which questions were asked, how many, and the rule that scored them. "
-                         "The accuracy here is the share of answers the benchmark's own metric calls right.",
+    "The accuracy here is the share of answers the benchmark's own metric calls right.",
     "table2_accuracy": "Accuracy overall and per question type, with the expected calibration error of the output "
-                       "confidence. A low accuracy on a type means the later tables are mostly about that type's errors.",
+    "confidence. A low accuracy on a type means the later tables are mostly about that type's errors.",
     "headline_comparisons": "The study's six headline tests on this run: attention structure (C_k, H_s) and "
-                            "self-consistency against correctness, the dense probe against chance, and the accuracy cost "
-                            "of masking the most-attended patches and of zeroing the probe's units. Read p_bonferroni "
-                            "and p_bh, adjusted over these six.",
+    "self-consistency against correctness, the dense probe against chance, and the accuracy cost "
+    "of masking the most-attended patches and of zeroing the probe's units. Read p_bonferroni "
+    "and p_bh, adjusted over these six.",
     "dbscan_robustness": "C_k counted again by DBSCAN with settings that join diagonal neighbours and drop lone patches. "
-                         "High agreement and a DBSCAN R_pb like C_k's mean the attention result does not hang on how "
-                         "components are counted.",
+    "High agreement and a DBSCAN R_pb like C_k's mean the attention result does not hang on how "
+    "components are counted.",
     "probe_seeds": "The dense and sparse probes refitted on fresh stratified splits (layer chosen on each split's "
-                   "validation). A small standard error means Table 6's probe AUROC is not the luck of one split.",
+    "validation). A small standard error means Table 6's probe AUROC is not the luck of one split.",
     "table2_attention_rpb": "Point-biserial R between attention sharpness (H_s, C_k - 1) and correctness per layer; "
-                            "a CI that holds 0 means no relation. The p-values are permutation tests, adjusted across "
-                            "layers (Bonferroni, Benjamini-Hochberg): read the adjusted ones.",
+    "a CI that holds 0 means no relation. The p-values are permutation tests, adjusted across "
+    "layers (Bonferroni, Benjamini-Hochberg): read the adjusted ones.",
     "table2_top_heads": "The attention heads whose direct write at the answer position most raises the gold answer's "
-                        "logit over its strongest competitor. A head near the top with a large std helps some "
-                        "questions and hurts others.",
+    "logit over its strongest competitor. A head near the top with a large std helps some "
+    "questions and hurts others.",
     "table2_top_heads_attention_rpb": "H_s of the first answer token's map averaged over the heads of Table 2c, "
-                                      "against correctness, beside every head's mean. If even the heads that write the "
-                                      "answer show no relation, sharpness is not where reliability lives.",
+    "against correctness, beside every head's mean. If even the heads that write the "
+    "answer show no relation, sharpness is not where reliability lives.",
     "table3_logit_lens": "l* is where right and wrong answers' truth margins are furthest apart; the separation layer "
-                         "is where their CIs stop overlapping. The MLP share is the MLP's part of the residual "
-                         "update's magnitude at l*.",
+    "is where their CIs stop overlapping. The MLP share is the MLP's part of the residual "
+    "update's magnitude at l*.",
     "margin_curves": "Mean truth margin per layer for right and wrong answers, with 95% CIs. Where the bands part, "
-                     "the model's internal state already knows whether it will be right.",
+    "the model's internal state already knows whether it will be right.",
     "table4_5_ablations": "Zeroing the sparse probe's strongest units versus random units of the same layer and size, "
-                          "each unit alone, the strongest clamped (to class means and to the extreme clamp), the same "
-                          "ablation at neighbouring layers, and escalating random ablations. Reliability is concentrated only "
-                          "if the probe units hurt clearly more than random ones.",
+    "each unit alone, the strongest clamped (to class means and to the extreme clamp), the same "
+    "ablation at neighbouring layers, and escalating random ablations. Reliability is concentrated only "
+    "if the probe units hurt clearly more than random ones.",
     "mlp_bypass": "Each layer's MLP write removed in turn. A layer whose bypass costs much accuracy is a bottleneck; "
-                  "small costs everywhere mean the work is spread out.",
+    "small costs everywhere mean the work is spread out.",
     "patch_masking": "The most-attended share of image patches hidden, against as many random patches, as tokens and "
-                     "as pixels. If the attended patches matter, masking them hurts more than random masking.",
+    "as pixels. If the attended patches matter, masking them hurts more than random masking.",
     "table6_predictors": "Each signal's test AUROC for telling right from wrong answers, with a bootstrap CI; 0.5 is "
-                         "chance. Classifier rows also give their test accuracy (the stress test's number).",
+    "chance. Classifier rows also give their test accuracy (the stress test's number).",
     "table8_accounting": "Where every question went, and the dense probe used as an error monitor: of the answers it "
-                         "flags, the share that are wrong (precision@tau), and the share of wrong answers it flags.",
+    "flags, the share that are wrong (precision@tau), and the share of wrong answers it flags.",
     "table9_methods": "The predictors side by side with what each costs to run. Cheap signals that match expensive ones "
-                      "are the ones to deploy.",
+    "are the ones to deploy.",
     "table10_circuit": "The sparse probe's strongest units: coefficient, mean activation on right and wrong answers, "
-                       "the shift and its effect size. A large shift with no ablation effect is a marker, not a cause.",
+    "the shift and its effect size. A large shift with no ablation effect is a marker, not a cause.",
     "figure4_delta_entropy": "Mean H_s of right answers minus wrong ones per layer, with a 95% CI. Bands that hold 0 "
-                             "everywhere say sharpness does not separate right from wrong.",
+    "everywhere say sharpness does not separate right from wrong.",
     "delta_h_s_by_layer": "How much the attention map's entropy changes from one layer to the next, over all questions "
-                          "(with a 95% CI) and over right and wrong answers. Negative values are layers where attention "
-                          "sharpens; an early dip is the entropy collapse symbolic detachment looks for.",
+    "(with a 95% CI) and over right and wrong answers. Negative values are layers where attention "
+    "sharpens; an early dip is the entropy collapse symbolic detachment looks for.",
     "figure5_visual_updates": "How much attention and the MLPs write into the image tokens at each layer. A fall to "
-                              "near zero late in the network is the visual stream going quiet.",
+    "near zero late in the network is the visual stream going quiet.",
     "symbolic_detachment": "The three criteria of symbolic detachment, each from this run's numbers. All three must "
-                           "hold for the verdict; each row says which measure decided it.",
+    "hold for the verdict; each row says which measure decided it.",
 }
 
 
 def to_json(results: StudyResults) -> dict:
-    out = {"config": results.config.as_dict(), "findings": [vars(f) for f in findings(results)],
-           "warnings": warnings(results), "case_study": results.case}
+    out = {
+        "config": results.config.as_dict(),
+        "findings": [vars(f) for f in findings(results)],
+        "warnings": warnings(results),
+        "case_study": results.case,
+    }
     for key, frame in results.tables().items():
         out[key] = frame.replace({np.nan: None}).to_dict(orient="records")
     return out
@@ -132,8 +138,10 @@ def to_json(results: StudyResults) -> dict:
 def to_markdown(results: StudyResults) -> str:
     found = "\n".join(f"- **{f.question}** {f.answer}" for f in findings(results))
     cautions = "".join(f"\n> {w}" for w in warnings(results))
-    tables = "\n".join(f"### {TITLES.get(key, key)}\n\n{NOTES.get(key, '')}\n\n{frame.to_markdown(index=False, floatfmt='.3f')}\n"
-                        for key, frame in results.tables().items())
+    tables = "\n".join(
+        f"### {TITLES.get(key, key)}\n\n{NOTES.get(key, '')}\n\n{frame.to_markdown(index=False, floatfmt='.3f')}\n"
+        for key, frame in results.tables().items()
+    )
     return f"### Findings\n\n{found}\n{cautions}\n\n{tables}"
 
 
@@ -143,8 +151,12 @@ def roc_figure(results: StudyResults, labels: np.ndarray) -> go.Figure:
         fpr, tpr, _ = roc_curve(labels, predictor.scores)
         fig.add_trace(go.Scatter(x=fpr, y=tpr, mode="lines", name=predictor.method))
     fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line={"dash": "dot", "color": "grey"}, name="chance"))
-    fig.update_layout(title="ROC curves on the test split", xaxis_title="false positive rate",
-                      yaxis_title="true positive rate", template="plotly_white")
+    fig.update_layout(
+        title="ROC curves on the test split",
+        xaxis_title="false positive rate",
+        yaxis_title="true positive rate",
+        template="plotly_white",
+    )
     return fig
 
 
@@ -166,14 +178,18 @@ def _case_study(results: StudyResults, extraction: Extraction, examples: list[Ex
     margins = extraction.margins[:, i]
     best = int(np.argmax(margins))
     entropy = results.features.entropy[i].mean()
-    text = (f"Question {i}: \"{examples[i].text}\" answered {extraction.rows[i]['prediction']!r}, gold "
-            f"{extraction.rows[i]['label']!r}. Its attention is sharp (mean H_s {entropy:.2f} against "
-            f"{results.features.entropy.mean():.2f} over all questions), the dense probe flags it as likely wrong, and "
-            f"the logit lens shows the gold answer's margin highest at layer {best} ({margins[best]:+.2f}) before it "
-            f"ends at {margins[-1]:+.2f}" + (": the right token was suppressed late." if margins[best] > 0 > margins[-1]
-                                              else "."))
-    return text, [_attention_map(results, extraction, examples, i, "the case"),
-                  plots.margin_trajectory(margins, f"Truth margin by layer, question {i}")]
+    text = (
+        f'Question {i}: "{examples[i].text}" answered {extraction.rows[i]["prediction"]!r}, gold '
+        f"{extraction.rows[i]['label']!r}. Its attention is sharp (mean H_s {entropy:.2f} against "
+        f"{results.features.entropy.mean():.2f} over all questions), the dense probe flags it as likely wrong, and "
+        f"the logit lens shows the gold answer's margin highest at layer {best} ({margins[best]:+.2f}) before it "
+        f"ends at {margins[-1]:+.2f}"
+        + (": the right token was suppressed late." if margins[best] > 0 > margins[-1] else ".")
+    )
+    return text, [
+        _attention_map(results, extraction, examples, i, "the case"),
+        plots.margin_trajectory(margins, f"Truth margin by layer, question {i}"),
+    ]
 
 
 def _sections(results: StudyResults, extraction: Extraction, examples: list[Example]) -> list[tuple[str, str, list]]:
@@ -194,42 +210,67 @@ def _sections(results: StudyResults, extraction: Extraction, examples: list[Exam
     sparse = results.predictors.sparse.probe
     values = extraction.hidden[int(sparse.layer)]
     circuit = t["table10_circuit"]
-    probe_fig = [plots.probe_units(circuit, values[correct, circuit.unit.iloc[0]], values[~correct, circuit.unit.iloc[0]])] \
-        if len(circuit) else []
+    probe_fig = (
+        [plots.probe_units(circuit, values[correct, circuit.unit.iloc[0]], values[~correct, circuit.unit.iloc[0]])]
+        if len(circuit)
+        else []
+    )
     case_text, case_figs = _case_study(results, extraction, examples)
+
+    def table(key, *figures):  # a study table's section: its title and note (by its one key), the table, its figures
+        return TITLES[key], NOTES[key], [t[key], *figures]
+
     return [
-        (TITLES["table1_models"], NOTES["table1_models"], [t["table1_models"]]),
-        (TITLES["table7_benchmarks"], NOTES["table7_benchmarks"], [t["table7_benchmarks"]]),
-        (TITLES["table2_accuracy"], NOTES["table2_accuracy"],
-         [t["table2_accuracy"], plots.reliability_diagram(results.accuracy.calibration_bins, results.accuracy.ece)]),
-        (TITLES["headline_comparisons"], NOTES["headline_comparisons"], [t["headline_comparisons"]]),
-        (TITLES["table2_attention_rpb"], NOTES["table2_attention_rpb"], [t["table2_attention_rpb"]]),
-        (TITLES["dbscan_robustness"], NOTES["dbscan_robustness"], [t["dbscan_robustness"]]),
-        (TITLES["delta_h_s_by_layer"], NOTES["delta_h_s_by_layer"],
-         [plots.layer_difference(t["delta_h_s_by_layer"], "delta_h_s", "Delta H_s: layer l minus layer l-1", "Delta H_s (nats)"),
-          t["delta_h_s_by_layer"]]),
-        ("Figure 4. H_s across layers: right minus wrong answers", NOTES["figure4_delta_entropy"],
-         [plots.layer_difference(t["figure4_delta_entropy"], "delta_h_s", "Delta H_s: right minus wrong answers", "Delta H_s (nats)"),
-          plots.entropy_and_components(features.entropy.mean(0), features.components.mean(0)), *maps]),
-        (TITLES["table2_top_heads"], NOTES["table2_top_heads"], [t["table2_top_heads"]]),
-        (TITLES["table2_top_heads_attention_rpb"], NOTES["table2_top_heads_attention_rpb"], [t["table2_top_heads_attention_rpb"]]),
-        (TITLES["table3_logit_lens"], NOTES["table3_logit_lens"], [t["table3_logit_lens"]]),
-        (TITLES["margin_curves"], NOTES["margin_curves"],
-         [plots.margin_curves({results.config.model: m.curves}), plots.margin_contributions(m.contributions)]),
-        ("Figure 5. Writes to the image tokens by layer", NOTES["figure5_visual_updates"], [plots.update_norms(m.visual_updates)]),
-        (TITLES["symbolic_detachment"], NOTES["symbolic_detachment"], [t["symbolic_detachment"]]),
-        (TITLES["table6_predictors"], NOTES["table6_predictors"],
-         [t["table6_predictors"], roc_figure(results, correct[results.predictors.split.test])]),
-        (TITLES["probe_seeds"], NOTES["probe_seeds"], [t["probe_seeds"]]),
-        (TITLES["table9_methods"], NOTES["table9_methods"], [t["table9_methods"]]),
-        (TITLES["table4_5_ablations"], NOTES["table4_5_ablations"],
-         [t["table4_5_ablations"], *effects("table4_5_ablations", "Accuracy change: probe units vs random units")]),
-        (TITLES["mlp_bypass"], NOTES["mlp_bypass"], [t["mlp_bypass"], *effects("mlp_bypass", "Accuracy change: MLP bypassed")]),
-        (TITLES["patch_masking"], NOTES["patch_masking"],
-         [t["patch_masking"], *effects("patch_masking", "Accuracy change: most-attended vs random patches")]),
+        table("table1_models"),
+        table("table7_benchmarks"),
+        table("table2_accuracy", plots.reliability_diagram(results.accuracy.calibration_bins, results.accuracy.ece)),
+        table("headline_comparisons"),
+        table("table2_attention_rpb"),
+        table("dbscan_robustness"),
+        (
+            TITLES["delta_h_s_by_layer"],
+            NOTES["delta_h_s_by_layer"],
+            [
+                plots.layer_difference(
+                    t["delta_h_s_by_layer"], "delta_h_s", "Delta H_s: layer l minus layer l-1", "Delta H_s (nats)"
+                ),
+                t["delta_h_s_by_layer"],
+            ],
+        ),
+        (
+            "Figure 4. H_s across layers: right minus wrong answers",
+            NOTES["figure4_delta_entropy"],
+            [
+                plots.layer_difference(
+                    t["figure4_delta_entropy"], "delta_h_s", "Delta H_s: right minus wrong answers", "Delta H_s (nats)"
+                ),
+                plots.entropy_and_components(features.entropy.mean(0), features.components.mean(0)),
+                *maps,
+            ],
+        ),
+        table("table2_top_heads"),
+        table("table2_top_heads_attention_rpb"),
+        table("table3_logit_lens"),
+        (
+            TITLES["margin_curves"],
+            NOTES["margin_curves"],
+            [plots.margin_curves({results.config.model: m.curves}), plots.margin_contributions(m.contributions)],
+        ),
+        (
+            "Figure 5. Writes to the image tokens by layer",
+            NOTES["figure5_visual_updates"],
+            [plots.update_norms(m.visual_updates)],
+        ),
+        table("symbolic_detachment"),
+        table("table6_predictors", roc_figure(results, correct[results.predictors.split.test])),
+        table("probe_seeds"),
+        table("table9_methods"),
+        table("table4_5_ablations", *effects("table4_5_ablations", "Accuracy change: probe units vs random units")),
+        table("mlp_bypass", *effects("mlp_bypass", "Accuracy change: MLP bypassed")),
+        table("patch_masking", *effects("patch_masking", "Accuracy change: most-attended vs random patches")),
         (TITLES["table10_circuit"], NOTES["table10_circuit"], [circuit, *probe_fig]),
         ("Figure 6. A case study: sharp attention, wrong answer", case_text, case_figs),
-        (TITLES["table8_accounting"], NOTES["table8_accounting"], [t["table8_accounting"]]),
+        table("table8_accounting"),
     ]
 
 
@@ -275,15 +316,21 @@ def write_open(out: Path, results, cfg) -> Path:
     data = {"config": cfg.as_dict(), "not_scored": NOT_SCORED}
     data.update({k: f.replace({np.nan: None}).to_dict(orient="records") for k, f in tables.items()})
     write_atomic(out / "tables.json", json.dumps(data, indent=1))
-    md = f"> {NOT_SCORED}\n\n" + "\n".join(f"### {TITLES.get(k, k)}\n\n{f.to_markdown(index=False, floatfmt='.3f')}\n"
-                                           for k, f in tables.items())
+    md = f"> {NOT_SCORED}\n\n" + "\n".join(
+        f"### {TITLES.get(k, k)}\n\n{f.to_markdown(index=False, floatfmt='.3f')}\n" for k, f in tables.items()
+    )
     write_atomic(out / "tables.md", md)
-    body = "".join(f"<h2>{html.escape(TITLES.get(k, k))}</h2>" + f.to_html(index=False, float_format=lambda x: f"{x:.3f}", border=0)
-                   for k, f in tables.items())
-    write_atomic(out / "report.html",
+    body = "".join(
+        f"<h2>{html.escape(TITLES.get(k, k))}</h2>"
+        + f.to_html(index=False, float_format=lambda x: f"{x:.3f}", border=0)
+        for k, f in tables.items()
+    )
+    write_atomic(
+        out / "report.html",
         f"<!doctype html><html><head><meta charset='utf-8'><title>vlm-lens VRP report</title><style>{STYLE}</style></head>"
         f"<body><h1>VLM Reliability Probe: {html.escape(cfg.model)} on {html.escape(cfg.benchmark)} (open-ended)</h1>"
-        f"<div class='warn'><b>Not scored.</b> {html.escape(NOT_SCORED)}</div>{body}</body></html>")
+        f"<div class='warn'><b>Not scored.</b> {html.escape(NOT_SCORED)}</div>{body}</body></html>",
+    )
     return out / "report.html"
 
 
@@ -302,25 +349,48 @@ def compare(runs: list[Path], out: Path) -> Path:
             raise DataError(f"{run} holds no tables.json: not a finished vlm-lens run (--compare takes run folders)")
         data = json.loads((Path(run) / "tables.json").read_text())
         if "table6_predictors" not in data:
-            raise DataError(f"{run} is an open-ended run (nothing scored, no AUROCs): --compare lays scored runs side by side")
+            raise DataError(
+                f"{run} is an open-ended run (nothing scored, no AUROCs): --compare lays scored runs side by side"
+            )
         name = f"{data['config']['model']} ({Path(run).name})"
         loaded[name if name not in loaded else f"{name} #{i + 1}"] = data  # two runs never share a column
-    accuracy = pd.DataFrame({name: {r["type"]: r["accuracy"] for r in d["table2_accuracy"]} for name, d in loaded.items()})
-    aurocs = pd.DataFrame({name: {r["key"]: _with_ci(r["auroc"], r["ci_low"], r["ci_high"]) for r in d["table6_predictors"]}
-                           for name, d in loaded.items()})
+    accuracy = pd.DataFrame(
+        {name: {r["type"]: r["accuracy"] for r in d["table2_accuracy"]} for name, d in loaded.items()}
+    )
+    aurocs = pd.DataFrame(
+        {
+            name: {r["key"]: _with_ci(r["auroc"], r["ci_low"], r["ci_high"]) for r in d["table6_predictors"]}
+            for name, d in loaded.items()
+        }
+    )
     lens = pd.DataFrame({name: d["table3_logit_lens"][0] for name, d in loaded.items()})
-    ablation = pd.DataFrame({name: {r["condition"]: _with_ci(r["diff"], r["ci_low"], r["ci_high"], signed=True)
-                                    for r in d["table4_5_ablations"]} for name, d in loaded.items()})
-    parts = {"Accuracy": accuracy, "Predictor AUROC (test, 95% CI)": aurocs, "Logit lens": lens,
-             "Ablation: accuracy change (95% CI)": ablation}
+    ablation = pd.DataFrame(
+        {
+            name: {
+                r["condition"]: _with_ci(r["diff"], r["ci_low"], r["ci_high"], signed=True)
+                for r in d["table4_5_ablations"]
+            }
+            for name, d in loaded.items()
+        }
+    )
+    parts = {
+        "Accuracy": accuracy,
+        "Predictor AUROC (test, 95% CI)": aurocs,
+        "Logit lens": lens,
+        "Ablation: accuracy change (95% CI)": ablation,
+    }
     out.mkdir(parents=True, exist_ok=True)
     md = "\n".join(f"### {t}\n\n{f.to_markdown(floatfmt='.3f')}\n" for t, f in parts.items())
     write_atomic(out / "compare.md", md)
-    fig = plots.margin_curves({name: pd.DataFrame(d["margin_curves"]) for name, d in loaded.items()},
-                              "Truth margin by layer, models overlaid")
-    body = "".join(f"<h2>{html.escape(t)}</h2>{f.to_html(float_format=lambda x: f'{x:.3f}', border=0)}" for t, f in parts.items())
-    write_atomic(out / "compare.html",
+    fig = plots.margin_curves(
+        {name: pd.DataFrame(d["margin_curves"]) for name, d in loaded.items()}, "Truth margin by layer, models overlaid"
+    )
+    body = "".join(
+        f"<h2>{html.escape(t)}</h2>{f.to_html(float_format=lambda x: f'{x:.3f}', border=0)}" for t, f in parts.items()
+    )
+    write_atomic(
+        out / "compare.html",
         f"<!doctype html><html><head><meta charset='utf-8'><title>vlm-lens comparison</title><style>{STYLE}</style></head><body>"
-        f"<h1>VRP comparison</h1>{body}{fig.to_html(full_html=False, include_plotlyjs=True)}</body></html>"
+        f"<h1>VRP comparison</h1>{body}{fig.to_html(full_html=False, include_plotlyjs=True)}</body></html>",
     )
     return out / "compare.md"

@@ -81,9 +81,22 @@ class Predictors:
     margin_layer: int  # the earlier layer whose truth margin is reported
 
     def frame(self) -> pd.DataFrame:
-        return pd.DataFrame([{"key": p.key, "method": p.method, "signal": p.signal, "forward passes": p.passes,
-                              "auroc": p.estimate.value, "ci_low": p.estimate.ci[0], "ci_high": p.estimate.ci[1],
-                              "accuracy": p.accuracy, "n_test": p.estimate.n} for p in self.rows])
+        return pd.DataFrame(
+            [
+                {
+                    "key": p.key,
+                    "method": p.method,
+                    "signal": p.signal,
+                    "forward passes": p.passes,
+                    "auroc": p.estimate.value,
+                    "ci_low": p.estimate.ci[0],
+                    "ci_high": p.estimate.ci[1],
+                    "accuracy": p.accuracy,
+                    "n_test": p.estimate.n,
+                }
+                for p in self.rows
+            ]
+        )
 
     def methods(self) -> pd.DataFrame:
         """Table 9: the method comparison (what each needs, how well it does)."""
@@ -118,11 +131,19 @@ class MarginBuilding:
     visual_updates: pd.DataFrame  # layer, attn_norm, mlp_norm: write magnitudes at the image tokens (Figure 5)
 
     def frame(self) -> pd.DataFrame:
-        return pd.DataFrame([{"peak_layer": self.peak_layer, "gap_at_peak": self.gap_at_peak,
-                              "separation_layer": self.separation_layer,
-                              "mlp_update_share_at_peak": self.mlp_update_share_at_peak,
-                              "mlp_margin_share_to_peak (extension)": self.mlp_margin_share_to_peak,
-                              "max_margin_layer": self.max_margin_layer, "n_decomposed": self.n_items}])
+        return pd.DataFrame(
+            [
+                {
+                    "peak_layer": self.peak_layer,
+                    "gap_at_peak": self.gap_at_peak,
+                    "separation_layer": self.separation_layer,
+                    "mlp_update_share_at_peak": self.mlp_update_share_at_peak,
+                    "mlp_margin_share_to_peak (extension)": self.mlp_margin_share_to_peak,
+                    "max_margin_layer": self.max_margin_layer,
+                    "n_decomposed": self.n_items,
+                }
+            ]
+        )
 
 
 @dataclass
@@ -142,7 +163,9 @@ class Ablation:
     k: int | None = None  # units edited
     k_requested: int | None = None
     note: str = ""  # why a condition was cut short or skipped
-    after: np.ndarray | None = field(default=None, repr=False, compare=False)  # per test question: right (1) or wrong (0)
+    after: np.ndarray | None = field(
+        default=None, repr=False, compare=False
+    )  # per test question: right (1) or wrong (0)
 
 
 @dataclass
@@ -156,21 +179,43 @@ class Ablations:
     neurons: list[int]  # the probe's units, strongest first (all it kept)
     rows: list[Ablation]
     width: int | None = None  # the layer's residual units: each unit ablation's size is also given as a share of it
-    before: np.ndarray | None = field(default=None, repr=False, compare=False)  # per test question, unedited: right (1) or wrong (0)
+    before: np.ndarray | None = field(
+        default=None, repr=False, compare=False
+    )  # per test question, unedited: right (1) or wrong (0)
 
     def frame(self, groups: tuple[str, ...] | None = None) -> pd.DataFrame:
         rows = [r for r in self.rows if groups is None or r.group in groups]
         types = sorted({t for r in rows for t in r.by_type})
-        return pd.DataFrame([{"group": r.group, "condition": r.condition, "layer": r.layer, "k": r.k,
-                              "k_requested": r.k_requested,
-                              "% of width": 100 * r.k_requested / self.width
-                              if self.width and r.k_requested and r.group in UNIT_GROUPS else None, "acc_before": r.acc_before, "acc_after": r.acc_after,
-                              "diff": r.change.value, "ci_low": r.change.ci[0], "ci_high": r.change.ci[1], "n": r.change.n,
-                              **{f"diff ({t})": r.by_type.get(t) for t in types}, "note": r.note} for r in rows])
+        return pd.DataFrame(
+            [
+                {
+                    "group": r.group,
+                    "condition": r.condition,
+                    "layer": r.layer,
+                    "k": r.k,
+                    "k_requested": r.k_requested,
+                    "% of width": 100 * r.k_requested / self.width
+                    if self.width and r.k_requested and r.group in UNIT_GROUPS
+                    else None,
+                    "acc_before": r.acc_before,
+                    "acc_after": r.acc_after,
+                    "diff": r.change.value,
+                    "ci_low": r.change.ci[0],
+                    "ci_high": r.change.ci[1],
+                    "n": r.change.n,
+                    **{f"diff ({t})": r.by_type.get(t) for t in types},
+                    "note": r.note,
+                }
+                for r in rows
+            ]
+        )
 
     def tables(self) -> dict[str, pd.DataFrame]:
-        return {"table4_5_ablations": self.frame(UNIT_GROUPS), "mlp_bypass": self.frame(("mlp bypass",)),
-                "patch_masking": self.frame(("patch masking",))}
+        return {
+            "table4_5_ablations": self.frame(UNIT_GROUPS),
+            "mlp_bypass": self.frame(("mlp bypass",)),
+            "patch_masking": self.frame(("patch masking",)),
+        }
 
     def group(self, name: str) -> list[Ablation]:
         return [r for r in self.rows if r.group == name]
@@ -207,9 +252,21 @@ class Accounting:
     monitor: dict = field(default_factory=dict)  # the dense probe as an error monitor: flags, precision@tau, recall@tau
 
     def frame(self) -> pd.DataFrame:
-        return pd.DataFrame([{"benchmark questions": self.benchmark_questions, "images missing": self.images_missing,
-                              "extracted": self.extracted, "correct": self.correct, "incorrect": self.extracted - self.correct,
-                              "train split": self.train, "val split": self.val, "test split": self.test, **self.monitor}])
+        return pd.DataFrame(
+            [
+                {
+                    "benchmark questions": self.benchmark_questions,
+                    "images missing": self.images_missing,
+                    "extracted": self.extracted,
+                    "correct": self.correct,
+                    "incorrect": self.extracted - self.correct,
+                    "train split": self.train,
+                    "val split": self.val,
+                    "test split": self.test,
+                    **self.monitor,
+                }
+            ]
+        )
 
 
 @dataclass

@@ -20,8 +20,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from analyses.data import benchmarks
-from analyses.data import shapes
+from analyses.data import benchmarks, shapes
 from analyses.data.examples import Example, shapes_examples
 from analyses.study.config import VRPConfig
 from analyses.study.files import sha256
@@ -54,7 +53,9 @@ def check_out(out: str | Path) -> Path:
         with tempfile.NamedTemporaryFile(dir=out, prefix=".write-check-"):
             pass
     except OSError as e:
-        raise DataError(f"cannot write into --out {out} ({e.strerror or e}); choose a folder you can write to") from None
+        raise DataError(
+            f"cannot write into --out {out} ({e.strerror or e}); choose a folder you can write to"
+        ) from None
     return out
 
 
@@ -85,13 +86,18 @@ def load_benchmark(cfg: VRPConfig, allow_outside_images: bool = False, progress:
         raise DataError(f"--benchmark {cfg.benchmark} needs --images, the folder holding its images")
     records = benchmarks.load(cfg.benchmark, cfg.annotations, cfg.format)
     if cfg.n > len(records):
-        raise DataError(f"--n {cfg.n} asks for more questions than {cfg.benchmark} holds ({len(records)}): "
-                        f"use --n {len(records)} or fewer")
+        raise DataError(
+            f"--n {cfg.n} asks for more questions than {cfg.benchmark} holds ({len(records)}): "
+            f"use --n {len(records)} or fewer"
+        )
     chosen = records[: cfg.n]
     hashes = benchmarks.check_images(chosen, cfg.images, allow_outside_images, progress)
     examples = benchmarks.to_examples(chosen, cfg.images)
     found = [[question_digest(e), hashes[r.image], r.image] for e, r in zip(examples, chosen)]
-    files = {"benchmark": sha256(cfg.benchmark), **({"annotations": sha256(cfg.annotations)} if cfg.annotations else {})}
+    files = {
+        "benchmark": sha256(cfg.benchmark),
+        **({"annotations": sha256(cfg.annotations)} if cfg.annotations else {}),
+    }
     return Dataset(examples, len(records), found, files)
 
 
