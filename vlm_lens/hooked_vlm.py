@@ -28,6 +28,7 @@ from vlm_lens.inputs import VLMInputs
 from vlm_lens.names import OPT_IN_SUFFIXES, Vocabulary
 from vlm_lens.persistent import PersistentHooks
 from vlm_lens.preparing import Preparing
+from vlm_lens.resid import positions_of
 from vlm_lens.sae import SAESplicing
 from vlm_lens.weights import Weights
 
@@ -41,6 +42,95 @@ class _Stopped(Exception):
     def __init__(self, resid: Tensor):
         super().__init__("stopped at a layer")
         self.resid = resid
+
+
+def _rope(text) -> tuple[float | None, float]:
+    """(theta, partial rotary factor) of a text config: transformers 5's ``rope_parameters`` (per layer type for
+    Gemma 3: the full-attention layers'), else the older top-level fields."""
+    params = getattr(text, "rope_parameters", None) or {}
+    if "rope_theta" not in params and isinstance(params.get("full_attention"), dict):
+        params = params["full_attention"]
+    theta = params.get("rope_theta", getattr(text, "rope_theta", None))
+    factor = params.get("partial_rotary_factor", getattr(text, "partial_rotary_factor", None)) or 1.0
+    return (None if theta is None else float(theta)), float(factor)
+
+
+def _tl_fields(hf_model: Any, adapter: Adapter, processor, layers, d_head: int) -> dict:
+    text = hf_model.config.get_text_config()
+    theta, factor = _rope(text)
+    weights = [
+        k for k in ("attn_q", "attn_k", "attn_v", "attn_o", "mlp_gate", "mlp_up", "mlp_down") if k in adapter.block
+    ]
+    n_params = sum(
+        get_module(layer, adapter.block_at(hf_model.config, i)[k]).weight.numel()
+        for i, layer in enumerate(layers)
+        for k in weights
+    )
+    tokenizer = getattr(processor, "tokenizer", None)
+    return dict(
+        model_name=getattr(hf_model.config, "_name_or_path", "") or adapter.family,
+        original_architecture=type(hf_model).__name__,
+        tokenizer_name=getattr(tokenizer, "name_or_path", None) or None,
+        gated_mlp="mlp_gate" in adapter.block,
+        eps=float(getattr(text, "rms_norm_eps", None) or getattr(text, "layer_norm_eps", None) or 1e-6),
+        rotary_dim=int(d_head * factor),
+        rotary_base=theta,
+        n_params=int(n_params),
+        default_prepend_bos=bool(getattr(tokenizer, "add_bos_token", True)),
+    )
+
+
+def per_token_loss(
+    logits: Float[Tensor, "batch pos vocab"], labels: Int[Tensor, "batch pos"]
+) -> Float[Tensor, "batch pos_1"]:
+    """TL's ``loss_per_token``: the next-token cross-entropy at each position i (predicting token i + 1), float32,
+    0 where the label is ignored (-100, as HF's loss ignores it): HF's loss is its mean over the rest."""
+    targets = labels[:, 1:].to(logits.device)
+    losses = torch.nn.functional.cross_entropy(
+        logits[:, :-1].float().flatten(0, 1), targets.flatten(), ignore_index=-100, reduction="none"
+    )
+    return losses.view(targets.shape)
+
+
+class _PositionSlicer:
+    """run_with_cache's ``pos_slice``: an activation's position axis (an attention map's query axis) cut to the
+    slice, read off the hook name's declared shape."""
+
+    def __init__(self, vocab, inputs: VLMInputs, pos_slice, image_token_id: int):
+        self.vocab, self.index = vocab, positions_of(pos_slice, inputs, image_token_id)
+
+    def __call__(self, activation: Tensor, name: str) -> Tensor:
+        dims = self.vocab.info(name.removesuffix("_grad")).spec.shape.split()
+        axis = next((dims.index(d) for d in ("pos", "query") if d in dims), None)
+        if axis is None or activation.ndim != len(dims):
+            return activation
+        index = self.index
+        if isinstance(index, int):
+            return activation.select(axis, index)
+        if isinstance(index, slice):
+            return activation[(slice(None),) * axis + (index,)]
+        return activation.index_select(axis, torch.as_tensor(index, device=activation.device))
+
+
+class _ProgressStreamer:
+    """generate(verbose=True): a progress bar advanced once per new token (HF calls ``put`` with the prompt
+    first, then each step's tokens)."""
+
+    def __init__(self, total: int):
+        from tqdm.auto import tqdm
+
+        self.bar, self.prompt_seen = tqdm(total=total, desc="generate", unit="tok"), False
+
+    def put(self, value) -> None:
+        if self.prompt_seen:
+            self.bar.update(1)
+        self.prompt_seen = True
+
+    def end(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 def _keep(logits_to_keep: int) -> dict:
@@ -75,6 +165,21 @@ class VLMConfig:
     cross_layers: tuple[int, ...] = ()
     device: torch.device | None = None  # where the model's embedding is now (updated by .to())
     dtype: torch.dtype | None = None
+    # the fields TransformerLens code reads, from the HF config and modules
+    model_name: str = ""  # the checkpoint's name or path (HF's _name_or_path), else the family
+    original_architecture: str = ""  # the HF class, e.g. "LlavaForConditionalGeneration"
+    tokenizer_name: str | None = None
+    gated_mlp: bool = True  # gate_proj * up_proj (every supported family)
+    eps: float = 1e-6  # the language model's RMSNorm epsilon
+    final_rms: bool = True
+    rotary_dim: int | None = None  # dimensions of each head rotated (d_head unless a partial rotary factor)
+    rotary_base: float | None = None  # RoPE's theta (the full-attention layers' where they differ)
+    n_params: int = (
+        0  # TL's count: the language blocks' attention and MLP weight matrices (no embeddings, norms, biases)
+    )
+    parallel_attn_mlp: bool = False
+    use_attn_result: bool = False  # hook_result is opt-in by name instead (names_filter)
+    default_prepend_bos: bool = True  # whether the tokenizer adds BOS itself (prepare() uses the processor's rule)
 
     @property
     def n_key_value_heads(self) -> int:
@@ -127,6 +232,7 @@ class HookedVLM(Preparing, Weights, PersistentHooks, SAESplicing, nn.Module):
             n_ctx=getattr(text, "max_position_embeddings", None),
             act_fn=getattr(text, "hidden_act", None) or getattr(text, "hidden_activation", None),
             cross_layers=self.vocab.cross_layers,
+            **_tl_fields(hf_model, adapter, processor, layers, attn.head_dim),
         )
 
     @property
@@ -162,13 +268,47 @@ class HookedVLM(Preparing, Weights, PersistentHooks, SAESplicing, nn.Module):
             return self.tokenizer.batch_decode(ids)
         return self.tokenizer.decode(ids)
 
-    def to_str_tokens(self, tokens: VLMInputs | Tensor | str | Sequence[int]) -> list[str] | list[list[str]]:
+    def to_tokens(
+        self, input: str | Sequence[str], images=None, *, template: bool = True, padding_side: str = "left"
+    ) -> Int[Tensor, "batch pos"]:
+        """TL's ``to_tokens``: [batch, pos] token ids. With ``images``, the ids the model runs on: the prompt in the
+        family's format with its image tokens (``prepare``'s ``input_ids``); without, the text alone, with the
+        tokenizer's own special tokens (a list of prompts is padded on ``padding_side``)."""
+        if images is not None:
+            return self.prepare(images, input, template=template, padding_side=padding_side).input_ids
+        if padding_side not in ("left", "right"):
+            raise InputError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+        tokenizer = self.tokenizer
+        side, tokenizer.padding_side = tokenizer.padding_side, padding_side
+        try:
+            return tokenizer([input] if isinstance(input, str) else list(input), return_tensors="pt", padding=True)[
+                "input_ids"
+            ]
+        finally:
+            tokenizer.padding_side = side
+
+    def to_str_tokens(
+        self, tokens: VLMInputs | Tensor | str | Sequence[int], images=None
+    ) -> list[str] | list[list[str]]:
         """Each token as a string, position by position (padding and every image token included, so index i is
-        position i of the cache). A batch gives one list per item; a string is tokenised without special tokens."""
+        position i of the cache). A batch gives one list per item; a string is tokenised without special tokens,
+        or, with ``images``, prepared as ``to_tokens`` would. Where the image tokens are known (``VLMInputs``, or
+        a string with its images) each says where it sits: ``<image 0 r1 c2>`` is row 1, column 2 of image 0's
+        grid (``<image 0 tile 0,1 r1 c2>`` in the crop at tile row 0, column 1 of a multi-crop image)."""
+        if isinstance(tokens, str) and images is not None:
+            tokens = self.prepare(images, tokens)
         if isinstance(tokens, str):
             tokens = self.tokenizer.encode(tokens, add_special_tokens=False)
         if isinstance(tokens, VLMInputs):
-            tokens = tokens.input_ids
+            rows = [self.tokenizer.convert_ids_to_tokens(row.tolist()) for row in tokens.input_ids]
+            for row, spans in zip(rows, tokens.image_spans):
+                for span in spans:
+                    for view in span.all_views:
+                        where = "" if view.kind == "base" else f"{view.kind} {view.tile[0]},{view.tile[1]} "
+                        for pos in view.positions:
+                            r, c = view.cell_of(pos) or (0, 0)
+                            row[pos] = f"<image {span.image} {where}r{r} c{c}>"
+            return rows
         if isinstance(tokens, Tensor) and tokens.ndim == 2:
             return [self.tokenizer.convert_ids_to_tokens(row.tolist()) for row in tokens]
         ids = tokens.tolist() if isinstance(tokens, Tensor) else list(tokens)
@@ -304,6 +444,7 @@ class HookedVLM(Preparing, Weights, PersistentHooks, SAESplicing, nn.Module):
         stop_at_layer: int | None,
         labels: Tensor | None,
         extra=(),
+        loss_per_token: bool = False,
     ):
         """One hooked forward: what ``forward``, ``run_with_hooks`` and ``run_with_cache`` share."""
         if return_type not in RETURN_TYPES:
@@ -311,7 +452,10 @@ class HookedVLM(Preparing, Weights, PersistentHooks, SAESplicing, nn.Module):
         loss = return_type in ("loss", "both")
         if loss and logits_to_keep:
             raise InputError("a loss needs every position's logits: drop logits_to_keep")
-        kwargs = {"labels": self._labels(inputs) if labels is None else labels} if loss else _keep(logits_to_keep)
+        if loss_per_token and not loss:
+            raise InputError("loss_per_token=True needs return_type='loss' or 'both'")
+        labels = (self._labels(inputs) if labels is None else labels) if loss else None
+        kwargs = {"labels": labels} if loss and not loss_per_token else {} if loss else _keep(logits_to_keep)
         first, last = self._stoppers(stop_at_layer)
         hooks = first + list(self._expand(fwd_hooks)) + list(extra) + last
         try:
@@ -324,7 +468,8 @@ class HookedVLM(Preparing, Weights, PersistentHooks, SAESplicing, nn.Module):
             return stopped.resid
         if return_type is None:
             return None
-        return {"logits": out.logits, "loss": out.loss}.get(return_type, (out.logits, out.loss))
+        loss_value = per_token_loss(out.logits, labels) if loss_per_token and labels is not None else out.loss
+        return {"logits": out.logits, "loss": loss_value}.get(return_type, (out.logits, loss_value))
 
     def forward(
         self,
@@ -334,17 +479,31 @@ class HookedVLM(Preparing, Weights, PersistentHooks, SAESplicing, nn.Module):
         return_type: str | None = "logits",
         stop_at_layer: int | None = None,
         labels: Tensor | None = None,
+        loss_per_token: bool = False,
         **tensors,
-    ) -> Float[Tensor, "batch pos vocab"] | Float[Tensor, ""] | tuple | None:
+    ) -> Float[Tensor, "batch pos vocab"] | Float[Tensor, ""] | Float[Tensor, "batch pos_1"] | tuple | None:
         """Logits, as HF computes them. ``logits_to_keep=k`` keeps only the last k positions (the answer
         position of a left-padded batch with k=1): a [batch, k, vocab] tensor instead of [batch, pos, vocab].
 
         TransformerLens's options: ``return_type`` "logits", "loss" (HF's next-token loss on ``labels``; by default
         every text token a real token predicts: padding, image tokens and each item's first token left out), "both" (logits, loss) or None;
         ``stop_at_layer=l`` runs layers below l only and returns the residual stream entering layer l
-        ([batch, pos, d_model]; l = n_layers: the final residual, before the final norm)."""
+        ([batch, pos, d_model]; l = n_layers: the final residual, before the final norm); ``loss_per_token=True``
+        the loss at each position ([batch, pos - 1]: position i predicting token i + 1; 0 where nothing is
+        predicted), whose mean over the predicted positions is the loss."""
         inputs = self.as_inputs(inputs, **tensors)
-        return self._run("forward", inputs, (), (), None, logits_to_keep, return_type, stop_at_layer, labels)
+        return self._run(
+            "forward",
+            inputs,
+            (),
+            (),
+            None,
+            logits_to_keep,
+            return_type,
+            stop_at_layer,
+            labels,
+            loss_per_token=loss_per_token,
+        )
 
     def run_with_hooks(
         self,
@@ -358,6 +517,7 @@ class HookedVLM(Preparing, Weights, PersistentHooks, SAESplicing, nn.Module):
         stop_at_layer: int | None = None,
         labels: Tensor | None = None,
         reset_hooks_end: bool = True,
+        loss_per_token: bool = False,
         **tensors,
     ):
         """``forward`` with hooks for this call. Backward hooks are attached to this forward's tensors: they fire
@@ -380,6 +540,7 @@ class HookedVLM(Preparing, Weights, PersistentHooks, SAESplicing, nn.Module):
             return_type,
             stop_at_layer,
             labels,
+            loss_per_token=loss_per_token,
         )
 
     def cache_names(self, names_filter: NamesFilter) -> list[str]:
@@ -406,21 +567,37 @@ class HookedVLM(Preparing, Weights, PersistentHooks, SAESplicing, nn.Module):
         stop_at_layer: int | None = None,
         labels: Tensor | None = None,
         incl_bwd: bool = False,
+        remove_batch_dim: bool = False,
+        pos_slice=None,
+        loss_per_token: bool = False,
         **tensors,
     ) -> tuple[Tensor | None, ActivationCache]:
         """The output (as ``forward`` gives it) and the activations named by ``names_filter`` (detached; moved to
         ``device``). ``incl_bwd=True`` also runs ``backward`` from the output, which must then be a scalar
-        (``return_type="loss"``), and caches each name's gradient as ``name + "_grad"``."""
+        (``return_type="loss"``), and caches each name's gradient as ``name + "_grad"``.
+
+        TL's options: ``remove_batch_dim=True`` (a batch of one) caches every activation without its batch
+        dimension; ``pos_slice`` (an int, a slice, positions, ``"image"`` or ``"text"``) keeps only those positions
+        of every activation with a position axis (an attention pattern's query axis), as TL's ``pos_slice``."""
         inputs = self.as_inputs(inputs, **tensors)
+        if remove_batch_dim and inputs.batch_size != 1:
+            raise InputError(f"remove_batch_dim=True needs a batch of one, got {inputs.batch_size} items")
         store: dict[str, Tensor] = {}
+        slicer = (
+            _PositionSlicer(self.vocab, inputs, pos_slice, self._cfg.image_token_id) if pos_slice is not None else None
+        )
+
+        def keep(activation: Tensor, name: str) -> None:
+            activation = activation.detach()
+            if slicer is not None:
+                activation = slicer(activation, name)
+            store[name] = activation if device is None else activation.to(device)
 
         def save(activation: Tensor, hook) -> None:
-            activation = activation.detach()
-            store[hook.name] = activation if device is None else activation.to(device)
+            keep(activation, hook.name)
 
         def save_grad(grad: Tensor, hook) -> None:
-            grad = grad.detach()
-            store[hook.name + "_grad"] = grad if device is None else grad.to(device)
+            keep(grad, hook.name + "_grad")
 
         names = self.cache_names(names_filter)
         if incl_bwd and return_type != "loss":
@@ -441,10 +618,12 @@ class HookedVLM(Preparing, Weights, PersistentHooks, SAESplicing, nn.Module):
                 stop_at_layer,
                 labels,
                 extra=[(name, save) for name in names],
+                loss_per_token=loss_per_token,
             )
             if incl_bwd:
                 out.backward()
-        return out, ActivationCache(store, self.vocab, inputs, self)
+        cache = ActivationCache(store, self.vocab, inputs, self)
+        return out, cache.remove_batch_dim() if remove_batch_dim else cache
 
     def generate(
         self,
@@ -453,13 +632,26 @@ class HookedVLM(Preparing, Weights, PersistentHooks, SAESplicing, nn.Module):
         max_new_tokens: int = 8,
         fwd_hooks: Iterable[tuple[str, HookFn]] = (),
         do_sample: bool = False,
+        stop_at_eos: bool = True,
+        verbose: bool = False,
+        return_type: str = "tokens",
         **kwargs,
-    ) -> Int[Tensor, "batch total_pos"] | Mapping:
+    ) -> Int[Tensor, "batch total_pos"] | Mapping | list[str]:
         """HF ``generate`` with hooks active at every step (``hook.step``: 0 = prefill).
 
         Returns the prompt and new tokens, as HF does (HF's output object with ``return_dict_in_generate=True``). Extra keyword arguments go to HF's
         ``generate`` (temperature, top_p, num_return_sequences, ...); forward tensors go in ``inputs``.
+
+        TL's options: ``stop_at_eos=False`` generates all ``max_new_tokens`` past an end-of-sequence token;
+        ``verbose=True`` shows a progress bar over the new tokens; ``return_type="str"`` gives each item's text
+        (prompt and answer, special and image tokens dropped) instead of the tokens.
         """
+        if return_type not in ("tokens", "str"):
+            raise InputError(f"return_type must be 'tokens' or 'str', got {return_type!r}")
+        if not stop_at_eos:
+            kwargs["eos_token_id"] = None
+        if verbose:
+            kwargs["streamer"] = _ProgressStreamer(max_new_tokens)
         tensor_keys = set(kwargs) & set(self.adapter.forward_keys)
         tensors = {k: kwargs.pop(k) for k in tensor_keys}
         inputs = self.as_inputs(inputs, **tensors)
@@ -470,6 +662,10 @@ class HookedVLM(Preparing, Weights, PersistentHooks, SAESplicing, nn.Module):
                 "use model.prepare(..., padding_side='left')"
             )
         with self._one_run("generate"), self.hooks(fwd_hooks, inputs=inputs):
-            return self.hf_model.generate(
-                **inputs.tensors, max_new_tokens=max_new_tokens, do_sample=do_sample, **kwargs
-            )
+            out = self.hf_model.generate(**inputs.tensors, max_new_tokens=max_new_tokens, do_sample=do_sample, **kwargs)
+        if verbose:
+            kwargs["streamer"].close()
+        if return_type == "str":
+            sequences = out if isinstance(out, Tensor) else out["sequences"]
+            return self.tokenizer.batch_decode(sequences, skip_special_tokens=True)
+        return out

@@ -64,3 +64,6 @@ class CacheHost(Protocol):
     model: HookedVLM | None
 
     def __getitem__(self, key: Any) -> torch.Tensor: ...
+
+    @property
+    def n_layers(self) -> int: ...

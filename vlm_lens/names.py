@@ -14,6 +14,7 @@ the adapter's table, or one of the two computed sites (``resid_mid``, attention)
 from __future__ import annotations
 
 import difflib
+import re
 from dataclasses import dataclass
 
 from vlm_lens.errors import HookNameError, LayerIndexError
@@ -173,6 +174,43 @@ def block_names(layer: int, cross: bool = False) -> list[str]:
     return [spec.template.format(l=layer) for spec in (CROSS_BLOCK_HOOKS if cross else BLOCK_HOOKS)]
 
 
+# TransformerLens's shorthand (``transformer_lens.utils.get_act_name``, MIT), ported so the core needs no TL: the
+# keys TL's own demos write, cache["pattern", 0, "attn"], cache["normalized", 1, "ln2"], cache["scale"], "k6".
+_TL_LAYER_TYPES = {"a": "attn", "m": "mlp", "b": "", "block": "", "blocks": "", "attention": "attn"}
+_TL_NAMES = {
+    "attn": "pattern",
+    "attn_logits": "attn_scores",
+    "key": "k",
+    "query": "q",
+    "value": "v",
+    "mlp_pre": "pre",
+    "mlp_mid": "mid",
+    "mlp_post": "post",
+}
+_TL_ATTN = ("k", "v", "q", "z", "rot_k", "rot_q", "result", "pattern", "attn_scores")
+_TL_MLP = ("pre", "post", "mid", "pre_linear")
+
+
+def tl_act_name(name: str, layer: int | str | None = None, layer_type: str | None = None) -> str:
+    """The hook name TransformerLens's ``get_act_name(name, layer, layer_type)`` gives, by its own rules."""
+    if ("." in name or name.startswith("hook_")) and layer is None and layer_type is None:
+        return name
+    match = re.match(r"([a-z]+)(\d+)([a-z]?.*)", name)
+    if match is not None:
+        name, layer, layer_type = match.groups(0)  # type: ignore[assignment]
+    name = _TL_NAMES.get(name, name)
+    full = f"blocks.{layer}." if layer is not None else ""
+    if name in _TL_ATTN:
+        layer_type = "attn"
+    elif name in _TL_MLP:
+        layer_type = "mlp"
+    elif layer_type in _TL_LAYER_TYPES:
+        layer_type = _TL_LAYER_TYPES[layer_type]
+    full += f"{layer_type}." if layer_type else ""
+    full += f"hook_{name}"
+    return f"ln_final.{full}" if name in ("scale", "normalized") and layer is None else full
+
+
 class Vocabulary:
     """All hook names of one model, with the specs behind them."""
 
@@ -244,14 +282,19 @@ class Vocabulary:
             raise self._unknown(name) from None
 
     def resolve_key(self, key: str | tuple) -> str:
-        """A cache key: a canonical name, or (alias, layer) such as ("resid_post", 3)."""
+        """A cache key: a canonical name, (alias, layer) such as ("resid_post", 3), or TransformerLens's shorthand
+        (``get_act_name``'s: ("pattern", 0, "attn"), ("normalized", 1, "ln2"), "scale", "attn", "k6")."""
         if isinstance(key, str):
             if key in ALIASES and "{l}" not in ALIASES[key]:  # cache["projector"], cache["ln_final"]
                 return ALIASES[key]
+            if key not in self._infos and tl_act_name(key) in self._infos:  # TL's "scale", "normalized", "k6"
+                return tl_act_name(key)
             return self.info(key).name
         if not isinstance(key, tuple) or not key or not isinstance(key[0], str):
             raise HookNameError(f"cache keys are a hook name or (alias, layer); got {key!r}")
         alias, *rest = key
+        if len(rest) == 2 or (alias not in ALIASES and len(rest) <= 1):  # TL's three-part and shorthand keys
+            return self._tl_key(alias, *rest)
         if alias not in ALIASES:
             close = difflib.get_close_matches(alias, list(ALIASES), n=3)
             raise HookNameError(f"unknown alias {alias!r}; closest: {close}. Aliases: {sorted(ALIASES)}")
@@ -269,6 +312,22 @@ class Vocabulary:
                 f"layer {rest[0]} is out of range for {alias!r}: the model has {n} layers (0..{n - 1})"
             )
         return template.format(l=layer)
+
+    def _tl_key(self, alias: str, layer: int | None = None, layer_type: str | None = None) -> str:
+        if layer is not None and not isinstance(layer, int):
+            raise HookNameError(f"the layer of cache key {(alias, layer, layer_type)!r} must be an integer")
+        if layer is not None and layer < 0:  # as TL's cache: from the end
+            layer += self.n_layers
+        if layer is not None and not 0 <= layer < self.n_layers:
+            raise LayerIndexError(f"layer {layer} is out of range: the model has {self.n_layers} layers")
+        name = tl_act_name(alias, layer, layer_type)
+        if name not in self._infos:
+            close = difflib.get_close_matches(alias, [*ALIASES, *_TL_NAMES], n=3)
+            raise HookNameError(
+                f"cache key {(alias, layer, layer_type)!r} names {name!r} (TransformerLens's get_act_name), which this "
+                f"model does not have; aliases close to {alias!r}: {close}"
+            )
+        return name
 
     def _unknown(self, name: str) -> HookNameError:
         parts = name.split(".")

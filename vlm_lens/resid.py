@@ -16,6 +16,7 @@ a batch whose items share one layout).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -24,12 +25,31 @@ from jaxtyping import Float
 from torch import Tensor, nn
 
 from vlm_lens.adapter import get_module, layer_list
-from vlm_lens.errors import InputError, UnsupportedModelError
+from vlm_lens.errors import InputError, UnsupportedModelError, VLMLensWarning
 
 if TYPE_CHECKING:
     from vlm_lens.hosts import CacheHost as _Host
 else:
     _Host = object
+
+
+def positions_of(pos_slice, inputs, image_token_id: int | None) -> slice | list[int] | int:
+    """TL's ``pos_slice`` as an index of the position axis: None (all), an int, a slice, positions, or "image" /
+    "text" (the image tokens / the other real tokens of ``inputs``, which its items must share)."""
+    if pos_slice is None:
+        return slice(None)
+    if isinstance(pos_slice, str):
+        if pos_slice not in ("image", "text") or inputs is None or image_token_id is None:
+            raise InputError(f"pos_slice takes an int, a slice, positions, 'image' or 'text'; got {pos_slice!r}")
+        image = (inputs.input_ids == image_token_id) & (inputs.attention_mask == 1)
+        text = (inputs.input_ids != image_token_id) & (inputs.attention_mask == 1)
+        chosen = image if pos_slice == "image" else text
+        if not bool((chosen == chosen[:1]).all()):
+            raise InputError(
+                f"pos_slice={pos_slice!r} needs items that share one layout; index each item's own positions"
+            )
+        return chosen[0].nonzero().flatten().tolist()
+    return pos_slice
 
 
 def norm_eps(norm: nn.Module) -> float:
@@ -103,20 +123,8 @@ class ResidualMethods(_Host):  # its host, for the type checker only (vlm_lens.h
         return self.model
 
     def _positions(self, pos_slice) -> slice | list[int] | int:
-        if pos_slice is None:
-            return slice(None)
-        if isinstance(pos_slice, str):
-            if pos_slice not in ("image", "text") or self.inputs is None or self.model is None:
-                raise InputError(f"pos_slice takes an int, a slice, positions, 'image' or 'text'; got {pos_slice!r}")
-            image = (self.inputs.input_ids == self.model.cfg.image_token_id) & (self.inputs.attention_mask == 1)
-            text = (self.inputs.input_ids != self.model.cfg.image_token_id) & (self.inputs.attention_mask == 1)
-            chosen = image if pos_slice == "image" else text
-            if not bool((chosen == chosen[:1]).all()):
-                raise InputError(
-                    f"pos_slice={pos_slice!r} needs items that share one layout; index each item's own positions"
-                )
-            return chosen[0].nonzero().flatten().tolist()
-        return pos_slice
+        image_token = self.model.cfg.image_token_id if self.model is not None else None
+        return positions_of(pos_slice, self.inputs, image_token)
 
     def _at(self, tensor: Tensor, pos_slice) -> Tensor:
         return tensor[:, self._positions(pos_slice)]
@@ -270,12 +278,19 @@ class ResidualMethods(_Host):  # its host, for the type checker only (vlm_lens.h
         return (stack, labels) if return_labels else stack
 
     def stack_head_results(
-        self, layer: int | None = None, pos_slice=None, return_labels: bool = False, apply_ln: bool = False
+        self,
+        layer: int | None = None,
+        pos_slice=None,
+        return_labels: bool = False,
+        apply_ln: bool = False,
+        incl_remainder: bool = False,
     ):
         """Each head's write to the residual stream in the layers below ``layer`` (None: all): z_h @ W_O[h],
         [layer x head, batch, pos, d_model], labelled "L{l}H{h}" (o_proj's bias is not any head's and is left
         out); through a post-attention norm (Gemma 3) scaled by gain / rms(o_proj's output), so the heads sum to
-        what the residual adds. Computed from the cached ``hook_z``; memory grows with heads x pos x d_model per layer."""
+        what the residual adds. Computed from the cached ``hook_z``; memory grows with heads x pos x d_model per layer.
+        ``incl_remainder=True`` (TL's) adds one last component, "remainder": the residual entering ``layer`` minus
+        the heads' sum (embeddings, MLPs, biases), so the stack sums to that residual."""
         model = self._need_model()
         layer = model.cfg.n_layers if layer is None or layer == -1 else layer
         parts, labels = [], []
@@ -287,9 +302,54 @@ class ResidualMethods(_Host):  # its host, for the type checker only (vlm_lens.h
             parts.append(writes if isinstance(factor, float) else (writes.float() * factor).to(writes.dtype))
             labels += [f"L{l}H{h}" for h in range(model.cfg.n_heads)]
         stack = torch.cat(parts) if parts else self._empty_stack(pos_slice)  # layer 0: no heads below it (TL's)
+        if incl_remainder:
+            resid = self["resid_pre", layer] if layer < model.cfg.n_layers else self["resid_post", layer - 1]
+            stack = torch.cat([stack, (self._at(resid, pos_slice) - stack.sum(0))[None]])
+            labels.append("remainder")
+            parts.append(stack[-1:])
         if apply_ln and parts:
             stack = self.apply_ln_to_stack(stack, layer, pos_slice=pos_slice)
         return (stack, labels) if return_labels else stack
+
+    def stack_activation(self, activation_name: str, layer: int = -1, sublayer_type: str | None = None) -> Tensor:
+        """TL's: one activation of every layer below ``layer`` (-1: all), stacked [layer, ...]; the name as TL's
+        cache keys take it (``("pattern", l, "attn")``, ``("scale", l, "ln1")``, "resid_post")."""
+        n = self.n_layers if layer == -1 else layer
+        return torch.stack([self[(activation_name, l, sublayer_type)] for l in range(n)])
+
+    def get_neuron_results(self, layer: int, neuron_slice=None, pos_slice=None) -> Tensor:
+        """TL's: each neuron's write at ``layer``, [batch, pos, neuron, d_model]: its activation (``hook_post``)
+        times its row of W_out (before down_proj's bias and any post-MLP norm, as TL's)."""
+        model = self._need_model()
+        chosen = slice(None) if neuron_slice is None else neuron_slice
+        post = self._at(self["post", layer], pos_slice)[..., chosen]
+        return post[..., None] * model.blocks[layer].mlp.W_out[chosen]
+
+    def apply_slice_to_batch_dim(self, batch_slice):
+        """TL's: a cache of the items at ``batch_slice`` (an int drops the batch axis, as indexing does). The
+        vision tower's and projector's activations are per image and stay whole; the sliced cache keeps no
+        inputs, so ``pos_slice="image"`` asks for its own positions there."""
+        if not isinstance(batch_slice, (int, slice, list, tuple)):
+            raise InputError(f"batch_slice takes an int, a slice or indices, got {type(batch_slice).__name__}")
+        index = list(batch_slice) if isinstance(batch_slice, tuple) else batch_slice
+        per_image = ("vision.", "projector")
+        return type(self)(
+            {k: v if k.startswith(per_image) else v[index] for k, v in self._store.items()},
+            self._vocab,
+            None,
+            self.model,
+        )
+
+    def toggle_autodiff(self, mode: bool = False) -> None:
+        """TL's: switch torch's gradient tracking on or off for the whole process (``torch.set_grad_enabled``),
+        as TL's does: global state, so it warns; ``torch.no_grad()`` around the work is the local way."""
+        warnings.warn(
+            f"toggle_autodiff({mode}) sets torch's global grad mode for the whole process; "
+            "torch.no_grad() / torch.enable_grad() scope it",
+            VLMLensWarning,
+            stacklevel=2,
+        )
+        torch.set_grad_enabled(mode)
 
     def _empty_stack(self, pos_slice) -> Tensor:
         """[0, batch, pos, d_model]: a stack of no components, shaped as the embeddings at ``pos_slice``."""

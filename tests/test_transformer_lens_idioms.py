@@ -1,0 +1,213 @@
+"""The idioms a TransformerLens user's own notebook reaches for, on every family, each against an oracle: TL's own
+``ActivationCache`` over our cache dict and TL's ``get_act_name`` where TL defines the semantics, HF's loss and
+tokenizer, the full cache indexed by hand, the HF modules' own parameters."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+from tests.conftest import make_images
+from vlm_lens.adapter import layer_list
+from vlm_lens.errors import HookNameError, InputError, VLMLensWarning
+
+TL_KEYS = [
+    ("pattern", 0, "attn"),  # TL's Main Demo
+    ("normalized", 1, "ln2"),
+    ("scale", 1, "ln1"),
+    ("attn", 0),
+    ("q", -1, "attn"),
+    ("resid_pre", 1),
+    ("post", 0, "mlp"),
+    "scale",
+    "normalized",
+    "k1",
+]
+
+
+@pytest.fixture
+def full_cache(model, inputs):
+    with torch.no_grad():
+        return model.run_with_cache(inputs, names_filter=lambda name: True)[1]
+
+
+def test_tl_cache_keys_name_what_tl_names(model, full_cache):
+    from transformer_lens import ActivationCache as TLCache
+
+    try:
+        from transformer_lens.utilities import get_act_name
+    except ImportError:  # TransformerLens 3.x
+        from transformer_lens.utils import get_act_name
+
+    tl = TLCache(dict(full_cache), model)
+    for key in TL_KEYS:
+        assert full_cache[key] is tl[key], key
+        parts = key if isinstance(key, tuple) else (key,)
+        layer = (
+            parts[1] + model.cfg.n_layers if len(parts) > 1 and parts[1] < 0 else (parts[1] if len(parts) > 1 else None)
+        )
+        assert model.vocab.resolve_key(key) == get_act_name(parts[0], layer, *parts[2:]), key
+    with pytest.raises(HookNameError, match="does not have"):
+        full_cache["nonsense", 0, "attn"]
+
+
+def test_stack_activation_and_neuron_results_as_tl_computes_them(model, full_cache):
+    from transformer_lens import ActivationCache as TLCache
+
+    tl = TLCache(dict(full_cache), model)
+    torch.testing.assert_close(
+        full_cache.stack_activation("resid_post"), tl.stack_activation("resid_post"), atol=0, rtol=0
+    )
+    torch.testing.assert_close(
+        full_cache.stack_activation("scale", 1, "ln1"), tl.stack_activation("scale", 1, "ln1"), atol=0, rtol=0
+    )
+    layer = model.cfg.n_layers - 1
+    ours = full_cache.get_neuron_results(layer, neuron_slice=slice(0, 5), pos_slice=-1)
+    torch.testing.assert_close(ours, tl.get_neuron_results(layer, neuron_slice=[0, 1, 2, 3, 4], pos_slice=-1))
+    # by hand: every neuron's write summed is the MLP's down projection of hook_post
+    every = full_cache.get_neuron_results(layer)
+    w_down = model.blocks[layer].mlp.W_out
+    torch.testing.assert_close(every.sum(-2), full_cache["post", layer] @ w_down, atol=1e-5, rtol=1e-4)
+
+
+def test_head_results_with_the_remainder_sum_to_the_residual(model, full_cache):
+    for layer in (0, model.cfg.n_layers):
+        stack, labels = full_cache.stack_head_results(layer, pos_slice=-1, return_labels=True, incl_remainder=True)
+        assert labels[-1] == "remainder" and len(labels) == stack.shape[0] == layer * model.cfg.n_heads + 1
+        resid = full_cache["resid_pre", layer] if layer < model.cfg.n_layers else full_cache["resid_post", layer - 1]
+        torch.testing.assert_close(stack.sum(0), resid[:, -1], atol=1e-5, rtol=1e-5)
+    if not any(k.endswith("_post_norm") for k in model.adapter.block) and not model.cfg.cross_layers:
+        from transformer_lens import ActivationCache as TLCache
+
+        tl = TLCache(dict(full_cache), model)
+        torch.testing.assert_close(
+            full_cache.stack_head_results(pos_slice=-1, incl_remainder=True),
+            tl.stack_head_results(pos_slice=-1, incl_remainder=True),
+            atol=1e-5,
+            rtol=1e-5,
+        )
+
+
+def test_batch_slices_and_autodiff_as_tl(model, full_cache):
+    from transformer_lens import ActivationCache as TLCache
+
+    tl = TLCache(dict(full_cache), model)
+    for batch_slice in (1, slice(0, 1)):
+        ours, theirs = full_cache.apply_slice_to_batch_dim(batch_slice), tl.apply_slice_to_batch_dim(batch_slice)
+        torch.testing.assert_close(ours["resid_post", 0], theirs["resid_post", 0], atol=0, rtol=0)
+        torch.testing.assert_close(ours["resid_post", 0], full_cache["resid_post", 0][batch_slice], atol=0, rtol=0)
+    with pytest.raises(InputError, match="batch_slice"):
+        full_cache.apply_slice_to_batch_dim("first")
+    before = torch.is_grad_enabled()
+    try:
+        with pytest.warns(VLMLensWarning, match="global grad mode"):
+            full_cache.toggle_autodiff(False)
+        assert not torch.is_grad_enabled()
+    finally:
+        torch.set_grad_enabled(before)
+
+
+def test_run_with_cache_pos_slice_and_remove_batch_dim_against_the_full_cache(model, inputs):
+    names = ["blocks.0.hook_resid_post", "blocks.0.attn.hook_pattern", "blocks.0.attn.hook_z", "ln_final.hook_scale"]
+    with torch.no_grad():
+        _, full_cache = model.run_with_cache(inputs, names_filter=names)  # the same run, every position kept
+        _, last = model.run_with_cache(inputs, names_filter=names, pos_slice=-1)
+        _, some = model.run_with_cache(inputs, names_filter=names, pos_slice=[1, 3])
+    torch.testing.assert_close(last["resid_post", 0], full_cache["resid_post", 0][:, -1], atol=0, rtol=0)
+    torch.testing.assert_close(last["z", 0], full_cache["z", 0][:, -1], atol=0, rtol=0)
+    torch.testing.assert_close(last["scale"], full_cache["scale"][:, -1], atol=0, rtol=0)
+    torch.testing.assert_close(some["resid_post", 0], full_cache["resid_post", 0][:, [1, 3]], atol=0, rtol=0)
+    if "blocks.0.attn.hook_pattern" in full_cache:  # the query axis of [batch head query key]
+        torch.testing.assert_close(last["pattern", 0], full_cache["pattern", 0][:, :, -1], atol=0, rtol=0)
+    one = model.prepare(images=make_images()[:1], prompts=inputs.prompts[:1])
+    with torch.no_grad():
+        _, flat = model.run_with_cache(one, names_filter=names[:1], remove_batch_dim=True)
+        _, image = model.run_with_cache(one, names_filter=names[:1], pos_slice="image")
+        _, batched = model.run_with_cache(one, names_filter=names[:1])
+    torch.testing.assert_close(flat["resid_post", 0], batched["resid_post", 0][0], atol=0, rtol=0)
+    is_image = (one.input_ids[0] == model.cfg.image_token_id).nonzero().flatten()
+    torch.testing.assert_close(image["resid_post", 0], batched["resid_post", 0][:, is_image], atol=0, rtol=0)
+    with pytest.raises(InputError, match="batch of one"):
+        model.run_with_cache(inputs, remove_batch_dim=True)
+
+
+def test_loss_per_token_averages_to_hf_loss(model, inputs):
+    with torch.no_grad():
+        loss = model(inputs, return_type="loss")
+        per_token = model(inputs, return_type="loss", loss_per_token=True)
+        logits, both = model(inputs, return_type="both", loss_per_token=True)
+    labels = model._labels(inputs)[:, 1:]
+    assert per_token.shape == (inputs.batch_size, inputs.shape[1] - 1) and logits.shape[:2] == inputs.shape
+    assert bool((per_token[labels == -100] == 0).all()) and bool((per_token[labels != -100] > 0).all())
+    torch.testing.assert_close(per_token.sum() / (labels != -100).sum(), loss.float(), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(both, per_token, atol=0, rtol=0)
+    with pytest.raises(InputError, match="loss_per_token"):
+        model(inputs, loss_per_token=True)
+
+
+def test_generate_tl_options(model):
+    one = model.prepare(images=make_images()[:1], prompts=["how many"])
+    eos = model.tokenizer.eos_token_id
+    if eos is None:
+        pytest.skip(f"{model.cfg.family}'s toy tokenizer has no end-of-sequence token")
+    likely_eos = {(eos,): 100.0}  # HF's sequence_bias: the model all but always says EOS
+    with torch.no_grad():
+        stopped = model.generate(one, max_new_tokens=5, sequence_bias=likely_eos)
+        going = model.generate(one, max_new_tokens=5, sequence_bias=likely_eos, stop_at_eos=False)
+        text = model.generate(one, max_new_tokens=5, return_type="str", verbose=True)
+        tokens = model.generate(one, max_new_tokens=5)
+    prompt = one.input_ids.shape[1]
+    assert stopped.shape[1] == prompt + 1 and int(stopped[0, -1]) == eos
+    assert going.shape[1] == prompt + 5 and bool((going[0, prompt:] == eos).all())
+    assert text == model.tokenizer.batch_decode(tokens, skip_special_tokens=True)
+    with pytest.raises(InputError, match="return_type"):
+        model.generate(one, return_type="text")
+
+
+def test_to_tokens_and_image_aware_str_tokens(model, inputs):
+    images = make_images()
+    torch.testing.assert_close(model.to_tokens(inputs.prompts, images), inputs.input_ids, atol=0, rtol=0)
+    text = model.to_tokens("how many")
+    assert (
+        text.shape[0] == 1
+        and text[0].tolist()[-2:] == model.tokenizer.encode("how many", add_special_tokens=False)[-2:]
+    )
+    labelled = model.to_str_tokens(inputs)
+    for item, (row, spans) in enumerate(zip(labelled, inputs.image_spans)):
+        plain = model.tokenizer.convert_ids_to_tokens(inputs.input_ids[item].tolist())
+        placed = {}
+        for span in spans:
+            for view in span.all_views:
+                for pos in view.positions:
+                    words = row[pos].strip("<>").split()
+                    assert words[:2] == ["image", str(span.image)], row[pos]
+                    r, c = int(words[-2][1:]), int(words[-1][1:])
+                    assert view.position_of(r, c) == pos  # the label's row and column lead back to its position
+                    placed[pos] = row[pos]
+        assert all(row[p] == plain[p] for p in range(len(row)) if p not in placed)
+    assert (
+        model.to_str_tokens(inputs.prompts[0], images=images[:1])[0]
+        == model.to_str_tokens(model.prepare(images=images[:1], prompts=inputs.prompts[:1]))[0]
+    )
+
+
+def test_config_fields_tl_code_reads(model):
+    cfg, hf = model.cfg, model.hf_model
+    text = hf.config.get_text_config()
+    assert cfg.original_architecture == type(hf).__name__ and cfg.model_name
+    assert cfg.eps == text.rms_norm_eps and cfg.final_rms and not cfg.parallel_attn_mlp
+    assert cfg.gated_mlp and cfg.rotary_dim == cfg.d_head and cfg.rotary_base is not None and cfg.rotary_base > 0
+    layers = layer_list(hf, model.adapter.modules["layers"])
+    projections = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    by_name = sum(
+        p.numel()
+        for layer in layers
+        for name, p in layer.named_parameters()
+        if name.endswith(tuple(f"{k}.weight" for k in projections))
+    )
+    assert cfg.n_params == by_name > 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # reading the fields warns of nothing
+        _ = (cfg.tokenizer_name, cfg.default_prepend_bos, cfg.use_attn_result)
