@@ -211,3 +211,107 @@ def test_config_fields_tl_code_reads(model):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # reading the fields warns of nothing
         _ = (cfg.tokenizer_name, cfg.default_prepend_bos, cfg.use_attn_result)
+
+
+def test_modules_tl_calls_on_a_residual(model, inputs, full_cache):
+    real = inputs.attention_mask.bool()  # padding positions hold whatever attention made of nothing
+    with torch.no_grad():
+        logits = model(inputs)
+        again = model.unembed(model.ln_final(full_cache["resid_post", -1]))
+    torch.testing.assert_close(again[real], logits[real], atol=1e-5, rtol=1e-5)  # TL's unembed(ln_final(resid))
+    block = model.blocks[1]
+    with torch.no_grad():
+        ln1, ln2 = block.ln1(full_cache["resid_pre", 1]), block.ln2(full_cache["resid_mid", 1])
+    torch.testing.assert_close(ln1[real], full_cache["ln1", 1][real], atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(ln2[real], full_cache["ln2", 1][real], atol=1e-6, rtol=1e-6)
+    text = inputs.input_ids[inputs.input_ids != model.cfg.image_token_id][:4]
+    torch.testing.assert_close(model.embed(text), model.W_E[text], atol=0, rtol=0)
+    point = block.hook_resid_pre
+    assert point.name == "blocks.1.hook_resid_pre" and point.layer() == 1
+    seen = []
+    point.add_hook(lambda act, hook: seen.append(hook.name))
+    try:
+        with torch.no_grad():
+            model(inputs)
+    finally:
+        model.reset_hooks()
+    assert seen == ["blocks.1.hook_resid_pre"]
+    with pytest.raises(HookNameError):
+        _ = block.hook_resid_nowhere
+
+
+def test_ov_and_qk_circuits_are_tl_factored_matrices(model):
+    from transformer_lens import FactoredMatrix
+
+    ov, qk = model.OV, model.QK
+    assert isinstance(ov, FactoredMatrix) and isinstance(qk, FactoredMatrix)
+    cfg = model.cfg
+    assert ov.shape == qk.shape == (cfg.n_layers, cfg.n_heads, cfg.d_model, cfg.d_model)
+    layer, head = cfg.n_layers - 1, 1
+    block = model.blocks[layer].attn
+    torch.testing.assert_close(ov.AB[layer, head], block.W_V[head] @ block.W_O[head], atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(qk.AB[layer, head], block.W_Q[head] @ block.W_K[head].T, atol=1e-6, rtol=1e-5)
+
+
+def _layer_table(model, layer):
+    block = layer_list(model.hf_model, model.adapter.modules["layers"])[layer]
+    return block, model.adapter.block_at(model.hf_model.config, layer)
+
+
+def test_rotated_queries_and_keys_give_hf_eager_attention(model, inputs, eager_hf):
+    from vlm_lens.adapter import get_module
+
+    layer = 0  # no family's toy makes layer 0 cross-attention or windowed below the prompt's length
+    names = [f"blocks.{layer}.attn.hook_rot_q", f"blocks.{layer}.attn.hook_rot_k"]
+    with torch.no_grad():
+        logits = model(inputs)
+        same, cache = model.run_with_cache(inputs, names_filter=names)
+        eager = eager_hf(**inputs.tensors, output_attentions=True).attentions[layer]
+    torch.testing.assert_close(same, logits, atol=0, rtol=0)  # read, they change nothing
+    q, k = cache[names[0]], cache[names[1]]  # [batch pos head d_head], [batch pos kv_head d_head]
+    k = k.repeat_interleave(q.shape[2] // k.shape[2], dim=2)
+    attn = get_module(*[_layer_table(model, layer)[0], _layer_table(model, layer)[1]["attn"]])
+    item = int(inputs.attention_mask.sum(1).argmax())  # the longest item: its last row sees every position
+    scores = torch.einsum("hd,khd->hk", q[item, -1], k[item]) * attn.scaling
+    visible = inputs.attention_mask[item].bool()
+    by_hand = torch.softmax(scores.masked_fill(~visible, float("-inf")), dim=-1)
+    torch.testing.assert_close(by_hand, eager[item, :, -1], atol=1e-5, rtol=1e-4)
+    # an edit: a zero query attends uniformly over what the row can see
+    with torch.no_grad():
+        _, zeroed = model.run_with_cache(
+            inputs,
+            names_filter=[f"blocks.{layer}.attn.hook_pattern"],
+            fwd_hooks=[(names[0], lambda act, hook: torch.zeros_like(act))],
+        )
+    row = zeroed["pattern", layer][item, :, -1]
+    torch.testing.assert_close(row, (visible / visible.sum()).expand_as(row).to(row.dtype), atol=1e-6, rtol=1e-5)
+
+
+def test_mlp_in_and_pre_linear_as_tl_defines_them(model, inputs):
+    from vlm_lens.adapter import get_module
+
+    layer = 0
+    block, table = _layer_table(model, layer)
+    seen = {}
+    handle = get_module(block, table["mlp_up"]).register_forward_hook(lambda m, a, o: seen.__setitem__("up", o))
+    try:
+        with torch.no_grad():
+            _, cache = model.run_with_cache(inputs, names_filter=[f"blocks.{layer}.mlp.hook_pre_linear"])
+    finally:
+        handle.remove()
+    torch.testing.assert_close(cache["blocks.0.mlp.hook_pre_linear"], seen["up"], atol=0, rtol=0)
+    names = [f"blocks.{layer}.hook_resid_mid", f"blocks.{layer}.hook_mlp_out", f"blocks.{layer}.hook_resid_post"]
+    with torch.no_grad():
+        _, clean = model.run_with_cache(inputs, names_filter=names)
+        _, edited = model.run_with_cache(
+            inputs, names_filter=names, fwd_hooks=[(f"blocks.{layer}.hook_mlp_in", lambda act, hook: act * 0)]
+        )
+        zeros = torch.zeros_like(clean["resid_mid", layer])
+        mlp_of_nothing = get_module(block, table["mlp_out"])(get_module(block, table["ln2"])(zeros))
+    # the MLP alone saw zeros; the residual it adds to did not
+    torch.testing.assert_close(edited["resid_mid", layer], clean["resid_mid", layer], atol=0, rtol=0)
+    if not any(k.endswith("_post_norm") for k in model.adapter.block):
+        torch.testing.assert_close(edited["mlp_out", layer], mlp_of_nothing, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(
+        edited["resid_post", layer], edited["resid_mid", layer] + edited["mlp_out", layer], atol=1e-5, rtol=1e-5
+    )

@@ -213,7 +213,7 @@ def test_the_model_is_a_module_with_transformer_lens_config_fields(model, inputs
         text.num_key_value_heads,
         "RMS",
     )
-    tokens = model.to_str_tokens(inputs)
+    tokens = model.to_str_tokens(inputs.input_ids)  # ids alone: the tokenizer's strings (VLMInputs label images)
     assert len(tokens) == 2 and len(tokens[0]) == inputs.input_ids.shape[1]
     span = inputs.image_spans[0][0]
     assert {tokens[0][i] for i in span.positions} == {model.tokenizer.convert_ids_to_tokens(cfg.image_token_id)}

@@ -40,6 +40,10 @@ class AttentionRequest:
     pattern: Callable[[Float[Tensor, "batch head query key"]], Tensor] | None = None
     scores: Callable[[Float[Tensor, "batch head query key"]], Tensor] | None = None  # before softmax (eager too)
     rows: Callable[[Float[Tensor, "batch head row key"]], Tensor] | None = None  # returns the (edited) rows
+    # the queries / keys after rotary, [batch pos head d_head] (hook_rot_q / hook_rot_k); while generating with a
+    # KV cache the keys are every cached position's
+    rot_q: Callable[[Float[Tensor, "batch pos head d_head"]], Tensor] | None = None
+    rot_k: Callable[[Float[Tensor, "batch pos kv_head d_head"]], Tensor] | None = None
     query_positions: Int[Tensor, "batch row"] | None = None  # None: the last query position
     differentiable_rows: bool = False  # a backward hook wants d/d(rows): the rows' outputs are computed from them
     # every position so far: a sliding-window layer's cache (Gemma 3) holds only the last keys while generating;
@@ -78,6 +82,12 @@ def _base_function(base: str, module) -> Callable:
 
 def attention_forward(module, query, key, value, attention_mask, *args, base: str, **kwargs):
     request: AttentionRequest | None = kwargs.pop(REQUEST_KWARG, None)
+    if (
+        request is not None and request.rot_q is not None
+    ):  # [batch head pos d_head] seen as TL's [batch pos head d_head]
+        query = request.rot_q(query.transpose(1, 2)).transpose(1, 2)
+    if request is not None and request.rot_k is not None:
+        key = request.rot_k(key.transpose(1, 2)).transpose(1, 2)
     if request is None or (request.pattern is None and request.rows is None and request.scores is None):
         return _base_function(base, module)(module, query, key, value, attention_mask, *args, **kwargs)
     if request.pattern is not None or request.scores is not None:

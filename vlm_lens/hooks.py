@@ -46,7 +46,7 @@ def site_module(hf_model: Any, adapter: Adapter, info: HookInfo) -> nn.Module:
     if kind == "inject":  # read at the next block's input (the final norm's after the last block)
         layers = layer_list(hf_model, adapter.modules["layers"])
         return layers[info.at + 1] if info.at + 1 < len(layers) else get_module(hf_model, adapter.modules["final_norm"])
-    if kind in ("pattern", "pattern_rows", "scores", "resid_mid"):
+    if kind in ("pattern", "pattern_rows", "scores", "rot_q", "rot_k", "resid_mid"):
         key = "attn" if kind != "resid_mid" else "attn_out"
     if kind in ("cross_write", "cross_mid"):  # read at ln2's input and the layer's output (vlm_lens.cross)
         key = "block"
@@ -198,7 +198,9 @@ class HookSession:
         modules: dict[int, nn.Module] = {}
         mids: dict[int, list] = defaultdict(list)
         views: dict[int, list] = defaultdict(list)  # computed per-module views: norm scales, head results
-        attn: dict[int, dict[str, list]] = defaultdict(lambda: {"pattern": [], "pattern_rows": [], "scores": []})
+        attn: dict[int, dict[str, list]] = defaultdict(
+            lambda: {"pattern": [], "pattern_rows": [], "scores": [], "rot_q": [], "rot_k": []}
+        )
         cross: dict[int, dict[str, list]] = defaultdict(lambda: {"attn": [], "mid": [], "mlp": []})
 
         injected: set[int] = set()
@@ -374,6 +376,7 @@ class HookSession:
             module = self._attn_module(layer)
             self.sessions.route(module.config)
             pattern, rows, scores = chains["pattern"], chains["pattern_rows"], chains["scores"]
+            rot_q, rot_k = chains["rot_q"], chains["rot_k"]
 
             cross = layer in self.adapter.crossing(self.hf_model.config)  # keys: the image's, not positions
 
@@ -384,6 +387,8 @@ class HookSession:
                 pattern=pattern,
                 rows=rows,
                 scores=scores,
+                rot_q=rot_q,
+                rot_k=rot_k,
                 differentiable=layer in grad_rows,
                 cross=cross,
             ):
@@ -391,6 +396,8 @@ class HookSession:
                     pattern=(lambda p: run_chain(pattern, p, state)) if pattern else None,
                     scores=(lambda s: run_chain(scores, s, state)) if scores else None,
                     rows=(lambda r: run_chain(rows, r, state)) if rows else None,
+                    rot_q=(lambda q: run_chain(rot_q, q, state)) if rot_q else None,
+                    rot_k=(lambda k: run_chain(rot_k, k, state)) if rot_k else None,
                     query_positions=state.query_positions if state.step == 0 else None,
                     key_length=None if state.prefill_length is None or cross else state.prefill_length + state.step,
                     differentiable_rows=differentiable,

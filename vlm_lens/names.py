@@ -43,6 +43,7 @@ class HookSpec:
 #   kind "result": each head's write z_h @ W_O[h], computed from o_proj's input; an edit changes o_proj's output
 #   kind "scores": the attention scores before softmax (scaled, masked with the dtype's minimum, soft-capped)
 #   kind "inject": what the language model adds between block l and the next (next input - block l's output)
+#   kind "rot_q" / "rot_k": the queries / keys after rotary, as the attention function receives them
 BLOCK_HOOKS: tuple[HookSpec, ...] = (
     HookSpec("blocks.{l}.hook_resid_pre", Site("in", "block"), "batch pos d_model"),
     HookSpec("blocks.{l}.ln1.hook_scale", Site("scale", "ln1"), "batch pos 1"),
@@ -50,6 +51,8 @@ BLOCK_HOOKS: tuple[HookSpec, ...] = (
     HookSpec("blocks.{l}.attn.hook_q", Site("out", "attn_q"), "batch pos head d_head"),
     HookSpec("blocks.{l}.attn.hook_k", Site("out", "attn_k"), "batch pos kv_head d_head"),
     HookSpec("blocks.{l}.attn.hook_v", Site("out", "attn_v"), "batch pos kv_head d_head"),
+    HookSpec("blocks.{l}.attn.hook_rot_q", Site("rot_q"), "batch pos head d_head"),
+    HookSpec("blocks.{l}.attn.hook_rot_k", Site("rot_k"), "batch pos kv_head d_head"),
     HookSpec("blocks.{l}.attn.hook_attn_scores", Site("scores"), "batch head query key"),
     HookSpec("blocks.{l}.attn.hook_pattern", Site("pattern"), "batch head query key"),
     HookSpec("blocks.{l}.attn.hook_pattern_rows", Site("pattern_rows"), "batch head row key"),
@@ -57,9 +60,14 @@ BLOCK_HOOKS: tuple[HookSpec, ...] = (
     HookSpec("blocks.{l}.attn.hook_result", Site("result", "attn_o"), "batch pos head d_model"),
     HookSpec("blocks.{l}.hook_attn_out", Site("out", "attn_out"), "batch pos d_model"),
     HookSpec("blocks.{l}.hook_resid_mid", Site("resid_mid"), "batch pos d_model"),
+    # TL's use_hook_mlp_in: the MLP's own copy of the residual (ln2's input); an edit reaches the MLP only
+    HookSpec("blocks.{l}.hook_mlp_in", Site("in", "ln2"), "batch pos d_model"),
     HookSpec("blocks.{l}.ln2.hook_scale", Site("scale", "ln2"), "batch pos 1"),
     HookSpec("blocks.{l}.ln2.hook_normalized", Site("out", "ln2"), "batch pos d_model"),
     HookSpec("blocks.{l}.mlp.hook_pre", Site("out", "mlp_gate"), "batch pos d_mlp"),
+    HookSpec(
+        "blocks.{l}.mlp.hook_pre_linear", Site("out", "mlp_up"), "batch pos d_mlp"
+    ),  # the gated MLP's linear branch
     HookSpec("blocks.{l}.mlp.hook_post", Site("in", "mlp_down"), "batch pos d_mlp"),
     HookSpec("blocks.{l}.hook_mlp_out", Site("out", "mlp_out"), "batch pos d_model"),
     HookSpec("blocks.{l}.hook_resid_post", Site("out", "block"), "batch pos d_model"),
@@ -93,6 +101,8 @@ CROSS_ATTN_OUT = HookSpec("blocks.{l}.hook_cross_attn_out", Site("cross_write", 
 CROSS_BLOCK_HOOKS: tuple[HookSpec, ...] = tuple(
     spec
     for base in BLOCK_HOOKS
+    # cross-attention rotates nothing (no hook_rot_q / hook_rot_k); its ln2 input is read for the gated writes
+    if base.site.kind not in ("rot_q", "rot_k") and not base.template.endswith("hook_mlp_in")
     for spec in (
         (_CROSS.get(base.template, base),) + ((CROSS_ATTN_OUT,) if base.template.endswith("hook_attn_out") else ())
     )
@@ -117,7 +127,11 @@ OPT_IN_SUFFIXES = (
     "attn.hook_q",
     "attn.hook_k",
     "attn.hook_v",
+    "attn.hook_rot_q",
+    "attn.hook_rot_k",
     "attn.hook_result",
+    "hook_mlp_in",
+    "mlp.hook_pre_linear",
     "hook_scale",
 )
 

@@ -23,7 +23,7 @@ from jaxtyping import Float
 from torch import Tensor, nn
 
 from vlm_lens.adapter import get_module, layer_list
-from vlm_lens.errors import LayerIndexError
+from vlm_lens.errors import LayerIndexError, VLMLensError
 
 if TYPE_CHECKING:
     from vlm_lens.hosts import ModelHost as _Host
@@ -37,6 +37,16 @@ def _bias(linear: nn.Linear, size: int, like: Tensor) -> Tensor:
         if getattr(linear, "bias", None) is not None
         else torch.zeros(size, dtype=like.dtype, device=like.device)
     )
+
+
+def _factored(left: Tensor, right: Tensor):
+    try:
+        from transformer_lens import FactoredMatrix
+    except ImportError:
+        raise VLMLensError(
+            "model.OV and model.QK are transformer_lens FactoredMatrix objects: pip install 'vlm-lens[interop]'"
+        ) from None
+    return FactoredMatrix(left, right)
 
 
 class BlockWeights:
@@ -58,6 +68,8 @@ class BlockWeights:
             return b.repeat_interleave(group, dim=0) if n != cfg.n_heads else b
 
         self.module = block
+        self._model, self._layer = model, layer
+        self.ln1, self.ln2 = part("ln1"), part("ln2")  # the block's HF norms: block.ln1(resid) as the block computes it
         self.attn = SimpleNamespace(
             W_Q=heads(q, cfg.n_heads),
             W_K=heads(k, cfg.n_kv_heads),
@@ -76,6 +88,16 @@ class BlockWeights:
             b_in=_bias(up, cfg.d_mlp, up.weight),
             b_out=_bias(down, cfg.d_model, down.weight),
         )
+
+    def __getattr__(self, name: str):
+        """``blocks[l].hook_resid_pre`` and the block's other hook points, as TL's: the name's ``HookPoint``."""
+        if name.startswith("hook_"):
+            from vlm_lens.persistent import HookPoint
+
+            full = f"blocks.{self._layer}.{name}"
+            self._model.vocab.info(full)  # an unknown name: the vocabulary's error, with the closest names
+            return HookPoint(self._model, full)
+        raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
 
 
 class Blocks(Sequence):
@@ -105,6 +127,32 @@ class Weights(_Host):  # its host, for the type checker only (vlm_lens.hosts)
 
     def _stack(self, part: str, name: str) -> Tensor:
         return torch.stack([getattr(getattr(BlockWeights(self, l), part), name) for l in range(self.cfg.n_layers)])
+
+    @property
+    def ln_final(self) -> nn.Module:
+        """The final norm, the HF module itself: ``model.unembed(model.ln_final(resid))`` is the logits (TL's)."""
+        return get_module(self.hf_model, self.adapter.modules["final_norm"])
+
+    @property
+    def unembed(self) -> nn.Module:
+        """The unembedding, the HF module itself (``lm_head``)."""
+        return get_module(self.hf_model, self.adapter.modules["unembed"])
+
+    def embed(self, tokens: Tensor) -> Float[Tensor, "... d_model"]:
+        """TL's ``model.embed(tokens)``: ``W_E[tokens]``, the embeddings layer 0 receives for text tokens (an image
+        token's place holds the projector's output instead, so ``hook_embed`` differs there)."""
+        return self.W_E[tokens]
+
+    @property
+    def OV(self):
+        """TL's OV circuit, a ``transformer_lens.FactoredMatrix`` [layer, head, d_model, d_model]: W_V @ W_O."""
+        return _factored(self.W_V, self.W_O)
+
+    @property
+    def QK(self):
+        """TL's QK circuit, a ``transformer_lens.FactoredMatrix`` [layer, head, d_model, d_model]: W_Q @ W_K^T,
+        before rotary (as TL's for rotary models)."""
+        return _factored(self.W_Q, self.W_K.transpose(-2, -1))
 
     @property
     def W_U(self) -> Float[Tensor, "d_model vocab"]:
