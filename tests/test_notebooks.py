@@ -16,6 +16,7 @@ def test_notebooks_exist():
         "01_circuit_exploration.ipynb",
         "02_ablation_experiments.ipynb",
         "03_margin_curves.ipynb",
+        "04_transformer_lens_main_demo.ipynb",
     ]
 
 
