@@ -313,8 +313,9 @@ def attention_knockout(layers: Sequence[int], query_positions: Sequence[int] = (
 
 @no_type_check  # checks its own indices (the error contract): the tests' run-time type checker stays out
 @dataclass(frozen=True)
-class EmbeddingEdit(Intervention):
-    """Replace image-token embeddings at per-item positions by the item's mean image-token embedding, or zero."""
+class _PositionFill(Intervention):
+    """Per-item positions of an image's patches to fill with the item's mean patch value, or zero: what
+    ``EmbeddingEdit`` (image tokens) and ``KeyFeatureEdit`` (cross-attention keys) share."""
 
     positions: tuple[tuple[int, ...], ...]
     fill: str = "mean"
@@ -328,6 +329,12 @@ class EmbeddingEdit(Intervention):
     @property
     def name(self) -> str:
         return self.label
+
+
+@no_type_check  # checks its own indices (the error contract): the tests' run-time type checker stays out
+@dataclass(frozen=True)
+class EmbeddingEdit(_PositionFill):
+    """Replace image-token embeddings at per-item positions by the item's mean image-token embedding, or zero."""
 
     def hooks(self, model, inputs) -> Hooks:
         if len(self.positions) != inputs.batch_size:
@@ -359,24 +366,13 @@ def image_embedding_edit(
 
 @no_type_check  # checks its own indices (the error contract): the tests' run-time type checker stays out
 @dataclass(frozen=True)
-class KeyFeatureEdit(Intervention):
+class KeyFeatureEdit(_PositionFill):
     """The cross-attention counterpart of ``EmbeddingEdit`` (Llama-3.2-Vision, whose image is no tokens in the
     sequence but the keys of its cross-attention layers): replace the projected image features at per-item key
     positions (``VLMInputs.key_spans``) by the mean of the item's patch features, or zero, at
     ``projector.hook_out`` [batch, image, tile, patch, d_model], so every cross layer reads the edited keys."""
 
-    positions: tuple[tuple[int, ...], ...]
-    fill: str = "mean"
     label: str = field(default="mask patches (cross-attention keys)", compare=False)
-
-    def __post_init__(self):
-        if self.fill not in ("mean", "zero"):
-            raise InputError(f"fill must be 'mean' or 'zero', got {self.fill!r}")
-        object.__setattr__(self, "positions", tuple(whole_numbers(pos, "positions") for pos in self.positions))
-
-    @property
-    def name(self) -> str:
-        return self.label
 
     def hooks(self, model, inputs) -> Hooks:
         if not model.cfg.cross_layers or inputs.key_spans is None:

@@ -315,3 +315,10 @@ def test_mlp_in_and_pre_linear_as_tl_defines_them(model, inputs):
     torch.testing.assert_close(
         edited["resid_post", layer], edited["resid_mid", layer] + edited["mlp_out", layer], atol=1e-5, rtol=1e-5
     )
+
+
+@pytest.mark.parametrize("name", ["blocks.0.hook_attn_in", "blocks.0.attn.hook_q_input", "blocks.1.hook_v_input"])
+def test_tl_split_inputs_say_why_they_are_not_offered(model, inputs, name):
+    with pytest.raises(HookNameError, match="per-head split inputs are not offered") as raised:
+        model.run_with_hooks(inputs, fwd_hooks=[(name, lambda act, hook: None)])
+    assert "\n" not in str(raised.value)

@@ -203,6 +203,7 @@ _TL_NAMES = {
 }
 _TL_ATTN = ("k", "v", "q", "z", "rot_k", "rot_q", "result", "pattern", "attn_scores")
 _TL_MLP = ("pre", "post", "mid", "pre_linear")
+_TL_SPLIT_INPUTS = ("hook_attn_in", "hook_q_input", "hook_k_input", "hook_v_input")
 
 
 def tl_act_name(name: str, layer: int | str | None = None, layer_type: str | None = None) -> str:
@@ -344,6 +345,12 @@ class Vocabulary:
         return name
 
     def _unknown(self, name: str) -> HookNameError:
+        if name.endswith(_TL_SPLIT_INPUTS):
+            return HookNameError(
+                f"{name!r}: TransformerLens's per-head split inputs are not offered (the HF projections run on the whole "
+                "residual, so a per-head input would need them recomputed head by head); read or edit "
+                "ln1.hook_normalized (the input every head shares) or attn.hook_q / hook_k / hook_v (per head)"
+            )
         parts = name.split(".")
         # Only for the message: a well-formed name whose layer is out of range.
         for prefix, n in (("blocks", self.n_layers), ("vision.blocks", self.n_vision_layers)):
