@@ -53,9 +53,12 @@ def test_real_sizes_on_meta(real):
     ) == (layers, vision, size.d_model, d_mlp, heads, d_head, size.d_vocab, d_vision)
     assert next(model.hf_model.parameters()).device.type == "meta"
     names = model.hook_names()
-    # 23 per block (11 of them opt-in), a DeepStack point after each injecting layer; a cross-attention layer has
-    # hook_cross_attn_out and no hook_rot_q, hook_rot_k or hook_mlp_in (2 fewer); vision, projector, embed, final x2
-    assert len(names) == layers * 23 + len(model.vocab.injected_layers) - 2 * len(cfg.cross_layers) + vision + 4
+    # 27 per block (15 of them opt-in), a DeepStack point after each injecting layer; a cross-attention layer has
+    # hook_cross_attn_out and no hook_rot_q, hook_rot_k, hook_mlp_in or split inputs (6 fewer); grouped-query
+    # attention has no hook_attn_in (1 fewer per other layer); vision, projector, embed, final x2
+    per_block = 27 - (cfg.n_key_value_heads != cfg.n_heads)
+    cross = len(cfg.cross_layers) * (6 - (cfg.n_key_value_heads != cfg.n_heads))
+    assert len(names) == layers * per_block + len(model.vocab.injected_layers) - cross + vision + 4
     assert f"blocks.{layers - 1}.hook_resid_post" in names and f"blocks.{layers}.hook_resid_post" not in names
     assert model.hook_shape(f"blocks.{layers - 1}.mlp.hook_post") == ("batch", "pos", d_mlp)
     assert model.hook_shape("blocks.0.attn.hook_z") == ("batch", "pos", heads, d_head)

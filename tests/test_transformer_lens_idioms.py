@@ -317,8 +317,112 @@ def test_mlp_in_and_pre_linear_as_tl_defines_them(model, inputs):
     )
 
 
-@pytest.mark.parametrize("name", ["blocks.0.hook_attn_in", "blocks.0.attn.hook_q_input", "blocks.1.hook_v_input"])
-def test_tl_split_inputs_say_why_they_are_not_offered(model, inputs, name):
-    with pytest.raises(HookNameError, match="per-head split inputs are not offered") as raised:
+SPLIT = ("hook_attn_in", "hook_q_input", "hook_k_input", "hook_v_input")
+
+
+def test_split_inputs_are_each_heads_copy_and_change_nothing_unedited(model, inputs):
+    layer = 0  # never a cross-attention layer on the toys
+    names = [f"blocks.{layer}.{name}" for name in SPLIT]
+    if model.cfg.n_key_value_heads != model.cfg.n_heads:
+        names = names[1:]  # hook_attn_in: see the grouped-query test below
+    with torch.no_grad():
+        clean, cache = model.run_with_cache(inputs, names_filter=[*names, f"blocks.{layer}.hook_resid_pre"])
+        again = model(inputs)
+    torch.testing.assert_close(clean, again, atol=0, rtol=0)  # hooked unedited: the logits bitwise unchanged
+    resid = cache["resid_pre", layer]
+    for name in names:
+        heads = model.cfg.n_heads if name.endswith(("attn_in", "q_input")) else model.cfg.n_key_value_heads
+        assert cache[name].shape == (*resid.shape[:2], heads, model.cfg.d_model)
+        torch.testing.assert_close(cache[name], resid.unsqueeze(-2).expand_as(cache[name]), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("which", ["q", "k", "v"])
+def test_a_split_input_edit_is_a_hand_patch_of_one_heads_projection(model, inputs, which):
+    """The oracle: a raw torch hook that puts proj(ln1(edited input)) into one head's slice of the projection."""
+    from vlm_lens.adapter import get_module
+
+    layer, head = 0, 1 if which == "q" else model.cfg.n_key_value_heads - 1
+    block, table = _layer_table(model, layer)
+    proj, norm = get_module(block, table[f"attn_{which}"]), get_module(block, table["ln1"])
+    d_head, noise = model.cfg.d_head, torch.randn(model.cfg.d_model, generator=torch.Generator().manual_seed(3))
+
+    def edit(act, hook):
+        act[:, -1, head] += noise  # in place, as TL users write it
+        return None
+
+    def hand(module, args, output):
+        x = args[0].clone()
+        x[:, -1] += noise
+        out = output.clone()
+        out[..., head * d_head : (head + 1) * d_head] = torch.nn.functional.linear(
+            norm.forward(x), proj.weight, proj.bias
+        )[..., head * d_head : (head + 1) * d_head]
+        return out
+
+    with torch.no_grad():
+        ours = model.run_with_hooks(inputs, fwd_hooks=[(f"blocks.{layer}.hook_{which}_input", edit)])
+        handles = [norm.register_forward_pre_hook(lambda m, a: m.__dict__.__setitem__("_x", a[0]))]
+        handles.append(proj.register_forward_hook(lambda m, a, o: hand(m, (norm._x,), o)))
+        try:
+            oracle = model(inputs)
+        finally:
+            for handle in handles:
+                handle.remove()
+            del norm._x
+        clean = model(inputs)
+    assert not torch.allclose(ours, clean)
+    torch.testing.assert_close(ours, oracle, atol=1e-5, rtol=1e-4)
+
+
+def test_split_input_gradients_add_up_to_the_attentions_share_of_the_residuals(model, inputs):
+    """d loss / d resid_pre = d loss / d resid_mid (the skip) + the sum over every head's q, k and v input."""
+    layer, grads = 0, {}
+
+    def keep(act, hook):
+        grads[hook.name] = act.clone()
+
+    names = [f"blocks.{layer}.{n}" for n in ("hook_resid_pre", "hook_resid_mid", *SPLIT[1:])]
+    logits = model.run_with_hooks(inputs, bwd_hooks=[(name, keep) for name in names])
+    logits[:, -1].logsumexp(-1).sum().backward()
+    model.hf_model.zero_grad(set_to_none=True)
+    heads = sum(grads[f"blocks.{layer}.{n}"].sum(-2) for n in SPLIT[1:])
+    torch.testing.assert_close(grads[names[0]], grads[names[1]] + heads, atol=1e-5, rtol=1e-4)
+    assert heads.abs().sum() > 0
+
+
+def _zero_head(act, hook):
+    act[:, :, 0] = 0
+    return None
+
+
+def test_attn_in_on_grouped_query_attention_says_why_not(model, inputs):
+    if model.cfg.n_key_value_heads == model.cfg.n_heads:
+        pytest.skip(f"{model.cfg.family}'s toy has as many key/value heads as query heads")
+    assert "blocks.0.hook_attn_in" not in model.hook_names()
+    with pytest.raises(HookNameError, match="grouped-query attention") as raised:
+        model.run_with_hooks(inputs, fwd_hooks=[("blocks.0.hook_attn_in", _zero_head)])
+    assert "\n" not in str(raised.value)
+
+
+@pytest.mark.parametrize("family", ["llava", "qwen2_vl"])
+def test_attn_in_feeds_queries_keys_and_values_alike(family, images):
+    from tests.conftest import tiny
+
+    model = tiny(family, text={"num_key_value_heads": 4})  # every toy is grouped-query: one without
+    assert model.cfg.n_key_value_heads == model.cfg.n_heads
+    inputs = model.prepare(images=images, prompts=["is there a red square in the image ?", "how many"])
+    with torch.no_grad():
+        ours = model.run_with_hooks(inputs, fwd_hooks=[("blocks.0.hook_attn_in", _zero_head)])
+        three = model.run_with_hooks(inputs, fwd_hooks=[(f"blocks.0.{n}", _zero_head) for n in SPLIT[1:]])
+        clean = model(inputs)
+    assert not torch.allclose(ours, clean)
+    torch.testing.assert_close(ours, three, atol=0, rtol=0)
+
+
+def test_cross_attention_layers_say_they_have_no_split_inputs(model, inputs):
+    if not model.cfg.cross_layers:
+        pytest.skip(f"{model.cfg.family} has no cross-attention layers")
+    name = f"blocks.{model.cfg.cross_layers[0]}.hook_k_input"
+    with pytest.raises(HookNameError, match="cross-attention layer") as raised:
         model.run_with_hooks(inputs, fwd_hooks=[(name, lambda act, hook: None)])
     assert "\n" not in str(raised.value)

@@ -28,6 +28,7 @@ class RunState:
     block_out: dict[int, Tensor] = field(default_factory=dict)  # block outputs, for hook_deepstack
     cross_mid: dict[int, Tensor] = field(default_factory=dict)  # a cross-attention layer's resid_mid (vlm_lens.cross)
     cross_delta: dict[int, Tensor | None] = field(default_factory=dict)  # and what its hooks changed it by
+    split_in: dict[int, dict[str, Tensor]] = field(default_factory=dict)  # ln1's input (vlm_lens.split_inputs)
     ctx: dict = field(default_factory=dict)
 
 

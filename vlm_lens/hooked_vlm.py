@@ -123,10 +123,12 @@ class HookedVLM(Preparing, Weights, PersistentHooks, SAESplicing, nn.Module):
         layers = layer_list(hf_model, adapter.modules["layers"])
         vision_layers = layer_list(hf_model, adapter.modules["vision_layers"])
         injected = adapter.injected_layers(hf_model.config) if adapter.injected_layers else ()
-        self.vocab = Vocabulary(len(layers), len(vision_layers), injected, adapter.crossing(hf_model.config))
         attn = get_module(layers[0], adapter.block["attn"])
         q_out = get_module(layers[0], adapter.block["attn_q"]).weight.shape[0]
         k_out = get_module(layers[0], adapter.block["attn_k"]).weight.shape[0]
+        self.vocab = Vocabulary(
+            len(layers), len(vision_layers), injected, adapter.crossing(hf_model.config), grouped=k_out != q_out
+        )
         text = hf_model.config.get_text_config()
         self._cfg = VLMConfig(
             family=adapter.family,

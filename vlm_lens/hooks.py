@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from vlm_lens import attention
+from vlm_lens import attention, split_inputs
 from vlm_lens import cross as cross_hooks
 from vlm_lens.adapter import Adapter, get_module, layer_list
 from vlm_lens.errors import HookNameError, HookSessionError, InputTypeError
@@ -50,6 +50,8 @@ def site_module(hf_model: Any, adapter: Adapter, info: HookInfo) -> nn.Module:
         key = "attn" if kind != "resid_mid" else "attn_out"
     if kind in ("cross_write", "cross_mid"):  # read at ln2's input and the layer's output (vlm_lens.cross)
         key = "block"
+    if kind == "split":  # ln1's input, corrected at the projections' outputs (vlm_lens.split_inputs)
+        key = "ln1"
     if key == "block":
         return layer_list(hf_model, adapter.modules["layers"])[info.at]
     if key == "vision_block":
@@ -175,6 +177,7 @@ class HookSession:
         self.state.block_out.clear()
         self.state.cross_mid.clear()
         self.state.cross_delta.clear()
+        self.state.split_in.clear()
 
     def _chains(self) -> list[tuple[HookInfo, HookFn]]:
         """Every hook as a forward one, in firing order; at one name, forward edits run before backward hooks
@@ -202,6 +205,9 @@ class HookSession:
             lambda: {"pattern": [], "pattern_rows": [], "scores": [], "rot_q": [], "rot_k": []}
         )
         cross: dict[int, dict[str, list]] = defaultdict(lambda: {"attn": [], "mid": [], "mlp": []})
+        split: dict[int, dict[str, list]] = defaultdict(
+            lambda: {"attn": [], **{k: [] for k in split_inputs.PROJECTIONS}}
+        )
 
         injected: set[int] = set()
         for info, fn in self._chains():
@@ -219,6 +225,8 @@ class HookSession:
                 mids[info.at].append((info, fn))
             elif site.kind in ("cross_write", "cross_mid"):
                 cross[info.at][site.key or "mid"].append((info, fn))
+            elif site.kind == "split":
+                split[info.at][site.key or "attn"].append((info, fn))
             elif site.kind == "sae":  # run by the SAE's splice at its host name, while this session lasts
                 self._handles.append(_Listed(self.sessions.sae_hooks[info.name], (info, fn, self.state)))
             else:
@@ -250,6 +258,9 @@ class HookSession:
             self._handles.append(block.register_forward_hook(cross_hooks.out_hook(self.state, layer, chains["mlp"])))
         for key, chain in ins.items():
             self._handles.append(modules[key].register_forward_pre_hook(self._pre_hook(chain), with_kwargs=True))
+        for layer, chains in split.items():  # before the projections' output hooks: hook_q sees the edited queries
+            block = layer_list(self.hf_model, self.adapter.modules["layers"])[layer]
+            self._handles += split_inputs.install(self.hf_model, self.adapter, block, layer, chains, self.state)
         for key, chain in views.items():  # before the module's output hooks: hook_normalized sees a rescaled norm
             make = self._scale_hook if chain[0][0].spec.site.kind == "scale" else self._result_hook
             self._handles.append(modules[key].register_forward_hook(make(chain, modules[key]), with_kwargs=True))

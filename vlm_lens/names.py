@@ -48,6 +48,11 @@ BLOCK_HOOKS: tuple[HookSpec, ...] = (
     HookSpec("blocks.{l}.hook_resid_pre", Site("in", "block"), "batch pos d_model"),
     HookSpec("blocks.{l}.ln1.hook_scale", Site("scale", "ln1"), "batch pos 1"),
     HookSpec("blocks.{l}.ln1.hook_normalized", Site("out", "ln1"), "batch pos d_model"),
+    # TL's use_attn_in / use_split_qkv_input: each head's own copy of ln1's input (vlm_lens.split_inputs)
+    HookSpec("blocks.{l}.hook_attn_in", Site("split", "attn"), "batch pos head d_model"),
+    HookSpec("blocks.{l}.hook_q_input", Site("split", "attn_q"), "batch pos head d_model"),
+    HookSpec("blocks.{l}.hook_k_input", Site("split", "attn_k"), "batch pos kv_head d_model"),
+    HookSpec("blocks.{l}.hook_v_input", Site("split", "attn_v"), "batch pos kv_head d_model"),
     HookSpec("blocks.{l}.attn.hook_q", Site("out", "attn_q"), "batch pos head d_head"),
     HookSpec("blocks.{l}.attn.hook_k", Site("out", "attn_k"), "batch pos kv_head d_head"),
     HookSpec("blocks.{l}.attn.hook_v", Site("out", "attn_v"), "batch pos kv_head d_head"),
@@ -101,8 +106,9 @@ CROSS_ATTN_OUT = HookSpec("blocks.{l}.hook_cross_attn_out", Site("cross_write", 
 CROSS_BLOCK_HOOKS: tuple[HookSpec, ...] = tuple(
     spec
     for base in BLOCK_HOOKS
-    # cross-attention rotates nothing (no hook_rot_q / hook_rot_k); its ln2 input is read for the gated writes
-    if base.site.kind not in ("rot_q", "rot_k") and not base.template.endswith("hook_mlp_in")
+    # cross-attention rotates nothing (no hook_rot_q / hook_rot_k); its ln2 input is read for the gated writes; its
+    # keys and values do not come from the residual (no split inputs)
+    if base.site.kind not in ("rot_q", "rot_k", "split") and not base.template.endswith("hook_mlp_in")
     for spec in (
         (_CROSS.get(base.template, base),) + ((CROSS_ATTN_OUT,) if base.template.endswith("hook_attn_out") else ())
     )
@@ -131,6 +137,10 @@ OPT_IN_SUFFIXES = (
     "attn.hook_rot_k",
     "attn.hook_result",
     "hook_mlp_in",
+    "hook_attn_in",
+    "hook_q_input",
+    "hook_k_input",
+    "hook_v_input",
     "mlp.hook_pre_linear",
     "hook_scale",
 )
@@ -229,8 +239,9 @@ def tl_act_name(name: str, layer: int | str | None = None, layer_type: str | Non
 class Vocabulary:
     """All hook names of one model, with the specs behind them."""
 
-    def __init__(self, n_layers: int, n_vision_layers: int, injected_layers=(), cross_layers=()):
+    def __init__(self, n_layers: int, n_vision_layers: int, injected_layers=(), cross_layers=(), grouped=False):
         self.n_layers = n_layers
+        self.grouped = grouped  # grouped-query attention: fewer key/value heads than query heads, no hook_attn_in
         self.n_vision_layers = n_vision_layers
         self.injected_layers = tuple(injected_layers)  # layers followed by a hook_deepstack
         self.cross_layers = tuple(sorted(cross_layers))  # layers whose attention is cross-attention to the image
@@ -242,6 +253,8 @@ class Vocabulary:
         for l in range(n_layers):
             block = CROSS_BLOCK_HOOKS if l in self.cross_layers else BLOCK_HOOKS
             for spec in block + ((INJECT_HOOK,) if l in self.injected_layers else ()):
+                if grouped and spec.site == Site("split", "attn"):
+                    continue
                 infos.append(HookInfo(spec.template.format(l=l), spec, l, len(infos)))
         infos.append(HookInfo(FINAL_SCALE_HOOK.template, FINAL_SCALE_HOOK, None, len(infos)))
         infos.append(HookInfo(FINAL_HOOK.template, FINAL_HOOK, None, len(infos)))
@@ -254,6 +267,7 @@ class Vocabulary:
                 for l in range(n_layers)
                 for name in block_names(l, l in self.cross_layers)
                 + ([INJECT_HOOK.template.format(l=l)] if l in self.injected_layers else [])
+                if name in self._infos
             ]
             + [FINAL_SCALE_HOOK.template, FINAL_HOOK.template]
         )
@@ -345,13 +359,23 @@ class Vocabulary:
         return name
 
     def _unknown(self, name: str) -> HookNameError:
-        if name.endswith(_TL_SPLIT_INPUTS):
-            return HookNameError(
-                f"{name!r}: TransformerLens's per-head split inputs are not offered (the HF projections run on the whole "
-                "residual, so a per-head input would need them recomputed head by head); read or edit "
-                "ln1.hook_normalized (the input every head shares) or attn.hook_q / hook_k / hook_v (per head)"
-            )
         parts = name.split(".")
+        if (
+            name.endswith(_TL_SPLIT_INPUTS)
+            and len(parts) > 1
+            and parts[1].isdigit()
+            and int(parts[1]) in self.cross_layers
+        ):
+            return HookNameError(
+                f"{name!r}: layer {parts[1]} is a cross-attention layer, whose keys and values read the image, not the "
+                "residual, so it has no per-head split inputs; hook its ln1.hook_normalized or attn.hook_q instead"
+            )
+        if name.endswith("hook_attn_in") and self.grouped:
+            return HookNameError(
+                f"{name!r}: one copy of the residual per head cannot feed this model's fewer key/value heads "
+                "(grouped-query attention), so TransformerLens's hook_attn_in is not offered; hook hook_q_input, "
+                "hook_k_input and hook_v_input (one copy per query head, per key/value head) instead"
+            )
         # Only for the message: a well-formed name whose layer is out of range.
         for prefix, n in (("blocks", self.n_layers), ("vision.blocks", self.n_vision_layers)):
             depth = prefix.count(".") + 1
