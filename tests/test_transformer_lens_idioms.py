@@ -426,3 +426,38 @@ def test_cross_attention_layers_say_they_have_no_split_inputs(model, inputs):
     with pytest.raises(HookNameError, match="cross-attention layer") as raised:
         model.run_with_hooks(inputs, fwd_hooks=[(name, lambda act, hook: None)])
     assert "\n" not in str(raised.value)
+
+
+def test_cache_logit_lens_is_tl_4s_reading_the_real_norm_and_unembedding(model, inputs, full_cache):
+    pytest.importorskip("transformer_lens.tools.analysis.logit_lens", reason="cache.logit_lens is TL 4's")
+    with torch.no_grad():
+        logits = model(inputs)
+        lens = full_cache.logit_lens()  # every entry, the last position
+        hand = torch.stack(
+            [model.unembed(model.ln_final(full_cache["resid_pre", l][:, -1])) for l in range(model.cfg.n_layers)]
+        )
+    n = model.cfg.n_layers
+    assert lens.labels == [*(f"{l}_pre" for l in range(n)), "final_post"]
+    torch.testing.assert_close(lens.values[-1], logits[:, -1], atol=1e-4, rtol=1e-4)  # HF's own logits
+    torch.testing.assert_close(lens.values[:-1], hand, atol=1e-4, rtol=1e-4)
+
+
+def test_cache_logit_lens_reads_the_image_positions(model):
+    pytest.importorskip("transformer_lens.tools.analysis.logit_lens", reason="cache.logit_lens is TL 4's")
+    one = model.prepare(images=make_images()[:1], prompts=["is there a red square in the image ?"])
+    with torch.no_grad():
+        _, cache = model.run_with_cache(one)
+        image = cache.logit_lens(positions="image", layers=[1], top_k=3)
+        at = (one.input_ids[0] == model.cfg.image_token_id).nonzero()[:, 0]
+        by_hand = model.unembed(model.ln_final(cache["resid_pre", 1][:, at]))
+    assert image.labels == ["1_pre"] and image.values.shape == (1, 1, len(at), 3)
+    assert torch.equal(image.readout.top_ids[0], by_hand.topk(3, dim=-1).indices)
+
+
+def test_cache_logit_lens_on_a_filtered_cache_names_what_is_missing(model, inputs):
+    pytest.importorskip("transformer_lens.tools.analysis.logit_lens", reason="cache.logit_lens is TL 4's")
+    with torch.no_grad():
+        _, cache = model.run_with_cache(inputs, names_filter=["blocks.0.hook_resid_pre"])
+    with pytest.raises(InputError, match="was not cached") as raised:
+        cache.logit_lens()
+    assert "\n" not in str(raised.value)
