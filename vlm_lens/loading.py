@@ -126,20 +126,28 @@ def load_pretrained(
     """(HF model in eval mode, processor) for a hub id, a local directory or a zoo name.
 
     ``dtype`` None or "auto" loads the dtype the checkpoint's config declares (transformers 5's
-    default: float16 for llava-1.5-7b-hf, bfloat16 for Qwen2-VL-7B). ``device`` moves the whole
-    model to one device; ``device_map`` ("auto", "balanced", or a dict) shards it across the
-    visible GPUs through accelerate, for models larger than one card. Give one or the other.
+    default: float16 for llava-1.5-7b-hf, bfloat16 for Qwen2-VL-7B). ``device`` loads the whole
+    model straight onto one device (``device_map={"": device}``: the weights never sit in host memory
+    first); ``device_map`` ("auto", "balanced", or a dict) shards it across the visible GPUs through
+    accelerate, for models larger than one card. Give one or the other.
     """
     if device is not None and device_map is not None:
         raise InputError("give device (the whole model on one device) or device_map (sharded), not both")
     parse_dtype(dtype)
     check_device(device)
+    if device is not None and torch.device(device).type == "meta":
+        raise InputError(
+            "device 'meta' holds no weights, so there is nothing to load onto it; inspect a real-size architecture "
+            "with HookedVLM.from_config(config) (built on meta)"
+        )
     source = zoo.resolve(name_or_path)
     config = _config(source)
     adapter, cls = _adapter_and_class(config)
     kwargs: dict[str, Any] = {"dtype": parse_dtype(dtype) or "auto"}
     if device_map is not None:
         kwargs["device_map"] = device_map
+    elif device is not None:  # straight onto the device, not host memory first (a 7B model: 14 GB of RAM)
+        kwargs["device_map"] = {"": str(device)}
     if attn_implementation is not None:
         kwargs["attn_implementation"] = attn_implementation
     try:
@@ -150,8 +158,6 @@ def load_pretrained(
             f"cannot load the weights of model {name_or_path!r}: {first} (a checkpoint folder needs "
             "complete model.safetensors or pytorch_model.bin files; copy or download it again)"
         ) from e
-    if device is not None:
-        model = model.to(device)
     if processor is None:
         processor = adapter.load_processor(source)
     return model.eval(), processor
