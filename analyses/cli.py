@@ -1,7 +1,7 @@
 """The ``vlm-lens`` command: the outermost layer, the one module that ties core, adapters and analyses together.
 
-    vlm-lens demo                       # a tiny random LLaVA, end to end, in seconds
-    vlm-lens demo --family qwen2_vl     # any registered family (model_adapters.SPECS)
+    vlm-lens demo                       # the trained toy LLaVA, end to end, in seconds
+    vlm-lens demo --family qwen2_vl     # a tiny random model of any registered family (model_adapters.SPECS)
     vlm-lens demo --model path/or/hub-id
 
 Errors the user can fix (a bad file, setting, folder or model name: ``VLMLensError`` and ``OSError``)
@@ -16,16 +16,17 @@ import json
 import sys
 import traceback
 import warnings
+from typing import TYPE_CHECKING
 
-import numpy as np
-import torch
 import typer
-from PIL import Image
 
-from analyses.attention_structure import image_grids
-from analyses.logit_lens import logit_lens
-from vlm_lens import HookedVLM
 from vlm_lens.errors import VLMLensError, VLMLensWarning
+
+if TYPE_CHECKING:
+    from vlm_lens import HookedVLM
+
+# torch, transformers and the analyses are imported inside the commands: --help, a usage error or a wrong setting
+# is answered before they load (benchmarks/cli_startup.py measures it)
 
 app = typer.Typer(
     add_completion=False,
@@ -115,9 +116,13 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _demo_model(family: str, model: str | None) -> HookedVLM:
-    if model is not None:
-        return HookedVLM.from_pretrained(model)
+def _demo_model(family: str | None, model: str | None) -> HookedVLM:
+    from vlm_lens import HookedVLM
+
+    if family is not None and model is not None:
+        raise typer.BadParameter("give --family (a tiny random model) or --model, not both")
+    if family is None:
+        return HookedVLM.from_pretrained(model or DEMO_MODEL)
     from model_adapters import SPECS
 
     if family not in SPECS:
@@ -126,17 +131,37 @@ def _demo_model(family: str, model: str | None) -> HookedVLM:
     return HookedVLM.from_hf(hf, processor)
 
 
+DEMO_MODEL = "toy-llava"  # trained: its answer means something, unlike a random tiny model's
+
+
 @app.command()
 def demo(
-    family: str = typer.Option("llava", help="tiny random model of this family (any of model_adapters.SPECS)"),
-    model: str | None = typer.Option(None, help="a hub id or local checkpoint instead of the tiny model"),
-    prompt: str = typer.Option("is there a red square in the image ?", help="the question"),
-    seed: int = typer.Option(0, min=0, help="seed of the random test image"),
+    family: str | None = typer.Option(
+        None, help="a tiny random model of this family instead (any of model_adapters.SPECS)"
+    ),
+    model: str | None = typer.Option(None, help=f"a zoo toy, hub id or local checkpoint (default {DEMO_MODEL})"),
+    prompt: str | None = typer.Option(
+        None, help="your own question, about a random-noise image (default: a Shapes one)"
+    ),
+    seed: int = typer.Option(5, min=0, help="seed of the Shapes question and its image (or of the noise image)"),
 ) -> None:
     """Run one image and question through a hooked model: spans, attention to the image, logit lens."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from analyses.attention_structure import image_grids
+    from analyses.data.shapes import generate, image_of
+    from analyses.logit_lens import logit_lens
+
     vlm = _demo_model(family, model)
-    rng = np.random.RandomState(seed)
-    image = Image.fromarray(rng.randint(0, 255, (64, 64, 3), dtype=np.uint8))
+    gold = None
+    if prompt is None:  # a Shapes question, with the answer it should get
+        question = generate(1, seed=seed)[0]
+        image, prompt, gold = Image.fromarray(image_of(question, seed=seed)), question.text, question.label
+    else:
+        rng = np.random.RandomState(seed)
+        image = Image.fromarray(rng.randint(0, 255, (64, 64, 3), dtype=np.uint8))
     inputs = vlm.prepare(images=[image], prompts=[prompt])
     with torch.no_grad():
         logits, cache = vlm.run_with_cache(
@@ -162,7 +187,8 @@ def demo(
     typer.echo(
         f"prompt tokens: {inputs.input_ids.shape[1]}; image tokens {span.start}..{span.end - 1} on a {span.grid[0]}x{span.grid[1]} grid"
     )
-    typer.echo(f"next token: {vlm.to_string(int(logits[0, -1].argmax()))!r}")
+    typer.echo(f"question: {prompt}")
+    typer.echo(f"next token: {vlm.to_string(int(logits[0, -1].argmax()))!r}" + (f" (gold: {gold!r})" if gold else ""))
     typer.echo(f"{'layer':>5}  {'attention to image':>18}  logit-lens top token")
     for layer in range(vlm.cfg.n_layers):
         typer.echo(f"{layer:>5}  {to_image[layer]:>18.3f}  {vlm.to_string(lens[layer])!r}")
@@ -313,13 +339,14 @@ def vrp(
     Several GPUs: torchrun --nproc_per_node=N --no-python -- vlm-lens vrp ... --device cuda"""
     from pathlib import Path
 
-    from analyses.study import report
     from analyses.study.config import VRPConfig
-    from analyses.study.pipeline import run
+    from vlm_lens.zoo import check_name
 
     if ctx.args and not compare:
         raise typer.BadParameter(f"unexpected arguments {ctx.args}; run folders to compare follow --compare")
     if compare:
+        from analyses.study import report
+
         runs = [Path(c) for c in [*compare, *ctx.args]]  # --compare A B: typer keeps A, the rest arrive as extra args
         path = report.compare(runs, Path(out or "runs/compare"))
         typer.echo(path.read_text())
@@ -339,6 +366,10 @@ def vrp(
             benches = [{k: options.get(k) for k in ("benchmark", "annotations", "images", "format")}]
     options = {k: v for k, v in options.items() if k not in ("model", "benchmark", "annotations", "images", "format")}
     if len(model) > 1 or len(benches) > 1:
+        for name in model:
+            check_name(name)
+        for bench in benches:
+            VRPConfig(**options, **bench, model=model[0]).check_files()
         from analyses.study.many import run_many
 
         target = Path(out or "runs/vrp-many")
@@ -346,7 +377,11 @@ def vrp(
         typer.echo((target / "tables.md").read_text())
         typer.echo(f"per-run reports: {target}/<model>__<benchmark>/report.html")
         return
-    cfg = VRPConfig(**options, **benches[0], model=model[0])
+    cfg = VRPConfig(**options, **benches[0], model=model[0])  # every setting checked before torch loads
+    check_name(cfg.model)
+    cfg.check_files()
+    from analyses.study.pipeline import run
+
     target = Path(out or f"runs/vrp-{Path(cfg.model).name}")
     if (
         run(cfg, target, allow_outside_images=allow_outside_images) is None

@@ -67,12 +67,13 @@ def test_cli_demo_on_a_saved_checkpoint(family, tmp_path):
     hf, processor = SPECS[family].tiny(seed=0)
     hf.save_pretrained(tmp_path)
     processor.save_pretrained(tmp_path)
-    result = CliRunner().invoke(app, ["demo", "--model", str(tmp_path), "--seed", "3"])
+    prompt = "is there a red square in the image ?"
+    result = CliRunner().invoke(app, ["demo", "--model", str(tmp_path), "--seed", "3", "--prompt", prompt])
     assert result.exit_code == 0, result.output
     assert f"model: {family}" in result.output
     image = Image.fromarray(np.random.RandomState(3).randint(0, 255, (64, 64, 3), dtype=np.uint8))
     reloaded = HookedVLM.from_pretrained(str(tmp_path))
-    inputs = reloaded.prepare(images=[image], prompts=["is there a red square in the image ?"])
+    inputs = reloaded.prepare(images=[image], prompts=[prompt])
     with torch.no_grad():
         token = reloaded.to_string(int(reloaded.hf_model(**inputs.tensors).logits[0, -1].argmax()))
     assert f"next token: {token!r}" in result.output
@@ -107,3 +108,23 @@ def test_core_imports_no_outer_layer():
 def test_doctests(module):
     result = doctest.testmod(module)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_cli_demo_defaults_to_the_trained_toy_on_a_shapes_question():
+    """``vlm-lens demo`` alone: toy-llava on Shapes question 5; its next token is what the toy, loaded on its own,
+    predicts, printed beside the gold answer."""
+    import torch
+    from PIL import Image
+
+    from analyses.data.shapes import generate, image_of
+    from vlm_lens import HookedVLM
+
+    result = CliRunner().invoke(app, ["demo"])
+    assert result.exit_code == 0, result.output
+    question = generate(1, seed=5)[0]
+    model = HookedVLM.from_pretrained("toy-llava")
+    inputs = model.prepare(images=[Image.fromarray(image_of(question, seed=5))], prompts=[question.text])
+    with torch.no_grad():
+        predicted = model.to_string(int(model(inputs)[0, -1].argmax()))
+    assert f"question: {question.text}" in result.output
+    assert f"next token: {predicted!r} (gold: {question.label!r})" in result.output

@@ -6,7 +6,8 @@ architectures (names, layer counts, sizes) without weights.
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
+import socket
 from typing import Any
 
 import torch
@@ -27,26 +28,44 @@ def _adapter_and_class(config) -> tuple[Adapter, Any]:  # the transformers model
     return adapter, getattr(transformers, archs[0])
 
 
-def looks_local(name: str) -> bool:
-    """A name written as a path (``./ckpt``, ``/data/llava``, ``~/m``) rather than a hub id (``org/name``)."""
-    return name.startswith((".", "/", "~")) or Path(name).exists()
+looks_local, check_name = zoo.looks_local, zoo.check_name  # (their home: vlm_lens.zoo, which needs no torch)
 
 
-def check_name(name: str) -> None:
-    """Fail fast on a name that cannot load: a path that is no checkpoint folder. Hub ids are tried at load."""
-    if name in zoo.names() or not looks_local(name):
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the hub's host answers a TCP connection within ``timeout`` seconds (``HF_ENDPOINT`` honoured)."""
+    from urllib.parse import urlparse
+
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        socket.create_connection((endpoint.hostname or "huggingface.co", endpoint.port or 443), timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _check_hub(source: str) -> None:
+    """A hub id neither in the local cache nor reachable fails at once, rather than after the hub client's five
+    retries (~25 s of back-off)."""
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    if looks_local(source) or constants.HF_HUB_OFFLINE:  # offline: the hub client fails at once by itself
         return
-    path = Path(name).expanduser()
-    if not (path / "config.json").is_file():
-        what = "does not exist" if not path.exists() else "holds no config.json"
-        raise ModelLoadError(
-            f"model {name!r}: the folder {what}; give a checkpoint folder, a hub id (org/name) "
-            f"or a zoo toy ({', '.join(zoo.names())})"
-        )
+
+    try:
+        cached = try_to_load_from_cache(source, "config.json")
+    except ValueError:  # not a valid repo id: transformers' own error says so
+        return
+    if isinstance(cached, str) or hub_reachable():
+        return
+    raise ModelLoadError(
+        f"model {source!r} is not in the local Hugging Face cache and the hub cannot be reached from here; give a zoo "
+        f"toy ({', '.join(zoo.names())}), a local checkpoint folder, or download it where the hub is reachable"
+    )
 
 
 def _config(source: str):
     check_name(source)
+    _check_hub(source)
     try:
         return transformers.AutoConfig.from_pretrained(source)
     except OSError as e:

@@ -8,6 +8,7 @@ resamples, ...) only change the analysis, which reruns from the stored extractio
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import hashlib
 import json
 import math
@@ -19,7 +20,6 @@ from typing import ClassVar, no_type_check
 from analyses.data.scoring import CORRECT_AT
 from vlm_lens import zoo
 from vlm_lens.errors import DataError, InputError
-from vlm_lens.loading import check_device, parse_dtype
 
 EXTRACTION_FORMAT = 4  # 2: generated answers, H_s over the answer tokens; 3: data digests and shard sha256s;
 # 4: each benchmark's own scoring rule, H_s of the mean map, confidence by question form, margins over every gold.
@@ -31,6 +31,13 @@ ANSWER_TOKENS = 16  # enough for the short answers the benchmarks ask for ("Yes"
 def size_of_test_split(n: int, test_fraction: float) -> int:
     """Questions in the test split of ``n``: sklearn's ``train_test_split`` takes ceil(fraction x n)."""
     return math.ceil(test_fraction * n)
+
+
+# analyses.study.validate.BUILT_IN's names (a test holds them equal)
+BUILT_IN_BENCHMARKS = ("shapes", "shapes-words")
+# vlm_lens.loading.DTYPES's names (a test holds them equal), here so a wrong --dtype is told before torch loads
+DEVICE_TYPES = ("cpu", "cuda", "mps", "meta", "xpu")  # vlm_lens.loading.DEVICE_TYPES
+DTYPE_NAMES = ("float32", "float16", "bfloat16", "fp32", "fp16", "bf16", "float", "half")
 
 
 def smallest_n(test_fraction: float, minimum: int = MIN_TEST) -> int:
@@ -235,11 +242,22 @@ class VRPConfig:
             )
         if self.device is not None and self.device_map is not None:
             raise DataError("give device (one device) or device_map (sharded across GPUs), not both")
-        try:
-            parse_dtype(self.dtype)
-            check_device(self.device)
-        except InputError as e:
-            raise DataError(str(e)) from None
+        if self.dtype not in (None, "auto", *DTYPE_NAMES):  # before torch is imported: the command line answers at once
+            raise DataError(
+                f"unknown dtype {self.dtype!r}; use one of {sorted(DTYPE_NAMES)} or 'auto' (the checkpoint's)"
+            )
+        if self.device is not None and str(self.device).split(":")[0] not in DEVICE_TYPES:  # (before torch, too)
+            raise DataError(
+                f"unknown device {self.device!r}; use one of {list(DEVICE_TYPES)}, with an index where it has several "
+                "('cuda:1')"
+            )
+        if self.device is not None:
+            from vlm_lens.loading import check_device
+
+            try:
+                check_device(self.device)
+            except InputError as e:
+                raise DataError(str(e)) from None
         if self.device_map not in (None, "auto", "balanced", "balanced_low_0", "sequential"):
             raise DataError(f"device_map must be auto, balanced, balanced_low_0 or sequential, got {self.device_map!r}")
         if self.storage_dtype not in ("float32", "float16", "bfloat16"):
@@ -301,6 +319,25 @@ class VRPConfig:
         """The fingerprinted settings that differ from a stored ``extraction()``: name -> (stored, now)."""
         now = json.loads(json.dumps(self.extraction()))  # tuples as lists, as the manifest holds them
         return {k: (stored.get(k), v) for k, v in now.items() if k not in self.LOCATION_FIELDS and stored.get(k) != v}
+
+    def check_files(self) -> None:
+        """The benchmark, annotations and image folder exist (a ``DataError`` naming the one that does not), checked
+        before anything heavy loads; their contents are ``analyses.study.validate``'s."""
+        if self.benchmark not in BUILT_IN_BENCHMARKS and not Path(self.benchmark).is_file():
+            close = difflib.get_close_matches(self.benchmark, BUILT_IN_BENCHMARKS, n=1, cutoff=0.6)
+            hint = f"did you mean {close[0]}? " if close else ""
+            what = "is a folder, not a questions file" if Path(self.benchmark).is_dir() else "does not exist"
+            raise DataError(
+                f"--benchmark {self.benchmark}: the file {what}; {hint}give {' or '.join(BUILT_IN_BENCHMARKS)} "
+                "(built in) or a questions file (POPE, VQAv2, TextVQA, LLaVA-Bench, counting/spatial, Shapes)"
+            )
+        if self.annotations is not None and not Path(self.annotations).is_file():
+            raise DataError(f"--annotations {self.annotations}: no such file; give the benchmark's annotations file")
+        if self.images is not None and not Path(self.images).is_dir():
+            what = "is a file" if Path(self.images).exists() else "does not exist"
+            raise DataError(
+                f"--images {self.images}: the folder {what}; give the folder holding the benchmark's images"
+            )
 
     def size_warnings(self) -> list[str]:
         """What ``n`` is too small for, said before any model work."""

@@ -25,7 +25,7 @@ from analyses.data.examples import Example, shapes_examples
 from analyses.study.config import VRPConfig
 from analyses.study.files import sha256
 from vlm_lens.errors import DataError
-from vlm_lens.loading import check_name
+from vlm_lens.zoo import check_name
 
 SHAPES_EVAL_SEED = 123  # the default benchmark: Shapes questions no toy model trained on
 # the benchmarks built in, by name: Shapes, and Shapes with a family answered by a relation phrase (for toys that
@@ -82,6 +82,7 @@ def load_benchmark(cfg: VRPConfig, allow_outside_images: bool = False, progress:
     if cfg.benchmark in BUILT_IN:
         examples = shapes_examples(cfg.n, SHAPES_EVAL_SEED, types=BUILT_IN[cfg.benchmark])
         return Dataset(examples, cfg.n, digests(examples), {})
+    cfg.check_files()
     if cfg.images is None:
         raise DataError(f"--benchmark {cfg.benchmark} needs --images, the folder holding its images")
     records = benchmarks.load(cfg.benchmark, cfg.annotations, cfg.format)
