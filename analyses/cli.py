@@ -326,6 +326,9 @@ def vrp(
         None,
         help="instead of running: lay these run folders side by side (--compare A B C, or --compare A --compare B)",
     ),
+    quiet: bool = typer.Option(
+        False, "--quiet", help="no progress (stage lines and bars on a terminal, JSON lines on stderr otherwise)"
+    ),
     allow_outside_images: bool = typer.Option(
         False,
         "--allow-outside-images",
@@ -373,7 +376,7 @@ def vrp(
         from analyses.study.many import run_many
 
         target = Path(out or "runs/vrp-many")
-        run_many(options, model, benches, target, allow_outside_images=allow_outside_images)
+        run_many(options, model, benches, target, progress=not quiet, allow_outside_images=allow_outside_images)
         typer.echo((target / "tables.md").read_text())
         typer.echo(f"per-run reports: {target}/<model>__<benchmark>/report.html")
         return
@@ -384,7 +387,7 @@ def vrp(
 
     target = Path(out or f"runs/vrp-{Path(cfg.model).name}")
     if (
-        run(cfg, target, allow_outside_images=allow_outside_images) is None
+        run(cfg, target, progress=not quiet, allow_outside_images=allow_outside_images) is None
     ):  # a torchrun rank other than 0: rank 0 reports
         return
     typer.echo((target / "tables.md").read_text())

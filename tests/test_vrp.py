@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import io
 import json
 import os
 
@@ -19,6 +20,7 @@ from analyses.cli import app
 from analyses.data import shapes
 from analyses.data.examples import shapes_examples
 from analyses.evaluation import batches
+from analyses.progress import Progress
 from analyses.study.config import VRPConfig
 from analyses.study.extract import load
 from analyses.study.pipeline import run
@@ -301,7 +303,24 @@ def test_rerun_resumes_a_lost_shard_and_agrees(study):
     lost = manifest["shards"][-1]["name"]
     manifest["shards"] = manifest["shards"][:-1]  # as if killed before the last shard was listed
     (folder / "manifest.json").write_text(json.dumps(manifest))
-    again = run(VRPConfig(**SMALL), out, progress=False)
+    said = io.StringIO()  # not a terminal: progress as JSON lines
+    again = run(VRPConfig(**SMALL), out, progress=Progress(stream=said))
+    events = [json.loads(line) for line in said.getvalue().splitlines()]
+    stored = sum(s["end"] - s["start"] for s in manifest["shards"])
+    assert {
+        "event": "note",
+        "message": f"resuming: {stored} of {SMALL['n']} questions stored in {folder}, extracting the rest",
+    } in events
+    stages = [e["stage"] for e in events if e["event"] == "done"]
+    assert stages[0] == "loading " + SMALL.get("model", "toy-llava") and stages[-1].startswith("report")
+    assert any(s.startswith("causal checks") for s in stages) and any(s.startswith("predictors") for s in stages)
+    causal = [e for e in events if e["event"] == "progress" and e["stage"].startswith("causal checks")]
+    assert [e["done"] for e in causal] == list(range(1, len(causal) + 1)) and len(causal) > 10  # one per re-answer
+    extracted = [e for e in events if e["event"] == "progress" and e["stage"] == "extract"]
+    assert extracted[-1]["done"] == extracted[-1]["total"] == SMALL["n"] - stored
+    quiet = io.StringIO()
+    Progress(enabled=False, stream=quiet).note("nothing")
+    assert quiet.getvalue() == ""
     resumed = json.loads((folder / "manifest.json").read_text())
     assert [s["name"] for s in resumed["shards"]][-1] == lost  # the lost shard was extracted again
     assert {name: os.stat(folder / f"{name}.json").st_mtime_ns for name in kept} == kept  # the others were not

@@ -67,13 +67,15 @@ def margin_building(model, examples: list[Example], ex: Extraction, cfg: VRPConf
 class _TestSplit:
     """The test questions, their unedited answers' correctness, and how to score a condition against them."""
 
-    def __init__(self, model, examples: list[Example], cfg: VRPConfig, test: np.ndarray):
-        self.model, self.cfg = model, cfg
+    def __init__(self, model, examples: list[Example], cfg: VRPConfig, test: np.ndarray, stage=None):
+        self.model, self.cfg, self.stage = model, cfg, stage  # stage: a progress counter, advanced per re-answer
         self.examples = [examples[i] for i in test]
         self.types = np.array([e.type for e in self.examples])
         self.before = self.correct()
 
     def correct(self, intervention=interventions.NOTHING, transform=None) -> np.ndarray:
+        if self.stage is not None:
+            self.stage.advance()
         return np.array(
             correct(
                 self.model,
@@ -333,9 +335,12 @@ def _masking_rows(split: _TestSplit, cfg: VRPConfig) -> list[Ablation]:
     return rows
 
 
-def ablation_table(model, examples: list[Example], ex: Extraction, predictors: Predictors, cfg: VRPConfig) -> Ablations:
-    """Every causal check on the test split, each with the paired-bootstrap CI of its accuracy change."""
-    split = _TestSplit(model, examples, cfg, predictors.split.test)
+def ablation_table(
+    model, examples: list[Example], ex: Extraction, predictors: Predictors, cfg: VRPConfig, stage=None
+) -> Ablations:
+    """Every causal check on the test split, each with the paired-bootstrap CI of its accuracy change; ``stage``
+    (``analyses.progress``) is advanced once per re-answer of the test split."""
+    split = _TestSplit(model, examples, cfg, predictors.split.test, stage)
     layer, kept, rows = _unit_rows(split, ex, predictors, cfg)
     return Ablations(
         layer, kept, rows + _bypass_rows(split, cfg) + _masking_rows(split, cfg), model.cfg.d_model, split.before

@@ -43,7 +43,6 @@ import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.torch import save
-from tqdm.auto import tqdm
 
 from analyses import answers
 from analyses.attention_structure import answer_token_attention, first_token_head_entropy, image_layers
@@ -53,6 +52,7 @@ from analyses.data.examples import Example
 from analyses.data.scoring import OPEN_ENDED, is_correct
 from analyses.evaluation import batches
 from analyses.logit_lens import read_out, truth_margin
+from analyses.progress import Progress
 from analyses.study.config import EXTRACTION_FORMAT, VRPConfig
 from analyses.study.distributed import Ranks
 from analyses.study.files import manifest_lock, sha256, write_atomic
@@ -288,7 +288,7 @@ def extract(
     examples: list[Example],
     folder: str | Path,
     cfg: VRPConfig,
-    progress: bool = True,
+    progress: bool | Progress = True,
     ranks: Ranks | None = None,
     data: list[list[str]] | None = None,
     files: dict | None = None,
@@ -326,35 +326,38 @@ def extract(
     ranks.barrier()  # every rank has read the same manifest before any rank adds to it
     remaining = [s for s in range(0, cfg.n, cfg.shard_size) if s not in done]
     mine = remaining[ranks.rank :: ranks.world_size]
-    bar = tqdm(
-        total=sum(min(cfg.shard_size, cfg.n - s) for s in mine),
-        desc=f"extract{ranks.label}",
-        unit="q",
-        disable=not progress,
-    )
-    for start in mine:
-        chunk = examples[start : start + cfg.shard_size]
-        rows, arrays = _extract_shard(model, chunk, start, cfg)
-        name = f"shard-{start // cfg.shard_size:05d}"
-        blobs = {"safetensors": save(arrays), "json": json.dumps(rows).encode()}  # hashed as written, not read back
-        for kind, data in blobs.items():
-            write_atomic(folder / f"{name}.{kind}", data)
-        with manifest_lock(folder):
-            manifest = _manifest(folder)
-            manifest["shards"].append(
-                {
-                    "start": start,
-                    "end": start + len(chunk),
-                    "name": name,
-                    "rank": ranks.rank,
-                    "world_size": ranks.world_size,
-                    "sha256": {kind: hashlib.sha256(data).hexdigest() for kind, data in blobs.items()},
-                }
-            )
-            manifest["shards"].sort(key=lambda s: s["start"])
-            _write_manifest(folder, manifest)
-        bar.update(len(chunk))
-    bar.close()
+    progress = Progress.of(progress)
+    stored = cfg.n - sum(min(cfg.shard_size, cfg.n - s) for s in remaining)
+    if done and ranks.is_main:
+        progress.note(
+            f"resuming: {stored} of {cfg.n} questions stored in {folder}"
+            + (", extracting the rest" if remaining else ", extraction complete")
+        )
+    with progress.stage(
+        f"extract{ranks.label}", total=sum(min(cfg.shard_size, cfg.n - s) for s in mine), unit="q"
+    ) as bar:
+        for start in mine:
+            chunk = examples[start : start + cfg.shard_size]
+            rows, arrays = _extract_shard(model, chunk, start, cfg)
+            name = f"shard-{start // cfg.shard_size:05d}"
+            blobs = {"safetensors": save(arrays), "json": json.dumps(rows).encode()}  # hashed as written, not read back
+            for kind, data in blobs.items():
+                write_atomic(folder / f"{name}.{kind}", data)
+            with manifest_lock(folder):
+                manifest = _manifest(folder)
+                manifest["shards"].append(
+                    {
+                        "start": start,
+                        "end": start + len(chunk),
+                        "name": name,
+                        "rank": ranks.rank,
+                        "world_size": ranks.world_size,
+                        "sha256": {kind: hashlib.sha256(data).hexdigest() for kind, data in blobs.items()},
+                    }
+                )
+                manifest["shards"].sort(key=lambda s: s["start"])
+                _write_manifest(folder, manifest)
+            bar.advance(len(chunk))
     ranks.barrier()  # all shards listed
     return folder
 

@@ -24,6 +24,7 @@ from analyses import stats
 from analyses.data import benchmarks
 from analyses.data.examples import Example
 from analyses.data.scoring import OPEN_ENDED
+from analyses.progress import Progress
 from analyses.study import circuit, headline, validate
 from analyses.study.causal import ablation_table, margin_building
 from analyses.study.config import VRPConfig
@@ -90,10 +91,21 @@ def setup_tables(model: HookedVLM, examples: list[Example], ex: Extraction, cfg:
     )
 
 
-def analyse(model: HookedVLM, examples: list[Example], ex: Extraction, cfg: VRPConfig, questions: int) -> StudyResults:
-    """Every table from a finished extraction (the model is needed again for the causal checks)."""
-    features = attention_features(ex, cfg)
-    predictors = predictor_table(ex, features, cfg)
+def analyse(
+    model: HookedVLM,
+    examples: list[Example],
+    ex: Extraction,
+    cfg: VRPConfig,
+    questions: int,
+    progress: bool | Progress = False,
+) -> StudyResults:
+    """Every table from a finished extraction (the model is needed again for the causal checks), each stage said
+    on ``progress`` (``analyses.progress``)."""
+    progress = Progress.of(progress)
+    with progress.stage("attention features"):
+        features = attention_features(ex, cfg)
+    with progress.stage("predictors: probes over the layers, bootstrap CIs"):
+        predictors = predictor_table(ex, features, cfg)
     split = predictors.split
     accounting = Accounting(
         questions,
@@ -105,28 +117,31 @@ def analyse(model: HookedVLM, examples: list[Example], ex: Extraction, cfg: VRPC
         len(split.test),
         circuit.monitor_precision(predictors, ex.correct, cfg.flag_tau),
     )
-    margins = margin_building(model, examples, ex, cfg)
-    ablations = ablation_table(model, examples, ex, predictors, cfg)
-    return StudyResults(
-        config=cfg,
-        accuracy=accuracy_table(ex),
-        attention=attention_table(ex, features, cfg),
-        features=features,
-        margins=margins,
-        ablations=ablations,
-        predictors=predictors,
-        accounting=accounting,
-        setup=setup_tables(model, examples, ex, cfg, questions),
-        circuit=circuit.circuit_table(ex, predictors, ablations),
-        delta_entropy=circuit.delta_entropy(features, ex.correct, cfg),
-        detachment=circuit.symbolic_detachment(ex, features, margins, cfg, cross=bool(model.cfg.cross_layers)),
-        entropy_change=circuit.entropy_change(features, ex.correct, cfg),
-        case=circuit.case_study(ex, features, predictors),
-        headline=headline.comparisons(ex, features, predictors, ablations, cfg),
-        dbscan=headline.dbscan_robustness(ex, features, cfg),
-        probe_seeds=headline.probe_seeds(ex, cfg),
-        top_heads_attention=headline.top_heads_attention(ex, margins, cfg),
-    )
+    with progress.stage("margin building: the test split's writes by layer"):
+        margins = margin_building(model, examples, ex, cfg)
+    with progress.stage(f"causal checks: re-answering the {len(split.test)} test questions", unit="pass") as stage:
+        ablations = ablation_table(model, examples, ex, predictors, cfg, stage)
+    with progress.stage("circuit, headline and robustness tables"):
+        return StudyResults(
+            config=cfg,
+            accuracy=accuracy_table(ex),
+            attention=attention_table(ex, features, cfg),
+            features=features,
+            margins=margins,
+            ablations=ablations,
+            predictors=predictors,
+            accounting=accounting,
+            setup=setup_tables(model, examples, ex, cfg, questions),
+            circuit=circuit.circuit_table(ex, predictors, ablations),
+            delta_entropy=circuit.delta_entropy(features, ex.correct, cfg),
+            detachment=circuit.symbolic_detachment(ex, features, margins, cfg, cross=bool(model.cfg.cross_layers)),
+            entropy_change=circuit.entropy_change(features, ex.correct, cfg),
+            case=circuit.case_study(ex, features, predictors),
+            headline=headline.comparisons(ex, features, predictors, ablations, cfg),
+            dbscan=headline.dbscan_robustness(ex, features, cfg),
+            probe_seeds=headline.probe_seeds(ex, cfg),
+            top_heads_attention=headline.top_heads_attention(ex, margins, cfg),
+        )
 
 
 def load_model(cfg: VRPConfig, ranks: Ranks) -> HookedVLM:
@@ -156,7 +171,7 @@ def check_answers(ex: Extraction) -> None:
 def run(
     cfg: VRPConfig,
     out: str | Path,
-    progress: bool = True,
+    progress: bool | Progress = True,
     allow_outside_images: bool = False,
     data: validate.Dataset | None = None,
 ) -> StudyResults | OpenEndedResults | None:
@@ -171,7 +186,8 @@ def run(
     from analyses.study import report  # plotting is imported only by those who plot
 
     out = Path(out)
-    data = data or validate.prepare(cfg, out, allow_outside_images, progress)  # (given: checked by the caller)
+    progress = Progress.of(progress)
+    data = data or validate.prepare(cfg, out, allow_outside_images, progress.enabled)  # (given: checked by the caller)
     examples, questions = data.examples, data.questions
     if any(e.metric != OPEN_ENDED for e in examples):  # open-ended runs have no splits
         for message in cfg.size_warnings():
@@ -190,7 +206,8 @@ def run(
             check_resumable(
                 out / "extraction", cfg, data.digests
             )  # other settings or data: refused before the model loads
-            model = load_model(cfg, ranks)
+            with progress.stage(f"loading {cfg.model}"):
+                model = load_model(cfg, ranks)
             cfg.check_against(model.cfg.n_layers)
             folder = extract(model, examples, out / "extraction", cfg, progress, ranks, data.digests, data.files)
             if not ranks.is_main:
@@ -201,8 +218,9 @@ def run(
                 report.write_open(out, results, cfg)
                 return results
             check_answers(ex)
-            results = analyse(model, examples, ex, cfg, questions)
-            report.write(out, results, ex, examples)
+            results = analyse(model, examples, ex, cfg, questions, progress)
+            with progress.stage("report: tables.md, tables.json, report.html"):
+                report.write(out, results, ex, examples)
             return results
     finally:
         ranks.close()
