@@ -17,6 +17,31 @@ from analyses.patching import TraceResult
 
 GROUP_COLOURS = {"correct": "#1f77b4", "incorrect": "#d62728"}
 LAYER_AXIS = {"dtick": 1, "tickformat": "d"}  # layers are integers: no 0.5 ticks
+# one look per line where many share a plot (the ROC's ~12 predictors): 10 colours x 4 dashes, no two alike
+PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
+DASHES = ("solid", "dash", "dot", "dashdot")
+
+
+def line_style(i: int) -> dict:
+    """The i-th line's colour and dash: distinct for the first 40 lines."""
+    return {"color": PALETTE[i % len(PALETTE)], "dash": DASHES[(i // len(PALETTE) + i) % len(DASHES)]}
+
+
+def roc_curves(curves: list[tuple[str, np.ndarray, np.ndarray, float]], title: str = "ROC curves") -> go.Figure:
+    """One line per (name, fpr, tpr, auroc), each its own colour and dash, its AUROC in the legend, the legend beside
+    the axes (not over them), and the chance diagonal."""
+    fig = go.Figure()
+    for i, (name, fpr, tpr, auroc) in enumerate(curves):
+        fig.add_trace(go.Scatter(x=fpr, y=tpr, mode="lines", name=f"{name} (AUROC {auroc:.3f})", line=line_style(i)))
+    fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line={"dash": "dot", "color": "grey"}, name="chance"))
+    fig.update_layout(
+        title=title,
+        xaxis_title="false positive rate",
+        yaxis_title="true positive rate",
+        template="plotly_white",
+        legend={"x": 1.02, "y": 1, "xanchor": "left"},
+    )
+    return fig
 
 
 def _band(x, low, high, colour, name, legendgroup) -> go.Scatter:
@@ -105,6 +130,7 @@ def entropy_and_components(
         xaxis=LAYER_AXIS,
         yaxis2={"title": "C_k - 1", "overlaying": "y", "side": "right"},
         template="plotly_white",
+        legend={"orientation": "h", "x": 0, "y": 1.02, "yanchor": "bottom"},  # above the plot: both y axes stay clear
     )
     return fig
 

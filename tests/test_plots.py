@@ -1,4 +1,4 @@
-"""Figures carry the numbers they were given."""
+"""Figures carry the numbers they were given; tables print whole numbers as whole numbers."""
 
 from __future__ import annotations
 
@@ -44,3 +44,38 @@ def test_reliability_diagram():
     ece, bins = expected_calibration_error([0.9, 0.8, 0.3], [1, 0, 0], n_bins=5)
     fig = plots.reliability_diagram(bins, ece)
     assert list(fig.data[0].y) == [b["accuracy"] for b in bins] and "ECE" in fig.layout.title.text
+
+
+def test_whole_number_columns_print_as_integers_and_shares_do_not():
+    from analyses.formatting import html_table, markdown
+
+    frame = pd.DataFrame(
+        {"peak_layer": [3.0, 1.0], "n": [100.0, 12.0], "accuracy": [1.0, 0.5], "max_layer": [2.0, None]}
+    )
+    md = markdown(frame).splitlines()
+    cells = [c.strip() for c in md[2].strip("|").split("|")]
+    assert cells == ["3", "100", "1.000", "2"]  # an accuracy of 1.0 stays a share
+    assert [c.strip() for c in md[3].strip("|").split("|")][-1] in ("<NA>", "nan", "")
+    page = html_table(frame)
+    assert page.startswith("<div class='scroll'>") and "<td>100</td>" in page and "<td>1.000</td>" in page
+    assert "<td>-</td>" in page  # the missing layer
+    halves = pd.DataFrame({"layer": [1.5, 2.0]})  # not whole: stays float
+    assert "1.500" in markdown(halves)
+
+
+def test_roc_lines_are_each_their_own_look_with_sklearns_auroc_in_the_legend():
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    rng = np.random.default_rng(1)
+    labels = rng.random(80) > 0.4
+    curves = []
+    for i in range(12):  # as many as the study's ROC: more than the 10 colours
+        scores = labels * (i / 6) + rng.normal(size=80)
+        fpr, tpr, _ = roc_curve(labels, scores)
+        curves.append((f"predictor {i}", fpr, tpr, roc_auc_score(labels, scores)))
+    fig = plots.roc_curves(curves)
+    lines = [t for t in fig.data if t.name != "chance"]
+    assert len({(t.line.color, t.line.dash) for t in lines}) == 12
+    for trace, (name, _, _, auroc) in zip(lines, curves):
+        assert trace.name == f"{name} (AUROC {auroc:.3f})"
+    assert fig.layout.legend.x > 1  # beside the axes, not over the curves

@@ -363,6 +363,33 @@ def test_compare_lays_runs_side_by_side(study, tmp_path):
     assert (tmp_path / "compare.html").exists()
 
 
+def test_compare_matches_ablation_rows_by_what_they_are_and_states_each_run(study, tmp_path):
+    """A second run whose strongest unit has another id, whose probe kept other sizes, on other n: its rows land
+    beside the first run's (no empty cells), and the runs table says n and which settings differ."""
+    import re
+
+    out, results = study
+    other = tmp_path / "other"
+    other.mkdir()
+    data = json.loads((out / "tables.json").read_text())
+    for row in data["table4_5_ablations"]:  # other unit ids and sizes, as another model's run has
+        row["condition"] = re.sub(r"unit (\d+)", lambda m: f"unit {int(m.group(1)) + 1000}", row["condition"])
+        row["condition"] = re.sub(r"\(k=(\d+)\)", lambda m: f"(k={int(m.group(1)) + 1})", row["condition"])
+    data["config"]["n"] = 999
+    (other / "tables.json").write_text(json.dumps(data))
+    from analyses.study import report
+
+    report.compare([out, other], tmp_path / "cmp")
+    text = (tmp_path / "cmp" / "compare.md").read_text()
+    ablation = text.split("### Ablation")[1]
+    rows = [line for line in ablation.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert len(rows) == len(data["table4_5_ablations"])  # one row per condition: none split by its ids
+    cells = [[c.strip() for c in line.strip("|").split("|")][1:] for line in rows]
+    assert all(len(c) == 2 and all(c) and c[0] == c[1] for c in cells), rows  # both runs in every row: matched
+    runs = text.split("### Runs")[1].split("###")[0]
+    assert "999" in runs and re.search(r"settings that differ\s*\|\s*n\s*\|", runs)
+
+
 def test_stray_arguments_without_compare_are_refused():
     result = CliRunner().invoke(app, ["vrp", "somewhere"])
     assert result.exit_code != 0 and "follow --compare" in result.output

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from sklearn.metrics import roc_curve
 
-from analyses import plots
+from analyses import formatting, plots
 from analyses.data.examples import Example
 from analyses.study.extract import Extraction
 from analyses.study.files import write_atomic
@@ -28,7 +29,7 @@ STYLE = (
     "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222;line-height:1.45}"
     "table{border-collapse:collapse;margin:1em 0;font-size:14px}td,th{padding:3px 10px;border-bottom:1px solid #ddd;"
     "text-align:right}th{background:#f4f4f4}h3{margin-bottom:.2em}.note{color:#555;font-style:italic}.warn{background:#fff4e5;border-left:4px solid "
-    "#f0a020;padding:.5em 1em;margin:1em 0}code{font-size:12px}"
+    "#f0a020;padding:.5em 1em;margin:1em 0}code{font-size:12px}" + formatting.SCROLL_CSS
 )
 
 TITLES = {
@@ -139,25 +140,18 @@ def to_markdown(results: StudyResults) -> str:
     found = "\n".join(f"- **{f.question}** {f.answer}" for f in findings(results))
     cautions = "".join(f"\n> {w}" for w in warnings(results))
     tables = "\n".join(
-        f"### {TITLES.get(key, key)}\n\n{NOTES.get(key, '')}\n\n{frame.to_markdown(index=False, floatfmt='.3f')}\n"
+        f"### {TITLES.get(key, key)}\n\n{NOTES.get(key, '')}\n\n{formatting.markdown(frame)}\n"
         for key, frame in results.tables().items()
     )
     return f"### Findings\n\n{found}\n{cautions}\n\n{tables}"
 
 
 def roc_figure(results: StudyResults, labels: np.ndarray) -> go.Figure:
-    fig = go.Figure()
+    curves = []
     for predictor in results.predictors.rows:  # every predictor, the attention classifiers included
         fpr, tpr, _ = roc_curve(labels, predictor.scores)
-        fig.add_trace(go.Scatter(x=fpr, y=tpr, mode="lines", name=predictor.method))
-    fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line={"dash": "dot", "color": "grey"}, name="chance"))
-    fig.update_layout(
-        title="ROC curves on the test split",
-        xaxis_title="false positive rate",
-        yaxis_title="true positive rate",
-        template="plotly_white",
-    )
-    return fig
+        curves.append((predictor.method, fpr, tpr, predictor.estimate.value))
+    return plots.roc_curves(curves, "ROC curves on the test split")
 
 
 def _attention_map(results, extraction, examples, i: int, label: str) -> go.Figure:
@@ -283,7 +277,7 @@ def write(out: Path, results: StudyResults, extraction: Extraction, examples: li
         body.append(f"<h2>{html.escape(title)}</h2><p class='note'>{html.escape(note)}</p>")
         for part in parts:
             if isinstance(part, pd.DataFrame):
-                body.append(part.to_html(index=False, float_format=lambda x: f"{x:.3f}", border=0, na_rep="-"))
+                body.append(formatting.html_table(part))
             else:
                 body.append(part.to_html(full_html=False, include_plotlyjs=not plotly_included))
                 plotly_included = True
@@ -317,14 +311,10 @@ def write_open(out: Path, results, cfg) -> Path:
     data.update({k: f.replace({np.nan: None}).to_dict(orient="records") for k, f in tables.items()})
     write_atomic(out / "tables.json", json.dumps(data, indent=1))
     md = f"> {NOT_SCORED}\n\n" + "\n".join(
-        f"### {TITLES.get(k, k)}\n\n{f.to_markdown(index=False, floatfmt='.3f')}\n" for k, f in tables.items()
+        f"### {TITLES.get(k, k)}\n\n{formatting.markdown(f)}\n" for k, f in tables.items()
     )
     write_atomic(out / "tables.md", md)
-    body = "".join(
-        f"<h2>{html.escape(TITLES.get(k, k))}</h2>"
-        + f.to_html(index=False, float_format=lambda x: f"{x:.3f}", border=0)
-        for k, f in tables.items()
-    )
+    body = "".join(f"<h2>{html.escape(TITLES.get(k, k))}</h2>" + formatting.html_table(f) for k, f in tables.items())
     write_atomic(
         out / "report.html",
         f"<!doctype html><html><head><meta charset='utf-8'><title>vlm-lens VRP report</title><style>{STYLE}</style></head>"
@@ -339,6 +329,45 @@ def _with_ci(value, low, high, signed: bool = False) -> str:
         return "n/a"
     fmt = "+.3f" if signed else ".3f"
     return f"{value:{fmt}} [{low:{fmt}}, {high:{fmt}}]" if low is not None else f"{value:{fmt}}"
+
+
+def ablation_keys(rows: list[dict]) -> list[str]:
+    """What each ablation row is, the same in every run whatever its units' ids and sizes: "top-5 probe units",
+    "top-5 probe units: random control 0", "probe rank 1 unit zeroed alone", "strongest unit clamped to its mean on
+    wrong answers", "top-10 probe units @ probe layer +1": so --compare matches like with like."""
+    probe_layer = next((r["layer"] for r in rows if r["group"] == "probe units"), None)
+    keys, last_probe = [], ""
+    for r in rows:
+        text = re.sub(r"\s*\((k=\d+|[+-]?\d+(\.\d+)?)\)", "", r["condition"])  # sizes and values of this run
+        text = re.sub(r"unit \d+", "unit", text)  # the unit's id: its rank says which it is
+        if probe_layer is not None and r.get("layer") is not None:
+            text = re.sub(r"@L\d+", f"@ probe layer {r['layer'] - probe_layer:+d}", text)
+        if r["group"] == "probe units":
+            last_probe = text
+        elif r["group"] == "random units":
+            text = f"{last_probe}: {text}"
+        elif r["group"] == "single-unit clamp":
+            text = text.replace("clamp unit", "clamp the strongest unit")
+        keys.append(text)
+    return keys
+
+
+def _runs_table(loaded: dict[str, dict]) -> pd.DataFrame:
+    """One column per run: what it ran on (model, benchmark, n, K, test split, seed) and what it warned; a row
+    says whether the runs' settings differ."""
+    fields = ("model", "benchmark", "n", "k", "seed", "n_resamples")
+    table = {}
+    for name, d in loaded.items():
+        cfg, accounting = d["config"], d["table8_accounting"][0]
+        table[name] = {
+            **{field: cfg.get(field) for field in fields},
+            "test split": accounting.get("test split"),
+            "warnings": len(d.get("warnings", [])),
+        }
+    frame = pd.DataFrame(table)
+    differ = [f for f in fields if len({str(v) for v in frame.loc[f]}) > 1]
+    frame.loc["settings that differ"] = ", ".join(differ) or "none"
+    return frame
 
 
 def compare(runs: list[Path], out: Path) -> Path:
@@ -367,27 +396,26 @@ def compare(runs: list[Path], out: Path) -> Path:
     ablation = pd.DataFrame(
         {
             name: {
-                r["condition"]: _with_ci(r["diff"], r["ci_low"], r["ci_high"], signed=True)
-                for r in d["table4_5_ablations"]
+                key: _with_ci(r["diff"], r["ci_low"], r["ci_high"], signed=True)
+                for key, r in zip(ablation_keys(d["table4_5_ablations"]), d["table4_5_ablations"])
             }
             for name, d in loaded.items()
         }
     )
     parts = {
+        "Runs": _runs_table(loaded),
         "Accuracy": accuracy,
         "Predictor AUROC (test, 95% CI)": aurocs,
         "Logit lens": lens,
         "Ablation: accuracy change (95% CI)": ablation,
     }
     out.mkdir(parents=True, exist_ok=True)
-    md = "\n".join(f"### {t}\n\n{f.to_markdown(floatfmt='.3f')}\n" for t, f in parts.items())
+    md = "\n".join(f"### {t}\n\n{formatting.markdown(f, index=True)}\n" for t, f in parts.items())
     write_atomic(out / "compare.md", md)
     fig = plots.margin_curves(
         {name: pd.DataFrame(d["margin_curves"]) for name, d in loaded.items()}, "Truth margin by layer, models overlaid"
     )
-    body = "".join(
-        f"<h2>{html.escape(t)}</h2>{f.to_html(float_format=lambda x: f'{x:.3f}', border=0)}" for t, f in parts.items()
-    )
+    body = "".join(f"<h2>{html.escape(t)}</h2>{formatting.html_table(f, index=True)}" for t, f in parts.items())
     write_atomic(
         out / "compare.html",
         f"<!doctype html><html><head><meta charset='utf-8'><title>vlm-lens comparison</title><style>{STYLE}</style></head><body>"
