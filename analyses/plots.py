@@ -22,6 +22,21 @@ PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e
 DASHES = ("solid", "dash", "dot", "dashdot")
 
 
+def notebook_figures() -> str:
+    """Set how ``fig.show()`` writes a figure into a notebook: the interactive figure and, where plotly's static
+    export works here (kaleido and a Chromium), a PNG beside it, which GitHub and ``nbconvert --to html`` show.
+    Returns the renderer chosen ("plotly_mimetype+png" or "plotly_mimetype")."""
+    import plotly.io as pio
+
+    try:
+        go.Figure().to_image(format="png", width=20, height=20)
+        chosen = "plotly_mimetype+png"
+    except Exception:  # noqa: BLE001 - no kaleido or no Chromium: interactive only, which is all Jupyter needs
+        chosen = "plotly_mimetype"
+    pio.renderers.default = chosen
+    return chosen
+
+
 def line_style(i: int) -> dict:
     """The i-th line's colour and dash: distinct for the first 40 lines."""
     return {"color": PALETTE[i % len(PALETTE)], "dash": DASHES[(i // len(PALETTE) + i) % len(DASHES)]}
