@@ -21,7 +21,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analyses import formatting
 from analyses.attention_structure import component_count
 from analyses.study import report, validate
 from analyses.study.config import VRPConfig
@@ -153,7 +152,9 @@ def run_many(
         out / "tables.json",
         json.dumps({k: f.replace({np.nan: None}).to_dict(orient="records") for k, f in tables.items()}, indent=1),
     )
-    md = "\n".join(f"### {report.TITLES.get(k, k)}\n\n{formatting.markdown(f)}\n" for k, f in tables.items())
+    md = "\n".join(
+        f"### {report.TITLES.get(k, k)}\n\n{f.to_markdown(index=False, floatfmt='.3f')}\n" for k, f in tables.items()
+    )
     write_atomic(out / "tables.md", md)
     scored = [folders[name] for name, d in data.items() if "table6_predictors" in d]
     if len(scored) > 1:

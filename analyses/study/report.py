@@ -340,8 +340,8 @@ def ablation_keys(rows: list[dict]) -> list[str]:
     for r in rows:
         text = re.sub(r"\s*\((k=\d+|[+-]?\d+(\.\d+)?)\)", "", r["condition"])  # sizes and values of this run
         text = re.sub(r"unit \d+", "unit", text)  # the unit's id: its rank says which it is
-        if probe_layer is not None and r.get("layer") is not None:
-            text = re.sub(r"@L\d+", f"@ probe layer {r['layer'] - probe_layer:+d}", text)
+        if probe_layer is not None and r.get("layer") is not None and r["layer"] == r["layer"]:  # (NaN: none)
+            text = re.sub(r"@L\d+", f"@ probe layer {int(r['layer'] - probe_layer):+d}", text)
         if r["group"] == "probe units":
             last_probe = text
         elif r["group"] == "random units":
@@ -410,12 +410,14 @@ def compare(runs: list[Path], out: Path) -> Path:
         "Ablation: accuracy change (95% CI)": ablation,
     }
     out.mkdir(parents=True, exist_ok=True)
-    md = "\n".join(f"### {t}\n\n{formatting.markdown(f, index=True)}\n" for t, f in parts.items())
+    md = "\n".join(f"### {t}\n\n{f.to_markdown(floatfmt='.3f')}\n" for t, f in parts.items())
     write_atomic(out / "compare.md", md)
     fig = plots.margin_curves(
         {name: pd.DataFrame(d["margin_curves"]) for name, d in loaded.items()}, "Truth margin by layer, models overlaid"
     )
-    body = "".join(f"<h2>{html.escape(t)}</h2>{formatting.html_table(f, index=True)}" for t, f in parts.items())
+    body = "".join(
+        f"<h2>{html.escape(t)}</h2>{f.to_html(float_format=lambda x: f'{x:.3f}', border=0)}" for t, f in parts.items()
+    )
     write_atomic(
         out / "compare.html",
         f"<!doctype html><html><head><meta charset='utf-8'><title>vlm-lens comparison</title><style>{STYLE}</style></head><body>"
