@@ -394,5 +394,14 @@ def vrp(
     typer.echo(f"report: {target / 'report.html'}")
 
 
+def _add_monitor() -> None:
+    from analyses.cli_monitor import monitor_app  # typer alone: torch loads inside its commands
+
+    app.add_typer(monitor_app, name="monitor")
+
+
+_add_monitor()
+
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -300,3 +300,28 @@ def margin_trajectory(margins: np.ndarray, title: str) -> go.Figure:
         title=title, xaxis_title="layer", yaxis_title="truth margin (logit)", template="plotly_white", xaxis=LAYER_AXIS
     )
     return fig
+
+
+def risk_coverage(curves: Mapping[str, pd.DataFrame], title: str = "Risk-coverage") -> go.Figure:
+    """Selective risk (error rate of the answers kept) against coverage, one line per scorer
+    (``analyses.monitor.selective.risk_coverage`` frames), its AURC in the legend: lower and flatter is better."""
+    fig = go.Figure()
+    for i, (name, frame) in enumerate(curves.items()):
+        area = float(frame["selective_risk"].mean())
+        fig.add_trace(
+            go.Scatter(
+                x=frame["coverage"],
+                y=frame["selective_risk"],
+                mode="lines",
+                name=f"{name} (AURC {area:.3f})",
+                line=line_style(i),
+            )
+        )
+    fig.update_layout(
+        title=title,
+        xaxis_title="coverage (share of answers kept)",
+        yaxis_title="selective risk (error rate of those kept)",
+        template="plotly_white",
+        legend={"x": 1.02, "y": 1, "xanchor": "left"},
+    )
+    return fig

@@ -22,6 +22,7 @@ import pytest
 import torch
 from PIL import Image
 
+from analyses import files as whole_files
 from analyses.cli import main
 from analyses.data import shapes
 from analyses.data.examples import shapes_examples
@@ -316,7 +317,7 @@ def test_other_images_are_refused_and_a_moved_copy_resumes(finished, tmp_path, c
 def test_a_full_disk_leaves_the_last_report_whole(finished, tmp_path, capsys, monkeypatch):
     out, _, _, argv = copied(finished, tmp_path)
     report = (out / "report.html").read_bytes()
-    real = files._write_bytes
+    real = whole_files._write_bytes
 
     def full(path, data):
         if "report.html" in path.name:
@@ -324,7 +325,7 @@ def test_a_full_disk_leaves_the_last_report_whole(finished, tmp_path, capsys, mo
             raise OSError(errno.ENOSPC, "No space left on device")
         real(path, data)
 
-    monkeypatch.setattr(files, "_write_bytes", full)
+    monkeypatch.setattr(whole_files, "_write_bytes", full)
     code, err = cli(capsys, *argv)
     assert code == 2 and "the disk is full" in one_line_error(err) and "report.html was not written" in err
     assert (out / "report.html").read_bytes() == report
@@ -440,7 +441,7 @@ def test_atomic_write_cleans_up_after_a_failing_writer(tmp_path):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     with pytest.raises(DataError, match="the disk is full"):
-        files.write_atomic(target, half_then_full)
+        whole_files.write_atomic(target, half_then_full)
     assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["tables.md"]
 
 

@@ -51,11 +51,12 @@ from analyses.data.benchmarks import shown
 from analyses.data.examples import Example
 from analyses.data.scoring import OPEN_ENDED, is_correct
 from analyses.evaluation import batches
+from analyses.files import sha256, write_atomic
 from analyses.logit_lens import read_out, truth_margin
 from analyses.progress import Progress
 from analyses.study.config import EXTRACTION_FORMAT, VRPConfig
 from analyses.study.distributed import Ranks
-from analyses.study.files import manifest_lock, sha256, write_atomic
+from analyses.study.files import manifest_lock
 from analyses.study.validate import digests
 from vlm_lens import HookedVLM
 from vlm_lens.errors import DataError, InputError, InputIndexError, VLMLensWarning

@@ -22,10 +22,10 @@ import numpy as np
 import pandas as pd
 
 from analyses.attention_structure import component_count
+from analyses.files import write_atomic
 from analyses.study import report, validate
 from analyses.study.config import VRPConfig
 from analyses.study.extract import Extraction, load
-from analyses.study.files import write_atomic
 from analyses.study.headline import rpb_with_ci
 from analyses.study.validate import BUILT_IN
 from vlm_lens.errors import DataError

@@ -19,8 +19,8 @@ from sklearn.metrics import roc_curve
 
 from analyses import formatting, plots
 from analyses.data.examples import Example
+from analyses.files import write_atomic
 from analyses.study.extract import Extraction
-from analyses.study.files import write_atomic
 from analyses.study.findings import findings, warnings
 from analyses.study.results import StudyResults
 from vlm_lens.errors import DataError

@@ -22,8 +22,8 @@ from PIL import Image
 
 from analyses.data import benchmarks, shapes
 from analyses.data.examples import Example, shapes_examples
+from analyses.files import sha256
 from analyses.study.config import VRPConfig
-from analyses.study.files import sha256
 from vlm_lens.errors import DataError
 from vlm_lens.zoo import check_name
 

@@ -1,0 +1,387 @@
+"""A reliability monitor from a study's run folder, and how it fares on other runs.
+
+``fit_run(RUN_DIR, signal)`` reads the run's extraction (the answer-position states, whether each answer was
+right, its K self-consistency samples) and the study's own split (``VRPConfig.seed``, ``val_fraction``,
+``test_fraction``), so the monitor's test AUROC is comparable with Table 6's; the ``image`` and ``vision``
+signals, which the extraction does not store, are read by one forward per batch of the run's questions. Beside
+the monitor it reports what a deployer chooses by:
+
+- ``signals``: every signal fitted on the same split, its validation choice score and test AUROC (CI), which
+  of HALP's three representations reads this model best, and the chosen one;
+- ``selective``: on the test split, the monitor against output confidence, logit entropy and K-sample
+  self-consistency: AUROC (CI), AURC, accuracy at 80% and 90% coverage, and what each costs;
+- ``consistency``: the self-consistency-trained probe's AUROC as a share of K-sample self-consistency's, and the
+  cost ratio (one forward against 1 + K decodes).
+
+``evaluate_run(monitor, RUN_DIR)`` scores another run's questions (all of them; the test split when it is the
+run the monitor was fitted on); ``transfer_table`` does it for several runs, saying why a monitor cannot apply
+to a run of another model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from analyses.monitor import card as cards
+from analyses.monitor.features import EMBED, collect
+from analyses.monitor.monitor import SIGNALS, ReliabilityMonitor, fit
+from analyses.monitor.selective import risk_coverage, selective_table
+from analyses.probes import Split, stratified_split
+from analyses.progress import Progress
+from analyses.study import extract, validate
+from analyses.study.config import VRPConfig
+from vlm_lens import HookedVLM
+from vlm_lens.errors import DataError, InputError
+
+HALP = ("dense", "image", "vision")  # one signal per representation: what ``signal="auto"`` chooses among
+
+
+@dataclass
+class Run:
+    """What a monitor needs of a finished run: its settings, extraction, correctness and the study's split."""
+
+    folder: Path
+    config: VRPConfig
+    extraction: extract.Extraction
+    correct: np.ndarray
+    split: Split
+    fingerprint: str  # the extraction manifest's: settings and data
+
+    @classmethod
+    def open(cls, folder: str | Path) -> Run:
+        folder = Path(folder)
+        tables = folder / "tables.json"
+        if not tables.is_file():
+            raise DataError(
+                f"{folder} holds no tables.json: not a finished vlm-lens vrp run (run `vlm-lens vrp --out {folder}` "
+                "to finish it)"
+            )
+        try:
+            settings = json.loads(tables.read_text())["config"]
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
+            raise DataError(f"{tables} is damaged (no readable config): run the study again") from None
+        if "model" not in settings:  # a --compare or several-model folder
+            raise DataError(f"{folder} is not a single run (no model in its config): give one model's run folder")
+        config = VRPConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in settings.items()})
+        ex = extract.load(folder / "extraction")
+        if any(r["correct"] is None for r in ex.rows):
+            raise DataError(
+                f"{folder} is an open-ended run (no answer is right or wrong without a judge): a monitor needs scored answers"
+            )
+        correct = ex.correct.astype(int)
+        split = stratified_split(correct, config.seed, config.val_fraction, config.test_fraction)
+        manifest = json.loads((folder / "extraction" / "manifest.json").read_text())
+        return cls(folder, config, ex, correct, split, manifest["fingerprint"])
+
+    @property
+    def support(self) -> np.ndarray:
+        return np.array([r["consistency"] for r in self.extraction.rows], dtype=float)
+
+    @property
+    def data(self) -> dict:
+        """What the card says the monitor was fitted on."""
+        digests = json.dumps(json.loads((self.folder / "extraction" / "manifest.json").read_text())["data"])
+        return {
+            "run": str(self.folder),
+            "model": self.config.model,
+            "benchmark": Path(self.config.benchmark).name,
+            "n": len(self.correct),
+            "k": self.config.k,
+            "seed": self.config.seed,
+            "max_new_tokens": self.config.max_new_tokens,  # how long the answers it was fitted on could be
+            "extraction_fingerprint": self.fingerprint,
+            "data_sha256": hashlib.sha256(digests.encode()).hexdigest(),
+        }
+
+    def features(self, representation: str, model: HookedVLM | None, progress: Progress) -> dict[int, np.ndarray]:
+        """Per model layer, ``[n, d_model]``: the stored answer-position states, or one forward per batch."""
+        if representation == "query":
+            layers = self.extraction.stored_layers("hidden")
+            return {l: self.extraction.hidden[i] for i, l in enumerate(layers)}
+        if model is None:
+            raise InputError(f"the {representation!r} signal is read from the model: give the run's model")
+        data = validate.load_benchmark(self.config, progress=False)
+        extract.check_resumable(self.folder / "extraction", self.config, data.digests)  # the same questions
+        layers = [EMBED] if representation == "vision" else list(range(model.cfg.n_layers))
+        return collect(model, data.examples, representation, layers, self.config.batch_size, progress)
+
+    def baselines(self) -> dict[str, np.ndarray]:
+        """The risks a monitor is compared with, from the extraction: 1 - output confidence, the first token's
+        logit entropy, 1 - self-consistency support."""
+        rows = self.extraction.rows
+        return {
+            "output confidence": 1.0 - np.array([r["confidence"] for r in rows], dtype=float),
+            "logit entropy": np.array([r["entropy"] for r in rows], dtype=float),
+            f"self-consistency (K={self.config.k})": 1.0 - self.support,
+        }
+
+    def costs(self) -> dict[str, str]:
+        return {
+            "output confidence": "1 forward",
+            "logit entropy": "1 forward",
+            f"self-consistency (K={self.config.k})": f"1 forward + {self.config.k} sampled decodes",
+        }
+
+
+def load_run_model(run: Run, device: str | None = None, dtype: str | None = None) -> HookedVLM:
+    return HookedVLM.from_pretrained(
+        run.config.model, dtype=dtype or run.config.dtype, device=device or run.config.device
+    )
+
+
+@dataclass
+class MonitorReport:
+    monitor: ReliabilityMonitor
+    signals: pd.DataFrame  # one row per signal fitted: validation choice score, test AUROC and CI
+    selective: pd.DataFrame  # test split: the monitor against the baselines
+    consistency: pd.DataFrame  # the self-consistency-trained probe against K-sample self-consistency
+    curves: dict[str, pd.DataFrame] = field(default_factory=dict)  # risk-coverage curve per scorer (test split)
+
+    def tables(self) -> dict[str, pd.DataFrame]:
+        return {"signals": self.signals, "selective": self.selective, "consistency": self.consistency}
+
+    def markdown(self) -> str:
+        m = self.monitor
+        test = m.metrics["test"]
+        lines = [
+            f"# Reliability monitor: {m.signal} ({m.representation} at layers {list(m.layers)})",
+            "",
+            f"Fitted on {m.data.get('model')} / {m.data.get('benchmark')} (n = {m.data.get('n')}), calibration "
+            f"{m.calibration}, threshold risk > {m.threshold:.4f} ({_target(m.target)}). On the test split "
+            f"(n = {test['n']}): AUROC {test['auroc']:.3f} [{test['auroc_ci'][0]:.3f}, {test['auroc_ci'][1]:.3f}], "
+            f"AURC {test['aurc']:.3f}, keeps {test['coverage_at_threshold']:.0%} of answers at "
+            f"{test['accuracy_at_threshold']:.1%} accuracy (all answers: {test['accuracy']:.1%}).",
+        ]
+        notes = {
+            "signals": "Each signal fitted on the study's split; the layer chosen on validation, the test split read once.",
+            "selective": "Test split. Risk-coverage: keep the least risky answers; AURC is the mean error rate over "
+            "every coverage (lower is better).",
+            "consistency": "The consistency-trained probe needs no sampling when used: one forward against 1 + K decodes.",
+        }
+        for key, frame in self.tables().items():
+            lines += ["", f"## {key}", "", notes[key], "", frame.to_markdown(index=False, floatfmt=".3f")]
+        return "\n".join(lines) + "\n"
+
+
+def _target(target: dict) -> str:
+    if "coverage" in target:
+        return f"keeps {target['coverage']:.0%} of the validation answers"
+    reached = "" if target.get("reached") else ", not reached on validation: the strictest threshold"
+    return f"validation accuracy of the answers kept >= {target['precision']:.0%}{reached}"
+
+
+def _signal_row(monitor: ReliabilityMonitor) -> dict:
+    test = monitor.metrics["test"]
+    return {
+        "signal": monitor.signal,
+        "representation": monitor.representation,
+        "layers": ", ".join("embed" if l == EMBED else str(l) for l in monitor.layers),
+        "chosen_by": monitor.metrics["chosen_by"],
+        "validation_score": monitor.metrics["validation_choice_score"],
+        "validation_auroc": monitor.metrics["validation"]["auroc"],
+        "test_auroc": test["auroc"],
+        "ci_low": test["auroc_ci"][0],
+        "ci_high": test["auroc_ci"][1],
+        "test_aurc": test["aurc"],
+    }
+
+
+def fit_run(
+    folder: str | Path,
+    signal: str = "dense",
+    model: HookedVLM | None = None,
+    calibration: str = "platt",
+    coverage: float | None = 0.8,
+    precision: float | None = None,
+    progress: bool | Progress = False,
+    compare: bool = True,
+) -> MonitorReport:
+    """A monitor fitted on a run folder's extraction, with the tables a deployer chooses by.
+
+    ``signal``: one of ``analyses.monitor.SIGNALS``, or ``"auto"``: the best validation AUROC of one signal per
+    representation (``dense``, ``image``, ``vision``). ``model``: the run's model (loaded from its config when a
+    signal or the fingerprint needs it). ``compare=False`` fits only the one signal (no signals table rows for
+    the others)."""
+    if signal != "auto" and signal not in SIGNALS:
+        raise InputError(f"signal must be 'auto' or one of {sorted(SIGNALS)}, got {signal!r}")
+    progress = Progress.of(progress)
+    run = Run.open(folder)
+    if model is None:
+        with progress.stage(f"loading {run.config.model}"):
+            model = load_run_model(run)
+    fingerprint = cards.fingerprint(model)
+    wanted = [signal] if signal != "auto" else list(HALP)
+    if compare:
+        wanted += [s for s in SIGNALS if s not in wanted and (SIGNALS[s].representation == "query" or signal == "auto")]
+    if "consistency" not in wanted:
+        wanted.append("consistency")  # the consistency comparison always has its probe
+    cache: dict[str, dict[int, np.ndarray]] = {}
+    fitted: dict[str, ReliabilityMonitor] = {}
+    with progress.stage("fitting monitors: a probe per layer, chosen on validation", total=len(wanted)) as bar:
+        for name in wanted:
+            representation = SIGNALS[name].representation
+            if representation not in cache:
+                cache[representation] = run.features(representation, model, progress)
+            fitted[name] = fit(
+                cache[representation],
+                run.correct,
+                run.split,
+                fingerprint,
+                signal=name,
+                support=run.support,
+                calibration=calibration,
+                coverage=coverage,
+                precision=precision,
+                C=run.config.dense_C if SIGNALS[name].penalty != "l1" else run.config.sparse_C,
+                stacked_layers=run.config.stacked_layers,
+                seed=run.config.seed,
+                n_resamples=run.config.n_resamples,
+                data=run.data,
+            )
+            bar.advance()
+    chosen = signal if signal != "auto" else max(HALP, key=lambda s: fitted[s].metrics["validation"]["auroc"])
+    signals = pd.DataFrame([_signal_row(m) for m in fitted.values()])
+    signals["chosen"] = signals["signal"] == chosen
+    test = run.split.test
+    risks = {f"monitor: {chosen}": _risk(fitted[chosen], cache)[test]}
+    if chosen != "consistency":
+        risks["monitor: consistency probe"] = _risk(fitted["consistency"], cache)[test]
+    costs = dict.fromkeys(risks, "1 forward (the answer's own prefill)")
+    selective, curves = _selective(run, risks, costs, test)
+    return MonitorReport(fitted[chosen], signals, selective, _consistency(selective, run.config.k), curves)
+
+
+def _risk(monitor: ReliabilityMonitor, cache: dict[str, dict[int, np.ndarray]]) -> np.ndarray:
+    features = cache[monitor.representation]
+    return monitor.scores(np.concatenate([features[l] for l in monitor.layers], axis=1)).risk
+
+
+def _selective(run: Run, risks: dict[str, np.ndarray], costs: dict[str, str], rows: np.ndarray):
+    """The selective-prediction table and risk-coverage curves on ``rows``, the run's baselines beside ``risks``."""
+    risks = {**risks, **{k: v[rows] for k, v in run.baselines().items()}}
+    costs = {**costs, **run.costs()}
+    cfg, correct = run.config, run.correct[rows]
+    table = selective_table(risks, correct, costs=costs, n_resamples=cfg.n_resamples, seed=cfg.seed)
+    return table, {name: risk_coverage(risk, correct) for name, risk in risks.items()}
+
+
+def _consistency(selective: pd.DataFrame, k: int) -> pd.DataFrame:
+    """The self-consistency-trained probe against K-sample self-consistency, on the same test questions."""
+    by = selective.set_index("scorer")
+    probe = by.loc[next(name for name in by.index if name.startswith("monitor: consistency"))]
+    sampled = by.loc[f"self-consistency (K={k})"]
+    above_chance = sampled["auroc"] - 0.5
+    return pd.DataFrame(
+        [
+            {
+                "probe_auroc": probe["auroc"],
+                "probe_ci": f"[{probe['ci_low']:.3f}, {probe['ci_high']:.3f}]",
+                f"self_consistency_K{k}_auroc": sampled["auroc"],
+                "self_consistency_ci": f"[{sampled['ci_low']:.3f}, {sampled['ci_high']:.3f}]",
+                "auroc_ratio": probe["auroc"] / sampled["auroc"],
+                "share_above_chance": (probe["auroc"] - 0.5) / above_chance if above_chance > 0 else float("nan"),
+                "passes_probe": 1,
+                "passes_self_consistency": 1 + k,
+                "cost_ratio": 1 / (1 + k),
+                "n": int(probe["n"]),
+            }
+        ]
+    )
+
+
+def monitor_features(
+    monitor: ReliabilityMonitor, run: Run, model: HookedVLM | None, progress: bool | Progress = False
+) -> np.ndarray:
+    """``[n, width]``: what ``monitor`` reads, for every question of ``run``: the stored answer-position states
+    where the extraction holds its layers, else one forward per batch."""
+    stored = run.extraction.stored_layers("hidden")
+    if monitor.representation == "query" and all(l in stored for l in monitor.layers):
+        return np.concatenate([run.extraction.hidden[stored.index(l)] for l in monitor.layers], axis=1)
+    if model is None:
+        raise InputError(f"the run in {run.folder} does not store what this monitor reads: give the model")
+    data = validate.load_benchmark(run.config, progress=False)
+    extract.check_resumable(run.folder / "extraction", run.config, data.digests)
+    features = collect(model, data.examples, monitor.representation, monitor.layers, run.config.batch_size, progress)
+    return np.concatenate([features[l] for l in monitor.layers], axis=1)
+
+
+@dataclass
+class Evaluation:
+    run: Run
+    rows: str  # "test split" (the run the monitor was fitted on) or "all questions"
+    selective: pd.DataFrame
+    curves: dict[str, pd.DataFrame]
+    monitor_row: dict  # the monitor's figures on these rows, at its threshold too
+
+
+def evaluate_run(
+    monitor: ReliabilityMonitor, folder: str | Path, model: HookedVLM | None = None, progress: bool | Progress = False
+) -> Evaluation:
+    """The monitor on another run of the same model (another benchmark, another sample): every question, or the
+    test split when it is the run the monitor was fitted on. A run of another model is refused
+    (``MonitorMismatchError``) before any work."""
+    run = Run.open(folder)
+    if model is None:
+        model = load_run_model(run)
+    monitor.check_model(model)
+    fitted_here = (
+        monitor.data.get("extraction_fingerprint") == run.fingerprint
+        and monitor.data.get("data_sha256") == run.data["data_sha256"]
+    )
+    rows = run.split.test if fitted_here else np.arange(len(run.correct))
+    scores = monitor.scores(monitor_features(monitor, run, model, progress)[rows])
+    name = f"monitor: {monitor.signal}"
+    selective, curves = _selective(run, {name: scores.risk}, {name: "1 forward (the answer's own prefill)"}, rows)
+    correct = run.correct[rows]
+    kept = ~scores.flagged
+    figures = selective.set_index("scorer").loc[name].to_dict()
+    figures.update(
+        coverage_at_threshold=float(kept.mean()),
+        accuracy_at_threshold=float(correct[kept].mean()) if kept.any() else float("nan"),
+        accuracy=float(correct.mean()),
+    )
+    return Evaluation(run, "test split" if fitted_here else "all questions", selective, curves, figures)
+
+
+def transfer_table(
+    monitor: ReliabilityMonitor, folders: list[str | Path], progress: bool | Progress = False
+) -> pd.DataFrame:
+    """One row per run: the monitor's AUROC (CI), AURC, accuracy at 80/90% coverage and at its threshold; a run
+    of another model gets its reason instead of numbers."""
+    models: dict[str, HookedVLM] = {}
+    rows = []
+    for folder in folders:
+        run = Run.open(folder)
+        row = {"run": str(folder), "model": run.config.model, "benchmark": Path(run.config.benchmark).name}
+        if run.config.model not in models:
+            models[run.config.model] = load_run_model(run)
+        try:
+            result = evaluate_run(monitor, folder, models[run.config.model], progress)
+        except cards.MonitorMismatchError as e:
+            rows.append({**row, "questions": "-", "note": f"cannot apply: {e}"})
+            continue
+        f = result.monitor_row
+        rows.append(
+            {
+                **row,
+                "questions": result.rows,
+                "n": int(f["n"]),
+                "accuracy": f["accuracy"],
+                "auroc": f["auroc"],
+                "ci_low": f["ci_low"],
+                "ci_high": f["ci_high"],
+                "aurc": f["aurc"],
+                "accuracy@80%": f["accuracy@80%"],
+                "accuracy@90%": f["accuracy@90%"],
+                "coverage_at_threshold": f["coverage_at_threshold"],
+                "accuracy_at_threshold": f["accuracy_at_threshold"],
+                "note": "",
+            }
+        )
+    return pd.DataFrame(rows)
