@@ -329,6 +329,10 @@ def vrp(
     quiet: bool = typer.Option(
         False, "--quiet", help="no progress (stage lines and bars on a terminal, JSON lines on stderr otherwise)"
     ),
+    monitor: bool = typer.Option(
+        False, "--monitor", help="also fit a reliability monitor, save it in OUT/monitor, add its tables to the report"
+    ),
+    monitor_signal: str = typer.Option("dense", help="the monitor's signal (vlm-lens monitor fit --help lists them)"),
     allow_outside_images: bool = typer.Option(
         False,
         "--allow-outside-images",
@@ -368,6 +372,14 @@ def vrp(
         if not typed("benchmark") and "benchmark" in options:
             benches = [{k: options.get(k) for k in ("benchmark", "annotations", "images", "format")}]
     options = {k: v for k, v in options.items() if k not in ("model", "benchmark", "annotations", "images", "format")}
+    if monitor:
+        from analyses.monitor.signals import SIGNALS
+        from vlm_lens.errors import InputError
+
+        if monitor_signal not in [*SIGNALS, "auto"]:
+            raise InputError(f"--monitor-signal must be one of {', '.join([*SIGNALS, 'auto'])}, got {monitor_signal!r}")
+        if len(model) > 1 or len(benches) > 1:
+            raise InputError("--monitor fits on one model's run: give one --model and one --benchmark")
     if len(model) > 1 or len(benches) > 1:
         for name in model:
             check_name(name)
@@ -387,7 +399,14 @@ def vrp(
 
     target = Path(out or f"runs/vrp-{Path(cfg.model).name}")
     if (
-        run(cfg, target, progress=not quiet, allow_outside_images=allow_outside_images) is None
+        run(
+            cfg,
+            target,
+            progress=not quiet,
+            allow_outside_images=allow_outside_images,
+            monitor=monitor_signal if monitor else None,
+        )
+        is None
     ):  # a torchrun rank other than 0: rank 0 reports
         return
     typer.echo((target / "tables.md").read_text())

@@ -61,7 +61,7 @@ def fit(
     quiet: bool = typer.Option(False, "--quiet", help="no progress lines"),
 ) -> None:
     """Fit a monitor on RUN_DIR's stored states and the study's split; save it with its card and report."""
-    from analyses.monitor.monitor import CALIBRATIONS, SIGNALS
+    from analyses.monitor.signals import CALIBRATIONS, SIGNALS
     from vlm_lens.errors import InputError
 
     _check_choice(signal, "signal", [*SIGNALS, "auto"])

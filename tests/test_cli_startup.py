@@ -34,6 +34,13 @@ print("CODE", code, "HEAVY", ",".join(heavy) or "-")
         (["vrp", "--benchmark", "missing.jsonl"], "--benchmark missing.jsonl: the file does not exist"),
         (["vrp", "--benchmark", "shapes-word"], "did you mean shapes-words?"),
         (["vrp", "--benchmark", "shapes", "--device", "gpu"], "unknown device 'gpu'"),
+        (["vrp", "--monitor", "--monitor-signal", "magic"], "--monitor-signal must be one of"),
+        (["monitor", "--help"], "reliability monitor"),
+        (["monitor", "fit", "--help"], "--signal"),
+        (["monitor", "fit", "no-such-run", "--out", "m"], "RUN_DIR no-such-run: does not exist"),
+        (["monitor", "fit", ".", "--out", "m", "--calibration", "beta"], "--calibration must be one of"),
+        (["monitor", "apply", ".", "--model", "toy-lava", "--benchmark", "shapes", "--out", "a"], "did you mean"),
+        (["monitor", "apply", ".", "--model", "toy-llava", "--benchmark", "q.jsonl", "--out", "a"], "does not exist"),
     ],
 )
 def test_answered_before_torch_loads(args, says):

@@ -22,7 +22,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save
 
 from analyses.files import sha256, write_atomic
-from vlm_lens import HookedVLM
+from vlm_lens import HookedVLM, zoo
 from vlm_lens.errors import DataError
 
 FORMAT = "vlm-lens-monitor/1"
@@ -55,8 +55,9 @@ def _tokenizer_digest(tokenizer) -> str:
 def fingerprint(model: HookedVLM) -> dict:
     """The checkpoint a monitor reads: name, family, HF class, sizes, and digests of its config and tokenizer."""
     c = model.cfg
+    toys = {zoo.resolve(name): name for name in zoo.names()}  # a zoo toy by its name, not its folder here
     return {
-        "name": c.model_name,
+        "name": toys.get(c.model_name, c.model_name),
         "family": c.family,
         "architecture": type(model.hf_model).__name__,
         "n_layers": c.n_layers,

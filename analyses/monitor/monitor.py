@@ -39,32 +39,11 @@ from analyses.answers import stop_token_ids
 from analyses.monitor import card as cards
 from analyses.monitor.features import EMBED, REPRESENTATIONS, Reader, read
 from analyses.monitor.selective import accuracy_at_coverage, aurc
+from analyses.monitor.signals import CALIBRATIONS, RIDGE_CS, SIGNALS, Signal
 from analyses.probes import Split, fit_probe
 from vlm_lens import HookedVLM
 from vlm_lens.errors import DataError, InputError
 from vlm_lens.inputs import VLMInputs
-
-
-@dataclass(frozen=True)
-class Signal:
-    representation: str
-    penalty: str  # "l1" | "l2" (logistic, on correctness) | "ridge" (regression, on self-consistency support)
-    stacked: bool = False
-    about: str = ""
-
-
-SIGNALS = {
-    "dense": Signal("query", "l2", about="L2 probe, answer-position residual, layer chosen on validation"),
-    "sparse": Signal("query", "l1", about="L1 probe, answer-position residual, layer chosen on validation"),
-    "stacked": Signal("query", "l2", stacked=True, about="L2 probe, answer-position residual, last 5 layers"),
-    "image": Signal("image", "l2", about="L2 probe, image tokens' mean residual, layer chosen on validation"),
-    "vision": Signal("vision", "l2", about="L2 probe, projected vision features' mean, before the decoder"),
-    "consistency": Signal(
-        "query", "ridge", about="ridge regression on self-consistency support (no gold to fit), answer position"
-    ),
-}
-CALIBRATIONS = ("platt", "isotonic")
-RIDGE_CS = (0.001, 0.01, 0.1, 1.0)  # the consistency regression's inverse strengths (alpha = 1 / C), tried per layer
 
 
 def check_signal(signal: str) -> Signal:

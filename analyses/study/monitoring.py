@@ -69,7 +69,12 @@ class Run:
         if "model" not in settings:  # a --compare or several-model folder
             raise DataError(f"{folder} is not a single run (no model in its config): give one model's run folder")
         config = VRPConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in settings.items()})
-        ex = extract.load(folder / "extraction")
+        return cls.of(folder, config, extract.load(folder / "extraction"))
+
+    @classmethod
+    def of(cls, folder: str | Path, config: VRPConfig, ex: extract.Extraction) -> Run:
+        """A run from its parts (the study, before its tables are written)."""
+        folder = Path(folder)
         if any(r["correct"] is None for r in ex.rows):
             raise DataError(
                 f"{folder} is an open-ended run (no answer is right or wrong without a judge): a monitor needs scored answers"
@@ -201,17 +206,18 @@ def fit_run(
     precision: float | None = None,
     progress: bool | Progress = False,
     compare: bool = True,
+    run: Run | None = None,
 ) -> MonitorReport:
     """A monitor fitted on a run folder's extraction, with the tables a deployer chooses by.
 
     ``signal``: one of ``analyses.monitor.SIGNALS``, or ``"auto"``: the best validation AUROC of one signal per
     representation (``dense``, ``image``, ``vision``). ``model``: the run's model (loaded from its config when a
     signal or the fingerprint needs it). ``compare=False`` fits only the one signal (no signals table rows for
-    the others)."""
+    the others). ``run``: the run already open (the study passes its own, before its tables are written)."""
     if signal != "auto" and signal not in SIGNALS:
         raise InputError(f"signal must be 'auto' or one of {sorted(SIGNALS)}, got {signal!r}")
     progress = Progress.of(progress)
-    run = Run.open(folder)
+    run = run or Run.open(folder)
     if model is None:
         with progress.stage(f"loading {run.config.model}"):
             model = load_run_model(run)

@@ -174,6 +174,7 @@ def run(
     progress: bool | Progress = True,
     allow_outside_images: bool = False,
     data: validate.Dataset | None = None,
+    monitor: str | None = None,
 ) -> StudyResults | OpenEndedResults | None:
     """Run the study; write tables and the report into ``out``; return the results.
 
@@ -182,7 +183,9 @@ def run(
     time writes into ``out`` (``files.RunLock``). An open-ended benchmark (LLaVA-Bench) gives
     ``OpenEndedResults``: answers and judge-free metrics. Under ``torchrun`` every rank extracts its share of
     the shards; rank 0 then analyses and reports (and returns the results), the other ranks return None.
-    ``data``: the benchmark as ``validate.prepare`` returned it, when the caller has checked it already."""
+    ``data``: the benchmark as ``validate.prepare`` returned it, when the caller has checked it already.
+    ``monitor``: a signal name (``analyses.monitor.SIGNALS`` or "auto"): also fit a reliability monitor on the run
+    (``analyses.study.monitoring``), save it in ``out/monitor`` and add its tables to the report."""
     from analyses.study import report  # plotting is imported only by those who plot
 
     out = Path(out)
@@ -219,8 +222,14 @@ def run(
                 return results
             check_answers(ex)
             results = analyse(model, examples, ex, cfg, questions, progress)
+            monitored = None
+            if monitor is not None:
+                from analyses.study.monitoring import Run, fit_run
+
+                monitored = fit_run(out, monitor, model=model, progress=progress, run=Run.of(out, cfg, ex))
+                monitored.monitor.save(out / "monitor")
             with progress.stage("report: tables.md, tables.json, report.html"):
-                report.write(out, results, ex, examples)
+                report.write(out, results, ex, examples, monitored)
             return results
     finally:
         ranks.close()

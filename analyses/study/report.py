@@ -268,12 +268,48 @@ def _sections(results: StudyResults, extraction: Extraction, examples: list[Exam
     ]
 
 
-def write(out: Path, results: StudyResults, extraction: Extraction, examples: list[Example]) -> Path:
+def _monitor_sections(monitored) -> list[tuple[str, str, list]]:
+    """The reliability monitor's tables (``analyses.study.monitoring.MonitorReport``), after the study's."""
+    m = monitored.monitor
+    return [
+        (
+            f"Reliability monitor: {m.signal} ({m.representation}, layers {list(m.layers)}), saved in monitor/",
+            "Each signal fitted on the study's split, its layer chosen on validation; the chosen one is saved "
+            "(vlm-lens monitor apply scores new questions with it).",
+            [monitored.signals],
+        ),
+        (
+            "Selective prediction (test split)",
+            "Keep the answers a scorer trusts most: accuracy at 80% and 90% coverage, and AURC (the mean error rate "
+            "over every coverage; lower is better), the monitor beside output confidence, logit entropy and "
+            "self-consistency, with what each costs.",
+            [monitored.selective, plots.risk_coverage(monitored.curves)],
+        ),
+        (
+            "The self-consistency probe against sampling",
+            "A probe trained to predict self-consistency support from one forward, against K sampled answers.",
+            [monitored.consistency],
+        ),
+    ]
+
+
+def write(out: Path, results: StudyResults, extraction: Extraction, examples: list[Example], monitored=None) -> Path:
+    """tables.json, tables.md and report.html; with ``monitored`` (a ``MonitorReport``), its tables too."""
     out.mkdir(parents=True, exist_ok=True)
-    write_atomic(out / "tables.json", json.dumps(to_json(results), indent=1))
-    write_atomic(out / "tables.md", to_markdown(results))
+    data = to_json(results)
+    text = to_markdown(results)
+    sections = _sections(results, extraction, examples)
+    if monitored is not None:
+        data["monitor"] = {
+            "card": monitored.monitor.card(),
+            **{k: v.replace({np.nan: None}).to_dict(orient="records") for k, v in monitored.tables().items()},
+        }
+        text += "\n" + re.sub(r"^(#+) ", r"##\1 ", monitored.markdown(), flags=re.M)  # under the study's ###
+        sections += _monitor_sections(monitored)
+    write_atomic(out / "tables.json", json.dumps(data, indent=1))
+    write_atomic(out / "tables.md", text)
     body, plotly_included = [], False
-    for title, note, parts in _sections(results, extraction, examples):
+    for title, note, parts in sections:
         body.append(f"<h2>{html.escape(title)}</h2><p class='note'>{html.escape(note)}</p>")
         for part in parts:
             if isinstance(part, pd.DataFrame):
