@@ -101,6 +101,7 @@ def evaluate(
     _check_folder(monitor_dir, "MONITOR_DIR")
     for run in run_dirs:
         _check_folder(run, "RUN_DIR")
+    from analyses import formatting
     from analyses.monitor.monitor import ReliabilityMonitor
     from analyses.study.monitoring import transfer_table
 
@@ -108,9 +109,7 @@ def evaluate(
     table = transfer_table(monitor, run_dirs, progress=not quiet)
     text = (
         f"# Monitor {monitor_dir} ({monitor.signal}, fitted on {monitor.data.get('model')} / "
-        f"{monitor.data.get('benchmark')}) on {len(run_dirs)} run(s)\n\n"
-        + table.to_markdown(index=False, floatfmt=".3f")
-        + "\n"
+        f"{monitor.data.get('benchmark')}) on {len(run_dirs)} run(s)\n\n" + formatting.markdown(table) + "\n"
     )
     typer.echo(text)
     if out:

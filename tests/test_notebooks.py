@@ -17,6 +17,7 @@ def test_notebooks_exist():
         "02_ablation_experiments.ipynb",
         "03_margin_curves.ipynb",
         "04_transformer_lens_main_demo.ipynb",
+        "05_reliability_monitor.ipynb",
     ]
 
 

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from analyses import formatting
 from analyses.monitor import card as cards
 from analyses.monitor.features import EMBED, collect
 from analyses.monitor.monitor import SIGNALS, ReliabilityMonitor, fit
@@ -170,7 +171,7 @@ class MonitorReport:
             "consistency": "The consistency-trained probe needs no sampling when used: one forward against 1 + K decodes.",
         }
         for key, frame in self.tables().items():
-            lines += ["", f"## {key}", "", notes[key], "", frame.to_markdown(index=False, floatfmt=".3f")]
+            lines += ["", f"## {key}", "", notes[key], "", formatting.markdown(frame)]
         return "\n".join(lines) + "\n"
 
 
