@@ -103,21 +103,27 @@ def evaluate(
         _check_folder(run, "RUN_DIR")
     from analyses import formatting
     from analyses.monitor.monitor import ReliabilityMonitor
-    from analyses.study.monitoring import transfer_table
+    from analyses.study.monitor_transfer import transfer_table
 
     monitor = ReliabilityMonitor.load(monitor_dir)
-    table = transfer_table(monitor, run_dirs, progress=not quiet)
+    curves: dict = {}
+    table = transfer_table(monitor, run_dirs, progress=not quiet, curves=curves)
     text = (
         f"# Monitor {monitor_dir} ({monitor.signal}, fitted on {monitor.data.get('model')} / "
         f"{monitor.data.get('benchmark')}) on {len(run_dirs)} run(s)\n\n" + formatting.markdown(table) + "\n"
     )
     typer.echo(text)
     if out:
+        from analyses import plots
         from analyses.files import write_atomic
 
-        Path(out).mkdir(parents=True, exist_ok=True)
-        write_atomic(Path(out) / "transfer.md", text)
-        typer.echo(f"written: {Path(out) / 'transfer.md'}")
+        target = Path(out)
+        target.mkdir(parents=True, exist_ok=True)
+        write_atomic(target / "transfer.md", text)
+        figures = [plots.risk_coverage(c, title=f"Risk-coverage on {run}") for run, c in curves.items()]
+        page = "".join(f.to_html(full_html=False, include_plotlyjs=i == 0) for i, f in enumerate(figures))
+        write_atomic(target / "risk_coverage.html", f"<!doctype html><html><body>{page}</body></html>")
+        typer.echo(f"written: {target / 'transfer.md'} and {target / 'risk_coverage.html'}")
 
 
 @monitor_app.command("apply")

@@ -27,7 +27,8 @@ from analyses.monitor.selective import accuracy_at_coverage, aurc, risk_coverage
 from analyses.probes import stratified_split
 from analyses.stats import auroc
 from analyses.study.config import VRPConfig
-from analyses.study.monitoring import Run, evaluate_run, fit_run, transfer_table
+from analyses.study.monitor_transfer import evaluate_run, transfer_table
+from analyses.study.monitoring import Run, fit_run
 from analyses.study.pipeline import run
 from tests.conftest import FAMILIES, make_images, tiny
 from vlm_lens import HookedVLM
@@ -313,8 +314,9 @@ def test_the_three_commands(study, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "# Reliability monitor: sparse" in printed and "self-consistency (K=4)" in printed
     assert (tmp_path / "m" / "report.html").read_text().count("Plotly.newPlot") == 1
-    assert main(["monitor", "eval", str(tmp_path / "m"), str(out), "--quiet"]) == 0
+    assert main(["monitor", "eval", str(tmp_path / "m"), str(out), "--quiet", "--out", str(tmp_path / "e")]) == 0
     assert "test split" in capsys.readouterr().out
+    assert (tmp_path / "e" / "risk_coverage.html").read_text().count("Plotly.newPlot") == 1
     fresh = shapes.write_benchmark(tmp_path / "fresh", 40, seed=4)
     args = ["monitor", "apply", str(tmp_path / "m"), "--model", "toy-llava", "--benchmark", str(fresh)]
     args += ["--images", str(fresh.parent / "images"), "--out", str(tmp_path / "answers.jsonl"), "--quiet"]

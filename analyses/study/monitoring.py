@@ -13,9 +13,7 @@ the monitor it reports what a deployer chooses by:
 - ``consistency``: the self-consistency-trained probe's AUROC as a share of K-sample self-consistency's, and the
   cost ratio (one forward against 1 + K decodes).
 
-``evaluate_run(monitor, RUN_DIR)`` scores another run's questions (all of them; the test split when it is the
-run the monitor was fitted on); ``transfer_table`` does it for several runs, saying why a monitor cannot apply
-to a run of another model.
+Scoring a saved monitor on other runs (transfer) is ``analyses.study.monitor_transfer``.
 """
 
 from __future__ import annotations
@@ -112,10 +110,14 @@ class Run:
             return {l: self.extraction.hidden[i] for i, l in enumerate(layers)}
         if model is None:
             raise InputError(f"the {representation!r} signal is read from the model: give the run's model")
-        data = validate.load_benchmark(self.config, progress=False)
-        extract.check_resumable(self.folder / "extraction", self.config, data.digests)  # the same questions
         layers = [EMBED] if representation == "vision" else list(range(model.cfg.n_layers))
-        return collect(model, data.examples, representation, layers, self.config.batch_size, progress)
+        return collect(model, self.examples(), representation, layers, self.config.batch_size, progress)
+
+    def examples(self) -> list:
+        """The run's questions, checked to be the ones its extraction holds (the manifest's digests)."""
+        data = validate.load_benchmark(self.config, progress=False)
+        extract.check_resumable(self.folder / "extraction", self.config, data.digests)
+        return data.examples
 
     def baselines(self) -> dict[str, np.ndarray]:
         """The risks a monitor is compared with, from the extraction: 1 - output confidence, the first token's
@@ -260,7 +262,7 @@ def fit_run(
     if chosen != "consistency":
         risks["monitor: consistency probe"] = _risk(fitted["consistency"], cache)[test]
     costs = dict.fromkeys(risks, "1 forward (the answer's own prefill)")
-    selective, curves = _selective(run, risks, costs, test)
+    selective, curves = selective_on(run, risks, costs, test)
     return MonitorReport(fitted[chosen], signals, selective, _consistency(selective, run.config.k), curves)
 
 
@@ -269,7 +271,7 @@ def _risk(monitor: ReliabilityMonitor, cache: dict[str, dict[int, np.ndarray]]) 
     return monitor.scores(np.concatenate([features[l] for l in monitor.layers], axis=1)).risk
 
 
-def _selective(run: Run, risks: dict[str, np.ndarray], costs: dict[str, str], rows: np.ndarray):
+def selective_on(run: Run, risks: dict[str, np.ndarray], costs: dict[str, str], rows: np.ndarray):
     """The selective-prediction table and risk-coverage curves on ``rows``, the run's baselines beside ``risks``."""
     risks = {**risks, **{k: v[rows] for k, v in run.baselines().items()}}
     costs = {**costs, **run.costs()}
@@ -300,95 +302,3 @@ def _consistency(selective: pd.DataFrame, k: int) -> pd.DataFrame:
             }
         ]
     )
-
-
-def monitor_features(
-    monitor: ReliabilityMonitor, run: Run, model: HookedVLM | None, progress: bool | Progress = False
-) -> np.ndarray:
-    """``[n, width]``: what ``monitor`` reads, for every question of ``run``: the stored answer-position states
-    where the extraction holds its layers, else one forward per batch."""
-    stored = run.extraction.stored_layers("hidden")
-    if monitor.representation == "query" and all(l in stored for l in monitor.layers):
-        return np.concatenate([run.extraction.hidden[stored.index(l)] for l in monitor.layers], axis=1)
-    if model is None:
-        raise InputError(f"the run in {run.folder} does not store what this monitor reads: give the model")
-    data = validate.load_benchmark(run.config, progress=False)
-    extract.check_resumable(run.folder / "extraction", run.config, data.digests)
-    features = collect(model, data.examples, monitor.representation, monitor.layers, run.config.batch_size, progress)
-    return np.concatenate([features[l] for l in monitor.layers], axis=1)
-
-
-@dataclass
-class Evaluation:
-    run: Run
-    rows: str  # "test split" (the run the monitor was fitted on) or "all questions"
-    selective: pd.DataFrame
-    curves: dict[str, pd.DataFrame]
-    monitor_row: dict  # the monitor's figures on these rows, at its threshold too
-
-
-def evaluate_run(
-    monitor: ReliabilityMonitor, folder: str | Path, model: HookedVLM | None = None, progress: bool | Progress = False
-) -> Evaluation:
-    """The monitor on another run of the same model (another benchmark, another sample): every question, or the
-    test split when it is the run the monitor was fitted on. A run of another model is refused
-    (``MonitorMismatchError``) before any work."""
-    run = Run.open(folder)
-    if model is None:
-        model = load_run_model(run)
-    monitor.check_model(model)
-    fitted_here = (
-        monitor.data.get("extraction_fingerprint") == run.fingerprint
-        and monitor.data.get("data_sha256") == run.data["data_sha256"]
-    )
-    rows = run.split.test if fitted_here else np.arange(len(run.correct))
-    scores = monitor.scores(monitor_features(monitor, run, model, progress)[rows])
-    name = f"monitor: {monitor.signal}"
-    selective, curves = _selective(run, {name: scores.risk}, {name: "1 forward (the answer's own prefill)"}, rows)
-    correct = run.correct[rows]
-    kept = ~scores.flagged
-    figures = selective.set_index("scorer").loc[name].to_dict()
-    figures.update(
-        coverage_at_threshold=float(kept.mean()),
-        accuracy_at_threshold=float(correct[kept].mean()) if kept.any() else float("nan"),
-        accuracy=float(correct.mean()),
-    )
-    return Evaluation(run, "test split" if fitted_here else "all questions", selective, curves, figures)
-
-
-def transfer_table(
-    monitor: ReliabilityMonitor, folders: list[str | Path], progress: bool | Progress = False
-) -> pd.DataFrame:
-    """One row per run: the monitor's AUROC (CI), AURC, accuracy at 80/90% coverage and at its threshold; a run
-    of another model gets its reason instead of numbers."""
-    models: dict[str, HookedVLM] = {}
-    rows = []
-    for folder in folders:
-        run = Run.open(folder)
-        row = {"run": str(folder), "model": run.config.model, "benchmark": Path(run.config.benchmark).name}
-        if run.config.model not in models:
-            models[run.config.model] = load_run_model(run)
-        try:
-            result = evaluate_run(monitor, folder, models[run.config.model], progress)
-        except cards.MonitorMismatchError as e:
-            rows.append({**row, "questions": "-", "note": f"cannot apply: {e}"})
-            continue
-        f = result.monitor_row
-        rows.append(
-            {
-                **row,
-                "questions": result.rows,
-                "n": int(f["n"]),
-                "accuracy": f["accuracy"],
-                "auroc": f["auroc"],
-                "ci_low": f["ci_low"],
-                "ci_high": f["ci_high"],
-                "aurc": f["aurc"],
-                "accuracy@80%": f["accuracy@80%"],
-                "accuracy@90%": f["accuracy@90%"],
-                "coverage_at_threshold": f["coverage_at_threshold"],
-                "accuracy_at_threshold": f["accuracy_at_threshold"],
-                "note": "",
-            }
-        )
-    return pd.DataFrame(rows)
