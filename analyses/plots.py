@@ -49,14 +49,18 @@ def roc_curves(curves: list[tuple[str, np.ndarray, np.ndarray, float]], title: s
     for i, (name, fpr, tpr, auroc) in enumerate(curves):
         fig.add_trace(go.Scatter(x=fpr, y=tpr, mode="lines", name=f"{name} (AUROC {auroc:.3f})", line=line_style(i)))
     fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line={"dash": "dot", "color": "grey"}, name="chance"))
-    fig.update_layout(
+    return _legend_beside(fig, title, "false positive rate", "true positive rate")
+
+
+def _legend_beside(fig: go.Figure, title: str, x_title: str, y_title: str) -> go.Figure:
+    """The layout of a plot of many lines: white, titled, the legend beside the axes rather than over them."""
+    return fig.update_layout(
         title=title,
-        xaxis_title="false positive rate",
-        yaxis_title="true positive rate",
+        xaxis_title=x_title,
+        yaxis_title=y_title,
         template="plotly_white",
         legend={"x": 1.02, "y": 1, "xanchor": "left"},
     )
-    return fig
 
 
 def _band(x, low, high, colour, name, legendgroup) -> go.Scatter:
@@ -317,11 +321,4 @@ def risk_coverage(curves: Mapping[str, pd.DataFrame], title: str = "Risk-coverag
                 line=line_style(i),
             )
         )
-    fig.update_layout(
-        title=title,
-        xaxis_title="coverage (share of answers kept)",
-        yaxis_title="selective risk (error rate of those kept)",
-        template="plotly_white",
-        legend={"x": 1.02, "y": 1, "xanchor": "left"},
-    )
-    return fig
+    return _legend_beside(fig, title, "coverage (share of answers kept)", "selective risk (error rate of those kept)")
