@@ -33,11 +33,15 @@ def tidy(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def _shown(frame: pd.DataFrame, missing: str) -> pd.DataFrame:
-    """tidy's integer columns as their digits, ``missing`` where a value is absent (the printers would show a
-    column holding a NaN as floats again)."""
+    """Integer columns (tidy's, and those that were integers already) as their digits, ``missing`` where a value is
+    absent: the printers read a row of mixed columns as floats, so an int64 layer beside a float share would print
+    as ``3.000``, and a column holding a NaN as floats again."""
     out = tidy(frame)
     for column in out.columns:
-        if isinstance(out[column].dtype, pd.Int64Dtype):
+        dtype = out[column].dtype
+        if isinstance(dtype, pd.Int64Dtype) or (
+            pd.api.types.is_integer_dtype(dtype) and not pd.api.types.is_bool_dtype(dtype)
+        ):
             out[column] = [missing if pd.isna(v) else str(int(v)) for v in out[column]]
     return out
 

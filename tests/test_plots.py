@@ -61,6 +61,10 @@ def test_whole_number_columns_print_as_integers_and_shares_do_not():
     assert "<td>-</td>" in page  # the missing layer
     halves = pd.DataFrame({"layer": [1.5, 2.0]})  # not whole: stays float
     assert "1.500" in markdown(halves)
+    # int64 columns beside floats (Table 3's row): the printers read the row as floats; they must stay integers
+    mixed = pd.DataFrame({"peak_layer": [3], "gap_at_peak": [4.1237], "n_decomposed": [100], "kept": [True]})
+    assert [c.strip() for c in markdown(mixed).splitlines()[2].strip("|").split("|")] == ["3", "4.124", "100", "True"]
+    assert "<td>3</td>" in html_table(mixed) and "<td>100</td>" in html_table(mixed)
 
 
 def test_roc_lines_are_each_their_own_look_with_sklearns_auroc_in_the_legend():
