@@ -322,3 +322,31 @@ def risk_coverage(curves: Mapping[str, pd.DataFrame], title: str = "Risk-coverag
             )
         )
     return _legend_beside(fig, title, "coverage (share of answers kept)", "selective risk (error rate of those kept)")
+
+
+def patch_scores(image: Image.Image, grid: np.ndarray, title: str = "Attribution over the image") -> go.Figure:
+    """Signed per-patch scores (an attribution's ``on_grid``) over the image: red where a patch carries the
+    metric's difference, blue where it works against it, white at zero (the colour scale is symmetric)."""
+    grid = np.asarray(grid, dtype=float)
+    rgb = np.asarray(image.convert("RGB"))
+    h, w = rgb.shape[:2]
+    rows, cols = grid.shape
+    bound = float(np.abs(grid).max()) or 1.0
+    fig = go.Figure(go.Image(z=rgb))
+    fig.add_trace(
+        go.Heatmap(
+            z=grid,
+            x0=w / cols / 2 - 0.5,
+            dx=w / cols,
+            y0=h / rows / 2 - 0.5,
+            dy=h / rows,
+            opacity=0.55,
+            colorscale="RdBu_r",
+            zmin=-bound,
+            zmax=bound,
+            colorbar={"title": "score"},
+            hovertemplate="patch (%{y:.0f}, %{x:.0f})<br>%{z:+.3f}<extra></extra>",
+        )
+    )
+    fig.update_layout(title=title, template="plotly_white", yaxis={"scaleanchor": "x"})
+    return fig
