@@ -413,13 +413,15 @@ def vrp(
     typer.echo(f"report: {target / 'report.html'}")
 
 
-def _add_monitor() -> None:
-    from analyses.cli_monitor import monitor_app  # typer alone: torch loads inside its commands
+def _add_groups() -> None:
+    from analyses.cli_lens import lens_app  # typer alone: torch loads inside their commands
+    from analyses.cli_monitor import monitor_app
 
     app.add_typer(monitor_app, name="monitor")
+    app.add_typer(lens_app, name="lens")
 
 
-_add_monitor()
+_add_groups()
 
 
 if __name__ == "__main__":

@@ -115,14 +115,22 @@ def peak_and_separation(curves: pd.DataFrame, margins: Float[np.ndarray, "layer 
 
 
 @torch.no_grad()
-def dataset_margins(model: HookedVLM, examples, batch_size: int = 100) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def dataset_margins(
+    model: HookedVLM, examples, batch_size: int = 100, lens=None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Over ``Example``s: truth margins [layer, n] of each label's token(s), greedy correctness [n] (scored by
-    ``analyses.answers``), and the competitor token [n] (the strongest other token at the last layer)."""
+    ``analyses.answers``), and the competitor token [n] (the strongest other token at the last layer).
+
+    ``lens``: read each layer through a tuned lens (``analyses.tuned_lens.TunedLens``) instead of the logit lens."""
+    if lens is not None:
+        lens.check_model(model)
     margins, correct, competitors = [], [], []
     for chunk, inputs in batches(model, examples, batch_size):
         logits, cache = model.run_with_cache(inputs, names_filter=lambda n: n.endswith("hook_resid_post"))
         refs = [reference_token_ids(model.tokenizer, e.golds, e.metric) for e in chunk]
-        margins.append(truth_margin(logit_lens(model, cache), refs).cpu().numpy())
+        resid = stack_at_answer(cache, "resid_post")
+        layers = read_out(model, resid if lens is None else lens.translate(resid))
+        margins.append(truth_margin(layers, refs).cpu().numpy())
         correct += correctness(chunk, greedy_answers(model, logits, inputs)[1])
         competitors += competitor_ids(at_answer(logits, answer_positions(inputs)), refs)
     return np.concatenate(margins, axis=1), np.array(correct), np.array(competitors)

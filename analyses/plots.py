@@ -350,3 +350,21 @@ def patch_scores(image: Image.Image, grid: np.ndarray, title: str = "Attribution
     )
     fig.update_layout(title=title, template="plotly_white", yaxis={"scaleanchor": "x"})
     return fig
+
+
+def lens_kl(table: pd.DataFrame, title: str = "KL to the final distribution, by layer") -> go.Figure:
+    """One line per lens (``analyses.tuned_lens.kl_by_layer``): mean KL (nats) by layer, with its standard error."""
+    fig = go.Figure()
+    for i, (name, rows) in enumerate(table.groupby("lens", sort=False)):
+        fig.add_trace(
+            go.Scatter(
+                x=rows["layer"],
+                y=rows["kl"],
+                error_y={"type": "data", "array": rows["se"]},
+                mode="lines+markers",
+                name=f"{name} lens",
+                line=line_style(i),
+            )
+        )
+    fig.update_xaxes(**LAYER_AXIS)
+    return _legend_beside(fig, title, "layer", "KL(final || lens), nats")

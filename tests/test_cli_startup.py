@@ -36,6 +36,8 @@ print("CODE", code, "HEAVY", ",".join(heavy) or "-")
         (["vrp", "--benchmark", "shapes", "--device", "gpu"], "unknown device 'gpu'"),
         (["vrp", "--monitor", "--monitor-signal", "magic"], "--monitor-signal must be one of"),
         (["monitor", "--help"], "reliability monitor"),
+        (["lens", "train", "--help"], "tuned lens"),
+        (["lens", "train", "--out", "x", "--model", "toy-lava"], "did you mean toy-llava?"),
         (["monitor", "fit", "--help"], "--signal"),
         (["monitor", "fit", "no-such-run", "--out", "m"], "RUN_DIR no-such-run: does not exist"),
         (["monitor", "fit", ".", "--out", "m", "--calibration", "beta"], "--calibration must be one of"),
