@@ -1,0 +1,107 @@
+"""The attention view: every head's rows against the cache and the generation's own capture, the figure's menu
+against its traces, and the page drawn by a real headless browser."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from analyses.answers import generate_answers
+from analyses.data.shapes import generate, image_of
+from analyses.views import answer_attention, attention_view
+from tests.conftest import FAMILIES, make_images, tiny
+from vlm_lens import HookedVLM
+from vlm_lens.errors import InputError
+
+
+@pytest.fixture(scope="module")
+def words():
+    model = HookedVLM.from_pretrained("toy-llava-words")
+    q = generate(1, seed=5)[0]
+    image = Image.fromarray(image_of(q, seed=5))
+    return model, image, model.prepare(images=[image], prompts=[q.text])
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_first_answer_tokens_rows_are_the_caches(family):
+    model = tiny(family)
+    inputs = model.prepare(images=make_images(), prompts=["is there a red square ?", "how many circles ?"])
+    if model.cfg.cross_layers:
+        with pytest.raises(InputError, match="cross-attention"):
+            answer_attention(model, inputs)
+        return
+    maps, tokens = answer_attention(model, inputs, item=1, max_new_tokens=1)
+    _, cache = model.run_with_cache(inputs)
+    span = inputs.image_spans[1][0]
+    rows = torch.stack([cache["pattern_rows", l][1, :, -1, : span.end] for l in range(model.cfg.n_layers)])
+    np.testing.assert_allclose(maps[0], span.stitch(rows.float(), kind="base").numpy(), atol=1e-5)
+    assert len(tokens) == 1
+
+
+def test_every_answer_tokens_rows_match_the_generations_own_capture(words):
+    model, _, inputs = words
+    maps, tokens = answer_attention(model, inputs, max_new_tokens=9)
+    names = [f"blocks.{l}.attn.hook_pattern_rows" for l in range(model.cfg.n_layers)]
+    plain = generate_answers(model, inputs, names, max_new_tokens=9)
+    assert [model.to_string(t) for t in plain.tokens[0]] == tokens and len(tokens) > 3
+    span = inputs.image_spans[0][0]
+    for t in range(len(tokens)):
+        mean = torch.stack([plain.attention[t][n][0, 0, -1, : span.end] for n in names])  # heads averaged there
+        np.testing.assert_allclose(maps[t].mean(1), span.stitch(mean, kind="base").numpy(), atol=1e-5)
+
+
+def test_the_menu_shows_one_choice_at_every_layer(words):
+    model, image, inputs = words
+    maps, tokens = answer_attention(model, inputs, max_new_tokens=9)
+    fig = attention_view(model, inputs, image=image, max_new_tokens=9)
+    layers, heads = model.cfg.n_layers, model.cfg.n_heads
+    buttons = fig.layout.updatemenus[0].buttons
+    assert len(buttons) == len(tokens) * (heads + 1)
+    heatmaps = [t for t in fig.data if t.type == "heatmap"]
+    assert len(heatmaps) == len(buttons) * layers and sum(t.type == "image" for t in fig.data) == layers
+    for k in (0, 3, len(buttons) - 1):
+        shown = [t for t, v in zip(fig.data, buttons[k].args[0]["visible"]) if v and t.type == "heatmap"]
+        assert len(shown) == layers
+        token, choice = divmod(k, heads + 1)
+        want = maps[token].mean(1) if choice == 0 else maps[token][:, choice - 1]
+        for l, trace in enumerate(shown):
+            np.testing.assert_allclose(np.asarray(trace.z), want[l], atol=1e-6)
+        assert repr(tokens[token]) in buttons[k].label
+
+
+def test_the_view_draws_in_a_real_headless_browser(words, tmp_path):
+    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if browser is None:
+        pytest.skip("no Chromium on this machine (Debian's `chromium`; .ci/run installs it)")
+    model, image, inputs = words
+    page = tmp_path / "view.html"
+    attention_view(model, inputs, image=image.resize((128, 128), Image.NEAREST), max_new_tokens=2).write_html(page)
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tempfile.mkdtemp()}",
+        "--virtual-time-budget=5000",
+    ]
+    dom = subprocess.run([browser, *flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)
+    assert "plot-container plotly" in dom.stdout and "mean of heads" in dom.stdout  # drawn, with its menu
+    shot = tmp_path / "view.png"
+    subprocess.run(
+        [browser, *flags, "--window-size=1000,600", f"--screenshot={shot}", page.as_uri()],
+        capture_output=True,
+        timeout=120,
+    )
+    pixels = np.asarray(Image.open(shot).convert("RGB")).reshape(-1, 3).astype(int)
+    coloured = (pixels.max(1) - pixels.min(1)) > 60  # saturated pixels: the picture and the heat map, not the page
+    assert coloured.mean() > 0.02, coloured.mean()
