@@ -3,6 +3,8 @@
 - ``nodes``: ``attribute(model, clean, corrupted, metric, at=[hooks], method="gradient" | "ig", steps=N)``, one row
   per node (position, head, neuron, image patch) in a DataFrame, with the completeness check; ``on_grid`` lays a
   hook's scores on an image's patch grid
+- ``edges``: ``edge_attribution`` (EAP, EAP-IG) between the residual stream's writers and readers, ``run_circuit``
+  (edges not kept are cut, for real), ``faithfulness`` of the top-k circuits, ``path_patch`` of one edge
 
 Validated against real activation patching in ``tests/test_attribution.py``.
 """
