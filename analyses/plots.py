@@ -368,3 +368,50 @@ def lens_kl(table: pd.DataFrame, title: str = "KL to the final distribution, by 
         )
     fig.update_xaxes(**LAYER_AXIS)
     return _legend_beside(fig, title, "layer", "KL(final || lens), nats")
+
+
+def circuit(edges: pd.DataFrame, title: str = "The circuit: its edges by score") -> go.Figure:
+    """A circuit's edges (``sender``, ``receiver``, ``score``: an ``EdgeScores.frame`` cut to the kept edges) drawn
+    between its components laid out by layer: red where an edge carries the metric's difference, blue where it works
+    against it, the width by |score|."""
+    names = sorted(set(edges.sender) | set(edges.receiver) | {"embed", "logits"})
+    last = max([int(n.lstrip("atnmlp")) for n in names if n not in ("embed", "logits")], default=0)
+
+    def place(name: str) -> tuple[int, int]:  # x: the layer (embed left, logits right); y: attention above the MLP
+        if name in ("embed", "logits"):
+            return (-1 if name == "embed" else last + 1, 0)
+        return int(name.lstrip("atnmlp")), 1 if name.startswith("attn") else -1
+
+    top = float(edges.score.abs().max()) if len(edges) else 1.0
+    fig = go.Figure()
+    for row in edges.itertuples():
+        (x0, y0), (x1, y1) = place(row.sender), place(row.receiver)
+        fig.add_trace(
+            go.Scatter(
+                x=[x0, x1],
+                y=[y0, y1],
+                mode="lines",
+                line={
+                    "width": 1 + 7 * abs(row.score) / (top or 1.0),
+                    "color": "#d62728" if row.score > 0 else "#1f77b4",
+                },
+                hovertemplate=f"{row.sender} -> {row.receiver}: {row.score:+.3f}<extra></extra>",
+                showlegend=False,
+            )
+        )
+    fig.add_trace(
+        go.Scatter(
+            x=[place(n)[0] for n in names],
+            y=[place(n)[1] for n in names],
+            mode="markers+text",
+            text=names,
+            textposition="top center",
+            marker={"size": 14, "color": "#444"},
+            showlegend=False,
+            hoverinfo="text",
+        )
+    )
+    fig.update_layout(
+        title=title, template="plotly_white", xaxis={"title": "layer", **LAYER_AXIS}, yaxis={"visible": False}
+    )
+    return fig

@@ -251,3 +251,19 @@ def test_what_edges_refuse(toy):
         path_patch(toy, clean, corrupted, metric, "mlp2", "attn1")
     with pytest.raises(InputError, match="not edges of this model"):
         run_circuit(toy, clean, corrupted, metric, [("embed", "nowhere")])
+
+
+def test_the_circuit_figure_draws_each_edge_by_its_score():
+    import pandas as pd
+
+    from analyses import plots
+
+    edges = pd.DataFrame(
+        {"sender": ["embed", "attn0", "mlp1"], "receiver": ["attn0", "mlp1", "logits"], "score": [2.0, -1.0, 0.5]}
+    )
+    fig = plots.circuit(edges)
+    lines = [t for t in fig.data if t.mode == "lines"]
+    assert len(lines) == 3
+    assert [t.line.color for t in lines] == ["#d62728", "#1f77b4", "#d62728"]  # red for, blue against
+    assert lines[0].line.width > lines[1].line.width > lines[2].line.width
+    assert list(lines[2].x) == [1, 2]  # mlp1 at layer 1, the logits after the last layer drawn

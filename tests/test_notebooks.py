@@ -18,6 +18,7 @@ def test_notebooks_exist():
         "03_margin_curves.ipynb",
         "04_transformer_lens_main_demo.ipynb",
         "05_reliability_monitor.ipynb",
+        "06_circuit_discovery.ipynb",
     ]
 
 
