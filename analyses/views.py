@@ -145,3 +145,103 @@ def attention_view(
         suffix = "" if l == 0 else str(l + 1)
         fig.layout[f"yaxis{suffix}"].scaleanchor = f"x{suffix}"
     return fig
+
+
+def token_labels(model: HookedVLM, inputs: VLMInputs, item: int = 0) -> list[str]:
+    """One label per position of ``item``, for axes and for circuitsvis (its ``tokens`` argument): text tokens as
+    the tokenizer writes them, image tokens as ``<img I r,c>`` (image, row, column; ``<img I vV r,c>`` on a view of a
+    multi-crop image; ``<img I sep>`` for a separator), padding as ``<pad>``."""
+    if not 0 <= item < inputs.batch_size:
+        raise InputError(f"item must be in 0..{inputs.batch_size - 1}, got {item}")
+    labels = [model.tokenizer.convert_ids_to_tokens(int(t)) for t in inputs.input_ids[item]]
+    for span in inputs.image_spans[item]:
+        for p in range(span.start, span.end):
+            labels[p] = f"<img {span.image} sep>"
+        for p in span.positions:
+            view, row, col = span.locate(p)
+            labels[p] = (
+                f"<img {span.image} {row},{col}>" if not span.views else f"<img {span.image} v{view} {row},{col}>"
+            )
+    for p, real in enumerate(inputs.attention_mask[item].tolist()):
+        if not real:
+            labels[p] = "<pad>"
+    return labels
+
+
+@torch.no_grad()
+def lens_grid(
+    model: HookedVLM,
+    inputs: VLMInputs,
+    lens=None,
+    item: int = 0,
+    positions: str | list[int] = "text",
+    top: int = 5,
+) -> go.Figure:
+    """Layer x position: each cell coloured by the probability of the top token read through the logit lens (and,
+    given a ``lens`` from ``analyses.tuned_lens``, the tuned lens: the menu switches), the top tokens on hover.
+    ``positions``: "text" (default), "image", "all" or a list."""
+    from analyses.logit_lens import read_out
+
+    labels = token_labels(model, inputs, item)
+    real = [p for p, r in enumerate(inputs.attention_mask[item].tolist()) if r]
+    image = set(inputs.image_positions(item))
+    chosen = (
+        {
+            "text": [p for p in real if p not in image],
+            "image": [p for p in real if p in image],
+            "all": real,
+        }.get(positions)
+        if isinstance(positions, str)
+        else [int(p) for p in positions]
+    )
+    if chosen is None:
+        raise InputError(f"positions must be 'text', 'image', 'all' or a list of positions, got {positions!r}")
+    names = [f"blocks.{l}.hook_resid_post" for l in range(model.cfg.n_layers)]
+    _, cache = model.run_with_cache(inputs, names_filter=lambda n: n in names)
+    resid = torch.stack([cache[n][item, chosen] for n in names])  # layer pos d_model
+    readings = {"logit lens": read_out(model, resid)}
+    if lens is not None:
+        lens.check_model(model)
+        readings["tuned lens"] = read_out(model, lens.translate(resid))
+    fig = go.Figure()
+    for k, (name, logits) in enumerate(readings.items()):
+        probs = torch.softmax(logits.float(), -1)
+        best, ids = probs.topk(top, dim=-1)  # layer pos top
+        words = [[[model.to_string(int(i)) for i in cell] for cell in row] for row in ids.tolist()]
+        hover = [
+            [" | ".join(f"{w!r} {p:.2f}" for w, p in zip(words[l][j], best[l, j].tolist())) for j in range(len(chosen))]
+            for l in range(len(names))
+        ]
+        fig.add_trace(
+            go.Heatmap(
+                z=best[..., 0].numpy(),
+                x=[f"{p}: {labels[p]}" for p in chosen],
+                y=list(range(len(names))),
+                text=[[w[0] for w in row] for row in words],
+                texttemplate="%{text}",
+                customdata=hover,
+                hovertemplate="layer %{y}, %{x}<br>%{customdata}<extra></extra>",
+                colorscale="Blues",
+                zmin=0.0,
+                zmax=1.0,
+                colorbar={"title": "top-token p"},
+                visible=k == 0,
+                name=name,
+            )
+        )
+    if len(readings) > 1:
+        buttons = [
+            {"label": name, "method": "update", "args": [{"visible": [j == k for j in range(len(readings))]}]}
+            for k, name in enumerate(readings)
+        ]
+        fig.update_layout(
+            updatemenus=[{"buttons": buttons, "x": 1.0, "xanchor": "right", "y": 1.02, "yanchor": "bottom"}]
+        )
+    fig.update_layout(
+        title="The top token at every layer and position (hover: the top tokens and their probabilities)",
+        template="plotly_white",
+        xaxis={"title": "position: token", "tickangle": -45},
+        yaxis={"title": "layer", "dtick": 1},
+        margin={"t": 120},
+    )
+    return fig

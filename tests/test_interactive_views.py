@@ -105,3 +105,37 @@ def test_the_view_draws_in_a_real_headless_browser(words, tmp_path):
     pixels = np.asarray(Image.open(shot).convert("RGB")).reshape(-1, 3).astype(int)
     coloured = (pixels.max(1) - pixels.min(1)) > 60  # saturated pixels: the picture and the heat map, not the page
     assert coloured.mean() > 0.02, coloured.mean()
+
+
+def test_token_labels_name_every_image_patch(words):
+    from analyses.views import token_labels
+
+    model, _, inputs = words
+    labels = token_labels(model, inputs)
+    span = inputs.image_spans[0][0]
+    assert len(labels) == inputs.input_ids.shape[1]
+    for p in span.positions:
+        _, row, col = span.locate(p)
+        assert labels[p] == f"<img 0 {row},{col}>"
+    assert labels[span.end] == model.tokenizer.convert_ids_to_tokens(int(inputs.input_ids[0, span.end]))
+
+
+def test_the_lens_grid_reads_each_layer_through_either_lens(words):
+    from analyses.logit_lens import read_out
+    from analyses.tuned_lens import TunedLens
+    from analyses.views import lens_grid
+
+    model, _, inputs = words
+    fig = lens_grid(model, inputs, TunedLens.identity(model), positions="all")
+    logit, tuned = fig.data
+    names = [f"blocks.{l}.hook_resid_post" for l in range(model.cfg.n_layers)]
+    with torch.no_grad():
+        logits, cache = model.run_with_cache(inputs, names_filter=lambda n: n in names)
+    probs = torch.softmax(read_out(model, torch.stack([cache[n][0] for n in names])), -1)
+    np.testing.assert_allclose(np.asarray(logit.z), probs.max(-1).values.numpy(), atol=1e-5)
+    np.testing.assert_allclose(np.asarray(tuned.z), np.asarray(logit.z), atol=1e-5)  # the identity lens
+    np.testing.assert_allclose(np.asarray(logit.z)[-1], torch.softmax(logits[0].float(), -1).max(-1).values, atol=1e-5)
+    assert logit.visible and not tuned.visible
+    assert [b.args[0]["visible"] for b in fig.layout.updatemenus[0].buttons] == [[True, False], [False, True]]
+    text_only = lens_grid(model, inputs)
+    assert len(text_only.data) == 1 and not any(x.split(": ", 1)[1].startswith("<img") for x in text_only.data[0].x)
