@@ -109,29 +109,29 @@ def margin_curves(curves: pd.DataFrame | Mapping[str, pd.DataFrame], title: str 
     return fig
 
 
-def attention_over_image(image: Image.Image, grid: np.ndarray, title: str = "Attention over the image") -> go.Figure:
-    """The image with the patch-grid attention drawn over it (hover shows each patch's share)."""
-    grid = np.asarray(grid, dtype=float)
-    grid = grid / grid.sum()
+def _over_image(image: Image.Image, grid: np.ndarray, title: str, **heatmap) -> go.Figure:
+    """The image with a patch grid of values drawn over it, each cell over the pixels it covers."""
     rgb = np.asarray(image.convert("RGB"))
     h, w = rgb.shape[:2]
     rows, cols = grid.shape
     fig = go.Figure(go.Image(z=rgb))
-    fig.add_trace(
-        go.Heatmap(
-            z=grid,
-            x0=w / cols / 2 - 0.5,
-            dx=w / cols,
-            y0=h / rows / 2 - 0.5,
-            dy=h / rows,
-            opacity=0.45,
-            colorscale="Inferno",
-            colorbar={"title": "share"},
-            hovertemplate="patch (%{y:.0f}, %{x:.0f})<br>%{z:.3f}<extra></extra>",
-        )
-    )
+    fig.add_trace(go.Heatmap(z=grid, x0=w / cols / 2 - 0.5, dx=w / cols, y0=h / rows / 2 - 0.5, dy=h / rows, **heatmap))
     fig.update_layout(title=title, template="plotly_white", yaxis={"scaleanchor": "x"})
     return fig
+
+
+def attention_over_image(image: Image.Image, grid: np.ndarray, title: str = "Attention over the image") -> go.Figure:
+    """The image with the patch-grid attention drawn over it (hover shows each patch's share)."""
+    grid = np.asarray(grid, dtype=float)
+    return _over_image(
+        image,
+        grid / grid.sum(),
+        title,
+        opacity=0.45,
+        colorscale="Inferno",
+        colorbar={"title": "share"},
+        hovertemplate="patch (%{y:.0f}, %{x:.0f})<br>%{z:.3f}<extra></extra>",
+    )
 
 
 def entropy_and_components(
@@ -328,28 +328,18 @@ def patch_scores(image: Image.Image, grid: np.ndarray, title: str = "Attribution
     """Signed per-patch scores (an attribution's ``on_grid``) over the image: red where a patch carries the
     metric's difference, blue where it works against it, white at zero (the colour scale is symmetric)."""
     grid = np.asarray(grid, dtype=float)
-    rgb = np.asarray(image.convert("RGB"))
-    h, w = rgb.shape[:2]
-    rows, cols = grid.shape
     bound = float(np.abs(grid).max()) or 1.0
-    fig = go.Figure(go.Image(z=rgb))
-    fig.add_trace(
-        go.Heatmap(
-            z=grid,
-            x0=w / cols / 2 - 0.5,
-            dx=w / cols,
-            y0=h / rows / 2 - 0.5,
-            dy=h / rows,
-            opacity=0.55,
-            colorscale="RdBu_r",
-            zmin=-bound,
-            zmax=bound,
-            colorbar={"title": "score"},
-            hovertemplate="patch (%{y:.0f}, %{x:.0f})<br>%{z:+.3f}<extra></extra>",
-        )
+    return _over_image(
+        image,
+        grid,
+        title,
+        opacity=0.55,
+        colorscale="RdBu_r",
+        zmin=-bound,
+        zmax=bound,
+        colorbar={"title": "score"},
+        hovertemplate="patch (%{y:.0f}, %{x:.0f})<br>%{z:+.3f}<extra></extra>",
     )
-    fig.update_layout(title=title, template="plotly_white", yaxis={"scaleanchor": "x"})
-    return fig
 
 
 def lens_kl(table: pd.DataFrame, title: str = "KL to the final distribution, by layer") -> go.Figure:
