@@ -210,6 +210,15 @@ class GeneratedAnswers:
         return [float(np.exp(np.log(np.asarray(p, dtype=np.float64)).mean())) for p in self.probs]
 
 
+def answer_length(tokens: Sequence[int], stop_ids: Sequence[int]) -> int:
+    """How many of a generation's new ``tokens`` are the answer: those before the first stop token (all, if none).
+
+    >>> answer_length([5, 9, 2, 7], stop_ids=[2])
+    2
+    """
+    return next((t for t, token in enumerate(tokens) if token in stop_ids), len(tokens))
+
+
 def stop_token_ids(model: HookedVLM) -> list[int]:
     """The tokens that end an answer: the generation config's end-of-sequence ids, else the tokenizer's."""
     eos = getattr(getattr(model.hf_model, "generation_config", None), "eos_token_id", None)
@@ -269,7 +278,7 @@ def generate_answers(
     logprobs = torch.stack([torch.log_softmax(step.float(), -1) for step in generated.logits], 1)  # batch step vocab
     tokens, texts, probs = [], [], []
     for i, row in enumerate(new):
-        length = next((t for t, token in enumerate(row) if token in stops), len(row))
+        length = answer_length(row, stops)
         tokens.append(row[:length])
         texts.append(model.tokenizer.decode(row[:length], skip_special_tokens=True).strip())
         chosen = row[: max(1, length)]  # an empty answer: the stop token's own probability

@@ -364,13 +364,16 @@ def circuit(edges: pd.DataFrame, title: str = "The circuit: its edges by score")
     """A circuit's edges (``sender``, ``receiver``, ``score``: an ``EdgeScores.frame`` cut to the kept edges) drawn
     between its components laid out by layer: red where an edge carries the metric's difference, blue where it works
     against it, the width by |score|."""
+    from analyses.attribution.edges import component
+
     names = sorted(set(edges.sender) | set(edges.receiver) | {"embed", "logits"})
-    last = max([int(n.lstrip("atnmlp")) for n in names if n not in ("embed", "logits")], default=0)
+    last = max([component(n)[1] for n in names if component(n)[1] is not None], default=0)
 
     def place(name: str) -> tuple[int, int]:  # x: the layer (embed left, logits right); y: attention above the MLP
-        if name in ("embed", "logits"):
-            return (-1 if name == "embed" else last + 1, 0)
-        return int(name.lstrip("atnmlp")), 1 if name.startswith("attn") else -1
+        kind, layer = component(name)
+        if layer is None:
+            return (-1 if kind == "embed" else last + 1, 0)
+        return layer, 1 if kind == "attn" else -1
 
     top = float(edges.score.abs().max()) if len(edges) else 1.0
     fig = go.Figure()

@@ -22,7 +22,7 @@ from jaxtyping import Float
 from PIL import Image
 from plotly.subplots import make_subplots
 
-from analyses.answers import stop_token_ids
+from analyses.answers import answer_length, stop_token_ids
 from vlm_lens import HookedVLM
 from vlm_lens.errors import InputError
 from vlm_lens.inputs import VLMInputs
@@ -60,7 +60,7 @@ def answer_attention(
         pad_token_id=stops[0],
     )
     new = out[item, inputs.input_ids.shape[1] :].tolist()
-    length = next((t for t, token in enumerate(new) if token in stops), len(new))
+    length = answer_length(new, stops)
     tokens = [model.to_string(t) for t in new[: max(1, length)]]
     per_token = []
     for t in range(len(tokens)):

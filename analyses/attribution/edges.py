@@ -41,6 +41,16 @@ EDGE_METHODS = ("eap", "eap-ig")
 HEAD_INPUTS = ("hook_q_input", "hook_k_input", "hook_v_input")
 
 
+def component(name: str) -> tuple[str, int | None]:
+    """A component's kind and layer: ``"attn3"`` -> ("attn", 3); ``"embed"`` and ``"logits"`` have no layer."""
+    kind = name.rstrip("0123456789")
+    if name in ("embed", "logits"):
+        return name, None
+    if kind not in ("attn", "mlp") or kind == name:
+        raise InputError(f"{name!r} is no component: give embed, attn<layer>, mlp<layer> or logits")
+    return kind, int(name[len(kind) :])
+
+
 @dataclass(frozen=True)
 class Graph:
     """The components of one model and where each writes and reads."""
@@ -56,28 +66,24 @@ class Graph:
         return [f"{kind}{l}" for l in range(self.n_layers) for kind in ("attn", "mlp")] + ["logits"]
 
     def _order(self, name: str, reading: bool) -> float:
-        if name == "embed":
-            return -1
-        if name == "logits":
-            return self.n_layers
-        layer = int(name.lstrip("atnmlp"))
-        return layer + (0.5 if name.startswith("mlp") else 0.0) + (0.0 if reading else 0.25)
+        kind, layer = component(name)
+        if layer is None:
+            return -1 if kind == "embed" else self.n_layers
+        return layer + (0.5 if kind == "mlp" else 0.0) + (0.0 if reading else 0.25)
 
     def edges(self) -> list[tuple[str, str]]:
         """Every (sender, receiver) with the sender written before the receiver reads."""
         return [(u, v) for v in self.receivers for u in self.senders if self._order(u, False) < self._order(v, True)]
 
     def output_hook(self, sender: str) -> str:
-        if sender == "embed":
-            return "hook_embed"
-        kind, layer = sender[: -len(sender.lstrip("atnmlp")) or None], sender.lstrip("atnmlp")
-        return f"blocks.{layer}.hook_{'attn' if kind == 'attn' else 'mlp'}_out"
+        kind, layer = component(sender)
+        return "hook_embed" if layer is None else f"blocks.{layer}.hook_{kind}_out"
 
     def input_hooks(self, receiver: str) -> list[str]:
-        if receiver == "logits":
+        kind, layer = component(receiver)
+        if layer is None:
             return [f"blocks.{self.n_layers - 1}.hook_resid_post"]
-        layer = receiver.lstrip("atnmlp")
-        if receiver.startswith("attn"):
+        if kind == "attn":
             return [f"blocks.{layer}.{h}" for h in HEAD_INPUTS]
         return [f"blocks.{layer}.hook_mlp_in"]
 

@@ -35,7 +35,7 @@ import torch
 from jaxtyping import Float
 
 from analyses import stats
-from analyses.answers import stop_token_ids
+from analyses.answers import answer_length, stop_token_ids
 from analyses.monitor import card as cards
 from analyses.monitor.features import EMBED, REPRESENTATIONS, Reader, read
 from analyses.monitor.selective import accuracy_at_coverage, aurc
@@ -98,6 +98,13 @@ class ReliabilityMonitor:
             )
         return ((features - self.mean) / self.scale) @ self.coef + self.intercept
 
+    def select(self, features: Mapping[int, np.ndarray]) -> Float[np.ndarray, "n width"]:
+        """Its layers' features side by side, from ``{layer: [n, d_model]}`` (what ``decision`` reads)."""
+        missing = [l for l in self.layers if l not in features]
+        if missing:
+            raise InputError(f"the features hold no layer {missing} (this monitor reads layers {list(self.layers)})")
+        return np.concatenate([np.asarray(features[l]) for l in self.layers], axis=1)
+
     def probability(self, features) -> Float[np.ndarray, " n"]:
         """The calibrated probability that each answer is right."""
         return calibrate(self.calibration, self.calibration_x, self.calibration_y, self.decision(features))
@@ -132,7 +139,7 @@ class ReliabilityMonitor:
         )
         tokens, texts = [], []
         for row in out[:, inputs.input_ids.shape[1] :].tolist():
-            row = row[: next((t for t, token in enumerate(row) if token in stops), len(row))]
+            row = row[: answer_length(row, stops)]
             tokens.append(row)
             texts.append(model.tokenizer.decode(row, skip_special_tokens=True).strip())
         s = self.scores(reader.features())

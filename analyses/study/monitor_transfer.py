@@ -33,7 +33,7 @@ def monitor_features(
     if model is None:
         raise InputError(f"the run in {run.folder} does not store what this monitor reads: give the model")
     features = collect(model, run.examples(), monitor.representation, monitor.layers, run.config.batch_size, progress)
-    return np.concatenate([features[l] for l in monitor.layers], axis=1)
+    return monitor.select(features)
 
 
 @dataclass
@@ -57,7 +57,7 @@ def evaluate_run(
     monitor.check_model(model)
     fitted_here = (
         monitor.data.get("extraction_fingerprint") == run.fingerprint
-        and monitor.data.get("data_sha256") == run.data["data_sha256"]
+        and monitor.data.get("data_sha256") == run.data_sha256
     )
     rows = run.split.test if fitted_here else np.arange(len(run.correct))
     scores = monitor.scores(monitor_features(monitor, run, model, progress)[rows])

@@ -51,6 +51,7 @@ class Run:
     correct: np.ndarray
     split: Split
     fingerprint: str  # the extraction manifest's: settings and data
+    data_sha256: str  # of the manifest's digests of every question and image
 
     @classmethod
     def open(cls, folder: str | Path) -> Run:
@@ -81,7 +82,8 @@ class Run:
         correct = ex.correct.astype(int)
         split = stratified_split(correct, config.seed, config.val_fraction, config.test_fraction)
         manifest = json.loads((folder / "extraction" / "manifest.json").read_text())
-        return cls(folder, config, ex, correct, split, manifest["fingerprint"])
+        digest = hashlib.sha256(json.dumps(manifest["data"]).encode()).hexdigest()
+        return cls(folder, config, ex, correct, split, manifest["fingerprint"], digest)
 
     @property
     def support(self) -> np.ndarray:
@@ -90,7 +92,6 @@ class Run:
     @property
     def data(self) -> dict:
         """What the card says the monitor was fitted on."""
-        digests = json.dumps(json.loads((self.folder / "extraction" / "manifest.json").read_text())["data"])
         return {
             "run": str(self.folder),
             "model": self.config.model,
@@ -100,7 +101,7 @@ class Run:
             "seed": self.config.seed,
             "max_new_tokens": self.config.max_new_tokens,  # how long the answers it was fitted on could be
             "extraction_fingerprint": self.fingerprint,
-            "data_sha256": hashlib.sha256(digests.encode()).hexdigest(),
+            "data_sha256": self.data_sha256,
         }
 
     def features(self, representation: str, model: HookedVLM | None, progress: Progress) -> dict[int, np.ndarray]:
@@ -267,8 +268,7 @@ def fit_run(
 
 
 def _risk(monitor: ReliabilityMonitor, cache: dict[str, dict[int, np.ndarray]]) -> np.ndarray:
-    features = cache[monitor.representation]
-    return monitor.scores(np.concatenate([features[l] for l in monitor.layers], axis=1)).risk
+    return monitor.scores(monitor.select(cache[monitor.representation])).risk
 
 
 def selective_on(run: Run, risks: dict[str, np.ndarray], costs: dict[str, str], rows: np.ndarray):
