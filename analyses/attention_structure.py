@@ -133,7 +133,7 @@ def image_layers(model_or_cache) -> list[int]:
 
 
 def image_grids(
-    cache: ActivationCache, image: int = 0, view: str = "base"
+    cache: ActivationCache, image: int = 0, view: str = "base", frame: int | None = None
 ) -> list[Float[np.ndarray, "layer rows cols"]]:
     """Per item: attention from its query rows to its ``image``-th image's patch grid at every layer of
     ``image_layers`` (all of them, or a cross-attention model's cross layers), averaged over heads and rows
@@ -141,8 +141,10 @@ def image_grids(
     ``view="stitched"`` its crops laid out where they sit in the picture (``ImageSpan.stitch``: tiles side by side,
     or LLaVA-NeXT's high-resolution grid); a one-view image gives its one grid either way. A cross-attention
     model's image is its tiles over the cross layers' keys (``VLMInputs.key_spans``), stitched on the picture
-    whatever ``view`` (it has no base view); class tokens and padding tiles are left out. Needs
-    ``attn.hook_pattern_rows`` of those layers in ``cache``.
+    whatever ``view`` (it has no base view); class tokens and padding tiles are left out. A video (``image`` counts
+    an item's images and videos in prompt order) gives its frame ``frame``'s grid, or with ``frame=None`` the
+    attention each place of the picture gets summed over the frames. Needs ``attn.hook_pattern_rows`` of those
+    layers in ``cache``.
 
     The one place the study, the CLI and the analyses turn attention rows into image grids."""
     if view not in VIEWS:
@@ -162,8 +164,12 @@ def image_grids(
             raise InputError(f"item {item} has {len(spans)} image(s); no image {image}")
         span = spans[image]
         per_layer = torch.stack([r[item, :, :, : span.end].float().mean(dim=(0, 1)) for r in rows])  # layer key
+        if span.video:
+            grid = span.stitch(per_layer, frame=frame)
+            grids.append((grid if frame is not None else grid.sum(dim=-3)).cpu().numpy())
+            continue
         kind = None if cross or view == "stitched" else "base"
-        grids.append(span.stitch(per_layer, kind=kind).cpu().numpy())
+        grids.append(span.stitch(per_layer, kind=kind).cpu().numpy())  # an image is one frame whatever ``frame``
     return grids
 
 

@@ -88,8 +88,8 @@ def pixel_mask(model: HookedVLM, inputs: VLMInputs, cells: list[list[int]]) -> V
             f"{model.adapter.family!r} adapter does not declare it (Adapter.fill_patches); "
             "use token-level masking"
         )
-    tensors = {**inputs.tensors, "pixel_values": inputs.tensors["pixel_values"].clone()}
-    grey = _grey(model.processor).to(tensors["pixel_values"].dtype)
+    tensors = {k: v.clone() if v.is_floating_point() else v for k, v in inputs.tensors.items()}
+    grey = _grey(model.processor).to(model.dtype)
     for item, item_cells in enumerate(cells):
         spans = inputs.key_spans if model.cfg.cross_layers else inputs.image_spans
         fill_patches(model.hf_model.config, tensors, spans[item][0], item_cells, grey)

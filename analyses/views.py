@@ -30,10 +30,16 @@ from vlm_lens.inputs import VLMInputs
 
 @torch.no_grad()
 def answer_attention(
-    model: HookedVLM, inputs: VLMInputs, item: int = 0, image: int = 0, max_new_tokens: int = 8
+    model: HookedVLM,
+    inputs: VLMInputs,
+    item: int = 0,
+    image: int = 0,
+    max_new_tokens: int = 8,
+    frame: int | None = None,
 ) -> tuple[Float[np.ndarray, "token layer head rows cols"], list[str]]:
     """Every head's attention from each answer token's query (the position that produced it) to the ``image``-th
-    image's patch grid (a multi-crop image's base view), at every layer, for ``item``; and the answer tokens."""
+    image's patch grid (a multi-crop image's base view; of a video, frame ``frame``), at every layer, for ``item``;
+    and the answer tokens. ``image`` counts the item's images and videos together, in prompt order."""
     if model.cfg.cross_layers:
         raise InputError(
             f"{model.cfg.family} reads its image by cross-attention, not as tokens: its image attention is at its "
@@ -45,6 +51,8 @@ def answer_attention(
     if not 0 <= image < len(spans):
         raise InputError(f"item {item} has {len(spans)} image(s); no image {image}")
     span = spans[image]
+    if span.video and frame is None:
+        raise InputError(f"{span.label} has {span.frames} frames: pass frame= (0..{span.frames - 1}) to draw one")
     rows: dict[int, list[torch.Tensor]] = {}
 
     def keep(activation: torch.Tensor, hook) -> None:  # [batch, head, row, key]: the newest query's row
@@ -65,7 +73,7 @@ def answer_attention(
     per_token = []
     for t in range(len(tokens)):
         layers = torch.stack([rows[l][t] for l in range(model.cfg.n_layers)])  # layer head key
-        per_token.append(span.stitch(layers, kind="base").numpy())
+        per_token.append(span.stitch(layers, kind=None if span.video else "base", frame=frame).numpy())
     return np.stack(per_token), tokens
 
 
@@ -78,10 +86,15 @@ def attention_view(
     max_new_tokens: int = 8,
     columns: int = 4,
     title: str = "Attention over the image: every layer; the menu picks the head and the answer token",
+    frame: int | None = None,
 ) -> go.Figure:
     """The image drawn once per layer with the chosen head's (or the heads' mean) attention over its patches, from
-    the chosen answer token's query. ``image``: the picture to draw under the grid (else the grid alone)."""
-    maps, tokens = answer_attention(model, inputs, item, image_index, max_new_tokens)
+    the chosen answer token's query. ``image``: the picture to draw under the grid (else the grid alone); of a
+    video, the frame ``frame`` is drawn (and named in the title)."""
+    maps, tokens = answer_attention(model, inputs, item, image_index, max_new_tokens, frame)
+    span = inputs.image_spans[item][image_index]
+    if span.video or len(inputs.image_spans[item]) > 1:
+        title = f"{title} ({span.label}{'' if frame is None else f', frame {frame}'})"
     n_tokens, n_layers, n_heads, grid_rows, grid_cols = maps.shape
     rows = math.ceil(n_layers / columns)
     fig = make_subplots(
@@ -150,17 +163,23 @@ def attention_view(
 def token_labels(model: HookedVLM, inputs: VLMInputs, item: int = 0) -> list[str]:
     """One label per position of ``item``, for axes and for circuitsvis (its ``tokens`` argument): text tokens as
     the tokenizer writes them, image tokens as ``<img I r,c>`` (image, row, column; ``<img I vV r,c>`` on a view of a
-    multi-crop image; ``<img I sep>`` for a separator), padding as ``<pad>``."""
+    multi-crop image; ``<img I sep>`` for a separator), a video's as ``<vid V tT r,c>`` (frame T; the text between
+    its frames, Qwen3-VL's time stamps, as written), padding as ``<pad>``."""
     if not 0 <= item < inputs.batch_size:
         raise InputError(f"item must be in 0..{inputs.batch_size - 1}, got {item}")
     labels = [model.tokenizer.convert_ids_to_tokens(int(t)) for t in inputs.input_ids[item]]
     for span in inputs.image_spans[item]:
-        for p in range(span.start, span.end):
-            labels[p] = f"<img {span.image} sep>"
+        if not span.video:
+            for p in range(span.start, span.end):
+                labels[p] = f"<img {span.image} sep>"
         for p in span.positions:
             view, row, col = span.locate(p)
             labels[p] = (
-                f"<img {span.image} {row},{col}>" if not span.views else f"<img {span.image} v{view} {row},{col}>"
+                f"<vid {span.image} t{view} {row},{col}>"
+                if span.video
+                else f"<img {span.image} {row},{col}>"
+                if not span.views
+                else f"<img {span.image} v{view} {row},{col}>"
             )
     for p, real in enumerate(inputs.attention_mask[item].tolist()):
         if not real:

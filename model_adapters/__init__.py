@@ -12,7 +12,7 @@ import pkgutil
 
 from model_adapters.testing import FamilySpec
 
-_SHARED = {"common", "testing"}
+_SHARED = {"common", "testing", "video"}
 
 
 def _load() -> dict[str, FamilySpec]:

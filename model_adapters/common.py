@@ -81,14 +81,19 @@ def fill_grid_patches(config, tensors: dict, span: ImageSpan, cells, fill: torch
 
 def fill_merged_patches(config, tensors: dict, span: ImageSpan, cells, fill: torch.Tensor) -> None:
     """Packed patches in merge-block order (Qwen-VL towers): token j of an image is its patch rows
-    [m^2 j, m^2 (j + 1)), each row channel-major ([channel, time, patch, patch] flattened)."""
-    pixels = tensors["pixel_values"]
+    [m^2 j, m^2 (j + 1)), each row channel-major ([channel, time, patch, patch] flattened). A video's tokens run
+    frame by frame: its ``cells`` are filled in every frame (``pixel_values_videos``)."""
+    what = "video" if span.video else "image"
+    pixels = tensors["pixel_values_videos" if span.video else "pixel_values"]
     merge = config.vision_config.spatial_merge_size
-    offset = int(tensors["image_grid_thw"][: span.image].prod(-1).sum())
+    offset = int(tensors[f"{what}_grid_thw"][: span.image].prod(-1).sum())
     per_channel = pixels.shape[1] // 3
-    for cell in cells:
-        block = pixels[offset + merge**2 * int(cell) : offset + merge**2 * (int(cell) + 1)]
-        block.view(merge**2, 3, per_channel)[:] = fill[None, :, None]
+    per_frame = span.grid[0] * span.grid[1]
+    for t in range(span.frames):
+        for cell in cells:
+            token = t * per_frame + int(cell)
+            block = pixels[offset + merge**2 * token : offset + merge**2 * (token + 1)]
+            block.view(merge**2, 3, per_channel)[:] = fill[None, :, None]
 
 
 def image_only(processor_class: type, name: str | None = None) -> Any:  # a processor class, built at import

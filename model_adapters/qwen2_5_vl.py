@@ -23,8 +23,9 @@ from transformers import (
 
 from model_adapters.common import image_only
 from model_adapters.qwen2_vl import SPEC as QWEN2_VL_SPEC
-from model_adapters.qwen2_vl import qwen_adapter, tiny_qwen
+from model_adapters.qwen2_vl import VIDEO_KEYS, qwen_adapter, tiny_qwen
 from model_adapters.testing import DEFAULT_WORDS, RealSize
+from model_adapters.video import loader
 from vlm_lens.adapter import register
 
 Qwen2_5_VLImageProcessor = image_only(Qwen2_5_VLProcessor)
@@ -33,8 +34,9 @@ ADAPTER = register(
     qwen_adapter(
         "qwen2_5_vl",
         "Qwen2_5_VLForConditionalGeneration",
-        Qwen2_5_VLImageProcessor.from_pretrained,
+        loader(Qwen2_5_VLImageProcessor),
         projector="model.visual",
+        video_keys=(*VIDEO_KEYS, "second_per_grid_ts"),  # a video's seconds per frame group: M-RoPE's time step
         output_fields={"projector": "pooler_output"},
     )
 )

@@ -32,9 +32,10 @@ from model_adapters.testing import (
     toy_text,
     word_tokenizer,
 )
+from model_adapters.video import loader, with_video
 from vlm_lens.adapter import Adapter, register
 from vlm_lens.errors import InputError
-from vlm_lens.inputs import spans_from_runs
+from vlm_lens.spans import spans_from_runs, video_spans_from_runs
 
 SPECIALS = ("<|image_pad|>", "<|vision_start|>", "<|vision_end|>", "<|video_pad|>", "<|im_start|>", "<|im_end|>")
 
@@ -42,37 +43,59 @@ SPECIALS = ("<|image_pad|>", "<|vision_start|>", "<|vision_end|>", "<|video_pad|
 Qwen2VLImageProcessor = image_only(Qwen2VLProcessor)
 
 
-def image_spans(config, input_ids, tensors):
-    grid_thw = tensors.get("image_grid_thw")
+def _grids(config, tensors, what: str) -> list[tuple[int, tuple[int, int]]]:
+    """(frames, merged grid) per image or video, from ``{what}_grid_thw``, checked against the pixels' patches."""
+    pixels_key = "pixel_values" if what == "image" else "pixel_values_videos"
+    grid_thw = tensors.get(f"{what}_grid_thw")
     if grid_thw is None:
-        raise InputError("Qwen-VL inputs need image_grid_thw (the processor returns it)")
+        raise InputError(f"Qwen-VL inputs with {pixels_key} need {what}_grid_thw (the processor returns it)")
     merge = config.vision_config.spatial_merge_size
-    per_image = []
+    out = []
     for t, h, w in grid_thw.tolist():
         if h % merge or w % merge:
-            raise InputError(f"image grid {h}x{w} patches is not divisible by the {merge}x{merge} merge")
-        per_image.append((t * h * w // merge**2, (h // merge, w // merge)))
+            raise InputError(f"{what} grid {h}x{w} patches is not divisible by the {merge}x{merge} merge")
+        out.append((t, (h // merge, w // merge)))
     patches = int(grid_thw.prod(dim=-1).sum())
-    if "pixel_values" in tensors and tensors["pixel_values"].shape[0] != patches:
+    if pixels_key in tensors and tensors[pixels_key].shape[0] != patches:
         raise InputError(
-            f"pixel_values hold {tensors['pixel_values'].shape[0]} patches but image_grid_thw describes {patches}"
+            f"{pixels_key} hold {tensors[pixels_key].shape[0]} patches but {what}_grid_thw describes {patches}"
         )
+    return out
+
+
+def image_spans(config, input_ids, tensors):
+    per_image = [(t * rows * cols, (rows, cols)) for t, (rows, cols) in _grids(config, tensors, "image")]
     return spans_from_runs(input_ids, config.image_token_id, per_image)
 
 
-def template(prompt: str, n_images: int, processor) -> str:
-    # Qwen-VL-Instruct's chat template with its default system message.
-    vision = "<|vision_start|>" + processor.image_token + "<|vision_end|>"
+def video_spans(config, input_ids, tensors):
+    """A video's tokens run frame group by frame group, each its merged grid row-major (Qwen3-VL puts a time stamp
+    between frames)."""
+    return video_spans_from_runs(input_ids, config.video_token_id, _grids(config, tensors, "video"))
+
+
+def template(prompt: str, n_images: int, processor, n_videos: int = 0) -> str:
+    # Qwen-VL-Instruct's chat template with its default system message: images, then videos, then the question.
+    image = "<|vision_start|>" + processor.image_token + "<|vision_end|>"
+    video = "<|vision_start|>" + processor.video_token + "<|vision_end|>"
     return (
         "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
-        f"<|im_start|>user\n{vision * n_images}{prompt}<|im_end|>\n<|im_start|>assistant\n"
+        f"<|im_start|>user\n{image * n_images}{video * n_videos}{prompt}<|im_end|>\n<|im_start|>assistant\n"
     )
 
 
+VIDEO_KEYS = ("pixel_values_videos", "video_grid_thw")
+
+
 def qwen_adapter(
-    family: str, hf_class: str, load_processor, projector: str = "model.visual.merger", **fields
+    family: str,
+    hf_class: str,
+    load_processor,
+    projector: str = "model.visual.merger",
+    video_keys: tuple[str, ...] = VIDEO_KEYS,
+    **fields,
 ) -> Adapter:
-    """The Qwen-VL families share their module tree and image layout."""
+    """The Qwen-VL families share their module tree and image and video layout."""
     return Adapter(
         family=family,
         hf_classes=(hf_class,),
@@ -81,17 +104,26 @@ def qwen_adapter(
         image_spans=image_spans,
         template=template,
         load_processor=load_processor,
-        forward_keys=("input_ids", "attention_mask", "pixel_values", "image_grid_thw", "mm_token_type_ids"),
+        forward_keys=(
+            "input_ids",
+            "attention_mask",
+            "pixel_values",
+            "image_grid_thw",
+            "mm_token_type_ids",
+            *video_keys,
+        ),
+        drop_keys=("video_metadata",),
         packed_vision=True,
-        image_keys=("pixel_values", "image_grid_thw"),
+        image_keys=("pixel_values", "image_grid_thw", *video_keys),
         fill_patches=fill_merged_patches,
+        video_spans=video_spans,
         **fields,
     )
 
 
 ADAPTER = register(
     qwen_adapter(
-        "qwen2_vl", "Qwen2VLForConditionalGeneration", Qwen2VLImageProcessor.from_pretrained, vision_width="embed_dim"
+        "qwen2_vl", "Qwen2VLForConditionalGeneration", loader(Qwen2VLImageProcessor), vision_width="embed_dim"
     )  # Qwen2-VL's vision hidden_size is the merger's output
 )
 
@@ -136,7 +168,8 @@ def tiny_qwen(
         temporal_patch_size=2,
         size={"shortest_edge": min_pixels, "longest_edge": max_pixels},
     )
-    return build(model_class, cfg, seed), processor_class(image_processor=image_processor, tokenizer=tokenizer)
+    processor = processor_class(image_processor=image_processor, tokenizer=tokenizer)
+    return build(model_class, cfg, seed), with_video(processor)
 
 
 def tiny(

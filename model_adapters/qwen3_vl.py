@@ -23,6 +23,7 @@ from model_adapters.common import image_only
 from model_adapters.qwen2_vl import SPEC as QWEN2_VL_SPEC
 from model_adapters.qwen2_vl import qwen_adapter, tiny_qwen
 from model_adapters.testing import DEFAULT_WORDS, RealSize
+from model_adapters.video import loader
 from vlm_lens.adapter import register
 
 Qwen3VLImageProcessor = image_only(Qwen3VLProcessor)
@@ -31,7 +32,7 @@ ADAPTER = register(
     qwen_adapter(
         "qwen3_vl",
         "Qwen3VLForConditionalGeneration",
-        Qwen3VLImageProcessor.from_pretrained,
+        loader(Qwen3VLImageProcessor),
         projector="model.visual.merger",
         injected_layers=lambda config: range(len(config.vision_config.deepstack_visual_indexes)),
     )

@@ -50,8 +50,9 @@ class Adapter:
     block: Mapping[str, str]
     # (config, input_ids [batch pos], tensors) -> per item, per image: ImageSpan
     image_spans: Callable[..., list]
-    # (prompt, n_images, processor) -> the text handed to the processor, placeholders included
-    template: Callable[[str, int, Any], str]
+    # (prompt, n_images, processor) -> the text handed to the processor, placeholders included; a family that takes
+    # video also takes n_videos= (its videos' placeholders)
+    template: Callable[..., str]
     # path or hub id -> processor (tokenizer + image processor)
     load_processor: Callable[[str], Any]
     # the HF forward keyword tensors this family takes
@@ -93,6 +94,9 @@ class Adapter:
     # sequence positions): one "tile" view per tile the picture was cut into, so ``span.stitch(pattern_row)`` lays the
     # attention on the picture's grid (Llama-3.2-Vision); ``VLMInputs.key_spans``
     key_spans: Callable[[Any, Mapping], list[list[ImageSpan]]] | None = None
+    # (config, input_ids [batch pos], tensors) -> per item, per video: an ImageSpan with ``video=True`` whose views are
+    # its frames; None: the family takes no video. Its forward tensors are among ``forward_keys`` and ``image_keys``
+    video_spans: Callable[..., list] | None = None
     # config -> the factor the language model multiplies token embeddings by before layer 0 (Gemma's sqrt(d_model)):
     # folded into ``W_E`` as TransformerLens does, so W_E[ids] is hook_embed at the text positions
     embed_scale: Callable[[Any], float] | None = None

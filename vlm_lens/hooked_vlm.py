@@ -207,7 +207,8 @@ class HookedVLM(Preparing, Weights, PersistentHooks, SAESplicing, nn.Module):
         position i of the cache). A batch gives one list per item; a string is tokenised without special tokens,
         or, with ``images``, prepared as ``to_tokens`` would. Where the image tokens are known (``VLMInputs``, or
         a string with its images) each says where it sits: ``<image 0 r1 c2>`` is row 1, column 2 of image 0's
-        grid (``<image 0 tile 0,1 r1 c2>`` in the crop at tile row 0, column 1 of a multi-crop image)."""
+        grid (``<image 0 tile 0,1 r1 c2>`` in the crop at tile row 0, column 1 of a multi-crop image; ``<video 0 t1 r0 c1>``
+        in frame 1 of video 0)."""
         if isinstance(tokens, str) and images is not None:
             tokens = self.prepare(images, tokens)
         if isinstance(tokens, str):
@@ -217,10 +218,16 @@ class HookedVLM(Preparing, Weights, PersistentHooks, SAESplicing, nn.Module):
             for row, spans in zip(rows, tokens.image_spans):
                 for span in spans:
                     for view in span.all_views:
-                        where = "" if view.kind == "base" else f"{view.kind} {view.tile[0]},{view.tile[1]} "
+                        where = (
+                            ""
+                            if view.kind == "base"
+                            else f"t{view.frame} "
+                            if span.video
+                            else f"{view.kind} {view.tile[0]},{view.tile[1]} "
+                        )
                         for pos in view.positions:
                             r, c = view.cell_of(pos) or (0, 0)
-                            row[pos] = f"<image {span.image} {where}r{r} c{c}>"
+                            row[pos] = f"<{span.label} {where}r{r} c{c}>"
             return rows
         if isinstance(tokens, Tensor) and tokens.ndim == 2:
             return [self.tokenizer.convert_ids_to_tokens(row.tolist()) for row in tokens]
@@ -257,6 +264,12 @@ class HookedVLM(Preparing, Weights, PersistentHooks, SAESplicing, nn.Module):
         if self.adapter.packed_vision and dims[0] == "image":
             dims = dims[1:]
         return tuple(sizes.get(d, d) for d in dims)
+
+    def _packed(self, name: str) -> bool:
+        """A packed tower's hook ([patch, d]): it fires once for the images and once for the videos of a batch
+        holding both, and the cache keeps both, images' rows first (HF's order)."""
+        base = name.removesuffix("_grad")
+        return self.adapter.packed_vision and self.vocab.info(base).spec.shape.split()[0] == "image"
 
     @property
     def device(self) -> torch.device:
@@ -504,7 +517,11 @@ class HookedVLM(Preparing, Weights, PersistentHooks, SAESplicing, nn.Module):
             activation = activation.detach()
             if slicer is not None:
                 activation = slicer(activation, name)
-            store[name] = activation if device is None else activation.to(device)
+            activation = activation if device is None else activation.to(device)
+            if name in store and self._packed(name):  # the tower ran on the images, then on the videos
+                pair = [activation, store[name]] if name.endswith("_grad") else [store[name], activation]
+                activation = torch.cat(pair)  # backward meets the videos' rows first
+            store[name] = activation
 
         def save(activation: Tensor, hook) -> None:
             keep(activation, hook.name)

@@ -130,9 +130,12 @@ def check_image(image, where: str) -> Image.Image:
     return image
 
 
-def normalise_images(images, n_prompts: int) -> list[list[Image.Image]]:
-    """One list of images per prompt. Accepts one image per prompt or a list per prompt."""
+def normalise_images(images, n_prompts: int, optional: bool = False) -> list[list[Image.Image]]:
+    """One list of images per prompt. Accepts one image per prompt or a list per prompt (``optional``: none, or an
+    empty list for a prompt, is allowed: its videos stand in)."""
     if images is None:
+        if optional:
+            return [[] for _ in range(n_prompts)]
         raise InputError("prepare() needs images: one per prompt, or a list of images per prompt")
     if isinstance(images, (Image.Image, np.ndarray)):
         images = [images]
@@ -143,10 +146,54 @@ def normalise_images(images, n_prompts: int) -> list[list[Image.Image]]:
         )
     out = []
     for i, entry in enumerate(images):
-        entry = list(entry) if isinstance(entry, (list, tuple)) else [entry]
-        if not entry:
+        entry = [] if entry is None and optional else list(entry) if isinstance(entry, (list, tuple)) else [entry]
+        if not entry and not optional:
             raise ImageTokenMismatchError(f"prompt {i} has no image; every prompt needs at least one")
         out.append([check_image(img, f"prompt {i}, image {j}") for j, img in enumerate(entry)])
+    return out
+
+
+def _is_frame(x) -> bool:
+    return isinstance(x, Image.Image) or (isinstance(x, np.ndarray) and x.ndim == 3)
+
+
+def _is_video(x) -> bool:
+    return (isinstance(x, np.ndarray) and x.ndim == 4) or (
+        isinstance(x, (list, tuple)) and bool(x) and all(map(_is_frame, x))
+    )
+
+
+def normalise_videos(videos, n_prompts: int) -> list[list[list[Image.Image]]]:
+    """Per prompt, its videos, each a list of RGB frames. ``videos``: one entry per prompt, each None (no video), a
+    video (a list of frames, or a [frame, height, width, 3] uint8 array) or a list of videos."""
+    if videos is None:
+        return [[] for _ in range(n_prompts)]
+    if _is_video(videos) and n_prompts == 1:
+        videos = [videos]
+    videos = list(videos)
+    if len(videos) != n_prompts:
+        raise ImageTokenMismatchError(
+            f"{len(videos)} video entries for {n_prompts} prompts; give one entry (None, a video, or a list of "
+            "videos) per prompt"
+        )
+    out = []
+    for i, entry in enumerate(videos):
+        clips = [] if entry is None else [entry] if _is_video(entry) else list(entry)
+        checked = []
+        for j, clip in enumerate(clips):
+            if not _is_video(clip):
+                raise InputError(
+                    f"prompt {i}, video {j}: a video is a list of frames (PIL images or (H, W, 3) uint8 arrays) "
+                    f"or a [frame, H, W, 3] uint8 array, got {type(clip).__name__}"
+                )
+            frames = [check_image(f, f"prompt {i}, video {j}, frame {k}") for k, f in enumerate(clip)]
+            if len({f.size for f in frames}) > 1:
+                raise InputError(
+                    f"prompt {i}, video {j}: frames of different sizes {sorted({f.size for f in frames})}; "
+                    "every frame of a video needs one size"
+                )
+            checked.append(frames)
+        out.append(checked)
     return out
 
 

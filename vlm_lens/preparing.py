@@ -14,7 +14,15 @@ from jaxtyping import Int
 from torch import Tensor
 
 from vlm_lens.errors import DeviceMismatchError, ImageTokenMismatchError, InputError, VLMLensWarning
-from vlm_lens.inputs import VLMInputs, last_positions, normalise_images, padding_side_of, select_tensors
+from vlm_lens.inputs import (
+    VLMInputs,
+    last_positions,
+    normalise_images,
+    normalise_videos,
+    padding_side_of,
+    select_tensors,
+)
+from vlm_lens.spans import ImageSpan
 
 if TYPE_CHECKING:
     from vlm_lens.hosts import ModelHost as _Host
@@ -32,6 +40,7 @@ class Preparing(_Host):  # its host, for the type checker only (vlm_lens.hosts)
         *,
         template: bool = True,
         padding_side: str = "left",
+        videos=None,
     ) -> VLMInputs:
         """Images and prompts -> batched, padded ``VLMInputs`` with image spans.
 
@@ -40,6 +49,11 @@ class Preparing(_Host):  # its host, for the type checker only (vlm_lens.hosts)
         ``template=False`` the prompt goes to the processor verbatim and must hold exactly one
         placeholder per image. Left padding (the default) puts every item's last prompt token
         at position -1, where the answer is read and generation continues.
+
+        ``videos`` (the Qwen-VL families): one entry per prompt, None, a video (its frames: a list of PIL images
+        or a [frame, H, W, 3] uint8 array, taken at ``processor.video_processor.fps``) or a list of videos; a
+        prompt with a video needs no image (``images=None``). Each video's span has ``video=True`` and one
+        ``View`` per frame (two input frames make one, as the model sees them).
         """
         processor = self.processor
         if processor is None:
@@ -52,35 +66,28 @@ class Preparing(_Host):  # its host, for the type checker only (vlm_lens.hosts)
         bad = [i for i, p in enumerate(prompts) if not isinstance(p, str)]
         if bad:
             raise InputError(f"prompt {bad[0]} is {type(prompts[bad[0]]).__name__}, not a string")
-        per_prompt = normalise_images(images, len(prompts))
-        placeholder = processor.image_token
-        texts = []
-        for i, (prompt, imgs) in enumerate(zip(prompts, per_prompt)):
-            found = prompt.count(placeholder)
-            if template:
-                if found:
-                    raise ImageTokenMismatchError(
-                        f"prompt {i} already contains {found} {placeholder!r} placeholder(s); with template=True "
-                        "the family's template places them. Pass a plain question, or template=False."
-                    )
-                texts.append(self.adapter.template(prompt, len(imgs), processor))
-            elif found != len(imgs):
-                what = "has no image placeholder" if found == 0 else f"has {found} image placeholders"
-                raise ImageTokenMismatchError(
-                    f"prompt {i} {what} but {len(imgs)} image(s) were given: with template=False each image "
-                    f"needs one {placeholder!r} in the prompt"
-                )
-            else:
-                texts.append(prompt)
+        per_video = normalise_videos(videos, len(prompts))
+        if videos is not None and self.adapter.video_spans is None:
+            raise InputError(f"the {self.adapter.family} family takes no video; pass images (a video's frames)")
+        per_prompt = normalise_images(images, len(prompts), optional=videos is not None)
+        for i, (imgs, clips) in enumerate(zip(per_prompt, per_video)):
+            if not imgs and not clips:
+                raise ImageTokenMismatchError(f"prompt {i} has no image and no video; every prompt needs one")
+        texts = [
+            self._text(i, prompt, len(imgs), len(clips), template)
+            for i, (prompt, imgs, clips) in enumerate(zip(prompts, per_prompt, per_video))
+        ]
         flat = [img for imgs in per_prompt for img in imgs]
-        images_arg = per_prompt if self.adapter.nested_images else flat
+        images_arg = (per_prompt if self.adapter.nested_images else flat) if flat else None
+        flat_videos = [clip for clips in per_video for clip in clips]
+        video_arg = {"videos": flat_videos} if flat_videos else {}
         try:
             encoded = processor(
-                images=images_arg, text=texts, return_tensors="pt", padding=True, padding_side=padding_side
+                images=images_arg, text=texts, return_tensors="pt", padding=True, padding_side=padding_side, **video_arg
             )
         except ValueError as e:  # e.g. Qwen-VL's aspect-ratio limit, or an image smaller than a patch
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            sizes = ", ".join(f"{img.width}x{img.height}" for img in flat[:4])
+            sizes = ", ".join(f"{img.width}x{img.height}" for img in (flat or [c[0] for c in flat_videos])[:4])
             raise InputError(
                 f"the {self.adapter.family} processor refused the images ({sizes}{' ...' if len(flat) > 4 else ''})"
                 f": {first}"
@@ -93,6 +100,34 @@ class Preparing(_Host):  # its host, for the type checker only (vlm_lens.hosts)
         inputs.prompts, inputs.texts = prompts, texts
         self._warn_if_too_long(inputs)
         return inputs
+
+    def _text(self, i: int, prompt: str, n_images: int, n_videos: int, template: bool) -> str:
+        """The text the processor sees: the family's template around a plain question, or the prompt verbatim with
+        one placeholder per image and video."""
+        processor = self.processor
+        wanted = {processor.image_token: n_images}
+        if n_videos:
+            wanted[processor.video_token] = n_videos
+        found = {token: prompt.count(token) for token in wanted}
+        if template:
+            if any(found.values()):
+                token = next(t for t, n in found.items() if n)
+                raise ImageTokenMismatchError(
+                    f"prompt {i} already contains {found[token]} {token!r} placeholder(s); with template=True "
+                    "the family's template places them. Pass a plain question, or template=False."
+                )
+            if n_videos:
+                return self.adapter.template(prompt, n_images, processor, n_videos=n_videos)
+            return self.adapter.template(prompt, n_images, processor)
+        for token, n in wanted.items():
+            if found[token] != n:
+                what = "image" if token == processor.image_token else "video"
+                has = f"has no {what} placeholder" if found[token] == 0 else f"has {found[token]} {what} placeholders"
+                raise ImageTokenMismatchError(
+                    f"prompt {i} {has} but {n} {what}(s) were given: with template=False each {what} needs one "
+                    f"{token!r} in the prompt"
+                )
+        return prompt
 
     def _warn_if_too_long(self, inputs: VLMInputs) -> None:
         limit = getattr(self.hf_model.config.get_text_config(), "max_position_embeddings", None)
@@ -132,17 +167,24 @@ class Preparing(_Host):  # its host, for the type checker only (vlm_lens.hosts)
                     f"{key} entry per token (the same [batch, pos])"
                 )
         n_image_tokens = int((ids == self._cfg.image_token_id).sum())
-        if "pixel_values" not in tensors:
+        video_spans = self.adapter.video_spans if "pixel_values_videos" in tensors else None
+        if "pixel_values" not in tensors and video_spans is None:
             raise InputError("no pixel_values: a VLM forward needs the images (prepare() builds them)")
-        if n_image_tokens == 0:
+        if n_image_tokens == 0 and "pixel_values" in tensors:
             raise ImageTokenMismatchError(
                 "pixel_values were given but input_ids hold no image tokens "
                 f"(id {self._cfg.image_token_id}): the prompt is missing its image placeholder"
             )
-        if self.adapter.tile_layout is None:
+        spans: list[list[ImageSpan]]
+        if "pixel_values" not in tensors:
+            spans = [[] for _ in range(ids.shape[0])]
+        elif self.adapter.tile_layout is None:
             spans = self.adapter.image_spans(self.hf_model.config, ids, tensors)
         else:
             spans = self.adapter.image_spans(self.hf_model.config, ids, tensors, tile_layout)
+        if video_spans is not None:
+            clips = video_spans(self.hf_model.config, ids, tensors)
+            spans = [sorted(a + b, key=lambda s: s.start) for a, b in zip(spans, clips)]
         mask = tensors.get("attention_mask", torch.ones_like(ids))
         keys = self.adapter.key_spans(self.hf_model.config, tensors) if self.adapter.key_spans else None
         return VLMInputs(tensors, spans, padding_side_of(mask), tile_layout=tile_layout, key_spans=keys)
@@ -157,13 +199,15 @@ class Preparing(_Host):  # its host, for the type checker only (vlm_lens.hosts)
                 tensors[key] = torch.cat([value] * n)
             else:
                 tensors[key] = value.expand(n, *value.shape[1:]).contiguous()
-        per_item = len(inputs.image_spans[0])
-        spans = [[replace(s, image=s.image + row * per_item) for s in inputs.image_spans[0]] for row in range(n)]
+        per_item = {kind: sum(s.video == kind for s in inputs.image_spans[0]) for kind in (False, True)}
+        spans = [
+            [replace(s, image=s.image + row * per_item[s.video]) for s in inputs.image_spans[0]] for row in range(n)
+        ]
         layout = None if inputs.tile_layout is None else list(inputs.tile_layout) * n
         keys = (
             None
             if inputs.key_spans is None
-            else [[replace(s, image=s.image + row * per_item) for s in inputs.key_spans[0]] for row in range(n)]
+            else [[replace(s, image=s.image + row * per_item[False]) for s in inputs.key_spans[0]] for row in range(n)]
         )
         return VLMInputs(tensors, spans, inputs.padding_side, tile_layout=layout, key_spans=keys)
 

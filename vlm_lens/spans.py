@@ -21,6 +21,15 @@ token of the image (separators included), ``positions`` every patch token, and `
     >>> span = ImageSpan(0, 1, 14, (2, 2), views=(base, *tiles))
     >>> span.locate(11), span.separators, tuple(span.stitch(torch.arange(14.0)).shape)
     ((2, 0, 1), [5], (2, 4))
+
+A video (Qwen-VL families) is a span with ``video=True`` whose views are its frames (kind "frame", one per temporal
+patch: two input frames make one), each on the same grid; ``locate`` gives (frame, row, col), ``stitch`` a
+[..., frame, rows, cols] block (or one frame's grid with ``frame=``), ``covering`` a place in every frame:
+
+    >>> frames = [View("frame", (3 + 4 * t, 4 + 4 * t, 5 + 4 * t, 6 + 4 * t), (2, 2), frame=t) for t in range(2)]
+    >>> clip = ImageSpan(0, 3, 11, (2, 2), views=tuple(frames), video=True)
+    >>> clip.frames, clip.locate(9), clip.covering(1, 0), tuple(clip.stitch(torch.arange(11.0)).shape)
+    (2, (1, 1, 0), [5, 9], (2, 2, 2))
 """
 
 from __future__ import annotations
@@ -35,7 +44,7 @@ from torch import Tensor
 
 from vlm_lens.errors import ImageTokenMismatchError, InputError, InputIndexError
 
-VIEW_KINDS = ("base", "tile", "highres")
+VIEW_KINDS = ("base", "tile", "highres", "frame")
 _UNKNOWN = (
     "how these tiles are arranged in the picture is unknown (spans read from forward tensors alone): "
     "build the inputs with model.prepare(), or pass model.as_inputs(..., tile_layout=...)"
@@ -57,6 +66,7 @@ class View:
     tile: tuple[int, int] = (0, 0)
     tiles: tuple[int, int] | None = (1, 1)  # None: the arrangement is unknown (InternVL from forward tensors alone)
     separators: tuple[int, ...] = ()
+    frame: int = 0
 
     def __post_init__(self):
         if self.kind not in VIEW_KINDS:
@@ -92,13 +102,29 @@ class View:
 @dataclass(frozen=True)
 class ImageSpan:
     """One image's tokens in one sequence: positions start..end-1 tile a (rows, cols) grid, or, with
-    ``views``, hold the image's views (``grid`` is then the base view's)."""
+    ``views``, hold the image's views (``grid`` is then the base view's). With ``video=True`` the views are a
+    video's frames, each on ``grid``."""
 
-    image: int  # index of the image in the batch's flat image list
+    image: int  # index of the image in the batch's flat image list (of a video: in its flat video list)
     start: int
     end: int
     grid: tuple[int, int]
     views: tuple[View, ...] = ()
+    video: bool = False
+
+    def __post_init__(self):
+        if self.video and (not self.views or any(v.kind != "frame" or v.grid != self.grid for v in self.views)):
+            raise InputError(f"a video's views are its frames, each on its {self.grid} grid")
+
+    @property
+    def frames(self) -> int:
+        """How many frames (temporal patches) the span holds: 1 for an image."""
+        return len(self.views) if self.video else 1
+
+    @property
+    def label(self) -> str:
+        """``image 0`` or ``video 0``: what the span is, for figure titles and token labels."""
+        return f"{'video' if self.video else 'image'} {self.image}"
 
     @property
     def n_tokens(self) -> int:
@@ -110,7 +136,9 @@ class ImageSpan:
 
     @property
     def base(self) -> View:
-        """The view that sees the whole image in one grid (a single-view span's only view)."""
+        """The view that sees the whole image in one grid (a single-view span's only view). A video has none."""
+        if self.video:
+            raise InputError(f"{self.label} has {self.frames} frames and no base view: read span.views[frame]")
         views = self.all_views
         return next((v for v in views if v.kind == "base"), views[0])
 
@@ -156,8 +184,14 @@ class ImageSpan:
             out += [view.positions[i * vc + j] for i in range(i_lo, i_hi) for j in range(j_lo, j_hi)]
         return sorted(out)
 
+    def _frame(self, frame: int) -> View:
+        if not 0 <= frame < self.frames:
+            raise InputIndexError(f"{self.label} has {self.frames} frames (0..{self.frames - 1}); no frame {frame}")
+        return self.views[frame]
+
     def locate(self, position: int) -> tuple[int, int, int]:
-        """(view index, row, col) of a patch token; a separator or a position outside the image raises."""
+        """(view index, row, col) of a patch token (of a video: (frame, row, col)); a separator or a position outside
+        the image raises."""
         for k, view in enumerate(self.all_views):
             cell = view.cell_of(position)
             if cell is not None:
@@ -165,10 +199,24 @@ class ImageSpan:
         what = "a separator token" if self.start <= position < self.end else "outside the image"
         raise InputIndexError(f"position {position} is {what} (image tokens {self.start}..{self.end - 1}), not a patch")
 
-    def stitch(self, values: Float[Tensor, "... seq"], kind: str | None = None) -> Float[Tensor, "... rows cols"]:
+    def stitch(
+        self, values: Float[Tensor, "... seq"], kind: str | None = None, frame: int | None = None
+    ) -> Float[Tensor, "... rows cols"]:
         """A per-position quantity (e.g. an attention row over keys) on the image's grid: the high-resolution
         views ("tile" or "highres") placed where they sit in the original image, or ``kind="base"`` the base view.
-        A single-view span gives its own grid."""
+        A single-view span gives its own grid. A video gives [..., frame, rows, cols], or with ``frame=`` that
+        frame's grid (it has no base view: ``kind="base"`` needs ``frame``)."""
+        if self.video:
+            if frame is None and kind == "base":
+                raise InputError(
+                    f"{self.label} has {self.frames} frames and no base view: pass frame= (0..{self.frames - 1}) "
+                    "for one frame's grid, or no kind for every frame's"
+                )
+            picked = self.views if frame is None else (self._frame(frame),)
+            grids = [values[..., list(v.positions)].reshape(*values.shape[:-1], *self.grid) for v in picked]
+            return grids[0] if frame is not None else torch.stack(grids, dim=-3)
+        if frame is not None:
+            raise InputError(f"frame={frame} was given but {self.label} is no video")
         views = (
             [v for v in self.all_views if v.kind == kind]
             if kind
@@ -227,5 +275,45 @@ def spans_from_runs(
         raise ImageTokenMismatchError(
             f"{len(per_image)} images were given but the prompts hold image tokens for {cursor}; "
             "each image needs its placeholder in the prompt"
+        )
+    return spans
+
+
+def video_spans_from_runs(
+    input_ids: torch.Tensor, video_token_id: int, per_video: list[tuple[int, tuple[int, int]]]
+) -> list[list[ImageSpan]]:
+    """Each item's video-token positions cut into videos, then frames: ``per_video`` gives, for the batch's videos
+    in order, (frames, grid). A frame's tokens are consecutive; text may sit between frames (Qwen3-VL's time
+    stamps), and belongs to no patch (``ImageSpan.separators``)."""
+    spans: list[list[ImageSpan]] = []
+    cursor = 0
+    for item, ids in enumerate(input_ids):
+        positions = torch.nonzero(ids == video_token_id).flatten().tolist()
+        item_spans, taken = [], 0
+        while taken < len(positions):
+            if cursor >= len(per_video):
+                raise ImageTokenMismatchError(
+                    f"item {item} has {len(positions) - taken} video tokens beyond the {len(per_video)} videos given"
+                )
+            frames, (rows, cols) = per_video[cursor]
+            views = []
+            for t in range(frames):
+                block = positions[taken : taken + rows * cols]
+                if len(block) != rows * cols or block[-1] - block[0] != rows * cols - 1:
+                    raise ImageTokenMismatchError(
+                        f"item {item}: frame {t} of video {cursor} needs {rows * cols} consecutive video tokens, "
+                        f"found {len(block)}; the prompt's placeholders do not match the videos"
+                    )
+                views.append(View("frame", tuple(block), (rows, cols), frame=t))
+                taken += rows * cols
+            item_spans.append(
+                ImageSpan(cursor, views[0].positions[0], views[-1].positions[-1] + 1, (rows, cols), tuple(views), True)
+            )
+            cursor += 1
+        spans.append(item_spans)
+    if cursor != len(per_video):
+        raise ImageTokenMismatchError(
+            f"{len(per_video)} videos were given but the prompts hold video tokens for {cursor}; "
+            "each video needs its placeholder in the prompt"
         )
     return spans

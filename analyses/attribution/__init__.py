@@ -8,3 +8,17 @@
 
 Validated against real activation patching in ``tests/test_attribution.py``.
 """
+
+from analyses.attribution.edges import Graph, edge_attribution, faithfulness, path_patch, run_circuit
+from analyses.attribution.nodes import Attribution, attribute, on_grid
+
+__all__ = [
+    "Attribution",
+    "Graph",
+    "attribute",
+    "edge_attribution",
+    "faithfulness",
+    "on_grid",
+    "path_patch",
+    "run_circuit",
+]

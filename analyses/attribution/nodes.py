@@ -5,8 +5,8 @@ input, with image patches as nodes of their own.
 each position of a residual-like hook (``hook_resid_pre``, ``hook_attn_out``, ``hook_embed``, ...), each
 (position, head) of a per-head hook (``attn.hook_z``, ``attn.hook_result``, ...), each (position, neuron) of an MLP
 hook (``mlp.hook_post``, ``mlp.hook_pre``). A node at an image token also says where it sits in the picture
-(``image``, ``image_view``, ``image_row``, ``image_col``: ``ImageSpan.locate``); ``on_grid`` lays one hook's
-scores on an image's patch grid.
+(``media``: "image" or "video"; ``image``, ``image_view``, ``image_row``, ``image_col``: ``ImageSpan.locate``, a
+video's view being its frame); ``on_grid`` lays one hook's scores on an image's patch grid, or a video frame's.
 
 - ``method="gradient"`` (attribution patching, Nanda 2023): ``(a_clean - a_corrupted) . d metric / d a`` at the
   clean run, one forward and one backward for every hook together. A first-order estimate of what patching the
@@ -43,8 +43,8 @@ NEURON_SITES = ("mlp.hook_post", "mlp.hook_pre", "mlp.hook_pre_linear")
 
 @dataclass
 class Attribution:
-    """``frame``: one row per node (``item, hook, layer, position, index, image, image_view, image_row, image_col,
-    score``); ``totals``: per hook, the sum of its scores; ``difference``: ``metric(clean) - metric(corrupted)``
+    """``frame``: one row per node (``item, hook, layer, position, index, media, image, image_view, image_row,
+    image_col, score``); ``totals``: per hook, the sum of its scores; ``difference``: ``metric(clean) - metric(corrupted)``
     (the sum a complete hook's scores reach). ``completeness``: per hook, ``total - difference``."""
 
     frame: pd.DataFrame
@@ -133,15 +133,15 @@ def _scalar(value) -> None:
         )
 
 
-def _image_cells(inputs: VLMInputs) -> list[dict[int, tuple[int, int, int, int]]]:
-    """Per item: image position -> (image, view, row, col)."""
+def _image_cells(inputs: VLMInputs) -> list[dict[int, tuple[str, int, int, int, int]]]:
+    """Per item: image position -> (media, image, view, row, col)."""
     cells = []
     for spans in inputs.image_spans:
         found = {}
         for span in spans:
             for position in span.positions:
                 view, row, col = span.locate(position)
-                found[position] = (span.image, view, row, col)
+                found[position] = ("video" if span.video else "image", span.image, view, row, col)
         cells.append(found)
     return cells
 
@@ -155,12 +155,13 @@ def _frame(names: list[str], scores: dict[str, Tensor], inputs: VLMInputs, posit
         for item in range(batch):
             keep = range(pos) if positions is None else positions(item)
             for p in keep:
-                image, view, row, col = cells[item].get(p, (None, None, None, None))
+                media, image, view, row, col = cells[item].get(p, (None, None, None, None, None))
                 base = {
                     "item": item,
                     "hook": name,
                     "layer": _layer(name),
                     "position": p,
+                    "media": media,
                     "image": image,
                     "image_view": view,
                     "image_row": row,
@@ -170,7 +171,10 @@ def _frame(names: list[str], scores: dict[str, Tensor], inputs: VLMInputs, posit
                     rows.append({**base, "index": None, "score": float(s[item, p])})
                 else:
                     rows += [{**base, "index": i, "score": float(v)} for i, v in enumerate(s[item, p])]
-    columns = ["item", "hook", "layer", "position", "index", "image", "image_view", "image_row", "image_col", "score"]
+    columns = [
+        *("item", "hook", "layer", "position", "index", "media", "image", "image_view", "image_row", "image_col"),
+        "score",
+    ]
     frame = pd.DataFrame(rows, columns=columns)
     whole = ["layer", "index", "image", "image_view", "image_row", "image_col"]  # absent where they do not apply
     return frame.astype({c: "Int64" for c in whole})
@@ -234,19 +238,24 @@ def attribute(
     return Attribution(frame, totals, difference, method, steps if method == "ig" else 1)
 
 
-def on_grid(result: Attribution, hook: str, item: int = 0, image: int = 0, view: int = 0) -> np.ndarray:
+def on_grid(
+    result: Attribution, hook: str, item: int = 0, image: int = 0, view: int = 0, video: bool = False
+) -> np.ndarray:
     """One hook's scores at one image's patches, laid on its patch grid ``[rows, cols]`` (per-head or per-neuron
-    scores summed over the index): where in the picture the metric's difference is carried."""
+    scores summed over the index): where in the picture the metric's difference is carried. ``video=True``: video
+    ``image``'s frame ``view``."""
+    media = "video" if video else "image"
     rows = result.frame[
         (result.frame.hook == hook)
         & (result.frame["item"] == item)
+        & (result.frame["media"] == media)
         & (result.frame["image"] == image)
         & (result.frame.image_view == view)
     ]
     if rows.empty:
+        what = f"{media} {image} ({'frame' if video else 'view'} {view})"
         raise InputError(
-            f"no scores at image {image} (view {view}) of item {item} for {hook}: attribute at that hook, with the "
-            "image positions reported"
+            f"no scores at {what} of item {item} for {hook}: attribute at that hook, with the image positions reported"
         )
     cells = rows.groupby(["image_row", "image_col"])["score"].sum()
     grid = np.zeros((int(rows.image_row.max()) + 1, int(rows.image_col.max()) + 1))
