@@ -258,3 +258,18 @@ def test_a_checkpoints_video_settings_are_read(tmp_path):
     loaded = tiny("qwen2_vl").adapter.load_processor(str(tmp_path))
     assert isinstance(loaded.video_processor, FrameVideoProcessor)
     assert loaded.video_processor.size == {"shortest_edge": 256, "longest_edge": 512}
+
+
+def test_half_precision_keeps_the_time_step_exact():
+    model = tiny("qwen2_5_vl")
+    model.hf_model.to(torch.bfloat16)
+    model.processor.video_processor.fps = 3.0  # 2/3 s per frame group: bfloat16 would round it
+    inputs = model.prepare(None, "what happens", videos=[clip(6)])
+    seconds = inputs.tensors["second_per_grid_ts"]
+    assert seconds.dtype == torch.float32 and inputs.tensors["pixel_values_videos"].dtype == torch.bfloat16
+    torch.testing.assert_close(seconds, torch.tensor([2 / 3]))
+    assert {p: inputs.image_spans[0][0].locate(p) for p in inputs.image_spans[0][0].positions} == hf_places(
+        model, inputs, 0
+    )
+    with torch.no_grad():
+        torch.testing.assert_close(model(inputs), model.hf_model(**inputs.tensors).logits, rtol=0, atol=0)

@@ -61,14 +61,20 @@ class VLMInputs:
         return [p for span in self.image_spans[item] for p in span.positions]
 
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> VLMInputs:
-        """Tensors moved to ``device``; floating tensors (pixels) cast to ``dtype`` if given."""
+        """Tensors moved to ``device``; the pixels cast to ``dtype`` if given."""
         moved = {}
         for k, v in self.tensors.items():
             v = v.to(device)
-            if dtype is not None and v.is_floating_point():
+            if dtype is not None and is_pixels(k, v):
                 v = v.to(dtype)
             moved[k] = v
         return replace(self, tensors=moved)
+
+
+def is_pixels(key: str, value: torch.Tensor) -> bool:
+    """Pixels go in the model's dtype; other floating inputs keep theirs (Qwen2.5-VL's seconds per frame group feed
+    its time positions, which half precision would round)."""
+    return value.is_floating_point() and key.startswith("pixel_values")
 
 
 def last_positions(attention_mask: torch.Tensor) -> torch.Tensor:

@@ -16,6 +16,7 @@ from torch import Tensor
 from vlm_lens.errors import DeviceMismatchError, ImageTokenMismatchError, InputError, VLMLensWarning
 from vlm_lens.inputs import (
     VLMInputs,
+    is_pixels,
     last_positions,
     normalise_images,
     normalise_videos,
@@ -94,7 +95,7 @@ class Preparing(_Host):  # its host, for the type checker only (vlm_lens.hosts)
             ) from e
         tensors = select_tensors(dict(encoded), self.adapter.forward_keys, self.adapter.drop_keys)
         if self.device.type != "meta":  # the model's device; pixels in its dtype (bfloat16 / float16 checkpoints)
-            tensors = {k: v.to(self.device, self.dtype if v.is_floating_point() else None) for k, v in tensors.items()}
+            tensors = {k: v.to(self.device, self.dtype if is_pixels(k, v) else None) for k, v in tensors.items()}
         layout = [self.adapter.tile_layout(img, processor) for img in flat] if self.adapter.tile_layout else None
         inputs = self.as_inputs(**tensors, tile_layout=layout)
         inputs.prompts, inputs.texts = prompts, texts
@@ -220,7 +221,7 @@ class Preparing(_Host):  # its host, for the type checker only (vlm_lens.hosts)
                 raise DeviceMismatchError(
                     f"{key} is on {value.device} but the model is on {device}; use inputs.to({str(device)!r})"
                 )
-            if value.is_floating_point() and value.dtype != dtype:
+            if is_pixels(key, value) and value.dtype != dtype:
                 raise DeviceMismatchError(
                     f"{key} is {value.dtype} but the model is {dtype}; use inputs.to(model.device, model.dtype)"
                 )
