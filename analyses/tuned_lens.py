@@ -69,6 +69,11 @@ class TunedLens:
         moved = flat + torch.einsum("lnd,led->lne", flat, w) + b[:, None]
         return moved.reshape(h.shape)
 
+    def at(self, layer: int, resid: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_model"]:
+        """One layer's residuals through its translator (float32)."""
+        h = resid.float()
+        return h + h @ self.weight[layer].to(h.device).T + self.bias[layer].to(h.device)
+
     def check_model(self, model: HookedVLM) -> None:
         checkpoint.check(self.model, model, "tuned lens")
 

@@ -23,6 +23,8 @@ WORDS = {
     "device_map": "everywhere",
     "storage_dtype": "int8",
     "attention_view": "side",
+    "lens": "sharp",
+    "tuned_lens": "no/such/lens",
 }
 
 

@@ -60,6 +60,7 @@ def margin_building(model, examples: list[Example], ex: Extraction, cfg: VRPConf
         contributions=decomposition.layer_table(contributions),
         updates=updates,
         top_heads=decomposition.top_heads(pd.concat(heads, ignore_index=True), cfg.top_heads),
+        lens=cfg.lens,
         visual_updates=decomposition.image_update_table(visual),
     )
 

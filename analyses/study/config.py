@@ -98,6 +98,7 @@ RULES: dict[str, Rule] = {
     "dbscan_min_samples": at_least(1),
     "probe_seeds": at_least(1),
     "margin_items": at_least(1),
+    "lens_steps": at_least(1),
     "top_heads": at_least(1),
     "ablation_ks": at_least(1),
     "random_controls": at_least(0),
@@ -131,6 +132,9 @@ OPTIONS: dict[str, str] = {
     "storage_dtype": "stored activations: float16 or bfloat16 halve the extraction",
     "attention_view": "a multi-crop image's attention map: base (its global view) or stitched (its crops laid out "
     "where they sit in the picture)",
+    "lens": "the lens every margin is read through: logit (the model's own read-out) or tuned (per-layer "
+    "translators: --tuned-lens, or trained on the training split and saved in OUT/tuned_lens)",
+    "tuned_lens": "with --lens tuned: a tuned lens folder (vlm-lens lens train) instead of training one",
     "mask_fraction": "patch masking: the share of most-attended (and of random) patches hidden",
     "flag_tau": "the monitor flags an answer when the dense probe's p(right) falls below this",
     "n_resamples": "bootstrap resamples for every confidence interval",
@@ -186,6 +190,12 @@ class VRPConfig:
     attention_grid: tuple[int, int] | None = None  # common grid for attention features; None: the smallest grid
     # causal checks
     margin_items: int = 100  # questions whose margin is decomposed for Table 3 (and the top heads)
+    # the lens margins are read through (analyses.study.lenses): "logit", or "tuned" (``tuned_lens``, a folder saved
+    # by ``vlm-lens lens train``, or one trained for ``lens_steps`` steps on the training split's prompts); read from
+    # the stored residual streams, so it changes the analysis, never the extraction
+    lens: str = "logit"
+    tuned_lens: str | None = None
+    lens_steps: int = 300
     top_heads: int = 10  # heads listed by direct logit contribution
     ablation_ks: tuple[int, ...] = (5, 10)  # the sparse probe's top-k residual units zeroed in Tables 4-5
     random_controls: int = 3  # random-unit controls of each size
@@ -264,6 +274,17 @@ class VRPConfig:
             raise DataError(f"storage_dtype must be float32, float16 or bfloat16, got {self.storage_dtype!r}")
         if self.attention_view not in ("base", "stitched"):
             raise DataError(f"attention_view must be base or stitched, got {self.attention_view!r}")
+        if self.lens not in ("logit", "tuned"):
+            raise DataError(f"lens must be logit or tuned, got {self.lens!r}")
+        if self.tuned_lens is not None and self.lens != "tuned":
+            raise DataError(
+                f"tuned_lens {self.tuned_lens!r} is read only with lens tuned (--lens tuned --tuned-lens FOLDER)"
+            )
+        if self.lens == "tuned" and self.hidden_layers is not None:
+            raise DataError(
+                f"lens tuned reads the residual stream at every layer, but hidden_layers stores only "
+                f"{list(self.hidden_layers)}: leave hidden_layers unset"
+            )
 
     def check_against(self, n_layers: int) -> None:
         """The layer settings against the loaded model's language layers (before any extraction)."""
@@ -337,6 +358,11 @@ class VRPConfig:
             what = "is a file" if Path(self.images).exists() else "does not exist"
             raise DataError(
                 f"--images {self.images}: the folder {what}; give the folder holding the benchmark's images"
+            )
+        if self.tuned_lens is not None and not (Path(self.tuned_lens) / "card.json").is_file():
+            what = "does not exist" if not Path(self.tuned_lens).exists() else "holds no card.json"
+            raise DataError(
+                f"--tuned-lens {self.tuned_lens}: the folder {what}; give a folder saved by vlm-lens lens train"
             )
 
     def size_warnings(self) -> list[str]:

@@ -98,10 +98,20 @@ def analyse(
     cfg: VRPConfig,
     questions: int,
     progress: bool | Progress = False,
+    out: str | Path | None = None,
 ) -> StudyResults:
     """Every table from a finished extraction (the model is needed again for the causal checks), each stage said
-    on ``progress`` (``analyses.progress``)."""
+    on ``progress`` (``analyses.progress``). With ``cfg.lens == "tuned"`` every margin is read through a tuned lens
+    (``analyses.study.lenses``; one trained here is saved in ``out/tuned_lens``)."""
     progress = Progress.of(progress)
+    lenses = None
+    if cfg.lens == "tuned":
+        if out is None and cfg.tuned_lens is None:
+            raise DataError("lens tuned trains a tuned lens and saves it in the run folder: give out= (or tuned_lens)")
+        from analyses.study.lenses import through_tuned_lens
+
+        with progress.stage("margins through the tuned lens"):
+            ex, lenses = through_tuned_lens(model, examples, ex, cfg, out or ".", progress)
     with progress.stage("attention features"):
         features = attention_features(ex, cfg)
     with progress.stage("predictors: probes over the layers, bootstrap CIs"):
@@ -141,6 +151,7 @@ def analyse(
             dbscan=headline.dbscan_robustness(ex, features, cfg),
             probe_seeds=headline.probe_seeds(ex, cfg),
             top_heads_attention=headline.top_heads_attention(ex, margins, cfg),
+            lenses=lenses,
         )
 
 
@@ -212,6 +223,10 @@ def run(
             with progress.stage(f"loading {cfg.model}"):
                 model = load_model(cfg, ranks)
             cfg.check_against(model.cfg.n_layers)
+            if cfg.tuned_lens is not None:  # another checkpoint's lens is refused before any extraction
+                from analyses.tuned_lens import TunedLens
+
+                TunedLens.load(cfg.tuned_lens).check_model(model)
             folder = extract(model, examples, out / "extraction", cfg, progress, ranks, data.digests, data.files)
             if not ranks.is_main:
                 return None
@@ -221,7 +236,7 @@ def run(
                 report.write_open(out, results, cfg)
                 return results
             check_answers(ex)
-            results = analyse(model, examples, ex, cfg, questions, progress)
+            results = analyse(model, examples, ex, cfg, questions, progress, out)
             monitored = None
             if monitor is not None:
                 from analyses.study.monitoring import Run, fit_run

@@ -79,7 +79,11 @@ def predictor_table(ex: Extraction, features: AttentionFeatures, cfg: VRPConfig)
     ]
     margin_layer = int(np.nanargmax(val_auc))
     add(
-        "truth_margin", f"truth margin (layer {margin_layer})", "logit lens, needs the gold", "1", margins[margin_layer]
+        "truth_margin",
+        f"truth margin (layer {margin_layer})",
+        f"{cfg.lens} lens, needs the gold",
+        "1",
+        margins[margin_layer],
     )
     common = dict(seed=cfg.seed, n_resamples=cfg.n_resamples, split=split)
     # The study's probes read the residual stream h_l (its "neurons" are h_l's units, Section 3.3);

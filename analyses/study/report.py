@@ -55,6 +55,8 @@ TITLES = {
     "table8_accounting": "Table 8. Sample accounting",
     "table9_methods": "Table 9. Method comparison",
     "margin_curves": "Truth margin by layer (correct vs incorrect)",
+    "lens_kl": "The two lenses: KL to the final distribution by layer (test-split prompts, every position)",
+    "lens_peaks": "The two lenses: where right and wrong answers' margins separate",
     "table10_circuit": "Table 10. Circuit summary: the probe's units and their activation shifts",
     "figure4_delta_entropy": "Figure 4 data. H_s of right minus wrong answers by layer",
     "delta_h_s_by_layer": "Delta H_s by layer (the paper's: H_s at layer l minus layer l-1)",
@@ -96,6 +98,11 @@ NOTES = {
     "update's magnitude at l*.",
     "margin_curves": "Mean truth margin per layer for right and wrong answers, with 95% CIs. Where the bands part, "
     "the model's internal state already knows whether it will be right.",
+    "lens_kl": "How far each layer read through a lens is from the model's own output (mean KL, nats, with its "
+    "standard error). The tuned lens's translators were trained for exactly this; the smaller its KL, the more an "
+    "early layer's margin says what that layer knows rather than how far its basis is from the last layer's.",
+    "lens_peaks": "l*, the separation layer and the layer of the largest mean margin, through each lens. The study's "
+    "tables read margins through the lens this run was given (--lens); the other is here to compare.",
     "table4_5_ablations": "Zeroing the sparse probe's strongest units versus random units of the same layer and size, "
     "each unit alone, the strongest clamped (to class means and to the extreme clamp), the same "
     "ablation at neighbouring layers, and escalating random ablations. Reliability is concentrated only "
@@ -250,6 +257,7 @@ def _sections(results: StudyResults, extraction: Extraction, examples: list[Exam
             NOTES["margin_curves"],
             [plots.margin_curves({results.config.model: m.curves}), plots.margin_contributions(m.contributions)],
         ),
+        *_lens_sections(results),
         (
             "Figure 5. Writes to the image tokens by layer",
             NOTES["figure5_visual_updates"],
@@ -265,6 +273,26 @@ def _sections(results: StudyResults, extraction: Extraction, examples: list[Exam
         (TITLES["table10_circuit"], NOTES["table10_circuit"], [circuit, *probe_fig]),
         ("Figure 6. A case study: sharp attention, wrong answer", case_text, case_figs),
         table("table8_accounting"),
+    ]
+
+
+def _lens_sections(results: StudyResults) -> list[tuple[str, str, list]]:
+    """With ``--lens tuned``: the two lenses' KL by layer and margin curves side by side."""
+    lenses = results.lenses
+    if lenses is None:
+        return []
+    curves = {f"{name} lens": part.drop(columns="lens") for name, part in lenses.curves.groupby("lens", sort=False)}
+    return [
+        (
+            TITLES["lens_kl"],
+            f"{NOTES['lens_kl']} The tuned lens: {lenses.source}.",
+            [lenses.kl, plots.lens_kl(lenses.kl)],
+        ),
+        (
+            TITLES["lens_peaks"],
+            NOTES["lens_peaks"],
+            [lenses.peaks, plots.margin_curves(curves, "Truth margin by layer through each lens")],
+        ),
     ]
 
 

@@ -7,6 +7,7 @@ carry a stable ``key`` beside their display label, so nothing downstream parses 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -129,11 +130,13 @@ class MarginBuilding:
     updates: pd.DataFrame  # layer, attn_norm, mlp_norm, mlp_share: write magnitudes at the answer
     top_heads: pd.DataFrame  # layer, head, mean, std, n: heads ranked by direct logit contribution to the margin
     visual_updates: pd.DataFrame  # layer, attn_norm, mlp_norm: write magnitudes at the image tokens (Figure 5)
+    lens: str = "logit"  # the lens the margins were read through (VRPConfig.lens)
 
     def frame(self) -> pd.DataFrame:
         return pd.DataFrame(
             [
                 {
+                    "lens": self.lens,
                     "peak_layer": self.peak_layer,
                     "gap_at_peak": self.gap_at_peak,
                     "separation_layer": self.separation_layer,
@@ -289,6 +292,7 @@ class StudyResults:
     probe_seeds: pd.DataFrame  # the probes' test AUROC over several splits: mean and standard error
     top_heads_attention: pd.DataFrame  # Table 2's top-k-heads attention R_pb
     case: int | None  # Figure 6's question (index), if the probe flags a wrong answer
+    lenses: Any = None  # analyses.study.lenses.LensComparison, when the margins are read through a tuned lens
 
     def tables(self) -> dict[str, pd.DataFrame]:
         """The tables as tidy frames, keyed as in ``tables.json`` (numbered as the study's tables)."""
@@ -313,4 +317,5 @@ class StudyResults:
             "figure5_visual_updates": self.margins.visual_updates,
             "symbolic_detachment": self.detachment,
             "margin_curves": self.margins.curves,
+            **(self.lenses.tables() if self.lenses is not None else {}),
         }
