@@ -13,7 +13,7 @@ Restored runs for one layer go as one batch (one row per patched position), in c
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -31,6 +31,7 @@ class TraceResult:
     answer_id: int
     p_clean: float
     p_corrupted: float
+    positions: list[list[int]] = field(default_factory=list)  # each unit's sequence positions (item 0)
 
 
 @torch.no_grad()
@@ -96,4 +97,4 @@ def causal_trace(
                 batch, fwd_hooks=[("hook_embed", corrupt), (f"blocks.{layer}.hook_resid_post", restore)]
             )
             effects[layer, start : start + len(part)] = (prob(logits) - p_corrupted).cpu().numpy()
-    return TraceResult(effects, names, image_units, answer_id, p_clean, p_corrupted)
+    return TraceResult(effects, names, image_units, answer_id, p_clean, p_corrupted, units)

@@ -3,10 +3,6 @@ against its traces, and the page drawn by a real headless browser."""
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-import tempfile
-
 import numpy as np
 import pytest
 import torch
@@ -15,6 +11,7 @@ from PIL import Image
 from analyses.answers import generate_answers
 from analyses.data.shapes import generate, image_of
 from analyses.views import answer_attention, attention_view
+from tests.browser import coloured_share, draw
 from tests.conftest import FAMILIES, make_images, tiny
 from vlm_lens import HookedVLM
 from vlm_lens.errors import InputError
@@ -76,35 +73,11 @@ def test_the_menu_shows_one_choice_at_every_layer(words):
 
 
 def test_the_view_draws_in_a_real_headless_browser(words, tmp_path):
-    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-    if browser is None:
-        pytest.skip("no Chromium on this machine (Debian's `chromium`; .ci/run installs it)")
     model, image, inputs = words
-    page = tmp_path / "view.html"
-    attention_view(model, inputs, image=image.resize((128, 128), Image.NEAREST), max_new_tokens=2).write_html(page)
-    flags = [
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        f"--user-data-dir={tempfile.mkdtemp()}",
-        "--virtual-time-budget=5000",
-    ]
-    dom = subprocess.run([browser, *flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)
-    assert "plot-container plotly" in dom.stdout and "mean of heads" in dom.stdout  # drawn, with its menu
-    shot = tmp_path / "view.png"
-    subprocess.run(
-        [browser, *flags, "--window-size=1000,600", f"--screenshot={shot}", page.as_uri()],
-        capture_output=True,
-        timeout=120,
-    )
-    pixels = np.asarray(Image.open(shot).convert("RGB")).reshape(-1, 3).astype(int)
-    coloured = (pixels.max(1) - pixels.min(1)) > 60  # saturated pixels: the picture and the heat map, not the page
-    assert coloured.mean() > 0.02, coloured.mean()
+    fig = attention_view(model, inputs, image=image.resize((128, 128), Image.NEAREST), max_new_tokens=2)
+    dom, pixels = draw(fig, tmp_path)
+    assert "plot-container plotly" in dom and "mean of heads" in dom  # drawn, with its menu
+    assert coloured_share(pixels) > 0.02
 
 
 def test_token_labels_name_every_image_patch(words):

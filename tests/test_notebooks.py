@@ -19,6 +19,7 @@ def test_notebooks_exist():
         "04_transformer_lens_main_demo.ipynb",
         "05_reliability_monitor.ipynb",
         "06_circuit_discovery.ipynb",
+        "07_tuned_lens.ipynb",
     ]
 
 
