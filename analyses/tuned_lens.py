@@ -29,7 +29,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from analyses import checkpoint
+from analyses import checkpoint, lenses
 from analyses.answers import stack_at_answer
 from analyses.evaluation import batches
 from analyses.logit_lens import final_norm, unembed
@@ -83,8 +83,9 @@ class TunedLens:
 
     @classmethod
     def load(cls, folder: str | Path) -> TunedLens:
-        """A saved lens, refused with one line if a file is missing, edited or of another format."""
-        tensors, card = checkpoint.read(folder, FORMAT, TENSORS, "tuned lens")
+        """A saved lens, or a zoo toy's shipped one by the toy's name (``analyses.lenses``); refused with one line if
+        a file is missing, edited or of another format."""
+        tensors, card = checkpoint.read(lenses.folder(folder), FORMAT, TENSORS, "tuned lens")
         return cls(
             torch.from_numpy(tensors["weight"]), torch.from_numpy(tensors["bias"]), card["model"], card["training"]
         )

@@ -15,8 +15,9 @@ from analyses import logit_lens, plots
 from analyses.answers import answer_positions
 from analyses.checkpoint import CheckpointMismatchError
 from analyses.data.examples import shapes_examples
+from analyses.study.config import VRPConfig
 from analyses.tuned_lens import TunedLens, kl, kl_by_layer, train, tuned_lens
-from vlm_lens import HookedVLM
+from vlm_lens import HookedVLM, zoo
 from vlm_lens.errors import DataError, InputError
 
 
@@ -107,3 +108,18 @@ def test_what_training_refuses(toy):
         train(toy, [], steps=3)
     with pytest.raises(InputError, match="layers of width"):
         TunedLens.identity(toy).translate(torch.zeros(2, 3, toy.cfg.d_model))
+
+
+@pytest.mark.parametrize("name", zoo.names())
+def test_every_toy_ships_a_lens_loadable_by_name_that_beats_the_logit_lens(name):
+    from analyses import lenses
+
+    assert name in lenses.names()
+    model = HookedVLM.from_pretrained(name)
+    lens = TunedLens.load(name)
+    lens.check_model(model)  # fitted on this very checkpoint
+    assert lens.training["steps"] == 300
+    table = kl_by_layer(model, shapes_examples(8, seed=77), lens).pivot(index="layer", columns="lens", values="kl")
+    last = model.cfg.n_layers - 1
+    assert (table.loc[: last - 1, "tuned"] < table.loc[: last - 1, "logit"]).all()  # fresh questions, every layer
+    VRPConfig(model=name, lens="tuned", tuned_lens=name).check_files()

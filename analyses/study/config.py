@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import ClassVar, no_type_check
 
+from analyses import lenses
 from analyses.data.scoring import CORRECT_AT
 from vlm_lens import zoo
 from vlm_lens.errors import DataError, InputError
@@ -359,10 +360,11 @@ class VRPConfig:
             raise DataError(
                 f"--images {self.images}: the folder {what}; give the folder holding the benchmark's images"
             )
-        if self.tuned_lens is not None and not (Path(self.tuned_lens) / "card.json").is_file():
+        if self.tuned_lens is not None and not (lenses.folder(self.tuned_lens) / "card.json").is_file():
             what = "does not exist" if not Path(self.tuned_lens).exists() else "holds no card.json"
             raise DataError(
-                f"--tuned-lens {self.tuned_lens}: the folder {what}; give a folder saved by vlm-lens lens train"
+                f"--tuned-lens {self.tuned_lens}: the folder {what}; give a folder saved by vlm-lens lens train, "
+                f"or a toy's shipped lens ({', '.join(lenses.names())})"
             )
 
     def size_warnings(self) -> list[str]:
