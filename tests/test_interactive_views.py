@@ -10,7 +10,7 @@ from PIL import Image
 
 from analyses.answers import generate_answers
 from analyses.data.shapes import generate, image_of
-from analyses.views import answer_attention, attention_view
+from analyses.views import answer_attention, attention_view, token_labels
 from tests.browser import coloured_share, draw
 from tests.conftest import FAMILIES, make_images, tiny
 from vlm_lens import HookedVLM
@@ -112,3 +112,19 @@ def test_the_lens_grid_reads_each_layer_through_either_lens(words):
     assert [b.args[0]["visible"] for b in fig.layout.updatemenus[0].buttons] == [[True, False], [False, True]]
     text_only = lens_grid(model, inputs)
     assert len(text_only.data) == 1 and not any(x.split(": ", 1)[1].startswith("<img") for x in text_only.data[0].x)
+
+
+def test_several_images_in_one_prompt_each_drawn_and_named(words):
+    model, image, _ = words
+    other = Image.fromarray(image_of(generate(1, seed=6)[0], seed=6))
+    inputs = model.prepare(images=[[image, other]], prompts=["is there a green triangle in the image ?"])
+    first, second = inputs.image_spans[0]
+    assert (first.label, second.label, first.end <= second.start) == ("image 0", "image 1", True)
+    maps, _ = answer_attention(model, inputs, image=1, max_new_tokens=1)
+    _, cache = model.run_with_cache(inputs)
+    rows = torch.stack([cache["pattern_rows", l][0, :, -1, : second.end] for l in range(model.cfg.n_layers)])
+    np.testing.assert_allclose(maps[0], second.stitch(rows.float(), kind="base").numpy(), atol=1e-5)
+    fig = attention_view(model, inputs, image=other, image_index=1, max_new_tokens=1)
+    assert fig.layout.title.text.endswith("(image 1)")
+    labels = token_labels(model, inputs)
+    assert labels[first.start] == "<img 0 0,0>" and labels[second.start] == "<img 1 0,0>"
