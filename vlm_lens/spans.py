@@ -35,6 +35,7 @@ patch: two input frames make one), each on the same grid; ``locate`` gives (fram
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -241,6 +242,47 @@ class ImageSpan:
         return out
 
 
+def _cut(
+    input_ids: torch.Tensor,
+    token_id: int,
+    sizes: list[int],
+    what: str,
+    make: Callable[[int, int, list[int]], ImageSpan],
+) -> list[list[ImageSpan]]:
+    """Each item's ``token_id`` positions cut into consecutive entries of ``sizes`` tokens (one per image or video
+    of the batch, consumed item by item as every HF family scatters its features); ``make(item, entry, positions)``
+    checks an entry's positions and builds its span."""
+    spans: list[list[ImageSpan]] = []
+    cursor = 0
+    for item, ids in enumerate(input_ids):
+        positions = torch.nonzero(ids == token_id).flatten().tolist()
+        item_spans, taken = [], 0
+        while taken < len(positions):
+            if cursor >= len(sizes):
+                raise ImageTokenMismatchError(
+                    f"item {item} has {len(positions) - taken} {what} tokens beyond the {len(sizes)} {what}s given"
+                )
+            block = positions[taken : taken + sizes[cursor]]
+            item_spans.append(make(item, cursor, block))
+            taken += sizes[cursor]
+            cursor += 1
+        spans.append(item_spans)
+    if cursor != len(sizes):
+        raise ImageTokenMismatchError(
+            f"{len(sizes)} {what}s were given but the prompts hold {what} tokens for {cursor}; "
+            f"each {what} needs its placeholder in the prompt"
+        )
+    return spans
+
+
+def _consecutive(block: list[int], n: int, item: int, whose: str, what: str) -> None:
+    if len(block) != n or block[-1] - block[0] != n - 1:
+        raise ImageTokenMismatchError(
+            f"item {item}: {whose} needs {n} consecutive {what} tokens, found {len(block)} at positions "
+            f"{block[:3]}...; the prompt's placeholders do not match the {what}s"
+        )
+
+
 def spans_from_runs(
     input_ids: torch.Tensor, image_token_id: int, per_image: list[tuple[int, tuple[int, int]]]
 ) -> list[list[ImageSpan]]:
@@ -249,34 +291,13 @@ def spans_from_runs(
     ``per_image`` gives, for the batch's images in order, (number of tokens, grid). Images are
     consumed item by item, as every HF family does when it scatters image features.
     """
-    spans: list[list[ImageSpan]] = []
-    cursor = 0
-    for item, ids in enumerate(input_ids):
-        positions = torch.nonzero(ids == image_token_id).flatten().tolist()
-        item_spans = []
-        taken = 0
-        while taken < len(positions):
-            if cursor >= len(per_image):
-                raise ImageTokenMismatchError(
-                    f"item {item} has {len(positions) - taken} image tokens beyond the {len(per_image)} images given"
-                )
-            n, grid = per_image[cursor]
-            block = positions[taken : taken + n]
-            if len(block) != n or block[-1] - block[0] != n - 1:
-                raise ImageTokenMismatchError(
-                    f"item {item}: image {cursor} needs {n} consecutive image tokens, found {len(block)} "
-                    f"at positions {block[:3]}...; the prompt's placeholders do not match the images"
-                )
-            item_spans.append(ImageSpan(cursor, block[0], block[0] + n, grid))
-            taken += n
-            cursor += 1
-        spans.append(item_spans)
-    if cursor != len(per_image):
-        raise ImageTokenMismatchError(
-            f"{len(per_image)} images were given but the prompts hold image tokens for {cursor}; "
-            "each image needs its placeholder in the prompt"
-        )
-    return spans
+
+    def make(item: int, k: int, block: list[int]) -> ImageSpan:
+        n, grid = per_image[k]
+        _consecutive(block, n, item, f"image {k}", "image")
+        return ImageSpan(k, block[0], block[0] + n, grid)
+
+    return _cut(input_ids, image_token_id, [n for n, _ in per_image], "image", make)
 
 
 def video_spans_from_runs(
@@ -285,35 +306,14 @@ def video_spans_from_runs(
     """Each item's video-token positions cut into videos, then frames: ``per_video`` gives, for the batch's videos
     in order, (frames, grid). A frame's tokens are consecutive; text may sit between frames (Qwen3-VL's time
     stamps), and belongs to no patch (``ImageSpan.separators``)."""
-    spans: list[list[ImageSpan]] = []
-    cursor = 0
-    for item, ids in enumerate(input_ids):
-        positions = torch.nonzero(ids == video_token_id).flatten().tolist()
-        item_spans, taken = [], 0
-        while taken < len(positions):
-            if cursor >= len(per_video):
-                raise ImageTokenMismatchError(
-                    f"item {item} has {len(positions) - taken} video tokens beyond the {len(per_video)} videos given"
-                )
-            frames, (rows, cols) = per_video[cursor]
-            views = []
-            for t in range(frames):
-                block = positions[taken : taken + rows * cols]
-                if len(block) != rows * cols or block[-1] - block[0] != rows * cols - 1:
-                    raise ImageTokenMismatchError(
-                        f"item {item}: frame {t} of video {cursor} needs {rows * cols} consecutive video tokens, "
-                        f"found {len(block)}; the prompt's placeholders do not match the videos"
-                    )
-                views.append(View("frame", tuple(block), (rows, cols), frame=t))
-                taken += rows * cols
-            item_spans.append(
-                ImageSpan(cursor, views[0].positions[0], views[-1].positions[-1] + 1, (rows, cols), tuple(views), True)
-            )
-            cursor += 1
-        spans.append(item_spans)
-    if cursor != len(per_video):
-        raise ImageTokenMismatchError(
-            f"{len(per_video)} videos were given but the prompts hold video tokens for {cursor}; "
-            "each video needs its placeholder in the prompt"
-        )
-    return spans
+
+    def make(item: int, k: int, block: list[int]) -> ImageSpan:
+        frames, (rows, cols) = per_video[k]
+        n = rows * cols
+        views = []
+        for t in range(frames):
+            _consecutive(block[t * n : (t + 1) * n], n, item, f"frame {t} of video {k}", "video")
+            views.append(View("frame", tuple(block[t * n : (t + 1) * n]), (rows, cols), frame=t))
+        return ImageSpan(k, block[0], block[-1] + 1, (rows, cols), tuple(views), video=True)
+
+    return _cut(input_ids, video_token_id, [f * r * c for f, (r, c) in per_video], "video", make)
