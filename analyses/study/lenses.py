@@ -77,14 +77,13 @@ def margins_through(
 
 
 def _lens(
-    model: HookedVLM, examples: list[Example], ex: Extraction, cfg: VRPConfig, out: Path, progress: Progress
+    model: HookedVLM, chosen: list[Example], cfg: VRPConfig, out: Path, progress: Progress
 ) -> tuple[TunedLens, str]:
+    """The given lens, the one a previous run trained on these prompts, or one trained now on ``chosen``."""
     if cfg.tuned_lens is not None:
         lens = TunedLens.load(cfg.tuned_lens)
         lens.check_model(model)
         return lens, f"loaded from {cfg.tuned_lens}"
-    split = probes.stratified_split(ex.correct, cfg.seed, cfg.val_fraction, cfg.test_fraction)
-    chosen = [examples[int(ex.rows[i]["index"])] for i in split.train]
     wanted = {"steps": cfg.lens_steps, "batch_size": cfg.batch_size, "seed": cfg.seed, "examples": len(chosen)}
     saved = out / FOLDER
     if saved.is_dir():
@@ -108,11 +107,12 @@ def through_tuned_lens(
     """``ex`` with its margins read through the tuned lens (each row keeps the logit lens's as
     ``logit_margins``), and the two lenses compared."""
     progress = Progress.of(progress)
-    lens, source = _lens(model, examples, ex, cfg, Path(out), progress)
+    split = probes.stratified_split(ex.correct, cfg.seed, cfg.val_fraction, cfg.test_fraction)  # the study's own
+    of = lambda rows: [examples[int(ex.rows[i]["index"])] for i in rows]  # noqa: E731
+    lens, source = _lens(model, of(split.train), cfg, Path(out), progress)
     tuned = margins_through(model, ex, lens, cfg.batch_size)
     rows = [{**r, "margins": tuned[:, i].tolist(), "logit_margins": r["margins"]} for i, r in enumerate(ex.rows)]
-    split = probes.stratified_split(ex.correct, cfg.seed, cfg.val_fraction, cfg.test_fraction)
-    test = [examples[int(ex.rows[i]["index"])] for i in split.test[: cfg.margin_items]]
+    test = of(split.test[: cfg.margin_items])
     kl = kl_by_layer(model, test, lens, cfg.batch_size)
     curves, peaks = [], []
     for name, margins in (("logit", ex.margins), ("tuned", tuned)):
