@@ -285,7 +285,7 @@ def _lens_sections(results: StudyResults) -> list[tuple[str, str, list]]:
     return [
         (
             TITLES["lens_kl"],
-            f"{NOTES['lens_kl']} The tuned lens: {lenses.source}.",
+            f"{NOTES['lens_kl']} Over {lenses.kl_questions} test-split prompts. The tuned lens: {lenses.source}.",
             [lenses.kl, plots.lens_kl(lenses.kl)],
         ),
         (
