@@ -23,6 +23,7 @@ from PIL import Image
 from plotly.subplots import make_subplots
 
 from analyses.answers import answer_length, stop_token_ids
+from analyses.attention_structure import image_layers
 from vlm_lens import HookedVLM
 from vlm_lens.errors import InputError
 from vlm_lens.inputs import VLMInputs
@@ -39,15 +40,18 @@ def answer_attention(
 ) -> tuple[Float[np.ndarray, "token layer head rows cols"], list[str]]:
     """Every head's attention from each answer token's query (the position that produced it) to the ``image``-th
     image's patch grid (a multi-crop image's base view; of a video, frame ``frame``), at every layer, for ``item``;
-    and the answer tokens. ``image`` counts the item's images and videos together, in prompt order."""
-    if model.cfg.cross_layers:
+    and the answer tokens. ``image`` counts the item's images and videos together, in prompt order. A
+    cross-attention model (Llama-3.2-Vision) reads its image at its cross layers' keys: its maps are those layers'
+    (``attention_structure.image_layers``), its tiles stitched on the picture."""
+    cross = bool(model.cfg.cross_layers)
+    if cross and inputs.key_spans is None:
         raise InputError(
-            f"{model.cfg.family} reads its image by cross-attention, not as tokens: its image attention is at its "
-            "cross layers' keys (attention_structure.image_grids), which this view does not draw yet"
+            "these inputs do not say where each image's tiles sit among the cross-attention keys "
+            "(VLMInputs.key_spans): build them with model.prepare() or model.as_inputs(...)"
         )
     if not 0 <= item < inputs.batch_size:
         raise InputError(f"item must be in 0..{inputs.batch_size - 1}, got {item}")
-    spans = inputs.image_spans[item]
+    spans = (inputs.key_spans if cross else inputs.image_spans)[item]
     if not 0 <= image < len(spans):
         raise InputError(f"item {item} has {len(spans)} image(s); no image {image}")
     span = spans[image]
@@ -59,7 +63,8 @@ def answer_attention(
         rows.setdefault(hook.layer(), []).append(activation[item, :, -1, : span.end].detach().float().cpu())
 
     stops = stop_token_ids(model)
-    names = [f"blocks.{l}.attn.hook_pattern_rows" for l in range(model.cfg.n_layers)]
+    layers = image_layers(model)
+    names = [f"blocks.{l}.attn.hook_pattern_rows" for l in layers]
     out = model.generate(
         inputs,
         max_new_tokens=max_new_tokens,
@@ -72,8 +77,9 @@ def answer_attention(
     tokens = [model.to_string(t) for t in new[: max(1, length)]]
     per_token = []
     for t in range(len(tokens)):
-        layers = torch.stack([rows[l][t] for l in range(model.cfg.n_layers)])  # layer head key
-        per_token.append(span.stitch(layers, kind=None if span.video else "base", frame=frame).numpy())
+        stacked = torch.stack([rows[l][t] for l in layers])  # layer head key
+        kind = None if span.video or cross else "base"  # a cross model's tiles, stitched: it has no base view
+        per_token.append(span.stitch(stacked, kind=kind, frame=frame).numpy())
     return np.stack(per_token), tokens
 
 
@@ -92,15 +98,16 @@ def attention_view(
     the chosen answer token's query. ``image``: the picture to draw under the grid (else the grid alone); of a
     video, the frame ``frame`` is drawn (and named in the title)."""
     maps, tokens = answer_attention(model, inputs, item, image_index, max_new_tokens, frame)
-    span = inputs.image_spans[item][image_index]
+    span = (inputs.key_spans if model.cfg.cross_layers else inputs.image_spans)[item][image_index]
     if span.video or len(inputs.image_spans[item]) > 1:
         title = f"{title} ({span.label}{'' if frame is None else f', frame {frame}'})"
+    layer_ids = image_layers(model)  # every layer, or a cross-attention model's cross layers
     n_tokens, n_layers, n_heads, grid_rows, grid_cols = maps.shape
     rows = math.ceil(n_layers / columns)
     fig = make_subplots(
         rows=rows,
         cols=min(columns, n_layers),
-        subplot_titles=[f"layer {l}" for l in range(n_layers)],
+        subplot_titles=[f"layer {l}" for l in layer_ids],
         horizontal_spacing=0.02,
         vertical_spacing=0.08,
     )
@@ -132,8 +139,8 @@ def attention_view(
                         showscale=l == 0,
                         colorbar={"title": "attention"},
                         visible=not labels,
-                        name=f"layer {l}, {name}, token {t}",
-                        hovertemplate=f"layer {l}, {name}<br>patch (%{{y:.0f}}, %{{x:.0f}})<br>%{{z:.3f}}<extra></extra>",
+                        name=f"layer {layer_ids[l]}, {name}, token {t}",
+                        hovertemplate=f"layer {layer_ids[l]}, {name}<br>patch (%{{y:.0f}}, %{{x:.0f}})<br>%{{z:.3f}}<extra></extra>",
                     ),
                     **cell(l),
                 )

@@ -12,9 +12,8 @@ from analyses.answers import generate_answers
 from analyses.data.shapes import generate, image_of
 from analyses.views import answer_attention, attention_view, token_labels
 from tests.browser import coloured_share, draw
-from tests.conftest import FAMILIES, make_images, tiny
+from tests.conftest import FAMILIES, cross_grid_by_hand, make_images, tiny
 from vlm_lens import HookedVLM
-from vlm_lens.errors import InputError
 
 
 @pytest.fixture(scope="module")
@@ -29,9 +28,15 @@ def words():
 def test_the_first_answer_tokens_rows_are_the_caches(family):
     model = tiny(family)
     inputs = model.prepare(images=make_images(), prompts=["is there a red square ?", "how many circles ?"])
-    if model.cfg.cross_layers:
-        with pytest.raises(InputError, match="cross-attention"):
-            answer_attention(model, inputs)
+    if model.cfg.cross_layers:  # the image is at the cross layers' keys: its tiles laid out by hand
+        maps, tokens = answer_attention(model, inputs, item=1, max_new_tokens=1)
+        _, cache = model.run_with_cache(inputs)
+        assert maps.shape[1] == len(model.cfg.cross_layers)
+        for k, layer in enumerate(sorted(model.cfg.cross_layers)):
+            row = cache["pattern_rows", layer][1, :, -1].float().mean(0)
+            np.testing.assert_allclose(maps[0, k].mean(0), cross_grid_by_hand(model, inputs, 1, row), atol=1e-5)
+        fig = attention_view(model, inputs, item=1, max_new_tokens=1)
+        assert [a.text for a in fig.layout.annotations] == [f"layer {l}" for l in sorted(model.cfg.cross_layers)]
         return
     maps, tokens = answer_attention(model, inputs, item=1, max_new_tokens=1)
     _, cache = model.run_with_cache(inputs)
