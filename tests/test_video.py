@@ -17,7 +17,7 @@ from PIL import Image
 
 from analyses.attention_structure import image_grids
 from analyses.attribution import attribute, on_grid
-from analyses.patch_masking import pixel_mask, token_mask
+from analyses.patch_masking import PatchMask, attention_grids, choose_cells, pixel_mask, token_mask
 from analyses.views import answer_attention, attention_view, token_labels
 from model_adapters import SPECS
 from model_adapters.video import FrameVideoProcessor, video_size
@@ -273,3 +273,23 @@ def test_half_precision_keeps_the_time_step_exact():
     )
     with torch.no_grad():
         torch.testing.assert_close(model(inputs), model.hf_model(**inputs.tensors).logits, rtol=0, atol=0)
+
+
+def test_patch_masking_ranks_a_video_by_its_attention_over_the_frames(vmodel):
+    inputs = vmodel.prepare(None, "what happens", videos=[clip(4)])
+    (grid,) = attention_grids(vmodel, inputs)  # layers averaged, frames summed
+    _, cache = vmodel.run_with_cache(inputs, names_filter=lambda n: n.endswith("hook_pattern_rows"))
+    places = hf_places(vmodel, inputs, 0)
+    by_hand = np.zeros(grid.shape)
+    for layer in range(vmodel.cfg.n_layers):
+        pattern = cache[f"blocks.{layer}.attn.hook_pattern_rows"][0].float().mean(dim=(0, 1))
+        for p, (_, r, c) in places.items():
+            by_hand[r, c] += float(pattern[p]) / vmodel.cfg.n_layers
+    np.testing.assert_allclose(grid, by_hand, atol=1e-6)
+    (cells,) = choose_cells([grid], fraction=0.25)
+    chosen = {divmod(int(c), grid.shape[1]) for c in cells}
+    hidden = PatchMask(fraction=0.25).hooks(vmodel, inputs)
+    edit = token_mask(inputs, [cells])
+    assert sorted(edit.positions[0]) == sorted(p for p, (_, r, c) in places.items() if (r, c) in chosen)
+    masked = vmodel.run_with_hooks(inputs, fwd_hooks=hidden)
+    assert not torch.allclose(masked, vmodel(inputs))
