@@ -28,26 +28,15 @@ from plotly.subplots import make_subplots
 
 from analyses.attribution.nodes import Attribution, on_grid
 from analyses.patching import TraceResult
+from analyses.plots import grid_over
 from analyses.top_images import TopImages
 from vlm_lens.errors import InputError
 from vlm_lens.inputs import VLMInputs
 
 
 def _heatmap(grid: np.ndarray, width: int, height: int, low: float, high: float, colours: str, **extra) -> go.Heatmap:
-    """A patch grid placed over a width x height picture, each cell over the pixels it covers."""
-    rows, cols = grid.shape
-    return go.Heatmap(
-        z=grid,
-        x0=width / cols / 2 - 0.5,
-        dx=width / cols,
-        y0=height / rows / 2 - 0.5,
-        dy=height / rows,
-        zmin=low,
-        zmax=high,
-        opacity=0.55,
-        colorscale=colours,
-        **extra,
-    )
+    """A patch grid over a width x height picture, half transparent, on the scale low..high."""
+    return grid_over(grid, width, height, zmin=low, zmax=high, opacity=0.55, colorscale=colours, **extra)
 
 
 def map_view(

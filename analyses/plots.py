@@ -109,13 +109,20 @@ def margin_curves(curves: pd.DataFrame | Mapping[str, pd.DataFrame], title: str 
     return fig
 
 
+def grid_over(grid: np.ndarray, width: int, height: int, **heatmap) -> go.Heatmap:
+    """A patch grid [rows, cols] as a heatmap over a width x height picture, each cell over the pixels it covers (the
+    one placement every picture overlay uses: these figures, ``analyses.views``, ``analyses.maps``)."""
+    rows, cols = np.shape(grid)
+    return go.Heatmap(
+        z=grid, x0=width / cols / 2 - 0.5, dx=width / cols, y0=height / rows / 2 - 0.5, dy=height / rows, **heatmap
+    )
+
+
 def _over_image(image: Image.Image, grid: np.ndarray, title: str, **heatmap) -> go.Figure:
     """The image with a patch grid of values drawn over it, each cell over the pixels it covers."""
     rgb = np.asarray(image.convert("RGB"))
-    h, w = rgb.shape[:2]
-    rows, cols = grid.shape
     fig = go.Figure(go.Image(z=rgb))
-    fig.add_trace(go.Heatmap(z=grid, x0=w / cols / 2 - 0.5, dx=w / cols, y0=h / rows / 2 - 0.5, dy=h / rows, **heatmap))
+    fig.add_trace(grid_over(grid, rgb.shape[1], rgb.shape[0], **heatmap))
     fig.update_layout(title=title, template="plotly_white", yaxis={"scaleanchor": "x"})
     return fig
 

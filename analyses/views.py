@@ -24,6 +24,7 @@ from plotly.subplots import make_subplots
 
 from analyses.answers import answer_length, stop_token_ids
 from analyses.attention_structure import image_layers
+from analyses.plots import grid_over
 from vlm_lens import HookedVLM
 from vlm_lens.errors import InputError
 from vlm_lens.inputs import VLMInputs
@@ -126,12 +127,10 @@ def attention_view(
             top = float(grids.max()) or 1.0
             for l in range(n_layers):
                 fig.add_trace(
-                    go.Heatmap(
-                        z=grids[l],
-                        x0=width / grid_cols / 2 - 0.5,
-                        dx=width / grid_cols,
-                        y0=height / grid_rows / 2 - 0.5,
-                        dy=height / grid_rows,
+                    grid_over(
+                        grids[l],
+                        width,
+                        height,
                         zmin=0.0,
                         zmax=top,
                         opacity=0.55 if rgb is not None else 1.0,
